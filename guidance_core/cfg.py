@@ -1,0 +1,300 @@
+"""Classifier-free guidance combiners in D-space (denoised predictions) and post-processing.
+
+Classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598):
+    eps~ = (1 + w) eps(x, c) - w eps(x) ;  with s = 1 + w (ComfyUI's "cfg"):
+    D = D_neg + s (D_pos - D_neg) = D_pos + (s - 1)(D_pos - D_neg).
+Because D = (x - sigma*eps)/alpha is affine in eps, the same weights hold in D-space.
+
+The combiner writes every guidance rule as  D = D_pos + sum_k c_k (D_k - D_ref_k), with
+c_k = weight_k * schedule_k(step). A term whose c_k is 0 at a step needs no model
+evaluation; when every c_k is 0 only the positive prompt is evaluated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from . import parameterization as P
+from . import schedules as S
+from .errors import GuidanceConfigError, require_finite
+
+# Defaults and ranges, imported by the node schema.
+CFG_DEFAULT, CFG_MIN, CFG_MAX = 7.0, 0.0, 100.0
+NEG_SCALE_DEFAULT = 6.0
+TERM_WEIGHT_RANGE = (-100.0, 100.0)
+APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
+RESCALE_SPACES = ("auto",) + P.SPACES
+POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
+
+
+def _dims(t: torch.Tensor):
+    return tuple(range(1, t.ndim))
+
+
+# ---------------------------------------------------------------- plain formulas
+def cfg_standard(d_pos: torch.Tensor, d_neg: torch.Tensor, scale: float) -> torch.Tensor:
+    """Ho & Salimans 2022: D = D_neg + s (D_pos - D_neg)."""
+    return d_neg + scale * (d_pos - d_neg)
+
+
+def cfg_three_way(d_pos, d_neg, d_empty, s_pos: float, s_neg: float) -> torch.Tensor:
+    """Positive, negative and empty prompt as separate terms:
+    D = D_empty + s_pos (D_pos - D_empty) - s_neg (D_neg - D_empty).
+    s_neg = s_pos - 1 reproduces standard CFG with the negative as unconditional."""
+    return d_empty + s_pos * (d_pos - d_empty) - s_neg * (d_neg - d_empty)
+
+
+def composable(d_empty: torch.Tensor, preds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Composable diffusion (Liu et al. 2022, arXiv 2206.01714, eq. 10):
+    D = D_empty + sum_i w_i (D_i - D_empty); a negative w_i means "not c_i"."""
+    out = d_empty.clone()
+    for d, w in zip(preds, weights):
+        out = out + w * (d - d_empty)
+    return out
+
+
+def rescale(d_pos: torch.Tensor, d_cfg: torch.Tensor, phi: float, x: torch.Tensor, sigma, alpha,
+            space: str = "v") -> torch.Tensor:
+    """CFG rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", arXiv 2305.08891, Alg. 2), computed in prediction space `space` (y = a*D + b*x):
+        y_resc = y_cfg * std(y_pos) / std(y_cfg)     (std per sample over C, H, W)
+        y      = phi * y_resc + (1 - phi) * y_cfg
+    """
+    if phi == 0:
+        return d_cfg
+    y_pos = P.to_space(space, d_pos, x, sigma, alpha)
+    y_cfg = P.to_space(space, d_cfg, x, sigma, alpha)
+    dims = _dims(y_cfg)
+    ratio = y_pos.std(dim=dims, keepdim=True) / y_cfg.std(dim=dims, keepdim=True).clamp(min=1e-12)
+    y = phi * (y_cfg * ratio) + (1.0 - phi) * y_cfg
+    return P.from_space(space, y, x, sigma, alpha)
+
+
+def cfg_zero_star_alpha(d_pos: torch.Tensor, d_uncond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """CFG-Zero* optimized scale (Fan et al. 2025, arXiv 2503.18886, eq. 9), per sample:
+    alpha* = <v_c, v_u> / (||v_u||^2 + 1e-8) with v = x - D (the velocity up to the factor
+    1/sigma, which cancels; for eps models this is eps-space)."""
+    v_c, v_u = (x - d_pos).flatten(1), (x - d_uncond).flatten(1)
+    a = (v_c * v_u).sum(1) / (v_u.pow(2).sum(1) + 1e-8)
+    return a.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def cfg_zero_star_uncond(d_pos, d_uncond, x) -> torch.Tensor:
+    """Scaled unconditional of CFG-Zero*: v_u' = alpha* v_u, i.e. D_u' = x - alpha*(x - D_u).
+    Then D = D_u' + s (D_pos - D_u') is the paper's v = alpha* v_u + s (v_c - alpha* v_u)."""
+    a = cfg_zero_star_alpha(d_pos, d_uncond, x)
+    return x - a * (x - d_uncond)
+
+
+def project(v: torch.Tensor, onto: torch.Tensor):
+    """Split v into parts parallel and orthogonal to `onto`, per sample (all dims but batch)."""
+    dims = _dims(v)
+    u = onto / onto.norm(p=2, dim=dims, keepdim=True).clamp(min=1e-12)
+    par = (v * u).sum(dim=dims, keepdim=True) * u
+    return par, v - par
+
+
+def apg_delta(delta: torch.Tensor, d_pos: torch.Tensor, eta: float, norm_threshold: float,
+              running: torch.Tensor | None, momentum: float):
+    """Adaptive projected guidance (Sadat et al. 2025, "Eliminating Oversaturation and Artifacts
+    of High Guidance Scales in Diffusion Models", arXiv 2410.02416, Alg. 1):
+        delta_bar = delta + beta * delta_bar_prev          (momentum beta, usually < 0)
+        delta    *= min(1, r / ||delta||)                   (norm threshold r; 0 = off)
+        delta     = delta_perp + eta * delta_par            (w.r.t. D_pos)
+    and D = D_pos + (s - 1) * delta. eta = 1, beta = 0, r = 0 is exactly CFG.
+    Returns (new delta, new running average)."""
+    if momentum != 0.0:
+        running = delta if running is None else delta + momentum * running
+        delta = running
+    if norm_threshold > 0:
+        n = delta.norm(p=2, dim=_dims(delta), keepdim=True)
+        delta = delta * torch.clamp(norm_threshold / n.clamp(min=1e-12), max=1.0)
+    par, perp = project(delta, d_pos)
+    return perp + eta * par, running
+
+
+def perp_neg_delta(d_neg_delta: torch.Tensor, d_pos_delta: torch.Tensor) -> torch.Tensor:
+    """Perp-Neg (Armandpour et al. 2023, arXiv 2304.04968): keep only the part of
+    d- = D_neg - D_empty orthogonal to d+ = D_pos - D_empty, per sample:
+        d-_perp = d- - (<d-, d+> / ||d+||^2) d+ ,  D = D_empty + s (d+ - w_n d-_perp)."""
+    return project(d_neg_delta, d_pos_delta)[1]
+
+
+def fold_to_pair(d_cond: torch.Tensor, d_guided: torch.Tensor, scale: float):
+    """Express a guided prediction as a (cond, uncond) pair for ComfyUI's cfg formula:
+    returns (c', u') with u' + scale (c' - u') = D. Lets sampler_cfg_function / post-CFG
+    hooks of other packs act on the result (they see u' as the unconditional)."""
+    if abs(scale - 1.0) > 1e-6:
+        return d_cond, (scale * d_cond - d_guided) / (scale - 1.0)
+    return d_guided, d_guided
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class ExtraTerm:
+    """One composable term: weight w (negative = "not") with its own schedule."""
+    weight: float
+    schedule: S.Schedule = S.CONSTANT_ONE
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Optional post-processing; the defaults switch everything off."""
+    rescale_phi: float = 0.0            # Lin et al. rescale strength in [0, 1]; 0 = off
+    rescale_space: str = "auto"         # auto = v for eps/v models, x0 for flow models
+    cfg_zero_star: bool = False         # Fan et al. optimized scale
+    zero_init_steps: int = 0            # Fan et al. zero-init: D = x for the first K steps
+    apg: bool = False                   # Sadat et al. adaptive projected guidance
+    apg_eta: float = APG_ETA_DEFAULT
+    apg_momentum: float = APG_MOMENTUM_DEFAULT
+    apg_norm_threshold: float = APG_NORM_DEFAULT
+    perp_neg: bool = False              # Perp-Neg projection of the negative term
+
+    def __post_init__(self):
+        phi = require_finite("rescale_phi", self.rescale_phi)
+        if not 0.0 <= phi <= 1.0:
+            raise GuidanceConfigError(f"rescale_phi={phi}; use a value in [0, 1] (0 = off)")
+        if self.rescale_space not in RESCALE_SPACES:
+            raise GuidanceConfigError(f"rescale_space={self.rescale_space!r}; accepted: {', '.join(RESCALE_SPACES)}")
+        if int(self.zero_init_steps) != self.zero_init_steps or self.zero_init_steps < 0:
+            raise GuidanceConfigError(f"zero_init_steps={self.zero_init_steps}; use an integer >= 0 (0 = off)")
+        require_finite("apg_eta", self.apg_eta)
+        m = require_finite("apg_momentum", self.apg_momentum)
+        if not -1.0 < m < 1.0:
+            raise GuidanceConfigError(f"apg_momentum={m}; use a value in (-1, 1) (0 = off)")
+        if require_finite("apg_norm_threshold", self.apg_norm_threshold) < 0:
+            raise GuidanceConfigError(f"apg_norm_threshold={self.apg_norm_threshold}; use a value >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class CFGConfig:
+    """cfg=None takes the sampler's cond_scale (the MODEL patch); the GUIDER sets it."""
+    cfg: float | None = CFG_DEFAULT
+    cfg_schedule: S.Schedule = S.CONSTANT_ONE
+    neg_scale: float = NEG_SCALE_DEFAULT
+    neg_schedule: S.Schedule = S.CONSTANT_ONE
+    terms: tuple = ()
+    post: PostProcess = field(default_factory=PostProcess)
+
+    def __post_init__(self):
+        if self.cfg is not None:
+            require_finite("cfg", self.cfg)
+        require_finite("neg_scale", self.neg_scale)
+        for i, t in enumerate(self.terms):
+            require_finite(f"terms[{i}].weight", t.weight)
+
+
+@dataclass
+class StepPlan:
+    """What one model call needs: active terms (key, ref, coefficient, role) and cond keys."""
+    active: list
+    needed: list
+    zero_init: bool = False
+
+
+@dataclass
+class StepContext:
+    sigma: float
+    sample_sigmas: Sequence[float] | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+
+
+class CFGCombiner:
+    """Turns a CFGConfig into per-step plans and combined predictions.
+
+    Roles of the conditionings: "positive" (required), "negative" and "empty" (optional),
+    "term{i}" for the extra terms. Baseline (the reference of the CFG term and of the extra
+    terms) = empty if connected, else negative. With both connected the rule is three-way:
+    D = D_empty + s (D_pos - D_empty) - s_neg (D_neg - D_empty).
+    """
+
+    def __init__(self, config: CFGConfig, has_negative: bool, has_empty: bool, parameterization: str = "eps"):
+        self.config = config
+        self.has_negative, self.has_empty = has_negative, has_empty
+        self.parameterization = parameterization
+        self.baseline = EMPTY if has_empty else (NEGATIVE if has_negative else None)
+        post = config.post
+        if post.perp_neg and not (has_negative and has_empty):
+            raise GuidanceConfigError("perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off")
+        if self.baseline is None and config.terms:
+            raise GuidanceConfigError("extra terms need a reference: connect a negative or an empty conditioning")
+        self._running = None
+        self._last_sigma = None
+
+    # -- per-run state (APG momentum)
+    def reset(self):
+        self._running = None
+        self._last_sigma = None
+
+    def _schedule(self, sched: S.Schedule, ctx: StepContext) -> float:
+        return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max)
+
+    def plan(self, ctx: StepContext, cond_scale: float | None = None) -> StepPlan:
+        """Active terms at this step. cond_scale None (unknown yet) counts the CFG term active
+        whenever its schedule is non-zero."""
+        cfg = self.config
+        s = cfg.cfg if cfg.cfg is not None else cond_scale
+        post = cfg.post
+        if post.zero_init_steps > 0 and ctx.sample_sigmas is not None:
+            if S.step_position(ctx.sigma, ctx.sample_sigmas) < post.zero_init_steps - 1e-6:
+                return StepPlan(active=[], needed=[], zero_init=True)
+        active = []
+        if self.baseline is not None:
+            f = self._schedule(cfg.cfg_schedule, ctx)
+            c = f * (s - 1.0) if s is not None else f
+            if c != 0.0:
+                active.append((POSITIVE, self.baseline, c, "guidance"))
+        if self.has_negative and self.has_empty:
+            c = -cfg.neg_scale * self._schedule(cfg.neg_schedule, ctx)
+            if c != 0.0:
+                active.append((NEGATIVE, EMPTY, c, "negative"))
+        for i, t in enumerate(cfg.terms):
+            c = t.weight * self._schedule(t.schedule, ctx)
+            if c != 0.0:
+                active.append((f"term{i}", self.baseline, c, "term"))
+        needed = [POSITIVE]
+        for key, ref, _, _ in active:
+            for k in (key, ref):
+                if k not in needed:
+                    needed.append(k)
+        return StepPlan(active=active, needed=needed)
+
+    def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha,
+                cond_scale: float | None = None) -> torch.Tensor:
+        """D = D_pos + sum_k c_k (D_k - D_ref_k), then APG / CFG-Zero* / Perp-Neg on their terms
+        and rescale on the result. `preds` maps cond keys to denoised predictions."""
+        if plan.zero_init:
+            return x.clone()
+        post = self.config.post
+        s = self.config.cfg if self.config.cfg is not None else cond_scale
+        sig = float(torch.as_tensor(sigma).max())
+        if self._last_sigma is not None and sig > self._last_sigma * (1 + 1e-6):
+            self._running = None  # a new sampling run started: momentum restarts
+        self._last_sigma = sig
+        d_pos = preds[POSITIVE]
+        out = d_pos
+        guidance_delta = None
+        if post.perp_neg and EMPTY in preds:
+            guidance_delta = d_pos - preds[EMPTY]
+        for key, ref, c, role in plan.active:
+            d_ref = preds[ref]
+            if role == "guidance":
+                if post.cfg_zero_star:
+                    d_ref = cfg_zero_star_uncond(d_pos, d_ref, x)
+                delta = d_pos - d_ref
+                if post.apg:
+                    delta, self._running = apg_delta(delta, d_pos, post.apg_eta, post.apg_norm_threshold,
+                                                     self._running, post.apg_momentum)
+            else:
+                delta = preds[key] - d_ref
+                if role == "negative" and post.perp_neg:
+                    delta = perp_neg_delta(delta, guidance_delta)
+            out = out + c * delta
+        if post.rescale_phi > 0 and plan.active:
+            space = P.default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
+            out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
+        return out

@@ -1,0 +1,224 @@
+"""Guidance-scale schedules: a multiplier f for each sampling step.
+
+A schedule returns a multiplier f of a guidance *strength* (the part of the guided
+prediction beyond the unguided one). For standard CFG, D = D_pos + f*(s - 1)*(D_pos - D_neg),
+so f = 1 is plain CFG at scale s and f = 0 is no guidance (the negative is not evaluated).
+
+Position of a step, p in [0, 1]:
+  - axis "progress": p = i / (n - 1) for step i of this run's n steps (multi-stage samplers
+    that evaluate between two steps get a fractional i, interpolated in log sigma);
+  - axis "sigma": p = (log sigma_max - log sigma) / (log sigma_max - log sigma_min) over the
+    model's whole noise range, so a schedule means the same at any denoise value.
+
+Kinds (start -> end means f(0) = start, f(1) = end):
+  constant    f = start
+  linear      f = start + (end - start) * p
+  cosine      f = end + (start - end) * (1 + cos(pi * p)) / 2
+  power_up    f = start + (end - start) * p^k            (the change comes late)
+  power_down  f = end + (start - end) * (1 - p)^k        (the change comes early)
+  interval    f = inside if sigma_lo < sigma <= sigma_hi else outside
+              (guidance interval, Kynkaanniemi et al. 2024, arXiv 2404.07724; always by sigma)
+  keyframes   piecewise-linear through (p_j, f_j), constant before the first / after the last
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from .errors import GuidanceConfigError, require_finite
+
+KINDS = ("constant", "linear", "cosine", "power_up", "power_down", "interval", "keyframes")
+AXES = ("progress", "sigma")
+
+# Defaults and ranges, imported by the node schema (one place).
+DEFAULTS = {
+    "kind": "constant", "axis": "progress", "start": 1.0, "end": 0.0, "exponent": 2.0,
+    "sigma_lo": 0.28, "sigma_hi": 5.42, "inside": 1.0, "outside": 0.0,
+    "keyframes": "0:1, 0.5:1, 1:0",
+}
+RANGES = {"value": (-100.0, 100.0), "exponent": (0.01, 100.0), "sigma": (0.0, 1.0e4)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A guidance multiplier schedule (see the module docstring for the formulas)."""
+
+    kind: str = "constant"
+    start: float = 1.0
+    end: float = 1.0
+    exponent: float = 2.0
+    sigma_lo: float = 0.0
+    sigma_hi: float = math.inf
+    inside: float = 1.0
+    outside: float = 0.0
+    keyframes: tuple = field(default_factory=tuple)
+    axis: str = "progress"
+
+    def __post_init__(self):
+        validate(self)
+
+
+
+def validate(s: Schedule) -> None:
+    """Raise GuidanceConfigError naming the field when a schedule is unusable."""
+    if s.kind not in KINDS:
+        raise GuidanceConfigError(f"schedule kind={s.kind!r}; accepted: {', '.join(KINDS)}")
+    if s.axis not in AXES:
+        raise GuidanceConfigError(f"schedule axis={s.axis!r}; accepted: {', '.join(AXES)}")
+    for name in ("start", "end", "inside", "outside"):
+        require_finite(f"schedule {name}", getattr(s, name))
+    ex = require_finite("schedule exponent", s.exponent)
+    if ex <= 0:
+        raise GuidanceConfigError(f"schedule exponent={ex}; use a number > 0")
+    lo = require_finite("schedule sigma_lo", s.sigma_lo)
+    hi = float(s.sigma_hi)
+    if math.isnan(hi):
+        raise GuidanceConfigError("schedule sigma_hi=nan is not a number; use a sigma > sigma_lo (inf allowed)")
+    if lo < 0:
+        raise GuidanceConfigError(f"schedule sigma_lo={lo}; use a sigma >= 0")
+    if lo > hi:
+        raise GuidanceConfigError(
+            f"schedule sigma_lo={lo} is greater than sigma_hi={hi}; the interval needs sigma_lo <= sigma_hi")
+    if s.kind == "keyframes":
+        if len(s.keyframes) == 0:
+            raise GuidanceConfigError("schedule keyframes is empty; give at least one 'position:value' pair")
+        prev = -math.inf
+        for j, kf in enumerate(s.keyframes):
+            if len(kf) != 2:
+                raise GuidanceConfigError(f"schedule keyframes[{j}]={kf!r}; each keyframe is (position, value)")
+            p = require_finite(f"schedule keyframes[{j}] position", kf[0])
+            require_finite(f"schedule keyframes[{j}] value", kf[1])
+            if not 0.0 <= p <= 1.0:
+                raise GuidanceConfigError(f"schedule keyframes[{j}] position={p}; positions lie in [0, 1]")
+            if p <= prev:
+                raise GuidanceConfigError(
+                    f"schedule keyframes[{j}] position={p} does not increase (previous {prev}); "
+                    "list keyframes with strictly increasing positions")
+            prev = p
+
+
+CONSTANT_ONE = Schedule()
+
+
+def parse_keyframes(text: str) -> tuple:
+    """Parse "0:7, 0.5:3, 1:1" (or one pair per line) into ((0.0, 7.0), (0.5, 3.0), (1.0, 1.0))."""
+    pairs = []
+    for j, chunk in enumerate(c for c in text.replace("\n", ",").replace(";", ",").split(",") if c.strip()):
+        if ":" not in chunk:
+            raise GuidanceConfigError(f"schedule keyframes item {j} {chunk.strip()!r}; write 'position:value', e.g. '0.5:3'")
+        p, v = chunk.split(":", 1)
+        try:
+            pairs.append((float(p), float(v)))
+        except ValueError:
+            raise GuidanceConfigError(f"schedule keyframes item {j} {chunk.strip()!r} is not 'number:number'") from None
+    return tuple(sorted(pairs, key=lambda kv: kv[0]))
+
+
+def _shape(s: Schedule, p: float) -> float:
+    p = min(max(p, 0.0), 1.0)
+    if s.kind == "constant":
+        return s.start
+    if s.kind == "linear":
+        return s.start + (s.end - s.start) * p
+    if s.kind == "cosine":
+        return s.end + (s.start - s.end) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if s.kind == "power_up":
+        return s.start + (s.end - s.start) * p ** s.exponent
+    if s.kind == "power_down":
+        return s.end + (s.start - s.end) * (1.0 - p) ** s.exponent
+    if s.kind == "keyframes":
+        kf = s.keyframes
+        if p <= kf[0][0]:
+            return kf[0][1]
+        for (p0, v0), (p1, v1) in zip(kf, kf[1:]):
+            if p <= p1:
+                return v0 + (v1 - v0) * (p - p0) / (p1 - p0)
+        return kf[-1][1]
+    raise AssertionError(s.kind)
+
+
+def sigma_position(sigma: float, sigma_min: float, sigma_max: float) -> float:
+    """p = (log sigma_max - log sigma) / (log sigma_max - log sigma_min), clamped to [0, 1]."""
+    if sigma <= sigma_min:
+        return 1.0
+    if sigma >= sigma_max:
+        return 0.0
+    return (math.log(sigma_max) - math.log(sigma)) / (math.log(sigma_max) - math.log(sigma_min))
+
+
+def step_position(sigma: float, sample_sigmas: Sequence[float]) -> float:
+    """Fractional step index of `sigma` within this run's descending sigma list.
+
+    sample_sigmas has n+1 entries for n steps (the last is usually 0). sigma == sample_sigmas[i]
+    gives i; a sigma between two entries (multi-stage samplers) is interpolated in log sigma.
+    """
+    sig = [float(v) for v in sample_sigmas]
+    if len(sig) < 2:
+        raise GuidanceConfigError(f"sample_sigmas has {len(sig)} entries; a run needs at least 1 step (2 sigmas)")
+    if sigma >= sig[0]:
+        return 0.0
+    for i in range(len(sig) - 1):
+        a, b = sig[i], sig[i + 1]
+        if a >= sigma >= b:
+            if a == b:
+                return float(i)
+            if b > 0:
+                return i + (math.log(a) - math.log(sigma)) / (math.log(a) - math.log(b))
+            return i + (a - sigma) / a
+    return float(len(sig) - 1)
+
+
+def progress(sigma: float, sample_sigmas: Sequence[float]) -> float:
+    """p = i / (n - 1) for the i-th of n steps (0 for a single step)."""
+    n = len(sample_sigmas) - 1
+    if n < 1:
+        raise GuidanceConfigError(f"steps={n}; a schedule needs at least 1 step")
+    if n == 1:
+        return 0.0
+    return min(step_position(sigma, sample_sigmas) / (n - 1), 1.0)
+
+
+def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = None,
+          sigma_min: float | None = None, sigma_max: float | None = None) -> float:
+    """The multiplier f at noise level `sigma`.
+
+    sample_sigmas (this run's sigmas) is needed for axis "progress"; sigma_min/sigma_max
+    (the model's full range) for axis "sigma". Interval schedules need neither.
+    """
+    if s.kind == "interval":
+        return s.inside if s.sigma_lo < sigma <= s.sigma_hi else s.outside
+    if s.kind == "constant":
+        return s.start
+    if s.axis == "sigma":
+        if sigma_min is None or sigma_max is None:
+            raise GuidanceConfigError("axis='sigma' needs the model's sigma_min and sigma_max")
+        p = sigma_position(sigma, sigma_min, sigma_max)
+    else:
+        if sample_sigmas is None:
+            raise GuidanceConfigError("axis='progress' needs this run's sample_sigmas")
+        p = progress(sigma, sample_sigmas)
+    return _shape(s, p)
+
+
+def step_values(s: Schedule, sample_sigmas: Sequence[float], sigma_min: float | None = None,
+                sigma_max: float | None = None) -> list[float]:
+    """The multiplier at each of the run's steps (sample_sigmas[:-1]): what a plot shows."""
+    sig = [float(v) for v in sample_sigmas]
+    if len(sig) < 2:
+        raise GuidanceConfigError(f"steps={len(sig) - 1}; a schedule needs at least 1 step")
+    if sigma_min is None:
+        sigma_min = min(v for v in sig if v > 0) if any(v > 0 for v in sig) else 1e-3
+    if sigma_max is None:
+        sigma_max = max(sig)
+    out = [value(s, v, sig, sigma_min, sigma_max) for v in sig[:-1]]
+    for i, v in enumerate(out):
+        if not math.isfinite(v):
+            raise GuidanceConfigError(f"schedule gives {v} at step {i}; check start/end/keyframes")
+    return out
+
+
+def scaled(s: Schedule, factor: float) -> Schedule:
+    """The same schedule with every value multiplied by `factor` (matched mean-scale sweeps)."""
+    return replace(s, start=s.start * factor, end=s.end * factor, inside=s.inside * factor,
+                   outside=s.outside * factor, keyframes=tuple((p, v * factor) for p, v in s.keyframes))

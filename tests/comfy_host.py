@@ -1,0 +1,124 @@
+"""A real ComfyUI, in-process, with Guidance Lab loaded through ComfyUI's own custom-node loader.
+
+Also builds tiny real models: ComfyUI's own UNetModel at small width inside BaseModel +
+ModelPatcher, for eps, v-prediction and flow parameterizations.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFY = os.path.abspath(os.environ.get("GL_COMFYUI", os.path.join(ROOT, ".comfyui")))
+PACK = os.path.join(COMFY, "custom_nodes", "guidance-lab")
+
+_booted = None
+
+
+def boot():
+    """Import ComfyUI on the CPU, load its built-in extra nodes and this pack. Returns comfy's `nodes`."""
+    global _booted
+    if _booted is not None:
+        return _booted
+    if not os.path.isfile(os.path.join(COMFY, "main.py")):
+        raise RuntimeError(f"no ComfyUI at {COMFY}; run scripts/setup.sh first")
+    if COMFY not in sys.path:
+        sys.path.insert(0, COMFY)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.disable_all_custom_nodes = False
+    import comfy.model_management  # noqa: F401  (after --cpu)
+    import nodes
+
+    asyncio.run(nodes.init_builtin_extra_nodes())
+    ok = asyncio.run(nodes.load_custom_node(PACK))
+    if not ok:
+        raise RuntimeError(f"ComfyUI's loader failed to load {PACK}")
+    _booted = nodes
+    return nodes
+
+
+def node(node_id):
+    return boot().NODE_CLASS_MAPPINGS[node_id]
+
+
+def run_node(node_id, **inputs):
+    """Execute a node class as ComfyUI does (V3: classmethod execute -> NodeOutput; V1: FUNCTION)."""
+    cls = node(node_id)
+    if hasattr(cls, "define_schema"):
+        out = cls.execute(**inputs)
+        return tuple(out.args) if hasattr(out, "args") else out
+    obj = cls()
+    return getattr(obj, cls.FUNCTION)(**inputs)
+
+
+def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim: int = 32, width: int = 32):
+    """ComfyUI's UNetModel at tiny width, as a real MODEL (ModelPatcher). kind: eps | v | flow."""
+    boot()
+    import torch
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models_base
+
+    class TinyConfig(comfy.supported_models_base.BASE):
+        unet_config = {}
+        unet_extra_config = {}
+        latent_format = comfy.latent_formats.LatentFormat
+        sampling_settings = {"shift": 3.0, "multiplier": 1000} if kind == "flow" else {}
+
+    unet = dict(image_size=32, in_channels=channels, out_channels=channels, model_channels=width,
+                num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
+                use_spatial_transformer=True, transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1],
+                transformer_depth_middle=1, context_dim=context_dim, use_linear_in_transformer=True,
+                adm_in_channels=None, legacy=False, dtype=torch.float32)
+    cfg = TinyConfig(unet)
+    cfg.latent_format = comfy.latent_formats.LatentFormat()
+    mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION,
+             "flow": comfy.model_base.ModelType.FLOW}[kind]
+    torch.manual_seed(seed)
+    model = comfy.model_base.BaseModel(cfg, model_type=mtype, device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # ComfyUI zero-inits output layers; give every weight a value
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p[0].numel()) ** 0.5))
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+                                            offload_device=torch.device("cpu"))
+
+
+def cond(seed: int, batch: int = 1, tokens: int = 4, dim: int = 32):
+    """A CONDITIONING like CLIPTextEncode's: [[tensor(B, T, dim), {}]]."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, dim, generator=g), {}]]
+
+
+def empty_latent(batch: int = 1, size: int = 16, channels: int = 4):
+    import torch
+
+    return {"samples": torch.zeros(batch, channels, size, size)}
+
+
+class RowCounter:
+    """Counts the rows (batch entries) of every diffusion-model forward, per sigma."""
+
+    def __init__(self, patcher):
+        self.calls = []  # (rows, sigma)
+        self.handle = patcher.model.diffusion_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        t_opts = kwargs.get("transformer_options", {})
+        sig = t_opts.get("sigmas")
+        self.calls.append((int(x.shape[0]), float(sig.max()) if sig is not None else None))
+
+    def close(self):
+        self.handle.remove()
+
+    @property
+    def rows(self):
+        return sum(r for r, _ in self.calls)
