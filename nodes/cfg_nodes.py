@@ -234,6 +234,11 @@ class PatchState:
         self.guiders = []
         self.stash = None
 
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options (which holds our pre-CFG hook) but not
+        # the wrappers: every clone must keep talking to this one state object.
+        return self
+
     def outer_sample(self, executor, *args, **kwargs):
         guider = executor.class_obj
         self.combiner.reset()

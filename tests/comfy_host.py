@@ -54,7 +54,8 @@ def run_node(node_id, **inputs):
     return getattr(obj, cls.FUNCTION)(**inputs)
 
 
-def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim: int = 32, width: int = 32):
+def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim: int = 32, width: int = 32,
+               cross_gain: float = 3.0):
     """ComfyUI's UNetModel at tiny width, as a real MODEL (ModelPatcher). kind: eps | v | flow."""
     boot()
     import torch
@@ -82,8 +83,9 @@ def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim:
     model = comfy.model_base.BaseModel(cfg, model_type=mtype, device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # ComfyUI zero-inits output layers; give every weight a value
-        for p in model.diffusion_model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p[0].numel()) ** 0.5))
+        for name, p in model.diffusion_model.named_parameters():
+            gain = cross_gain if ".attn2." in name else 0.3  # strong prompt influence: guidance must show
+            p.copy_(torch.randn(p.shape, generator=g) * (gain / max(1, p[0].numel()) ** 0.5))
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
@@ -122,3 +124,12 @@ class RowCounter:
     @property
     def rows(self):
         return sum(r for r, _ in self.calls)
+
+
+def pack_module(name: str):
+    """A module of the pack as ComfyUI's loader imported it (e.g. 'guidance_core.errors')."""
+    boot()
+    for key, mod in sys.modules.items():
+        if key.endswith("guidance-lab." + name):
+            return mod
+    raise KeyError(name)
