@@ -133,3 +133,18 @@ def pack_module(name: str):
         if key.endswith("guidance-lab." + name):
             return mod
     raise KeyError(name)
+
+
+DEMO = os.path.join(ROOT, "scripts", "demo_nodes")
+
+
+def demo_module():
+    """The demo shapes world (scripts/demo_nodes), loaded through ComfyUI's loader."""
+    nodes = boot()
+    if "GuidanceLabDemoShapesModel" not in nodes.NODE_CLASS_MAPPINGS:
+        if not asyncio.run(nodes.load_custom_node(DEMO)):
+            raise RuntimeError(f"ComfyUI's loader failed to load {DEMO}")
+    for key, mod in sys.modules.items():
+        if key.endswith("demo_nodes") and hasattr(mod, "GMMDenoiser"):
+            return mod
+    raise KeyError("demo_nodes")
