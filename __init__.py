@@ -3,8 +3,6 @@ from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES
 
-WEB_DIRECTORY = "./web"
-
 
 class GuidanceLabExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

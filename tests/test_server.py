@@ -22,7 +22,9 @@ def server(tmp_path_factory):
     srv.stop()
     with open(srv.log_path) as f:
         log = f.read()
-    assert "IMPORT FAILED: " + "guidance-lab" not in log
+    failed = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
+    assert not failed, failed
+    assert "GuidanceLab" in log or "guidance-lab" in log  # the loader saw the pack
 
 
 def test_pack_nodes_registered_with_tooltips(server):

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set everything up from nothing (CPU only), start a headless ComfyUI with
+# Guidance Lab, run the demo workflows through the pack's nodes and write images to OUTDIR.
+# Usage: bash scripts/run.sh [OUTDIR]    (default: out/)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="$(bash "$ROOT/scripts/setup.sh" | tail -n 1)"
+exec "$PY" "$ROOT/scripts/run_demo.py" "${1:-$ROOT/out}"

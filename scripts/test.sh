@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set everything up from nothing (CPU only) and run the whole test suite.
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="$(bash "$ROOT/scripts/setup.sh" | tail -n 1)"
+cd "$ROOT"
+echo "[test] ComfyUI import check (--quick-test-for-ci) with the pack loaded"
+LOG="$(mktemp)"
+(cd "$ROOT/.comfyui" && "$PY" main.py --cpu --quick-test-for-ci --database-url sqlite:///:memory: >"$LOG" 2>&1) || { cat "$LOG"; exit 1; }
+if grep "IMPORT FAILED" "$LOG" | grep -q "guidance-lab"; then
+  grep "IMPORT FAILED" "$LOG"; echo "[test] the pack failed to import in ComfyUI"; exit 1
+fi
+echo "[test] running pytest"
+exec "$PY" -m pytest -c tests/pytest.ini tests "$@"
