@@ -11,5 +11,6 @@ LOG="$(mktemp)"
 if grep "IMPORT FAILED" "$LOG" | grep -q "guidance-lab"; then
   grep "IMPORT FAILED" "$LOG"; echo "[test] the pack failed to import in ComfyUI"; exit 1
 fi
+grep -Eq "seconds: .*custom_nodes/guidance-lab$" "$LOG" || { cat "$LOG"; echo "[test] ComfyUI did not load the pack"; exit 1; }
 echo "[test] running pytest"
 exec "$PY" -m pytest -c tests/pytest.ini tests "$@"
