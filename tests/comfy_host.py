@@ -30,6 +30,7 @@ def boot():
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.disable_all_custom_nodes = False
     import comfy.model_management  # noqa: F401  (after --cpu)
+    import utils.install_util  # noqa: F401  ComfyUI's utils package, before nodes.py puts comfy/ first on sys.path
     import nodes
 
     asyncio.run(nodes.init_builtin_extra_nodes())
@@ -128,11 +129,11 @@ class RowCounter:
 
 def pack_module(name: str):
     """A module of the pack as ComfyUI's loader imported it (e.g. 'guidance_core.errors')."""
+    import importlib
+
     boot()
-    for key, mod in sys.modules.items():
-        if key.endswith("guidance-lab." + name):
-            return mod
-    raise KeyError(name)
+    pack = next(k for k, m in sys.modules.items() if k.endswith("guidance-lab") and hasattr(m, "comfy_entrypoint"))
+    return importlib.import_module(f"{pack}.{name}")
 
 
 DEMO = os.path.join(ROOT, "scripts", "demo_nodes")

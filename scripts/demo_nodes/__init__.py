@@ -12,6 +12,8 @@ Guidance Lab node runs on it unchanged, on a CPU, in milliseconds.
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import torch
 
@@ -43,51 +45,75 @@ def shape_means(size: int = SIZE) -> torch.Tensor:
     return out
 
 
-class GMMDenoiser(torch.nn.Module):
-    """Exact eps-prediction of the shapes mixture (see the module docstring)."""
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+from guidance_core.reference.gmm import GaussianMixture  # noqa: E402
 
-    def __init__(self, tau: float = TAU, image_size: int = SIZE, device=None, operations=None, dtype=None, **kw):
+
+class GMMDenoiser(torch.nn.Module):
+    """Exact prediction (eps, v or flow velocity) of a Gaussian mixture, as ComfyUI's diffusion model.
+
+    The conditioning tensor's first token holds class weights: a non-zero vector restricts the
+    mixture's prior to those classes (a class prompt), all zeros is the unconditional mixture."""
+
+    def __init__(self, means=None, tau: float = TAU, priors=None, parameterization: str = "eps", image_size: int = SIZE,
+                 device=None, operations=None, dtype=None, **kw):
         super().__init__()
-        self.register_buffer("means", shape_means(image_size))
-        self.tau = tau
+        means = shape_means(image_size) if means is None else torch.as_tensor(means, dtype=torch.float32)
+        self.gmm = GaussianMixture(means, tau, None if priors is None else torch.as_tensor(priors))
+        self.parameterization = parameterization
         self.dtype = torch.float32
 
     def forward(self, x, timesteps=None, context=None, transformer_options={}, **kwargs):
         rows = x.shape[0]
         sig = transformer_options["sigmas"].reshape(-1).to(x)
-        sig = sig.repeat(math.ceil(rows / sig.shape[0]))[:rows].view(rows, 1, 1, 1)
-        xs = x * torch.sqrt(sig ** 2 + 1)  # undo ComfyUI's eps input scaling c_in = 1/sqrt(sigma^2+1)
-        k = self.means.shape[0]
-        w = context[:, 0, :k].clamp(min=0) if context is not None else torch.zeros(rows, k).to(x)
-        uniform = torch.full_like(w, 1.0 / k)
+        sig = sig.repeat(math.ceil(rows / sig.shape[0]))[:rows]
+        s = sig.view(rows, *([1] * (x.ndim - 1)))
+        k = self.gmm.means.shape[0]
+        if self.parameterization == "flow":
+            xr, alpha = x, 1.0 - s
+        else:  # undo ComfyUI's eps/v input scaling c_in = 1/sqrt(sigma^2+1)
+            xr, alpha = x * torch.sqrt(s ** 2 + 1), torch.ones_like(s)
+        w = context[:, 0, :k].clamp(min=0).to(x) if context is not None else torch.zeros(rows, k).to(x)
         total = w.sum(1, keepdim=True)
-        prior = torch.where(total > 0, w / total.clamp(min=1e-12), uniform)
-        var = self.tau ** 2 + sig.view(rows, 1) ** 2
-        d2 = ((xs[:, None] - self.means[None]) ** 2).flatten(2).sum(-1)  # rows x K
-        r = torch.softmax(torch.log(prior.clamp(min=1e-30)) - d2 / (2 * var), dim=1)
-        shrink = (self.tau ** 2 / var).view(rows, 1, 1, 1)
-        mu = torch.einsum("bk,kchw->bchw", r, self.means)
-        denoised = mu + shrink * (xs - mu)
-        return (xs - denoised) / sig
+        prior = torch.where(total > 0, w / total.clamp(min=1e-12), self.gmm.priors.to(x)[None].expand(rows, -1))
+        denoised = self.gmm.denoise(xr, sig, alpha.reshape(-1), prior)
+        if self.parameterization == "v":
+            return (xr / (s ** 2 + 1) - denoised) * torch.sqrt(s ** 2 + 1) / s
+        return (xr - denoised) / s  # eps, and the flow velocity (x - D)/sigma
 
 
-class ShapesLatent(comfy.latent_formats.LatentFormat):
-    latent_channels = 3
+def gmm_model(means=None, tau: float = TAU, priors=None, parameterization: str = "eps", sampling_settings=None):
+    """A real ComfyUI MODEL (BaseModel + ModelPatcher) whose diffusion model is the exact GMM denoiser.
+    sampling_settings: ComfyUI's schedule settings (default: SD's scaled-linear betas; shift 1 for flow)."""
+    channels = 3 if means is None else int(torch.as_tensor(means).shape[1])
+    size = SIZE if means is None else int(torch.as_tensor(means).shape[-1])
 
+    if sampling_settings is None:
+        sampling_settings = {"shift": 1.0, "multiplier": 1000} if parameterization == "flow" else {}
+    settings = sampling_settings
 
-class ShapesConfig(comfy.supported_models_base.BASE):
-    unet_config = {}
-    unet_extra_config = {}
-    latent_format = ShapesLatent
-    sampling_settings = {}
+    class Latent(comfy.latent_formats.LatentFormat):
+        latent_channels = channels
+
+    class Config(comfy.supported_models_base.BASE):
+        unet_config = {}
+        unet_extra_config = {}
+        latent_format = Latent
+        sampling_settings = settings
+
+    cfg = Config({"means": means, "tau": tau, "priors": priors, "parameterization": parameterization,
+                  "image_size": size})
+    mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION,
+             "flow": comfy.model_base.ModelType.FLOW}[parameterization]
+    model = comfy.model_base.BaseModel(cfg, model_type=mtype, device="cpu", unet_model=GMMDenoiser)
+    dev = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
 
 
 def shapes_model():
-    cfg = ShapesConfig({"tau": TAU, "image_size": SIZE})
-    model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.EPS, device="cpu",
-                                       unet_model=GMMDenoiser)
-    dev = comfy.model_management.get_torch_device()
-    return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
+    return gmm_model()
 
 
 def class_conditioning(weights) -> list:

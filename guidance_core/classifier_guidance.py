@@ -1,0 +1,192 @@
+"""Classifier guidance with a noise-aware classifier (Dhariwal & Nichol 2021, arXiv 2105.05233).
+
+In ComfyUI's sampling space x = alpha*x0 + sigma*eps, Tweedie's formula gives
+    E[x0 | x] = (x + sigma^2 * grad_x log p(x)) / alpha,
+and Bayes gives grad_x log p(x | y) = grad_x log p(x) + grad_x log p(y | x, sigma). Hence the
+class-conditional denoised prediction is the unconditional one shifted along the classifier's
+gradient (guided-diffusion's `condition_score`, written for D instead of eps):
+    D' = D + s * (sigma^2 / alpha) * grad_x log p(y | x, sigma)
+with s = 1 exactly Bayes, s > 1 sharper (the paper's "classifier scale"). Every k-diffusion-style
+sampler consumes D, so this one shift serves all samplers.
+
+Targets: a weight vector w over the labels, objective sum_y w_y log p(y | x, sigma): one label
+(w = one-hot), a weighted set, and labels to avoid (negative weights). One vector per batch item.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import GuidanceConfigError, require_finite
+
+SCALE_DEFAULT, SCALE_MAX = 1.0, 100.0
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MIN_ALPHA = 1e-3  # below this (flow models at sigma ~ 1) x carries no signal: the step is left unguided
+
+
+@dataclass(frozen=True)
+class ClassifierGuidanceConfig:
+    scale: float = SCALE_DEFAULT      # s; 0 = off (exactly the unguided output)
+    sigma_lo: float = 0.0             # guide only for sigma_lo <= sigma <= sigma_hi
+    sigma_hi: float = math.inf
+    every_n: int = 1                  # guide on every N-th step (step index from this run's sigmas)
+    rms_clamp: float = 0.0            # clamp of the gradient's RMS per sample; 0 = off
+    dtype: str = "float32"            # compute dtype of the classifier forward/backward
+
+    def __post_init__(self):
+        require_finite("scale", self.scale)
+        lo = require_finite("sigma_lo", self.sigma_lo)
+        if math.isnan(self.sigma_hi) or lo > self.sigma_hi:
+            raise GuidanceConfigError(f"sigma_lo={lo} must be <= sigma_hi={self.sigma_hi}")
+        if int(self.every_n) != self.every_n or self.every_n < 1:
+            raise GuidanceConfigError(f"every_n={self.every_n}; use an integer >= 1 (1 = every step)")
+        if require_finite("rms_clamp", self.rms_clamp) < 0:
+            raise GuidanceConfigError(f"rms_clamp={self.rms_clamp}; use a value >= 0 (0 = off)")
+        if self.dtype not in DTYPES:
+            raise GuidanceConfigError(f"dtype={self.dtype!r}; accepted: {', '.join(DTYPES)}")
+
+
+def parse_targets(text: str, labels: Sequence[str]) -> list[dict]:
+    """Parse a target text into one {label: weight} dict per batch item.
+
+    Items are separated by newlines or ';' (item i guides batch item i; one item guides all).
+    Inside an item: comma-separated 'label' or 'label:weight' (weight 1 by default; negative =
+    avoid), e.g. "cat" or "cat:1, dog:-0.5\\nbird". Unknown labels raise an error listing the known ones.
+    """
+    known = {str(lb).strip().lower(): str(lb) for lb in labels}
+    items = [it for it in text.replace(";", "\n").split("\n") if it.strip()]
+    if not items:
+        raise GuidanceConfigError(f"target is empty; name one of the labels: {', '.join(map(str, labels))}")
+    out = []
+    for i, item in enumerate(items):
+        weights: dict = {}
+        for part in (p for p in item.split(",") if p.strip()):
+            name, w = part.strip(), 1.0
+            if ":" in name:
+                head, tail = name.rsplit(":", 1)
+                try:
+                    w, name = float(tail), head.strip()
+                except ValueError:
+                    pass
+            require_finite(f"target weight of {name!r}", w)
+            key = name.lower()
+            if key not in known:
+                raise GuidanceConfigError(f"unknown label {name!r} in target item {i + 1}; known labels: "
+                                          f"{', '.join(map(str, labels))}")
+            weights[known[key]] = weights.get(known[key], 0.0) + w
+        out.append(weights)
+    return out
+
+
+def target_matrix(targets: list[dict], labels: Sequence[str]) -> torch.Tensor:
+    """[items, K] weight matrix in label order."""
+    index = {str(lb): k for k, lb in enumerate(labels)}
+    w = torch.zeros(len(targets), len(labels))
+    for i, t in enumerate(targets):
+        for name, v in t.items():
+            w[i, index[name]] = v
+    return w
+
+
+def batch_weights(weights: torch.Tensor, batch: int) -> torch.Tensor:
+    """One row per batch item: a single row is shared; otherwise the counts must match."""
+    if weights.shape[0] == 1:
+        return weights.expand(batch, -1)
+    if weights.shape[0] != batch:
+        raise GuidanceConfigError(f"target has {weights.shape[0]} items but the batch has {batch} images; "
+                                  "give one target for all or one per image")
+    return weights
+
+
+def log_prob_gradient(classifier: Callable, model_input: Callable, x: torch.Tensor, sigma: torch.Tensor,
+                      weights: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """g = grad_x sum_y w_y log p(y | x, sigma), with log p = log_softmax(classifier(model_input(x), sigma)).
+
+    Works under ComfyUI's inference mode: gradients are computed with inference mode off,
+    on a fresh copy of x (the sampler's x is never modified)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        sig = sigma.detach().clone()
+        inp = model_input(xg)
+        if dtype != torch.float32:
+            with torch.autocast(device_type=x.device.type, dtype=dtype):
+                logits = classifier(inp, sig)
+        else:
+            logits = classifier(inp, sig)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        objective = (logp * weights.detach().clone().to(logp)).sum()
+        (grad,) = torch.autograd.grad(objective, xg)
+    return grad.detach()
+
+
+def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
+    """Scale each sample's gradient down so that sqrt(mean(g^2)) <= max_rms (0 = off)."""
+    if max_rms <= 0:
+        return grad
+    rms = grad.pow(2).flatten(1).mean(1).sqrt().view(-1, *([1] * (grad.ndim - 1)))
+    return grad * torch.clamp(max_rms / rms.clamp(min=1e-30), max=1.0)
+
+
+def shift_denoised(denoised: torch.Tensor, grad: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """D' = D + s * (sigma^2 / alpha) * g   (Dhariwal & Nichol 2021, score form in D-space)."""
+    shape = (-1,) + (1,) * (denoised.ndim - 1)
+    sigma = sigma.reshape(shape).to(denoised)
+    alpha = alpha.reshape(shape).to(denoised)
+    return denoised + scale * (sigma ** 2 / alpha) * grad.to(denoised)
+
+
+class ClassifierGuidance:
+    """Applies the shift at the steps the config selects; leaves a step unguided (warning once)
+    when the gradient is not finite."""
+
+    def __init__(self, classifier: Callable, weights: torch.Tensor, config: ClassifierGuidanceConfig):
+        self.classifier, self.weights, self.config = classifier, weights, config
+        self.warned = False
+
+    def active(self, sigma: float, step_index: float | None) -> bool:
+        c = self.config
+        if c.scale == 0 or not (c.sigma_lo <= sigma <= c.sigma_hi):
+            return False
+        if step_index is not None and c.every_n > 1 and int(math.floor(step_index + 1e-6)) % c.every_n != 0:
+            return False
+        return True
+
+    def __call__(self, denoised, x, sigma, alpha, model_input, step_index=None):
+        sig = float(sigma.max())
+        if not self.active(sig, step_index) or float(alpha.min()) < MIN_ALPHA:
+            return denoised
+        w = batch_weights(self.weights, x.shape[0]).to(x.device)
+        grad = log_prob_gradient(self.classifier, model_input, x, sigma, w, DTYPES[self.config.dtype])
+        if not torch.isfinite(grad).all():
+            if not self.warned:
+                logging.warning("Guidance Lab: classifier gradient is not finite at sigma=%.4g; "
+                                "this step is left unguided", sig)
+                self.warned = True
+            return denoised
+        grad = clamp_rms(grad, self.config.rms_clamp)
+        return shift_denoised(denoised, grad, sigma, alpha, self.config.scale)
+
+
+def make_autograd_safe(module: torch.nn.Module, device: torch.device | None = None) -> torch.nn.Module:
+    """Move `module` to `device` and replace inference tensors among its weights by normal ones.
+
+    Tensors created under torch.inference_mode (as ComfyUI runs nodes) cannot be saved for
+    backward; a copy made with inference mode off can. Done in place, once per device move."""
+    with torch.inference_mode(False):
+        if device is not None:
+            first = next(iter(module.parameters()), None)
+            if first is not None and first.device != device:
+                module.to(device)
+        for mod in module.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None and p.is_inference():
+                    mod._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+            for name, b in list(mod._buffers.items()):
+                if b is not None and b.is_inference():
+                    mod._buffers[name] = b.detach().clone()
+    return module

@@ -1,0 +1,1 @@
+"""Noise-aware classifier networks (and, later, the CLIP zero-shot classifier)."""

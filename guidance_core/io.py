@@ -1,0 +1,120 @@
+"""Classifier files: safetensors weights + JSON metadata. No pickle, ever.
+
+Metadata (stored under the safetensors metadata key "guidance_lab", as JSON):
+  format            "guidance-lab-classifier"
+  version           1
+  architecture      "noise_aware" (or another registered name)
+  config            the architecture's config dict
+  labels            list of label names, in logit order
+  latent_channels   channels of the latents it reads
+  latent_format     ComfyUI latent format name it was trained on (e.g. "SD15"), informative
+  parameterization  "eps" | "v" | "flow": the model family whose sampling space it was trained in
+  sigma_min, sigma_max  the noise range it was trained on
+Writes go to a temporary name first and are renamed into place (no half-written files).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
+from .errors import GuidanceConfigError
+
+FORMAT, VERSION = "guidance-lab-classifier", 1
+META_KEY = "guidance_lab"
+PICKLE_EXTS = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+ARCHITECTURES = {"noise_aware": (ClassifierConfig, NoiseAwareClassifier)}
+REQUIRED = ("format", "version", "architecture", "config", "labels", "latent_channels", "parameterization")
+
+
+class ClassifierFileError(GuidanceConfigError):
+    """A classifier file cannot be used; the message says why and what is accepted."""
+
+
+def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
+    """Write weights + metadata atomically (temporary file in the same folder, then rename)."""
+    if not path.endswith(".safetensors"):
+        raise ClassifierFileError(f"classifier path {path!r} must end with .safetensors")
+    full = {"format": FORMAT, "version": VERSION, **meta}
+    missing = [k for k in REQUIRED if k not in full]
+    if missing:
+        raise ClassifierFileError(f"classifier metadata lacks {missing}")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(full)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _check_not_pickle(path: str):
+    low = path.lower()
+    if low.endswith(PICKLE_EXTS):
+        raise ClassifierFileError(f"{os.path.basename(path)}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are "
+                                  "refused because loading them can run code; convert it to .safetensors")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ClassifierFileError(f"{os.path.basename(path)} is a pickle/zip checkpoint, not safetensors; refused")
+    if len(head) < 9 or head[8:9] != b"{":
+        raise ClassifierFileError(f"{os.path.basename(path)} is not a safetensors file (corrupt or truncated)")
+
+
+def read_metadata(path: str) -> dict:
+    _check_not_pickle(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ClassifierFileError(f"{os.path.basename(path)} cannot be read as safetensors: {e}") from None
+    if raw is None:
+        raise ClassifierFileError(f"{os.path.basename(path)} has no Guidance Lab metadata; it is not a classifier file")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ClassifierFileError(f"{os.path.basename(path)}: metadata is not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ClassifierFileError(f"{os.path.basename(path)}: format={meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ClassifierFileError(f"{os.path.basename(path)}: version {meta.get('version')} is newer than this "
+                                  f"Guidance Lab reads ({VERSION}); update the pack")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise ClassifierFileError(f"{os.path.basename(path)}: metadata lacks {missing}")
+    if meta["architecture"] not in ARCHITECTURES:
+        raise ClassifierFileError(f"{os.path.basename(path)}: architecture={meta['architecture']!r}; "
+                                  f"known: {', '.join(ARCHITECTURES)}")
+    return meta
+
+
+def load_classifier(path: str, device="cpu"):
+    """(module in eval mode, metadata). Weights are plain (non-inference) tensors, so gradients work
+    even if this is called under torch.inference_mode."""
+    meta = read_metadata(path)
+    cfg_cls, net_cls = ARCHITECTURES[meta["architecture"]]
+    with torch.inference_mode(False):
+        module = net_cls(cfg_cls.from_dict(meta["config"]))
+        try:
+            with safe_open(path, framework="pt", device=str(device)) as f:
+                state = {k: f.get_tensor(k).clone() for k in f.keys()}
+            module.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError) as e:
+            raise ClassifierFileError(f"{os.path.basename(path)}: weights do not match its config ({e})") from None
+        except Exception as e:
+            raise ClassifierFileError(f"{os.path.basename(path)} cannot be read as safetensors: {e}") from None
+    module.eval().requires_grad_(False)
+    if len(meta["labels"]) != module.config.num_classes:
+        raise ClassifierFileError(f"{os.path.basename(path)}: {len(meta['labels'])} labels but the network has "
+                                  f"{module.config.num_classes} outputs")
+    return module, meta

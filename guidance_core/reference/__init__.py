@@ -1,0 +1,1 @@
+"""Closed-form references used to verify guidance (mixtures of Gaussians)."""
