@@ -77,3 +77,18 @@ def default_rescale_space(parameterization: str) -> str:
     (alpha != 1), so the rescale is done on the x0 prediction D itself.
     """
     return "x0" if parameterization == "flow" else "v"
+
+
+def model_input(x: torch.Tensor, sigma, parameterization: str) -> torch.Tensor:
+    """The diffusion model's input scaling of x, which noise-aware classifiers also read:
+    c_in*x = x / sqrt(1 + sigma^2) for eps/v models (the VP-normalized latent; ComfyUI's
+    EPS.calculate_input with sigma_data = 1), and x itself for flow models (CONST)."""
+    if parameterization == "flow":
+        return x
+    return x / torch.sqrt(1.0 + broadcast_sigma(sigma, x) ** 2)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma, parameterization: str) -> torch.Tensor:
+    """x = alpha(sigma)*x0 + sigma*eps in ComfyUI's sampling space."""
+    s = broadcast_sigma(sigma, x0)
+    return alpha_for(parameterization, s) * x0 + s * noise

@@ -1,0 +1,107 @@
+"""Command-line training of a noise-aware classifier from a latent cache, for long runs on a GPU
+server. Run from the pack's folder:
+
+    python -m guidance_core.train --latents CACHE.safetensors --out my_classifier.safetensors \
+        [--steps 20000] [--batch-size 64] [--lr 3e-4] [--seed 0] [--checkpoint-every 1000] [--resume CKPT]
+    torchrun --nproc_per_node 4 -m guidance_core.train ...      (multi-GPU, DistributedDataParallel)
+
+The latent cache is written by the "Train Classifier" node (it encodes the images with the
+model's VAE inside ComfyUI); it holds the latents, labels and the model's noise facts.
+Ctrl-C stops the run: the classifier file is written only at the very end (atomically), and
+checkpoints are complete files, so nothing half-written is ever left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from . import io as gio
+from .datasets import load_latent_cache
+from .training import NoiseSpec, TrainConfig, Trainer, classifier_metadata
+
+
+def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=None) -> Trainer:
+    scale, shift = float(meta.get("scale_factor", 1.0)), float(meta.get("shift_factor", 0.0))
+    latents = (tensors["latents"].float() - shift) * scale  # the latent format's process_in
+    spec = NoiseSpec(meta["parameterization"], float(meta["sigma_min"]), float(meta["sigma_max"]),
+                     tensors.get("sigma_table"))
+    return Trainer(latents, tensors["labels"], meta["labels"], spec, config, device=device, distributed=distributed)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m guidance_core.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latents", required=True, help="latent cache (.safetensors) written by the Train Classifier node")
+    ap.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=64, help="per process")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sigma-distribution", default="log_uniform", choices=["log_uniform", "model"])
+    ap.add_argument("--class-balance", action="store_true")
+    ap.add_argument("--base-channels", type=int, default=64)
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = none)")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint path (default: OUT with .ckpt.safetensors)")
+    ap.add_argument("--resume", default=None, help="checkpoint to resume from")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    args = ap.parse_args(argv)
+
+    distributed = None
+    if dist.is_torchelastic_launched():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        distributed = (dist.get_rank(), dist.get_world_size())
+    rank = distributed[0] if distributed else 0
+    if args.device:
+        device = torch.device(args.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+
+    tensors, meta = load_latent_cache(args.latents)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         seed=args.seed, sigma_distribution=args.sigma_distribution, class_balance=args.class_balance,
+                         checkpoint_every=args.checkpoint_every, arch={"base_channels": args.base_channels})
+    trainer = build(tensors, meta, config, device, distributed)
+    ckpt = args.checkpoint or (args.out[: -len(".safetensors")] if args.out.endswith(".safetensors") else args.out) + ".ckpt.safetensors"
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.steps, initial=trainer.step, desc="training", disable=rank != 0)
+
+    def on_step(step, loss):
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    def on_checkpoint(step):
+        if rank == 0:
+            trainer.save_checkpoint(ckpt)
+
+    try:
+        trainer.run(on_step, on_checkpoint)
+    except KeyboardInterrupt:
+        bar.close()
+        if rank == 0:
+            print(f"interrupted at step {trainer.step}; no classifier written"
+                  + (f"; last checkpoint: {ckpt}" if config.checkpoint_every else ""), file=sys.stderr)
+        return 130
+    bar.close()
+    if rank == 0:
+        report = trainer.report()
+        gio.save_classifier(args.out, trainer.model, classifier_metadata(trainer, meta.get("latent_format", ""), report))
+        print(json.dumps({"out": args.out, "buckets": report["buckets"]}, indent=1))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

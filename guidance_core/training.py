@@ -1,0 +1,274 @@
+"""Training of noise-aware classifiers (pure torch).
+
+Recipe of Dhariwal & Nichol 2021 (arXiv 2105.05233, Sec. 4 / App. D): for clean latents x0
+with labels y, draw a noise level sigma, form the noisy input the sampler will show,
+    x = alpha(sigma)*x0 + sigma*eps,   eps ~ N(0, I)
+and minimize cross-entropy  L = -log softmax(f(c_in*x, sigma))_y  with AdamW (lr 3e-4,
+weight decay 0.05) and a linear learning-rate anneal lr_t = lr*(1 - t/T).
+
+Noise levels: log-uniform over [sigma_min, sigma_max] (default), or the model's own training
+distribution (uniform over its sigma table: the discrete timesteps of eps/v models, the shifted
+t grid of flow models). Validation accuracy is reported per log-sigma bucket.
+Deterministic given a seed (one torch.Generator drives data order, sigmas and noise);
+resumable from a checkpoint that holds weights, optimizer state, step and generator state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn import functional as F
+
+from . import parameterization as P
+from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
+from .errors import GuidanceConfigError
+
+SIGMA_DISTRIBUTIONS = ("log_uniform", "model")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    seed: int = 0
+    sigma_distribution: str = "log_uniform"
+    class_balance: bool = False
+    val_fraction: float = 0.1
+    buckets: int = 5
+    eval_batches: int = 4          # validation batches per bucket
+    checkpoint_every: int = 0      # 0 = no periodic checkpoints
+    arch: dict = field(default_factory=dict)  # ClassifierConfig overrides
+
+    def validate(self):
+        if self.steps < 1:
+            raise GuidanceConfigError(f"steps={self.steps}; train for at least 1 step")
+        if self.batch_size < 1:
+            raise GuidanceConfigError(f"batch_size={self.batch_size}; use at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GuidanceConfigError(f"lr={self.lr}; use a positive learning rate such as 3e-4")
+        if self.sigma_distribution not in SIGMA_DISTRIBUTIONS:
+            raise GuidanceConfigError(f"sigma_distribution={self.sigma_distribution!r}; accepted: "
+                                      f"{', '.join(SIGMA_DISTRIBUTIONS)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise GuidanceConfigError(f"val_fraction={self.val_fraction}; use a value in [0, 1)")
+
+
+@dataclass
+class NoiseSpec:
+    """The target model's noise: parameterization, sigma range and (optionally) its sigma table."""
+    parameterization: str
+    sigma_min: float
+    sigma_max: float
+    sigma_table: torch.Tensor | None = None
+
+    def sample(self, n: int, gen: torch.Generator, distribution: str) -> torch.Tensor:
+        if distribution == "model":
+            if self.sigma_table is None:
+                raise GuidanceConfigError("sigma_distribution='model' needs the model's sigma table")
+            idx = torch.randint(0, self.sigma_table.numel(), (n,), generator=gen)
+            return self.sigma_table.flatten()[idx].float()
+        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        return torch.exp(lo + (hi - lo) * torch.rand(n, generator=gen))
+
+    def bucket_edges(self, buckets: int) -> list[float]:
+        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        return [math.exp(lo + (hi - lo) * i / buckets) for i in range(buckets + 1)]
+
+
+def split_indices(labels: torch.Tensor, val_fraction: float, seed: int):
+    """Stratified, seeded train/validation split: (train_idx, val_idx)."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    tr, va = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        k = int(round(idx.numel() * val_fraction))
+        if val_fraction > 0 and idx.numel() > 1:
+            k = max(1, k)
+        va.append(idx[:k])
+        tr.append(idx[k:])
+    return torch.cat(tr), torch.cat(va)
+
+
+def noisy_batch(x0, sigma, noise, spec: NoiseSpec):
+    """Classifier input c_in*(alpha*x0 + sigma*eps) for a batch."""
+    x = P.add_noise(x0, noise, sigma, spec.parameterization)
+    return P.model_input(x, sigma, spec.parameterization)
+
+
+@torch.no_grad()
+def evaluate(model, latents, labels, spec: NoiseSpec, buckets: int, batches: int, batch_size: int, seed: int,
+             device) -> list[dict]:
+    """Accuracy per log-sigma bucket, with a fixed generator (same noise at every evaluation)."""
+    gen = torch.Generator().manual_seed(seed + 104729)
+    edges = spec.bucket_edges(buckets)
+    model.eval()
+    out = []
+    for b in range(buckets):
+        correct = total = 0
+        lo, hi = math.log(edges[b]), math.log(edges[b + 1])
+        for _ in range(batches):
+            idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=gen)
+            sig = torch.exp(lo + (hi - lo) * torch.rand(idx.numel(), generator=gen))
+            noise = torch.randn(latents[idx].shape, generator=gen)
+            x0 = latents[idx]
+            inp = noisy_batch(x0, sig, noise, spec).to(device)
+            pred = model(inp, sig.to(device)).argmax(1).cpu()
+            correct += int((pred == labels[idx]).sum())
+            total += idx.numel()
+        out.append({"sigma_lo": edges[b], "sigma_hi": edges[b + 1], "accuracy": correct / max(1, total), "n": total})
+    model.train()
+    return out
+
+
+class Trainer:
+    """One training run. `latents` are clean latents in the sampler's space (after the latent
+    format's process_in), `labels` int64 class indices. The loop calls `on_step(step, loss)` after
+    every step (raise from it to interrupt: nothing is written then) and `on_checkpoint(step)`."""
+
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor, label_names: list[str], spec: NoiseSpec,
+                 config: TrainConfig, device="cpu", distributed=None):
+        config.validate()
+        if latents.shape[0] != labels.shape[0]:
+            raise GuidanceConfigError(f"{latents.shape[0]} latents but {labels.shape[0]} labels")
+        if latents.shape[0] < 2:
+            raise GuidanceConfigError(f"{latents.shape[0]} examples; a classifier needs at least 2")
+        self.config, self.spec, self.device = config, spec, torch.device(device)
+        self.label_names = list(label_names)
+        self.latents, self.labels = latents.float().cpu(), labels.long().cpu()
+        self.train_idx, self.val_idx = split_indices(self.labels, config.val_fraction, config.seed)
+        arch = dict(in_channels=latents.shape[1], num_classes=len(label_names))
+        arch.update(config.arch)
+        torch.manual_seed(config.seed)
+        self.model = NoiseAwareClassifier(ClassifierConfig(**arch)).to(self.device)
+        self.net = self.model
+        self.dist = distributed  # (rank, world_size) when running under torch.distributed
+        if distributed is not None:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        rank = distributed[0] if distributed else 0
+        self.gen = torch.Generator().manual_seed(config.seed * 1000003 + rank)
+        self.step = 0
+        counts = torch.bincount(self.labels[self.train_idx], minlength=len(label_names)).float()
+        self.sample_weights = (1.0 / counts.clamp(min=1))[self.labels[self.train_idx]] if config.class_balance else None
+
+    def next_batch(self):
+        n = self.config.batch_size
+        if self.sample_weights is not None:
+            pick = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.gen)
+        else:
+            pick = torch.randint(0, self.train_idx.numel(), (n,), generator=self.gen)
+        idx = self.train_idx[pick]
+        sig = self.spec.sample(n, self.gen, self.config.sigma_distribution)
+        noise = torch.randn(self.latents[idx].shape, generator=self.gen)
+        return noisy_batch(self.latents[idx], sig, noise, self.spec), sig, self.labels[idx]
+
+    def lr_at(self, step: int) -> float:
+        """Linear anneal: lr * (1 - step / steps)."""
+        return self.config.lr * (1.0 - step / self.config.steps)
+
+    def run(self, on_step: Callable | None = None, on_checkpoint: Callable | None = None):
+        self.model.train()
+        while self.step < self.config.steps:
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr_at(self.step)
+            inp, sig, y = self.next_batch()
+            logits = self.net(inp.to(self.device), sig.to(self.device))
+            loss = F.cross_entropy(logits, y.to(self.device))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            if on_step is not None:
+                on_step(self.step, float(loss))
+            ce = self.config.checkpoint_every
+            if on_checkpoint is not None and ce > 0 and self.step % ce == 0 and self.step < self.config.steps:
+                on_checkpoint(self.step)
+        return self.model
+
+    def report(self) -> dict:
+        c = self.config
+        val = self.val_idx if self.val_idx.numel() > 0 else self.train_idx
+        buckets = evaluate(self.model, self.latents[val], self.labels[val], self.spec, c.buckets, c.eval_batches,
+                           c.batch_size, c.seed, self.device)
+        return {"labels": self.label_names, "steps": self.step, "train_examples": int(self.train_idx.numel()),
+                "val_examples": int(self.val_idx.numel()), "parameterization": self.spec.parameterization,
+                "buckets": buckets, "config": asdict(c)}
+
+    # -- checkpoints: safetensors tensors + JSON metadata, written atomically
+    def state_tensors(self) -> dict:
+        t = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        for i, p in enumerate(self.model.parameters()):
+            for k, v in self.opt.state.get(p, {}).items():
+                t[f"optim.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+        t["rng"] = self.gen.get_state()
+        return t
+
+    def save_checkpoint(self, path: str):
+        meta = {"step": self.step, "config": asdict(self.config), "labels": self.label_names}
+        atomic_save(self.state_tensors(), path, {"guidance_lab_checkpoint": json.dumps(meta)})
+        return path
+
+    def load_checkpoint(self, path: str):
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads(f.metadata()["guidance_lab_checkpoint"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta["labels"] != self.label_names:
+            raise GuidanceConfigError(f"checkpoint labels {meta['labels']} differ from the data's {self.label_names}")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        params = list(self.model.parameters())
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, i, name = k.split(".", 2)
+                self.opt.state[params[int(i)]][name] = v.to(self.device) if name != "step" else v
+        self.gen.set_state(tensors["rng"])
+        self.step = int(meta["step"])
+
+
+def atomic_save(tensors: dict, path: str, metadata: dict):
+    """safetensors save to a temporary name in the same folder, then rename (never half-written)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict | None = None) -> dict:
+    """Metadata of the classifier file format (guidance_core.io)."""
+    meta = {"architecture": "noise_aware", "config": trainer.model.config.to_dict(), "labels": trainer.label_names,
+            "latent_channels": int(trainer.latents.shape[1]), "latent_format": latent_format,
+            "parameterization": trainer.spec.parameterization, "sigma_min": trainer.spec.sigma_min,
+            "sigma_max": trainer.spec.sigma_max, "train_steps": trainer.step}
+    if report is not None:
+        meta["val_accuracy"] = [round(b["accuracy"], 4) for b in report["buckets"]]
+    return meta
+
+
+def atomic_bytes(path: str, data: bytes):
+    """Write bytes to a temporary name in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

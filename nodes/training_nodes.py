@@ -1,0 +1,195 @@
+"""Train a noise-aware classifier inside ComfyUI: encode a labeled image folder with the model's VAE
+(cached), train with guidance_core.training, save to models/classifiers."""
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..guidance_core import datasets as DS
+from ..guidance_core import io as gio
+from ..guidance_core import report as R
+from ..guidance_core import training as TR
+from ..guidance_core.errors import GuidanceConfigError
+from . import glue
+from . import types as T
+from .classifier_nodes import FOLDER, LoadedClassifier
+
+CATEGORY = "Guidance Lab/classifier"
+ENCODE_BATCH = 16
+
+
+def resolve_dataset(name: str) -> str:
+    """A folder or .csv inside ComfyUI's input directory; no absolute paths, no '..'."""
+    name = name.strip().replace("\\", "/")
+    if not name or os.path.isabs(name) or ".." in name.split("/"):
+        raise GuidanceConfigError(f"dataset={name!r}: give a folder or .csv inside ComfyUI's input directory "
+                                  f"({folder_paths.get_input_directory()}), without '..' or an absolute path")
+    root = folder_paths.get_input_directory()
+    path = os.path.join(root, name)
+    if not os.path.exists(path):
+        raise GuidanceConfigError(f"dataset {name!r} not found in {root}")
+    return path
+
+
+def output_path(name: str) -> str:
+    stem = name.strip()
+    if stem.endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}", stem):
+        raise GuidanceConfigError(f"output_name={name!r}: use letters, digits, '_', '-', '.' (no folders)")
+    return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], stem + ".safetensors")
+
+
+def vae_identity(vae) -> str:
+    """A cheap fingerprint of the VAE weights (shape and a few values of every tensor)."""
+    parts = []
+    for k, v in sorted(vae.first_stage_model.state_dict().items()):
+        flat = v.flatten()
+        parts.append(f"{k}{tuple(v.shape)}{flat[:4].tolist() if flat.numel() else ''}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] if parts else "none"
+
+
+def encode_dataset(vae, items, resolution: int, pbar=None):
+    """VAE latents of the readable images (ComfyUI's VAE.encode takes [B, H, W, 3] in [0, 1])."""
+    latents, labels, skipped = [], [], []
+    for start in range(0, len(items), ENCODE_BATCH):
+        chunk = items[start:start + ENCODE_BATCH]
+        imgs, labs = [], []
+        for path, label in chunk:
+            arr = DS.load_image(path, resolution)
+            if arr is None:
+                skipped.append(path)
+                continue
+            imgs.append(arr)
+            labs.append(label)
+        if imgs:
+            latents.append(vae.encode(torch.from_numpy(np.stack(imgs))).float().cpu())
+            labels += labs
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if pbar is not None:
+            pbar.update(len(chunk))
+    if not latents:
+        raise GuidanceConfigError(f"none of the {len(items)} images could be read")
+    return torch.cat(latents), torch.tensor(labels), skipped
+
+
+def load_or_encode(model, vae, dataset_path: str, resolution: int):
+    """(raw latents, labels, label names, cache meta, cache path, encoded?)."""
+    items, label_names = DS.scan_dataset(dataset_path)
+    fmt = model.get_model_object("latent_format")
+    ms = glue.model_sampling_of(model)
+    meta = {"labels": label_names, "latent_format": type(fmt).__name__, "scale_factor": float(fmt.scale_factor),
+            "shift_factor": float(getattr(fmt, "shift_factor", 0.0) or 0.0),
+            "parameterization": glue.parameterization_of(ms), "sigma_min": float(ms.sigma_min),
+            "sigma_max": float(ms.sigma_max), "resolution": resolution, "dataset": os.path.basename(dataset_path)}
+    key = DS.cache_key(items, resolution, vae_identity(vae) + json.dumps(meta, sort_keys=True))
+    cache_dir = os.path.join(folder_paths.get_user_directory(), "guidance_lab", "latent_cache")
+    cache = os.path.join(cache_dir, f"latents-{key}.safetensors")
+    if os.path.exists(cache):
+        tensors, meta = DS.load_latent_cache(cache)
+        return tensors["latents"], tensors["labels"], meta["labels"], meta, cache, False
+    counts = [sum(1 for _, k in items if k == i) for i in range(len(label_names))]
+    logging.info("Guidance Lab: encoding %d images (%s) with the VAE", len(items),
+                 ", ".join(f"{n}: {c}" for n, c in zip(label_names, counts)))
+    latents, labels, skipped = encode_dataset(vae, items, resolution, comfy.utils.ProgressBar(len(items)))
+    meta["skipped"] = [os.path.relpath(p, dataset_path) for p in skipped]
+    sigma_table = getattr(ms, "sigmas", None)
+    extra = {"sigma_table": sigma_table.detach().float().cpu().clone()} if sigma_table is not None else {}
+    DS.save_latent_cache(cache, latents, labels, meta, extra)
+    return latents, labels, label_names, meta, cache, True
+
+
+class GuidanceLabTrainClassifier(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLabTrainClassifier",
+            display_name="Train Classifier (Guidance Lab)",
+            category=CATEGORY,
+            description="Trains a noise-aware classifier on your labeled images for classifier guidance: images are "
+                        "encoded with the VAE (cached for later runs), noised over the model's noise range and learned "
+                        "with cross-entropy (Dhariwal & Nichol 2021). Saves to models/classifiers.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the classifier will guide (its noise schedule and latent format)."),
+                io.Vae.Input("vae", tooltip="The model's VAE, used to encode the images (latent channels must match the model)."),
+                io.String.Input("dataset", default="my_dataset",
+                                tooltip="Folder inside ComfyUI/input with one subfolder per label, or a .csv of path,label there."),
+                io.String.Input("output_name", default="my_classifier",
+                                tooltip="File name in models/classifiers (letters, digits, _ - .); .safetensors is added."),
+                io.Int.Input("steps", default=2000, min=0, max=1000000,
+                             tooltip="Training steps; 0 = only encode and cache the latents (for the command line trainer)."),
+                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Examples per step."),
+                io.Float.Input("lr", default=3e-4, min=1e-6, max=1.0, step=1e-5, round=1e-6,
+                               tooltip="AdamW learning rate (ADM: 3e-4), annealed linearly to 0."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed: same seed, same classifier."),
+                io.Int.Input("resolution", default=512, min=8, max=4096, step=8,
+                             tooltip="Images are resized (shorter side) and center-cropped to this size in pixels."),
+                io.Combo.Input("sigma_distribution", options=list(TR.SIGMA_DISTRIBUTIONS), default="log_uniform",
+                               tooltip="Noise levels: log-uniform over the model's range, or the model's own training distribution."),
+                io.Boolean.Input("class_balance", default=False, tooltip="Sample labels equally often (off = as in the data)."),
+                io.Int.Input("width", default=64, min=8, max=512, step=8, tooltip="Base channels of the classifier network."),
+            ],
+            outputs=[T.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
+                     io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, dataset, output_name, steps, batch_size, lr, seed, resolution, sigma_distribution,
+                class_balance, width):
+        path = resolve_dataset(dataset)
+        out = output_path(output_name)
+        want = int(model.get_model_object("latent_format").latent_channels)
+        have = int(getattr(vae, "latent_channels", want))
+        if want != have:
+            raise GuidanceConfigError(f"the VAE makes {have}-channel latents, the model uses {want}; "
+                                      "connect the model's own VAE")
+        config = TR.TrainConfig(steps=max(1, steps), batch_size=batch_size, lr=lr, seed=seed,
+                                sigma_distribution=sigma_distribution, class_balance=class_balance,
+                                arch={"base_channels": width})
+        config.validate()
+        raw, labels, names, meta, cache, _ = load_or_encode(model, vae, path, resolution)
+        if steps == 0:
+            return io.NodeOutput(None, torch.zeros(1, 8, 8, 3), json.dumps({"latent_cache": cache}))
+        fmt = model.get_model_object("latent_format")
+        with torch.inference_mode(False), torch.enable_grad():
+            latents = fmt.process_in(raw.clone())
+            ms = glue.model_sampling_of(model)
+            table = getattr(ms, "sigmas", None)
+            spec = TR.NoiseSpec(meta["parameterization"], meta["sigma_min"], meta["sigma_max"],
+                                table.detach().float().cpu().clone() if table is not None else None)
+            trainer = TR.Trainer(latents, labels.clone(), names, spec, config,
+                                 device=comfy.model_management.get_torch_device())
+            pbar = comfy.utils.ProgressBar(steps)
+
+            def on_step(step, loss):
+                pbar.update(1)
+                comfy.model_management.throw_exception_if_processing_interrupted()
+
+            trainer.run(on_step)
+            report = trainer.report()
+        report["latent_cache"], report["skipped_images"] = cache, meta.get("skipped", [])
+        gio.save_classifier(out, trainer.model, TR.classifier_metadata(trainer, meta["latent_format"], report))
+        plot = R.accuracy_plot(report)
+        buf = _io.BytesIO()
+        plot.save(buf, format="PNG")
+        TR.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
+        TR.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(report, indent=1).encode())
+        module, file_meta = gio.load_classifier(out)
+        image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]
+        return io.NodeOutput(LoadedClassifier(module, file_meta, os.path.basename(out)), image,
+                             json.dumps(report, indent=1))
+
+
+TRAINING_NODES = [GuidanceLabTrainClassifier]
