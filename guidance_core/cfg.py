@@ -11,7 +11,6 @@ evaluation; when every c_k is 0 only the positive prompt is evaluated.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -270,7 +269,6 @@ class CFGCombiner:
         if plan.zero_init:
             return x.clone()
         post = self.config.post
-        s = self.config.cfg if self.config.cfg is not None else cond_scale
         sig = float(torch.as_tensor(sigma).max())
         if self._last_sigma is not None and sig > self._last_sigma * (1 + 1e-6):
             self._running = None  # a new sampling run started: momentum restarts

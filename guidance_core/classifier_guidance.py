@@ -11,9 +11,27 @@ sampler consumes D, so this one shift serves all samplers.
 
 Targets: a weight vector w over the labels, objective sum_y w_y log p(y | x, sigma): one label
 (w = one-hot), a weighted set, and labels to avoid (negative weights). One vector per batch item.
+
+What the classifier reads (its `wants`), one shift for all:
+  - NOISY_INPUT: a noise-aware classifier of the model input c_in*x and sigma (Dhariwal & Nichol);
+    g = grad_x log p(y | x, sigma), exact.
+  - DENOISED_DETACHED: a classifier of clean images reads the denoised prediction D (e.g. zero-shot
+    CLIP, classifiers/clip.py). D is treated as a leaf and its gradient is used in place of grad_x:
+        D' = D + s * (sigma^2 / alpha) * grad_D log p(y | D).
+    One classifier forward/backward, no extra model call. Approximation: the exact gradient is
+    J_D(x)^T grad_D log p(y|D), and J_D(x) ~ I/alpha only at low noise; at high noise dD/dx is much
+    smaller than 1/alpha (for data of variance v and alpha = 1: v/(v + sigma^2)), so this path
+    over-steers early steps: use sigma_hi or rms_clamp there.
+  - DENOISED_THROUGH_MODEL: the same classifier of D, with the gradient taken through the diffusion
+    model (CLIP-guided diffusion as in Crowson 2021 / k-diffusion's cond_fn):
+        g = grad_x log p(y | D(x)) = J_D(x)^T grad_D log p(y | D).
+    The caller supplies D(x) differentiably (a fresh model call with gradients: roughly 3x the cost
+    of a model call per guided step). The classifier still reads the sampler's D (straight-through:
+    value D, Jacobian of the recomputed D(x)), so both paths see the same image.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -26,6 +44,8 @@ from .errors import GuidanceConfigError, require_finite
 SCALE_DEFAULT, SCALE_MAX = 1.0, 100.0
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MIN_ALPHA = 1e-3  # below this (flow models at sigma ~ 1) x carries no signal: the step is left unguided
+NOISY_INPUT, DENOISED_DETACHED, DENOISED_THROUGH_MODEL = "noisy_input", "denoised_detached", "denoised_through_model"
+WANTS = (NOISY_INPUT, DENOISED_DETACHED, DENOISED_THROUGH_MODEL)
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,8 @@ def log_prob_gradient(classifier: Callable, model_input: Callable, x: torch.Tens
                       weights: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """g = grad_x sum_y w_y log p(y | x, sigma), with log p = log_softmax(classifier(model_input(x), sigma)).
 
+    Generic in what x is: the noisy sample (model_input = the model's input scaling), the denoised
+    prediction (model_input = identity) or x through the diffusion model (model_input = D(x)).
     Works under ComfyUI's inference mode: gradients are computed with inference mode off,
     on a fresh copy of x (the sampler's x is never modified)."""
     with torch.inference_mode(False), torch.enable_grad():
@@ -117,10 +139,16 @@ def log_prob_gradient(classifier: Callable, model_input: Callable, x: torch.Tens
                 logits = classifier(inp, sig)
         else:
             logits = classifier(inp, sig)
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         objective = (logp * weights.detach().clone().to(logp)).sum()
         (grad,) = torch.autograd.grad(objective, xg)
     return grad.detach()
+
+
+def straight_through(value: torch.Tensor, differentiable: torch.Tensor) -> torch.Tensor:
+    """A tensor whose value is `value` and whose gradient is that of `differentiable`:
+    d + (value - d).detach()  (the straight-through estimator, Bengio et al. 2013, arXiv 1308.3432)."""
+    return differentiable + (value.detach().to(differentiable) - differentiable.detach())
 
 
 def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
@@ -142,10 +170,15 @@ def shift_denoised(denoised: torch.Tensor, grad: torch.Tensor, sigma: torch.Tens
 
 class ClassifierGuidance:
     """Applies the shift at the steps the config selects; leaves a step unguided (warning once)
-    when the gradient is not finite."""
+    when the gradient is not finite. `wants` (default: the classifier's own `wants` attribute, else
+    NOISY_INPUT) says what the classifier reads; see the module docstring."""
 
-    def __init__(self, classifier: Callable, weights: torch.Tensor, config: ClassifierGuidanceConfig):
+    def __init__(self, classifier: Callable, weights: torch.Tensor, config: ClassifierGuidanceConfig,
+                 wants: str | None = None):
         self.classifier, self.weights, self.config = classifier, weights, config
+        self.wants = wants if wants is not None else getattr(classifier, "wants", NOISY_INPUT)
+        if self.wants not in WANTS:
+            raise GuidanceConfigError(f"classifier wants={self.wants!r}; accepted: {', '.join(WANTS)}")
         self.warned = False
 
     def active(self, sigma: float, step_index: float | None) -> bool:
@@ -156,12 +189,26 @@ class ClassifierGuidance:
             return False
         return True
 
-    def __call__(self, denoised, x, sigma, alpha, model_input, step_index=None):
+    def gradient(self, denoised, x, sigma, model_input, weights, denoise_fn=None) -> torch.Tensor:
+        """g of the shift, per `wants`: grad_x log p(y|x, sigma) | grad_D log p(y|D) | grad_x log p(y|D(x))."""
+        dtype = DTYPES[self.config.dtype]
+        if self.wants == NOISY_INPUT:
+            return log_prob_gradient(self.classifier, model_input, x, sigma, weights, dtype)
+        if self.wants == DENOISED_DETACHED:
+            return log_prob_gradient(self.classifier, lambda d: d, denoised, sigma, weights, dtype)
+        if denoise_fn is None:
+            raise GuidanceConfigError("the gradient path through the model needs a differentiable D(x) "
+                                      "(denoise_fn); use the detached path here")
+        return log_prob_gradient(self.classifier, lambda xx: straight_through(denoised, denoise_fn(xx)), x, sigma,
+                                 weights, dtype)
+
+    def __call__(self, denoised, x, sigma, alpha, model_input, step_index=None, denoise_fn=None):
+        """D' = D + s*(sigma^2/alpha)*g. denoise_fn(x) -> D(x) with gradients, for DENOISED_THROUGH_MODEL."""
         sig = float(sigma.max())
         if not self.active(sig, step_index) or float(alpha.min()) < MIN_ALPHA:
             return denoised
         w = batch_weights(self.weights, x.shape[0]).to(x.device)
-        grad = log_prob_gradient(self.classifier, model_input, x, sigma, w, DTYPES[self.config.dtype])
+        grad = self.gradient(denoised, x, sigma, model_input, w, denoise_fn)
         if not torch.isfinite(grad).all():
             if not self.warned:
                 logging.warning("Guidance Lab: classifier gradient is not finite at sigma=%.4g; "
@@ -190,3 +237,34 @@ def make_autograd_safe(module: torch.nn.Module, device: torch.device | None = No
                 if b is not None and b.is_inference():
                     mod._buffers[name] = b.detach().clone()
     return module
+
+
+@contextlib.contextmanager
+def autograd_safe_weights(*modules: torch.nn.Module):
+    """Inside the block, every inference tensor among the modules' parameters and buffers is replaced
+    by a normal copy (same values, dtype and device); on exit the original tensors are put back, so
+    the modules are unchanged outside the block. For modules that are not ours (ComfyUI's VAE and
+    diffusion model, whose weights are inference tensors): autograd can save the copies for backward,
+    and the graph keeps them alive until the backward pass. Costs one copy of those weights, transiently.
+    Tensors shared between modules (tied weights) share one copy."""
+    swapped, copies = [], {}
+    try:
+        with torch.inference_mode(False):
+            for root in modules:
+                for mod in root.modules():
+                    for store in (mod._parameters, mod._buffers):
+                        for name, t in list(store.items()):
+                            if t is None or not t.is_inference():
+                                continue
+                            new = copies.get(id(t))
+                            if new is None:
+                                new = t.detach().clone()
+                                if isinstance(t, torch.nn.Parameter):
+                                    new = torch.nn.Parameter(new, requires_grad=False)
+                                copies[id(t)] = new
+                            swapped.append((store, name, t))
+                            store[name] = new
+        yield len(swapped)
+    finally:
+        for store, name, t in reversed(swapped):
+            store[name] = t

@@ -190,7 +190,7 @@ class Trainer:
             self.opt.step()
             self.step += 1
             if on_step is not None:
-                on_step(self.step, float(loss))
+                on_step(self.step, float(loss.detach()))
             ce = self.config.checkpoint_every
             if on_checkpoint is not None and ce > 0 and self.step % ce == 0 and self.step < self.config.steps:
                 on_checkpoint(self.step)

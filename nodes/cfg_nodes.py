@@ -58,9 +58,8 @@ class GuidanceLabSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, kind, axis, start, end, exponent, sigma_lo, sigma_hi, inside, outside, keyframes):
-        kf = S.parse_keyframes(keyframes) if kind == "keyframes" else ()
-        sched = S.Schedule(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
-                           sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=kf)
+        sched = S.from_fields(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
+                              sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=keyframes)
         # evaluate on a dense grid now, so a NaN/inf shows before sampling starts
         S.step_values(sched, [math.exp(3.0 - 9.0 * i / 100) for i in range(101)] + [0.0])
         return io.NodeOutput(sched)

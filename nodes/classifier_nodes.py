@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -27,20 +26,18 @@ KEY = "guidance_lab_classifier"
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt"}
 
 
-def register_folder():
-    """models/classifiers (plus any extra_model_paths entry), with explicit extensions."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0]
-    if default not in paths:
-        paths = [default, *paths]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
-
-
-register_folder()
+glue.register_model_folder(FOLDER, EXTENSIONS)
 
 
 class LoadedClassifier:
-    """A classifier module with its metadata, managed by ComfyUI's model management."""
+    """A noise-aware classifier module with its metadata, managed by ComfyUI's model management.
+
+    The GUIDANCE_CLASSIFIER interface (also implemented by clip_nodes.LoadedCLIPClassifier):
+    `labels`, `name`, `wants` (what it reads, see guidance_core.classifier_guidance),
+    `bind(model_patcher)` -> classify(input, sigma) -> logits (validates against the model first),
+    and `model_patchers()` (what ComfyUI must load for sampling)."""
+
+    wants = G.NOISY_INPUT
 
     def __init__(self, module: torch.nn.Module, meta: dict, name: str = ""):
         self.module, self.meta, self.name = module, meta, name
@@ -51,6 +48,17 @@ class LoadedClassifier:
 
     def __deepcopy__(self, memo):
         return self
+
+    def model_patchers(self) -> list:
+        return [self.patcher]
+
+    def classify(self, x_in, sigma):
+        G.make_autograd_safe(self.module, x_in.device)
+        return self.module(x_in, sigma)
+
+    def bind(self, model_patcher):
+        self.check_model(model_patcher)
+        return self.classify
 
     def check_model(self, model_patcher):
         """Validate before sampling: latent channels and sampling family must match."""
@@ -66,19 +74,68 @@ class LoadedClassifier:
                                       f"{model_param}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
 
 
-class ClassifierHook:
-    """Post-CFG hook: D' = D + s*(sigma^2/alpha)*grad log p(y|x, sigma). Used by the MODEL patch and
-    by the SAMPLER wrapper (one code path)."""
+def _control_modules(conds: list) -> list:
+    """The networks of ControlNets / T2I adapters attached to the conds (and their chains)."""
+    found = {}
+    for cond in conds:
+        for c in cond:
+            ctrl = c.get("control") if isinstance(c, dict) else None
+            while ctrl is not None:
+                for attr in ("control_model", "t2i_model"):
+                    net = getattr(ctrl, attr, None)
+                    if isinstance(net, torch.nn.Module):
+                        found[id(net)] = net
+                ctrl = getattr(ctrl, "previous_controlnet", None)
+    return list(found.values())
 
-    def __init__(self, loaded: LoadedClassifier, weights: torch.Tensor, config: G.ClassifierGuidanceConfig):
+
+def differentiable_denoised(args: dict, x: torch.Tensor) -> torch.Tensor:
+    """D(x) with gradients, recomputed inside a post-CFG hook from what the hook receives: the
+    processed positive (and negative) conds, combined as ComfyUI's CFG, D_u + s*(D_c - D_u) (D_c alone
+    when the step had no negative). One calc_cond_batch call, so the model's patches, wrappers and
+    ControlNets act as in the step. Other post-processing of the step (CFG rescale, this pack's CFG
+    patch) is not repeated: the gradient uses plain CFG's Jacobian (the value of D is the step's own,
+    see classifier_guidance.straight_through). ComfyUI's weights (diffusion model, ControlNets) are
+    inference tensors: they are swapped for normal copies during this forward and put back right after
+    (autograd_safe_weights), so the model is unchanged between steps."""
+    model, cond, uncond, scale = args["model"], args["cond"], args.get("uncond"), float(args["cond_scale"])
+    use_uncond = uncond is not None and not math.isclose(scale, 1.0)
+    # Copies of the cond lists: wrappers that recognise the guider's own lists (this pack's CFG patch)
+    # leave this extra call alone.
+    conds = [list(cond)] + ([list(uncond)] if use_uncond else [])
+    sigma = args["sigma"].detach().clone()
+    try:
+        with G.autograd_safe_weights(model.diffusion_model, *_control_modules(conds)):
+            outs = comfy.samplers.calc_cond_batch(model, conds, x, sigma, args["model_options"])
+    except RuntimeError as e:
+        if "Inference tensors" not in str(e):
+            raise
+        raise GuidanceConfigError("gradient path 'through_model': a module taking part in the model call (beyond the "
+                                  "diffusion model and ControlNets) has inference-tensor weights, which cannot be "
+                                  f"backpropagated; use the 'detached' path ({e})") from None
+    d = outs[1] + scale * (outs[0] - outs[1]) if use_uncond else outs[0]
+    if not d.requires_grad:
+        raise GuidanceConfigError("gradient path 'through_model': the diffusion model's output does not depend "
+                                  "differentiably on x (a caching or compiled patch?); use the 'detached' path")
+    return d
+
+
+class ClassifierHook:
+    """Post-CFG hook: D' = D + s*(sigma^2/alpha)*g, g the classifier's gradient (grad_x log p(y|x, sigma)
+    for noise-aware classifiers; for classifiers of the denoised prediction see
+    guidance_core.classifier_guidance). Used by the MODEL patch and by the SAMPLER wrapper (one code path)."""
+
+    def __init__(self, loaded, weights: torch.Tensor, config: G.ClassifierGuidanceConfig, classify=None):
         self.loaded = loaded
-        self.guidance = G.ClassifierGuidance(self.classify, weights, config)
+        self._classify = classify if classify is not None else loaded.classify
+        self.guidance = G.ClassifierGuidance(self.classify, weights, config,
+                                             wants=getattr(loaded, "wants", G.NOISY_INPUT))
 
     def __deepcopy__(self, memo):  # model_options are deep-copied on clone; keep one hook
         return self
 
     def classify(self, x_in, sigma):
-        return self.loaded.module(x_in, sigma)
+        return self._classify(x_in, sigma)
 
     def check_batch(self, batch: int):
         G.batch_weights(self.guidance.weights, batch)
@@ -87,11 +144,11 @@ class ClassifierHook:
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
         ms = model.model_sampling
         param = glue.parameterization_of(ms)
-        G.make_autograd_safe(self.loaded.module, x.device)
         sample_sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
         step = S.step_position(float(sigma.max()), [float(v) for v in sample_sigmas]) if sample_sigmas is not None else None
+        through = self.guidance.wants == G.DENOISED_THROUGH_MODEL
         return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), lambda xx: ms.calculate_input(sigma, xx),
-                             step)
+                             step, denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None)
 
     def outer_sample(self, executor, noise, *args, **kwargs):
         self.check_batch(noise.shape[0])  # before the first step
@@ -100,7 +157,7 @@ class ClassifierHook:
 
 def _guidance_inputs():
     return [
-        T.Classifier.Input("classifier", tooltip="From Load Classifier (Guidance Lab)."),
+        T.Classifier.Input("classifier", tooltip="From Load Classifier or Load CLIP Classifier (Guidance Lab)."),
         io.String.Input("target", default="", multiline=True,
                         tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
                                 "batch image for different targets; one line for all."),
@@ -119,11 +176,11 @@ def _guidance_inputs():
 
 
 def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_clamp, dtype):
-    classifier.check_model(model)
+    classify = classifier.bind(model)  # validates the classifier against this model
     targets = G.parse_targets(target, classifier.labels)
     cfg = G.ClassifierGuidanceConfig(scale=scale, sigma_lo=sigma_lo, sigma_hi=math.inf if sigma_hi >= 1.0e4 else sigma_hi,
                                      every_n=every_n, rms_clamp=rms_clamp, dtype=dtype)
-    return ClassifierHook(classifier, G.target_matrix(targets, classifier.labels), cfg)
+    return ClassifierHook(classifier, G.target_matrix(targets, classifier.labels), cfg, classify)
 
 
 class GuidanceLabClassifierLoader(io.ComfyNode):
@@ -155,8 +212,9 @@ class GuidanceLabClassifierGuidance(io.ComfyNode):
             display_name="Classifier Guidance (Guidance Lab)",
             category=CATEGORY,
             description="MODEL patch for the stock KSampler: shifts the denoised prediction along the classifier's "
-                        "gradient, D' = D + s*sigma^2/alpha*grad log p(y|x,sigma) (Dhariwal & Nichol 2021). A post-CFG "
-                        "hook: stacks with other patches and with the CFG Guider.",
+                        "gradient, D' = D + s*sigma^2/alpha*grad log p(y|x,sigma) (Dhariwal & Nichol 2021); with a CLIP "
+                        "classifier, the gradient of log p(y|image(D)). A post-CFG hook: stacks with other patches and "
+                        "with the CFG Guider.",
             inputs=[io.Model.Input("model", tooltip="The diffusion model (cloned; the input stays unchanged)."),
                     *_guidance_inputs()],
             outputs=[io.Model.Output(display_name="model")],
@@ -167,7 +225,7 @@ class GuidanceLabClassifierGuidance(io.ComfyNode):
         hook = _hook(model, classifier, **kw)
         m = model.clone()
         m.set_model_sampler_post_cfg_function(hook)
-        m.set_additional_models(KEY, [classifier.patcher])
+        m.set_additional_models(KEY, classifier.model_patchers())
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, hook.outer_sample)
         return io.NodeOutput(m)
 
@@ -184,7 +242,7 @@ class GuidedSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         self.hook.check_batch(noise.shape[0])
-        comfy.model_management.load_models_gpu([self.hook.loaded.patcher])
+        comfy.model_management.load_models_gpu(self.hook.loaded.model_patchers())
         extra = dict(extra_args)
         mo = comfy.model_patcher.create_model_options_clone(extra.get("model_options", {}))
         mo["sampler_post_cfg_function"] = list(mo.get("sampler_post_cfg_function", [])) + [self.hook]

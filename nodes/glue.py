@@ -5,14 +5,27 @@ one code path computes every guided prediction.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 import comfy.model_sampling
 import comfy.samplers
+import folder_paths
 
 from ..guidance_core import cfg as C
 from ..guidance_core import parameterization as P
 from ..guidance_core.errors import GuidanceConfigError
+
+
+def register_model_folder(name: str, extensions) -> None:
+    """models/<name> (plus any extra_model_paths entries) in ComfyUI's folder registry, with its
+    file extensions set explicitly. Model files are only ever resolved through this registry."""
+    default = os.path.join(folder_paths.models_dir, name)
+    paths = folder_paths.folder_names_and_paths.get(name, ([], set()))[0]
+    if default not in paths:
+        paths = [default, *paths]
+    folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
 def parameterization_of(model_sampling) -> str:

@@ -35,8 +35,10 @@ def link_custom_nodes():
 
 
 class ComfyServer:
-    def __init__(self, output_dir: str, port: int | None = None, log_path: str | None = None):
+    def __init__(self, output_dir: str, port: int | None = None, log_path: str | None = None,
+                 extra_args: list[str] | None = None):
         self.port = port or free_port()
+        self.extra_args = list(extra_args or [])  # more ComfyUI command-line options
         self.output_dir = os.path.abspath(output_dir)
         self.log_path = log_path or os.path.join(self.output_dir, "comfyui-server.log")
         self.proc = None
@@ -52,7 +54,7 @@ class ComfyServer:
         self.log = open(self.log_path, "w")
         cmd = [sys.executable, os.path.join(COMFY, "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--output-directory", self.output_dir, "--disable-auto-launch",
-               "--database-url", "sqlite:///:memory:"]
+               "--database-url", "sqlite:///:memory:", *self.extra_args]
         self.proc = subprocess.Popen(cmd, cwd=COMFY, stdout=self.log, stderr=subprocess.STDOUT)
         t0 = time.time()
         while time.time() - t0 < timeout:

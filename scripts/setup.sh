@@ -56,6 +56,12 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# playwright (tests/test_web.py) came after the stamp above; add it to existing environments too
+if ! "$PY" -c "import playwright" >/dev/null 2>&1; then
+  log "installing the test dependencies (requirements-dev.txt)"
+  pip_install -r "$ROOT/requirements-dev.txt"
+fi
+
 mkdir -p "$COMFY/custom_nodes"
 if [ ! -e "$COMFY/custom_nodes/guidance-lab" ]; then
   ln -s "$ROOT" "$COMFY/custom_nodes/guidance-lab"

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import comfy_host as H
-from guidance_core import cfg as C
 from guidance_core import schedules as S
 
 SAMPLERS = ["euler", "dpmpp_2m"]

@@ -2,7 +2,6 @@
 mixture: the MODEL is the mixture's exact denoiser (a real ComfyUI BaseModel), the classifier is
 its exact posterior p(y | x, sigma)."""
 import copy
-import os
 
 import pytest
 import torch

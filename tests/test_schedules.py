@@ -62,7 +62,7 @@ def test_keyframes_interpolate(pts, p):
         assert v == pts[-1][1]
     else:
         (p0, v0), (p1, v1) = next((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= p <= b[0])
-        assert math.isclose(v, v0 + (v1 - v0) * (p - p0) / (p1 - p0), rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(v, v0 + (v1 - v0) * ((p - p0) / (p1 - p0)), rel_tol=1e-9, abs_tol=1e-9)
         assert min(v0, v1) - 1e-9 <= v <= max(v0, v1) + 1e-9
 
 

@@ -1,6 +1,5 @@
 """A real ComfyUI server with the pack: workflows run through POST /prompt and write images;
 bad input gives a clear error before sampling and the server keeps running."""
-import copy
 import os
 import sys
 

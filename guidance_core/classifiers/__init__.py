@@ -1,1 +1,2 @@
-"""Noise-aware classifier networks (and, later, the CLIP zero-shot classifier)."""
+"""Classifiers for guidance: the noise-aware latent classifier (noise_aware) and the zero-shot CLIP
+classifier of the denoised prediction (clip)."""
