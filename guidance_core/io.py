@@ -51,6 +51,7 @@ def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={META_KEY: json.dumps(full)})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is readable like any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -243,6 +243,7 @@ def atomic_save(tensors: dict, path: str, metadata: dict):
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is readable like any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -268,6 +269,7 @@ def atomic_bytes(path: str, data: bytes):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
