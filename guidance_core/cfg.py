@@ -262,10 +262,10 @@ class CFGCombiner:
                     needed.append(k)
         return StepPlan(active=active, needed=needed)
 
-    def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha,
-                cond_scale: float | None = None) -> torch.Tensor:
+    def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha) -> torch.Tensor:
         """D = D_pos + sum_k c_k (D_k - D_ref_k), then APG / CFG-Zero* / Perp-Neg on their terms
-        and rescale on the result. `preds` maps cond keys to denoised predictions."""
+        and rescale on the result. `preds` maps cond keys to denoised predictions; the scale is
+        already in the plan's coefficients."""
         if plan.zero_init:
             return x.clone()
         post = self.config.post

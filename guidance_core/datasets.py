@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 
 from .errors import GuidanceConfigError
+from .io import atomic_save
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_FORMAT = "guidance-lab-latent-cache"
@@ -97,8 +98,6 @@ def cache_key(items, resolution: int, extra: str) -> str:
 
 
 def save_latent_cache(path: str, latents: torch.Tensor, labels: torch.Tensor, meta: dict, extra=None):
-    from .training import atomic_save
-
     tensors = {"latents": latents.float().contiguous(), "labels": labels.long().contiguous()}
     tensors.update(extra or {})
     atomic_save(tensors, path, {"guidance_lab_cache": json.dumps({"format": CACHE_FORMAT, **meta})})

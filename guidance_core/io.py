@@ -36,6 +36,36 @@ class ClassifierFileError(GuidanceConfigError):
     """A classifier file cannot be used; the message says why and what is accepted."""
 
 
+def _atomic_write(path: str, write, suffix: str = "") -> str:
+    """write(tmp_path) to a temporary name in the target's folder, then rename into place: a reader
+    never sees a half-written file, and an interrupted write leaves nothing behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a written file is readable like any other
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_save(tensors: dict, path: str, metadata: dict) -> str:
+    """safetensors file with string metadata, written atomically."""
+    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), ".safetensors")
+
+
+def atomic_bytes(path: str, data: bytes) -> str:
+    """Bytes written atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return _atomic_write(path, write)
+
+
 def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     """Write weights + metadata atomically (temporary file in the same folder, then rename)."""
     if not path.endswith(".safetensors"):
@@ -45,17 +75,7 @@ def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     if missing:
         raise ClassifierFileError(f"classifier metadata lacks {missing}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(full)})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is readable like any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(tensors, path, {META_KEY: json.dumps(full)})
     return path
 
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from . import parameterization as P
+from .io import atomic_save
 from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 from .errors import GuidanceConfigError
 
@@ -235,20 +233,6 @@ class Trainer:
         self.step = int(meta["step"])
 
 
-def atomic_save(tensors: dict, path: str, metadata: dict):
-    """safetensors save to a temporary name in the same folder, then rename (never half-written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is readable like any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict | None = None) -> dict:
     """Metadata of the classifier file format (guidance_core.io)."""
@@ -260,17 +244,3 @@ def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict 
         meta["val_accuracy"] = [round(b["accuracy"], 4) for b in report["buckets"]]
     return meta
 
-
-def atomic_bytes(path: str, data: bytes):
-    """Write bytes to a temporary name in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -280,7 +280,7 @@ class PatchState:
         if glue.is_plain(plan, self.combiner, s):
             return out
         alpha = glue.alpha_of(self.combiner.parameterization, timestep).to(x.dtype)
-        guided = self.combiner.combine(plan, preds, x, timestep, alpha, s)
+        guided = self.combiner.combine(plan, preds, x, timestep, alpha)
         return list(C.fold_to_pair(out[0], guided, s))
 
 

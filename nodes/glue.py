@@ -71,7 +71,7 @@ def finish(model, preds: dict, plan, combiner, cond_scale, x, timestep, model_op
         c, u = d_pos, preds[C.NEGATIVE]
     else:
         alpha = alpha_of(combiner.parameterization, timestep).to(x.dtype)
-        guided = combiner.combine(plan, preds, x, timestep, alpha, cond_scale)
+        guided = combiner.combine(plan, preds, x, timestep, alpha)
         c, u = C.fold_to_pair(d_pos, guided, cond_scale)
     return comfy.samplers.cfg_function(model, c, u, cond_scale, x, timestep, model_options=model_options,
                                        cond=conds_pair[0], uncond=conds_pair[1])

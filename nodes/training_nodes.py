@@ -184,8 +184,8 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
         plot = R.accuracy_plot(report)
         buf = _io.BytesIO()
         plot.save(buf, format="PNG")
-        TR.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
-        TR.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(report, indent=1).encode())
+        gio.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
+        gio.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(report, indent=1).encode())
         module, file_meta = gio.load_classifier(out)
         image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(LoadedClassifier(module, file_meta, os.path.basename(out)), image,

@@ -49,7 +49,7 @@ def main():
     from tqdm import tqdm
 
     toy = H.pack_module("nodes.toy_nodes")
-    tr = H.pack_module("guidance_core.training")
+    tr = H.pack_module("guidance_core.io")
     torch.manual_seed(args.seed)
     x_all, y_all = fashion.load("train")
     model = toy.build_toy_model()
