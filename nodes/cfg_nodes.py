@@ -102,7 +102,7 @@ class GuidanceLabPostProcess(io.ComfyNode):
                         "Every option's default is off.",
             inputs=[
                 io.Float.Input("rescale_phi", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="CFG rescale strength phi (Lin et al. 2023); 0 = off, 0.7 is the paper's."),
+                               tooltip="CFG rescale strength phi (Lin et al. 2024, arXiv 2305.08891); 0 = off, 0.7 is the paper's."),
                 io.Combo.Input("rescale_space", options=list(C.RESCALE_SPACES), default="auto",
                                tooltip="Space of the rescale std: auto = v-prediction for eps/v models, x0 for flow."),
                 io.Boolean.Input("cfg_zero_star", default=False,
@@ -110,7 +110,7 @@ class GuidanceLabPostProcess(io.ComfyNode):
                 io.Int.Input("zero_init_steps", default=0, min=0, max=100,
                              tooltip="CFG-Zero* zero-init: the first K steps output zero velocity (no model call); 0 = off."),
                 io.Boolean.Input("apg", default=False,
-                                 tooltip="Adaptive projected guidance (Sadat et al. 2024); off = plain CFG."),
+                                 tooltip="Adaptive projected guidance (Sadat et al. 2025, arXiv 2410.02416); off = plain CFG."),
                 io.Float.Input("apg_eta", default=C.APG_ETA_DEFAULT, min=-10.0, max=10.0, step=0.05,
                                tooltip="APG: weight of the guidance part parallel to D_pos (1 = keep, 0 = drop)."),
                 io.Float.Input("apg_momentum", default=C.APG_MOMENTUM_DEFAULT, min=-0.99, max=0.99, step=0.05,

@@ -19,9 +19,12 @@ from comfy_api.latest import io
 from safetensors import safe_open
 
 from ..guidance_core.errors import GuidanceConfigError
+from . import classifier_nodes, glue
 
 CATEGORY = "Guidance Lab/toy"
-TOY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy_models")
+TOY_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy_models")
+TOY_DIR = os.path.join(TOY_ROOT, "diffusion")
+TOY_CLASSIFIER_DIR = os.path.join(TOY_ROOT, "classifiers")
 TOY_FOLDER = "guidance_lab_toy"
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
@@ -32,8 +35,13 @@ TOY_UNET = dict(image_size=32, in_channels=1, out_channels=1, model_channels=32,
                 transformer_depth_middle=1, context_dim=CONTEXT_DIM, use_linear_in_transformer=True,
                 adm_in_channels=None, legacy=False)
 
-# The pack's own toy_models/ folder, registered so files resolve through ComfyUI's folder registry.
+# The pack's own toy_models/ folders, registered so files resolve through ComfyUI's folder registry:
+# the diffusion model in its own folder, the toy world's noise-aware classifier as one more path of
+# the "classifiers" folder (after models/classifiers), so the classifier loader lists it.
 folder_paths.folder_names_and_paths[TOY_FOLDER] = ([TOY_DIR], {".safetensors"})
+glue.register_model_folder(classifier_nodes.FOLDER, classifier_nodes.EXTENSIONS)
+if TOY_CLASSIFIER_DIR not in folder_paths.folder_names_and_paths[classifier_nodes.FOLDER][0]:
+    folder_paths.folder_names_and_paths[classifier_nodes.FOLDER][0].append(TOY_CLASSIFIER_DIR)
 
 
 class ToyLatent(comfy.latent_formats.LatentFormat):

@@ -12,6 +12,6 @@ if grep "IMPORT FAILED" "$LOG" | grep -q "guidance-lab"; then
   grep "IMPORT FAILED" "$LOG"; echo "[test] the pack failed to import in ComfyUI"; exit 1
 fi
 grep -Eq "seconds: .*custom_nodes/guidance-lab$" "$LOG" || { cat "$LOG"; echo "[test] ComfyUI did not load the pack"; exit 1; }
-bash "$ROOT/scripts/install_chromium.sh"  # browser tests of the frontend (tests/test_web.py)
+bash "$ROOT/scripts/install_apt.sh"  # chromium (tests/test_web.py) and dataset-fashion-mnist (toy benchmark)
 echo "[test] running pytest"
 exec "$PY" -m pytest -c tests/pytest.ini tests "$@"

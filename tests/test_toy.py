@@ -6,7 +6,7 @@ import torch
 
 import comfy_host as H
 
-WEIGHTS = os.path.join(H.ROOT, "toy_models", "fashion_diffusion.safetensors")
+WEIGHTS = os.path.join(H.ROOT, "toy_models", "diffusion", "fashion_diffusion.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ ComfyUI's own UNetModel (config in nodes/toy_nodes.py), eps-prediction on ComfyU
 schedule (x = x0 + sigma*eps, input x/sqrt(1+sigma^2), timestep t uniform over 0..999), MSE on eps,
 label dropout p_uncond = 0.1 to the null label (Ho & Salimans 2022, Alg. 1), AdamW, EMA of weights.
 
-    .venv/bin/python bench/toy/train_toy.py --steps 6000 --seed 0 --out toy_models/fashion_diffusion.safetensors
+    .venv/bin/python bench/toy/train_toy.py --steps 6000 --seed 0 --out toy_models/diffusion/fashion_diffusion.safetensors
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--out", default=os.path.join(ROOT, "toy_models", "fashion_diffusion.safetensors"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "toy_models", "diffusion", "fashion_diffusion.safetensors"))
     ap.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (atomic)")
     args = ap.parse_args()
     H.boot()
