@@ -1,58 +1,50 @@
-"""The README's main job: start a headless ComfyUI with Guidance Lab, run the demo workflows
-(stock KSampler + CFG patch, SamplerCustomAdvanced + CFG GUIDER, composable terms) on the
-exact shapes model, and write the images to OUTDIR (default: out/)."""
+"""The README's main job: start a headless ComfyUI with Guidance Lab, run the pack's toy example workflows
+(example_workflows/toy_*.json: CFG Guider with schedules, CFG Patch on the KSampler, classifier guidance as a
+MODEL patch and as a SAMPLER) through POST /prompt, exactly as saved for the frontend (converted to the API
+format by scripts/workflow_api.py), and write their images plus a contact sheet to OUTDIR (default: out/).
+CPU only, nothing to download: the toy world's model and classifier ship with the pack."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_server import ComfyServer, error_of, images_of  # noqa: E402
-from demo_prompts import all_prompts  # noqa: E402
+import workflow_run as R  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
 
 
-def contact_sheet(rows, path):
-    """One row of images per workflow, labelled, in one PNG."""
-    from PIL import Image, ImageDraw
-
-    ims = [[Image.open(p).convert("RGB") for p in paths] for _, paths in rows]
-    w, h = ims[0][0].size
-    label_w = 210
-    sheet = Image.new("RGB", (label_w + w * max(len(r) for r in ims), h * len(ims)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, ((name, _), row) in enumerate(zip(rows, ims)):
-        draw.text((8, i * h + h // 2 - 6), name, fill="black")
-        for j, im in enumerate(row):
-            sheet.paste(im, (label_w + j * w, i * h))
-    sheet.save(path)
-    return path
-
-
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("outdir", nargs="?", default="out")
-    args = ap.parse_args()
+    ap.add_argument("--workflows", nargs="*", help="names in example_workflows/ (default: every toy_* workflow)")
+    args = ap.parse_args(argv)
     out = os.path.abspath(args.outdir)
-    failed = 0
-    rows = []
+    names = args.workflows or R.toy_workflow_names()
+    failed, rows = 0, []
+    t_start = time.time()
     with ComfyServer(out) as srv:
-        print(f"ComfyUI running headless at {srv.url}; images go to {out}")
-        for name, prompt in all_prompts().items():
-            entry = srv.run(prompt)
-            err = error_of(entry)
-            if err:
+        print(f"ComfyUI running headless at {srv.url}; images go to {out}", flush=True)
+        info = srv.get("/object_info")
+        for name in names:
+            t0 = time.time()
+            try:
+                _, paths, err = R.run_workflow(srv, R.load(name), info)
+            except Exception as e:  # a rejected prompt: report it and go on with the others
+                paths, err = [], f"{type(e).__name__}: {e}"
+            if err or not paths:
                 failed += 1
-                print(f"  {name}: FAILED {err}")
+                print(f"  {name}: FAILED {err or 'no images'}", flush=True)
                 continue
-            paths = images_of(entry, out)
             rows.append((name, paths))
-            for path in paths:
-                print(f"  {name}: {path}")
+            where = os.path.join(os.path.dirname(paths[0]), f"{name}_*.png")
+            print(f"  {name}: {len(paths)} images in {time.time() - t0:.0f} s -> {where}", flush=True)
     if rows:
-        sheet = contact_sheet(rows, os.path.join(out, "contact_sheet.png"))
+        sheet = R.contact_sheet(rows, os.path.join(out, "contact_sheet.png"))
         print(f"contact sheet: {sheet}")
-    print(f"done: {len(all_prompts()) - failed} workflows ran, {failed} failed; images in {out}")
+    print(f"done in {time.time() - t_start:.0f} s: {len(names) - failed} workflows ran, {failed} failed; "
+          f"images in {out}")
     return 1 if failed else 0
 
 

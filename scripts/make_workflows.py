@@ -1,0 +1,312 @@
+"""Generate example_workflows/*.json (the pack's workflow templates, UI format) from the node definitions of a
+real ComfyUI server with the pack (/object_info), through scripts/workflow_builder.py. Not shipped.
+
+    .venv/bin/python scripts/make_workflows.py            # starts a headless server, writes the files
+    .venv/bin/python scripts/make_workflows.py --check    # only compare with the files on disk
+
+The generated files are committed; tests/test_workflows.py checks that they are up to date, convert to
+valid API prompts, run (toy ones) and load in the frontend. Thumbnails: scripts/make_workflow_thumbnails.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workflow_builder import Graph  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT_DIR = os.path.join(ROOT, "example_workflows")
+
+TOY_MODEL = "fashion_diffusion.safetensors"
+TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SD15_CLASSIFIER = "my_sd15_classifier.safetensors"
+CLIP_CHECKPOINT = "open_clip_vit_b_32.safetensors"
+TOY_BATCH, TOY_STEPS, SEED = 16, 16, 7
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+TOY_NOTE = ("The toy world runs in seconds on a CPU with nothing to download: the pack's Fashion-MNIST diffusion "
+            "model (1x32x32 latents, which are the images). **Empty Latent Image** at 256x256 px is a 32x32 latent; "
+            "ComfyUI's samplers give an empty latent the model's one channel.")
+
+
+def toy_base(g: Graph, note: str, batch: int = TOY_BATCH):
+    g.note(f"{note}\n\n{TOY_NOTE}", col=0, size=(420, 300))
+    toy = g.add("GuidanceLabToyModelLoader", col=0, toy_model=TOY_MODEL)
+    latent = g.add("EmptyLatentImage", col=0, title="Empty Latent Image (32x32 toy latent)", width=256, height=256,
+                   batch_size=batch)
+    return toy, latent
+
+
+def toy_save(g: Graph, samples, name: str, col: int):
+    image = g.add("GuidanceLabToyDecode", col=col, samples=samples, upscale=4)
+    g.add("SaveImage", col=col + 1, images=image["image"], filename_prefix=f"guidance-lab/{name}")
+
+
+def toy_cfg_guider(g: Graph, name: str):
+    """SamplerCustomAdvanced + CFG Guider: three-way CFG, a guidance interval, a scheduled term."""
+    toy, latent = toy_base(g, (
+        "## CFG Guider (Guidance Lab) with schedules\n\n"
+        "**Sneaker** with the **empty** prompt as the unconditional (three-way CFG) and **Ankle boot** as a "
+        "negative whose strength fades out (linear schedule 1 -> 0). CFG acts only inside a **guidance "
+        "interval** of noise levels; outside it only the positive prompt is evaluated. A **Guidance Term** adds "
+        "**Sandal** at weight 0.5 in the early steps (power_down schedule).\n\n"
+        "Every active term runs in one batched model call per step."))
+    pos = g.add("GuidanceLabToyClass", col=1, title="Positive: Sneaker", toy_world=toy["toy_world"], label="Sneaker")
+    neg = g.add("GuidanceLabToyClass", col=1, title="Negative: Ankle boot", toy_world=toy["toy_world"],
+                label="Ankle boot")
+    empty = g.add("GuidanceLabToyClass", col=1, title="Empty prompt", toy_world=toy["toy_world"], label="empty")
+    extra = g.add("GuidanceLabToyClass", col=1, title="Term: Sandal", toy_world=toy["toy_world"], label="Sandal")
+    interval = g.add("GuidanceLabSchedule", col=2, title="CFG schedule: guidance interval", kind="interval",
+                     axis="sigma", sigma_lo=0.28, sigma_hi=5.42, inside=1.0, outside=0.0)
+    fade = g.add("GuidanceLabSchedule", col=2, title="Negative schedule: linear 1 -> 0", kind="linear",
+                 start=1.0, end=0.0)
+    early = g.add("GuidanceLabSchedule", col=3, title="Term schedule: early steps", kind="power_down",
+                  start=1.0, end=0.0, exponent=3.0)
+    term = g.add("GuidanceLabTerm", col=3, conditioning=extra["conditioning"], weight=0.5, schedule=early["schedule"])
+    guider = g.add("GuidanceLabCFGGuider", col=4, model=toy["model"], positive=pos["conditioning"],
+                   negative=neg["conditioning"], empty=empty["conditioning"], cfg=4.0, neg_scale=1.5,
+                   cfg_schedule=interval["schedule"], neg_schedule=fade["schedule"], terms=term["terms"])
+    noise = g.add("RandomNoise", col=4, noise_seed=SEED)
+    sampler = g.add("KSamplerSelect", col=4, sampler_name="dpmpp_2m")
+    sigmas = g.add("BasicScheduler", col=4, model=toy["model"], scheduler="karras", steps=TOY_STEPS, denoise=1.0)
+    sca = g.add("SamplerCustomAdvanced", col=5, noise=noise["NOISE"], guider=guider["guider"],
+                sampler=sampler["SAMPLER"], sigmas=sigmas["SIGMAS"], latent_image=latent["LATENT"])
+    toy_save(g, sca["output"], name, col=5)
+
+
+def toy_cfg_patch(g: Graph, name: str):
+    """Stock KSampler + CFG Patch: a CFG schedule and CFG rescale."""
+    toy, latent = toy_base(g, (
+        "## CFG Patch (Guidance Lab) on the stock KSampler\n\n"
+        "The patch gives the KSampler's **cfg** a per-step schedule (here cosine, from full strength at high "
+        "noise down to 0.25 of it) and post-processing (**CFG rescale** 0.5). It clones the MODEL and stacks "
+        "with other packs' patches."))
+    pos = g.add("GuidanceLabToyClass", col=1, title="Positive: Trouser", toy_world=toy["toy_world"], label="Trouser")
+    empty = g.add("GuidanceLabToyClass", col=1, title="Negative: empty prompt", toy_world=toy["toy_world"],
+                  label="empty")
+    post = g.add("GuidanceLabPostProcess", col=1, rescale_phi=0.5)
+    sched = g.add("GuidanceLabSchedule", col=2, title="CFG schedule: cosine 1 -> 0.25", kind="cosine", start=1.0,
+                  end=0.25)
+    patch = g.add("GuidanceLabCFGPatch", col=3, model=toy["model"], neg_scale=0.0, cfg_schedule=sched["schedule"],
+                  post=post["post"])
+    ks = g.add("KSampler", col=4, model=patch["model"], seed=SEED, steps=TOY_STEPS, cfg=5.0, sampler_name="euler",
+               scheduler="normal", positive=pos["conditioning"], negative=empty["conditioning"],
+               latent_image=latent["LATENT"], denoise=1.0)
+    toy_save(g, ks["LATENT"], name, col=4)
+
+
+def toy_classifier_ksampler(g: Graph, name: str):
+    """Classifier guidance (MODEL patch) with the toy world's noise-aware classifier, no prompt."""
+    toy, latent = toy_base(g, (
+        "## Classifier guidance on the stock KSampler\n\n"
+        "No class prompt at all: the model samples with the **empty** prompt (cfg 1), and the toy world's "
+        "**noise-aware classifier** steers every step toward **Bag**: D' = D + s*sigma^2*grad log p(Bag | x, "
+        "sigma). Try other labels in **target** (the *insert label* list fills it), or 'Bag:1, Coat:-1'."))
+    empty = g.add("GuidanceLabToyClass", col=1, title="Empty prompt", toy_world=toy["toy_world"], label="empty")
+    clf = g.add("GuidanceLabClassifierLoader", col=1, classifier_name=TOY_CLASSIFIER)
+    cg = g.add("GuidanceLabClassifierGuidance", col=2, model=toy["model"], classifier=clf["classifier"],
+               target="Bag", scale=8.0)
+    ks = g.add("KSampler", col=3, model=cg["model"], seed=SEED, steps=TOY_STEPS, cfg=1.0, sampler_name="euler",
+               scheduler="normal", positive=empty["conditioning"], negative=empty["conditioning"],
+               latent_image=latent["LATENT"], denoise=1.0)
+    toy_save(g, ks["LATENT"], name, col=3)
+
+
+def toy_classifier_sampler(g: Graph, name: str):
+    """Classifier Guidance Sampler around KSamplerSelect's SAMPLER; one target per image."""
+    toy, latent = toy_base(g, (
+        "## Classifier Guidance Sampler (SamplerCustomAdvanced)\n\n"
+        "Wraps any SAMPLER so every step is classifier-guided, with any GUIDER (here the stock Basic Guider with "
+        "the empty prompt). **target** has one line per batch image: the ten Fashion-MNIST classes, one "
+        "image each."), batch=len(FASHION))
+    empty = g.add("GuidanceLabToyClass", col=1, title="Empty prompt", toy_world=toy["toy_world"], label="empty")
+    clf = g.add("GuidanceLabClassifierLoader", col=1, classifier_name=TOY_CLASSIFIER)
+    select = g.add("KSamplerSelect", col=1, sampler_name="euler")
+    guided = g.add("GuidanceLabClassifierSampler", col=2, sampler=select["SAMPLER"], model=toy["model"],
+                   classifier=clf["classifier"], target="\n".join(FASHION), scale=8.0)
+    guider = g.add("BasicGuider", col=2, model=toy["model"], conditioning=empty["conditioning"])
+    noise = g.add("RandomNoise", col=3, noise_seed=SEED)
+    sigmas = g.add("BasicScheduler", col=3, model=toy["model"], scheduler="normal", steps=TOY_STEPS, denoise=1.0)
+    sca = g.add("SamplerCustomAdvanced", col=3, noise=noise["NOISE"], guider=guider["GUIDER"],
+                sampler=guided["sampler"], sigmas=sigmas["SIGMAS"], latent_image=latent["LATENT"])
+    toy_save(g, sca["output"], name, col=4)
+
+
+# ---------------------------------------------------------------- Stable Diffusion 1.5 (user-supplied weights)
+
+SD_NOTE = (f"Needs Stable Diffusion 1.5 weights: put `{SD15_CHECKPOINT}` (or any SD1.5 checkpoint, then pick it) "
+           "in `models/checkpoints`.")
+
+
+def sd15_base(g: Graph, note: str, negative: bool = True, empty: bool = True):
+    g.note(f"{note}\n\n{SD_NOTE}", col=0, size=(420, 300))
+    ckpt = g.add("CheckpointLoaderSimple", col=0, ckpt_name=SD15_CHECKPOINT)
+    latent = g.add("EmptyLatentImage", col=0, width=512, height=512, batch_size=1)
+    clip = ckpt["CLIP"]
+    conds = {"positive": g.add("CLIPTextEncode", col=1, title="Positive prompt", clip=clip,
+                               text="a cozy cabin in a snowy pine forest at dusk, warm light in the windows, "
+                                    "detailed illustration")}
+    if negative:
+        conds["negative"] = g.add("CLIPTextEncode", col=1, title="Negative prompt", clip=clip,
+                                  text="blurry, low quality, text, watermark")
+    if empty:
+        conds["empty"] = g.add("CLIPTextEncode", col=1, title="Empty prompt (unconditional)", clip=clip, text="",
+                               size=(400, 100))
+    return ckpt, latent, {k: v["CONDITIONING"] for k, v in conds.items()}
+
+
+def sd15_decode_save(g: Graph, ckpt, samples, name: str, col: int):
+    image = g.add("VAEDecode", col=col, samples=samples, vae=ckpt["VAE"])
+    g.add("SaveImage", col=col, images=image["IMAGE"], filename_prefix=f"guidance-lab/{name}")
+
+
+def sd15_interval(g: Graph, col: int):
+    return g.add("GuidanceLabSchedule", col=col, title="CFG schedule: guidance interval", kind="interval",
+                 axis="sigma", sigma_lo=0.28, sigma_hi=5.42, inside=1.0, outside=0.0)
+
+
+def sd15_cfg_ksampler(g: Graph, name: str):
+    ckpt, latent, c = sd15_base(g, (
+        "## Three-way CFG on the stock KSampler (CFG Patch)\n\n"
+        "Positive, negative and **empty** prompts as separate terms: D = D_empty + cfg*(D_pos - D_empty) - "
+        "neg_scale*(D_neg - D_empty); neg_scale = cfg - 1 is standard CFG. The empty prompt goes into the patch, "
+        "the negative into the KSampler. CFG acts only inside a **guidance interval** (Kynkaanniemi et al. 2024); "
+        "outside it only the positive prompt is evaluated."))
+    sched = sd15_interval(g, col=2)
+    patch = g.add("GuidanceLabCFGPatch", col=2, model=ckpt["MODEL"], empty=c["empty"], neg_scale=4.0,
+                  cfg_schedule=sched["schedule"])
+    ks = g.add("KSampler", col=3, model=patch["model"], seed=SEED, steps=25, cfg=7.0, sampler_name="dpmpp_2m",
+               scheduler="karras", positive=c["positive"], negative=c["negative"], latent_image=latent["LATENT"],
+               denoise=1.0)
+    sd15_decode_save(g, ckpt, ks["LATENT"], name, col=4)
+
+
+def sd15_cfg_guider(g: Graph, name: str):
+    ckpt, latent, c = sd15_base(g, (
+        "## Three-way CFG as a GUIDER (SamplerCustomAdvanced)\n\n"
+        "The CFG Guider takes positive, negative and **empty** prompts, a **guidance interval** for cfg, a fading "
+        "negative (linear 1 -> 0), CFG rescale 0.7 and an extra weighted prompt (Guidance Term): all active terms "
+        "in one batched model call per step."))
+    interval = sd15_interval(g, col=2)
+    fade = g.add("GuidanceLabSchedule", col=2, title="Negative schedule: linear 1 -> 0", kind="linear",
+                 start=1.0, end=0.0)
+    style = g.add("CLIPTextEncode", col=1, title="Term: style", clip=ckpt["CLIP"], text="oil painting, impasto",
+                  size=(400, 100))
+    term = g.add("GuidanceLabTerm", col=3, conditioning=style["CONDITIONING"], weight=2.0)
+    post = g.add("GuidanceLabPostProcess", col=3, rescale_phi=0.7)
+    guider = g.add("GuidanceLabCFGGuider", col=4, model=ckpt["MODEL"], positive=c["positive"],
+                   negative=c["negative"], empty=c["empty"], cfg=7.0, neg_scale=6.0,
+                   cfg_schedule=interval["schedule"], neg_schedule=fade["schedule"], post=post["post"],
+                   terms=term["terms"])
+    noise = g.add("RandomNoise", col=4, noise_seed=SEED)
+    sampler = g.add("KSamplerSelect", col=4, sampler_name="dpmpp_2m")
+    sigmas = g.add("BasicScheduler", col=4, model=ckpt["MODEL"], scheduler="karras", steps=25, denoise=1.0)
+    sca = g.add("SamplerCustomAdvanced", col=5, noise=noise["NOISE"], guider=guider["guider"],
+                sampler=sampler["SAMPLER"], sigmas=sigmas["SIGMAS"], latent_image=latent["LATENT"])
+    sd15_decode_save(g, ckpt, sca["output"], name, col=5)
+
+
+def sd15_classifier(g: Graph, name: str):
+    ckpt, latent, c = sd15_base(g, (
+        "## Classifier guidance with your own trained classifier (SD1.5)\n\n"
+        f"`{SD15_CLASSIFIER}` stands for a noise-aware classifier you trained for SD1.5 with **Train Classifier "
+        "(Guidance Lab)** (it lands in `models/classifiers`); pick yours in Load Classifier and a label of it in "
+        "**target** (the *insert label* list shows them). The patch stacks with the KSampler's normal CFG."),
+        empty=False)
+    clf = g.add("GuidanceLabClassifierLoader", col=2, classifier_name=SD15_CLASSIFIER)
+    cg = g.add("GuidanceLabClassifierGuidance", col=2, model=ckpt["MODEL"], classifier=clf["classifier"],
+               target="winter", scale=2.0, rms_clamp=1.0)
+    ks = g.add("KSampler", col=3, model=cg["model"], seed=SEED, steps=25, cfg=7.0, sampler_name="euler",
+               scheduler="normal", positive=c["positive"], negative=c["negative"], latent_image=latent["LATENT"],
+               denoise=1.0)
+    sd15_decode_save(g, ckpt, ks["LATENT"], name, col=4)
+
+
+def sd15_clip(g: Graph, name: str):
+    ckpt, latent, c = sd15_base(g, (
+        "## CLIP guidance: zero-shot labels, no training (SD1.5)\n\n"
+        "Load CLIP Classifier turns an open_clip model and labels typed as text into a classifier of the denoised "
+        "image; Classifier Guidance steers toward one label. Needs an open_clip ViT-B-32 checkpoint "
+        f"(`.safetensors`, both towers) in `models/guidance_clip` (here `{CLIP_CHECKPOINT}`: pick yours)."),
+        empty=False)
+    clf = g.add("GuidanceLabCLIPClassifierLoader", col=2, architecture="ViT-B-32", checkpoint=CLIP_CHECKPOINT,
+                labels="a photo of a cabin in summer\na photo of a cabin in winter", decode="linear",
+                gradient="detached", cutouts=0, tau=0.0)
+    cg = g.add("GuidanceLabClassifierGuidance", col=2, model=ckpt["MODEL"], classifier=clf["classifier"],
+               target="a photo of a cabin in summer", scale=5.0, sigma_hi=10.0, rms_clamp=1.0)
+    ks = g.add("KSampler", col=3, model=cg["model"], seed=SEED, steps=25, cfg=7.0, sampler_name="euler",
+               scheduler="normal", positive=c["positive"], negative=c["negative"], latent_image=latent["LATENT"],
+               denoise=1.0)
+    sd15_decode_save(g, ckpt, ks["LATENT"], name, col=4)
+
+
+# name -> (builder, runs here on the toy world)
+WORKFLOWS = {
+    "toy_cfg_guider_schedules": toy_cfg_guider,
+    "toy_cfg_patch_ksampler": toy_cfg_patch,
+    "toy_classifier_guidance_ksampler": toy_classifier_ksampler,
+    "toy_classifier_guidance_sampler": toy_classifier_sampler,
+    "sd15_cfg_three_way_ksampler": sd15_cfg_ksampler,
+    "sd15_cfg_three_way_guider": sd15_cfg_guider,
+    "sd15_classifier_guidance": sd15_classifier,
+    "sd15_clip_guidance": sd15_clip,
+}
+TOY_WORKFLOWS = [n for n in WORKFLOWS if n.startswith("toy_")]
+
+
+def build_all(object_info: dict) -> dict:
+    """name -> UI-format workflow."""
+    out = {}
+    for name, build in WORKFLOWS.items():
+        g = Graph(object_info)
+        build(g, name)
+        out[name] = g.to_json(name)
+    return out
+
+
+def dumps(workflow: dict) -> str:
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=OUT_DIR)
+    ap.add_argument("--object-info", help="a saved /object_info JSON instead of starting a server")
+    ap.add_argument("--check", action="store_true", help="only report files that differ from the generated ones")
+    args = ap.parse_args(argv)
+    if args.object_info:
+        with open(args.object_info) as f:
+            info = json.load(f)
+    else:
+        from comfy_server import ComfyServer
+
+        with ComfyServer(tempfile.mkdtemp(prefix="make-workflows-")) as srv:
+            info = srv.get("/object_info")
+    stale = 0
+    for name, wf in build_all(info).items():
+        path = os.path.join(args.out, f"{name}.json")
+        text = dumps(wf)
+        old = None
+        if os.path.exists(path):
+            with open(path) as f:
+                old = f.read()
+        if args.check:
+            if old != text:
+                stale += 1
+                print(f"out of date: {path}")
+            continue
+        os.makedirs(args.out, exist_ok=True)
+        if old != text:
+            with open(path, "w") as f:
+                f.write(text)
+        print(f"{'wrote' if old != text else 'unchanged'} {path}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
