@@ -5,7 +5,7 @@ the latent cache is written directly in the format the "Train Classifier" node w
 noise facts: eps, the toy model's discrete sigma table), and `python -m guidance_core.train` trains on
 it: x = x0 + sigma*eps with sigma drawn from the model's own table, cross-entropy, AdamW.
 
-    .venv/bin/python bench/toy/make_classifier.py --steps 3000 --seed 0
+    .venv/bin/python bench/toy/make_classifier.py --steps 6000 --batch-size 64 --seed 0
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def write_cache(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--base-channels", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,146 @@
+"""Plots (PIL), sample grids and the BENCHMARKS table of the toy tradeoff benchmark."""
+from __future__ import annotations
+
+import os
+import shutil
+
+from PIL import Image, ImageDraw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+COLORS = [(30, 90, 200), (220, 90, 30), (40, 150, 60), (150, 60, 170)]
+
+
+def panel(d: ImageDraw.ImageDraw, box, title, xlabel, series, y_range=None):
+    """One line chart in box (x0, y0, x1, y1); series = [(name, [(x, y), ...]), ...]."""
+    x0, y0, x1, y1 = box
+    left, right, top, bottom = x0 + 55, x1 - 10, y0 + 40, y1 - 40
+    d.rectangle([left, top, right, bottom], outline="black")
+    d.text((left, y0 + 8), title, fill="black")
+    d.text(((left + right) // 2 - 3 * len(xlabel), bottom + 22), xlabel, fill="black")
+    xs = [x for _, pts in series for x, _ in pts]
+    ys = [y for _, pts in series for _, y in pts]
+    if not xs:
+        return
+    xlo, xhi = min(xs), max(xs)
+    ylo, yhi = y_range or (min(ys), max(ys))
+    if yhi - ylo < 1e-9:
+        ylo, yhi = ylo - 0.5, yhi + 0.5
+    pad = 0.05 * (yhi - ylo)
+    ylo, yhi = (ylo, yhi) if y_range else (ylo - pad, yhi + pad)
+    fx = lambda x: left + (x - xlo) / max(1e-9, xhi - xlo) * (right - left)  # noqa: E731
+    fy = lambda y: bottom - (y - ylo) / (yhi - ylo) * (bottom - top)  # noqa: E731
+    for i in range(5):
+        yv = ylo + i * (yhi - ylo) / 4
+        d.line([left - 4, fy(yv), left, fy(yv)], fill="black")
+        d.text((x0 + 4, fy(yv) - 6), f"{yv:.3g}", fill="black")
+    for xv in sorted(set(xs)):
+        d.line([fx(xv), bottom, fx(xv), bottom + 4], fill="black")
+        d.text((fx(xv) - 6, bottom + 6), f"{xv:g}", fill="black")
+    for k, (name, pts) in enumerate(series):
+        c = COLORS[k % len(COLORS)]
+        pts = sorted(pts)
+        if len(pts) > 1:
+            d.line([(fx(x), fy(y)) for x, y in pts], fill=c, width=3)
+        for x, y in pts:
+            d.ellipse([fx(x) - 4, fy(y) - 4, fx(x) + 4, fy(y) + 4], fill=c)
+        d.text((right - 150, top + 8 + 14 * k), name, fill=c)
+
+
+def group(results, g):
+    return [v for v in results.values() if isinstance(v, dict) and v.get("group") == g]
+
+
+def tradeoff_plot(results) -> Image.Image:
+    cfg, unc, con = group(results, "cfg"), group(results, "cls_uncond"), group(results, "cls_cond")
+    w0 = [v for v in cfg if v["w"] == 0]  # the conditional model unguided = classifier scale 0 on it
+    im = Image.new("RGB", (1260, 700), "white")
+    d = ImageDraw.Draw(im)
+    W, Hh = 420, 350
+    xy = lambda vs, xk, yk: [(v[xk], v[yk]) for v in vs]  # noqa: E731
+    panel(d, (0, 0, W, Hh), "CFG: intended-class accuracy", "w (Ho & Salimans; cfg = 1 + w)",
+          [("accuracy", xy(cfg, "w", "accuracy"))], (0, 1))
+    panel(d, (W, 0, 2 * W, Hh), "CFG: Frechet distance to test set (lower = better)", "w",
+          [("FD", xy(cfg, "w", "fd"))])
+    panel(d, (2 * W, 0, 3 * W, Hh), "CFG: precision / recall (k = 3)", "w",
+          [("precision", xy(cfg, "w", "precision")), ("recall", xy(cfg, "w", "recall"))], (0, 1))
+    con_pts = [(0.0, v["accuracy"]) for v in w0] + xy(con, "scale", "accuracy")
+    panel(d, (0, Hh, W, 2 * Hh), "Classifier guidance: accuracy", "classifier scale",
+          [("unconditional model", xy(unc, "scale", "accuracy")), ("conditional model", con_pts)], (0, 1))
+    panel(d, (W, Hh, 2 * W, 2 * Hh), "Classifier guidance: Frechet distance", "classifier scale",
+          [("unconditional model", xy(unc, "scale", "fd")),
+           ("conditional model", [(0.0, v["fd"]) for v in w0] + xy(con, "scale", "fd"))])
+    panel(d, (2 * W, Hh, 3 * W, 2 * Hh), "Classifier guidance (uncond. model): precision / recall",
+          "classifier scale", [("precision", xy(unc, "scale", "precision")), ("recall", xy(unc, "scale", "recall"))],
+          (0, 1))
+    return im
+
+
+def sample_grid(out_dir, names, labels, n, per_class=5, zoom=2) -> Image.Image:
+    """Panels side by side: one per point, rows = classes, columns = the first samples of each class."""
+    import torch
+    from safetensors.torch import load_file
+
+    cell = 32 * zoom
+    pw, ph = per_class * cell + 10, len(labels) * cell + 24
+    im = Image.new("RGB", (90 + pw * len(names), ph + 4), "white")
+    d = ImageDraw.Draw(im)
+    for r, lb in enumerate(labels):
+        d.text((4, 24 + r * cell + cell // 2 - 6), lb, fill="black")
+    import tradeoff
+
+    counts = tradeoff.class_counts(n)
+    starts = [sum(counts[:c]) for c in range(len(labels))]
+    for j, name in enumerate(names):
+        x = load_file(os.path.join(out_dir, "samples", f"{name}.safetensors"))["x"].float()
+        ox = 90 + j * pw
+        d.text((ox, 4), name, fill="black")
+        for r in range(len(labels)):
+            for c in range(min(per_class, counts[r])):
+                img = ((x[starts[r] + c, 0] + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+                tile = Image.fromarray(img, "L").resize((cell, cell), Image.NEAREST)
+                im.paste(tile.convert("RGB"), (ox + c * cell, 24 + r * cell))
+    return im
+
+
+def table(results) -> str:
+    rows = ["| group | point | w | classifier scale | prompt | schedule (mean f) | sampler | steps | accuracy | FD | "
+            "precision | recall | seconds |", "|" + "---|" * 13]
+    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler"]
+    pts = sorted((v for v in results.values() if isinstance(v, dict) and "group" in v),
+                 key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v["steps"], v["sampler"]))
+    for v in pts:
+        rows.append(f"| {v['group']} | {v['name']} | {v['w']:g} | {v['scale']:g} | "
+                    f"{'class' if v['conditional'] else 'empty'} | {v['schedule']} ({v['mean_multiplier']:.2f}) | "
+                    f"{v['sampler']} | {v['steps']} | {v['accuracy']:.3f} | {v['fd']:.2f} | {v['precision']:.3f} | "
+                    f"{v['recall']:.3f} | {v['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
+def write_all(results, directions, out_dir):
+    import bench_cfg
+    import comfy_host as H
+
+    img_dir = os.path.join(ROOT, "docs", "images")
+    tradeoff_plot(results).save(os.path.join(img_dir, "toy_tradeoff.png"))
+    labels = H.pack_module("nodes.toy_nodes").FASHION_LABELS
+    names = [n for n in ("cfg_w0", "cfg_w2", "cfg_w6", "cls_uncond_s0", "cls_uncond_s3", "cls_uncond_s10")
+             if n in results]
+    sample_grid(out_dir, names, labels, results["_config"]["n"]).save(os.path.join(img_dir, "toy_samples.png"))
+    shutil.copyfile(os.path.join(out_dir, "results.json"), os.path.join(ROOT, "docs", "toy_tradeoff.json"))
+    c = results["_config"]
+    body = (f"`bench/toy/tradeoff.py` (full mode): N = {c['n']} samples per point ({c['n'] // 10} per class, the same "
+            f"seeds at every point), sampled by ComfyUI's SamplerCustomAdvanced with this pack's toy nodes, CFG Guider, "
+            f"schedules and Classifier Guidance patch; scheduler `normal`. Metrics by the independent evaluation "
+            f"classifier (clean images only, test accuracy {c['eval_test_accuracy']:.3f}): intended-class accuracy, "
+            f"Frechet distance of its 128-d features to the 10k test images, precision / recall (k = 3) against "
+            f"{c['n']} test images. `seconds` = wall time to sample the point on the CPU with "
+            f"{', '.join(sorted({str(v.get('torch_threads')) for v in results.values() if 'group' in v}))} torch "
+            f"thread(s) per process, while other jobs shared the 2 cores: indicative only (timed comparisons are in "
+            f"the sections above, measured side by side). Raw numbers: `docs/toy_tradeoff.json`; plots: "
+            f"`docs/images/toy_tradeoff.png`; samples: `docs/images/toy_samples.png`.\n\n{table(results)}\n\n"
+            "Directions (the papers' claims, checked on these numbers):\n\n"
+            + "\n".join(f"- {k}: {'yes' if v else '**no**'}" for k, v in directions.items())
+            + "\n\nWhat the numbers say, and why a **no** is not a bug: README, section \"The guidance tradeoff, "
+              "measured\".\n")
+    bench_cfg.write_section("toy-tradeoff", "Guidance tradeoff on the toy world (Fashion-MNIST)", body)

@@ -1,0 +1,286 @@
+"""The guidance tradeoff on the toy world (issue 6), sampled through ComfyUI with this pack's nodes.
+
+Every point draws N samples, N/10 per Fashion-MNIST class, with GuidanceLabToyModelLoader /
+GuidanceLabToyClass (the class and the empty prompt), GuidanceLabCFGGuider (+ GuidanceLabSchedule),
+GuidanceLabClassifierLoader + GuidanceLabClassifierGuidance (the toy world's noise-aware classifier,
+trained by this pack's trainer) and ComfyUI's own SamplerCustomAdvanced / KSamplerSelect /
+BasicScheduler / RandomNoise. The same seeds are used at every point (paired comparisons).
+
+Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + w):
+  cfg          w = 0, 0.5, 1, 2, 4, 6 on the conditional model (euler, 20 steps)
+  cls_uncond   classifier scale 0, 1, 3, 5, 10, 15, 20, 40 on the unconditional model (empty prompt, no CFG)
+  cls_cond     classifier scale 3 on the conditional model (class prompt, no CFG; scale 0 = cfg w = 0)
+  schedule     mean w = 2: constant, linear 2w -> 0, interval (2w on the middle half of the steps, 0 outside)
+  sampler      w = 2 with euler / dpmpp_2m at 20 and 50 steps
+Metrics, by the independent evaluation classifier (bench/toy/eval_classifier.py, clean images only):
+intended-class accuracy, Frechet distance of its 128-d features to the 10k test set, precision and
+recall with k = 3 (bench/toy/metrics.py).
+
+    .venv/bin/python bench/toy/tradeoff.py                 # full: N = 1000 per point (~1.5 h on 2 quiet CPU cores)
+    .venv/bin/python bench/toy/tradeoff.py --quick         # N = 64, 6 points (CI, ~2 min)
+
+Writes OUT/results.json (resumable: finished points are kept), OUT/samples/*.safetensors, and in full
+mode docs/images/toy_tradeoff.png, docs/images/toy_samples.png, docs/toy_tradeoff.json and the
+"toy-tradeoff" section of docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, HERE)
+
+import comfy_host as H  # noqa: E402
+
+TOY_MODEL = "fashion_diffusion.safetensors"
+TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
+N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    group: str
+    w: float = 0.0             # CFG strength (Ho & Salimans); ComfyUI cfg = 1 + w
+    scale: float = 0.0         # classifier guidance scale
+    conditional: bool = True   # class prompt (True) or the empty prompt (False) as the positive
+    schedule: str = "constant"  # constant | linear_down | interval (all with mean multiplier 1)
+    sampler: str = "euler"
+    steps: int = 20
+
+
+def full_points() -> list[Point]:
+    """In order of priority (a run can be stopped and resumed: finished points are kept)."""
+    pts = [Point(f"cfg_w{w:g}", "cfg", w=w) for w in (0, 0.5, 1, 2, 4)]
+    pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False) for s in (0, 3, 10)]
+    pts += [Point("cls_cond_s3", "cls_cond", scale=3)]
+    pts += [Point(f"sched_{k}_w2", "schedule", w=2, schedule=k) for k in ("linear_down", "interval")]
+    pts += [Point("dpmpp_2m20_w2", "sampler", w=2, sampler="dpmpp_2m"),
+            Point("cls_uncond_s1", "cls_uncond", scale=1, conditional=False),
+            Point("dpmpp_2m50_w2", "sampler", w=2, sampler="dpmpp_2m", steps=50),
+            Point("euler50_w2", "sampler", w=2, steps=50)]
+    pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False) for s in (20, 40, 5, 15)]
+    pts += [Point("cfg_w6", "cfg", w=6)]
+    return pts
+
+
+def quick_points(steps: int = 20) -> list[Point]:
+    pts = [Point(f"cfg_w{w:g}", "cfg", w=w, steps=steps) for w in (0, 2, 8)]
+    pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False, steps=steps) for s in (0, 10, 30)]
+    return pts
+
+
+class World:
+    """The toy world's nodes, loaded once."""
+
+    def __init__(self):
+        H.boot()
+        import torch
+
+        with torch.inference_mode():
+            self.model, self.world = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_MODEL)
+            self.classifier = H.run_node("GuidanceLabClassifierLoader", classifier_name=TOY_CLASSIFIER)[0]
+        self.labels = self.world.labels
+
+    def schedule(self, p: Point, sigmas):
+        """GuidanceLabSchedule with mean multiplier 1 over this run's steps (None = constant 1)."""
+        if p.schedule == "constant":
+            return None
+        fields = dict(kind="linear", axis="progress", start=2.0, end=0.0, exponent=2.0, sigma_lo=0.0, sigma_hi=0.0,
+                      inside=1.0, outside=0.0, keyframes="")
+        if p.schedule == "interval":
+            s = [float(v) for v in sigmas[:-1]]  # the steps' sigmas, descending
+            q = len(s) // 4
+            # inside = steps q .. len-q-1 (the middle half): sigma_lo < sigma <= sigma_hi
+            fields.update(kind="interval", axis="sigma", sigma_hi=s[q], sigma_lo=s[len(s) - q],
+                          inside=len(s) / (len(s) - 2 * q), outside=0.0)
+        return H.run_node("GuidanceLabSchedule", **fields)[0]
+
+    def sample(self, p: Point, label: str, n: int, seed: int):
+        """(samples [n, 1, 32, 32], mean schedule multiplier)."""
+        import comfy.utils
+        import torch
+
+        S = H.pack_module("guidance_core.schedules")
+        with torch.inference_mode():
+            pos = H.run_node("GuidanceLabToyClass", toy_world=self.world, label=label if p.conditional else "empty",
+                             batch=n)[0]
+            empty = H.run_node("GuidanceLabToyClass", toy_world=self.world, label="empty", batch=n)[0]
+            model = self.model
+            if p.scale > 0:
+                model = H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=self.classifier,
+                                   target=label, scale=p.scale, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
+                                   rms_clamp=0.0, dtype="float32")[0]
+            sigmas = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=p.steps, denoise=1.0)[0]
+            sched = self.schedule(p, sigmas)
+            mean_f = 1.0 if sched is None else sum(S.step_values(sched, [float(v) for v in sigmas])) / p.steps
+            guider = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty, cfg=1.0 + p.w,
+                                neg_scale=0.0, cfg_schedule=sched)[0]
+            sampler = H.run_node("KSamplerSelect", sampler_name=p.sampler)[0]
+            noise = H.run_node("RandomNoise", noise_seed=seed)[0]
+            latent = {"samples": torch.zeros(n, 1, 32, 32)}
+            was, comfy.utils.PROGRESS_BAR_ENABLED = comfy.utils.PROGRESS_BAR_ENABLED, False  # run() shows one bar
+            try:
+                out = H.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                                 latent_image=latent)[0]
+            finally:
+                comfy.utils.PROGRESS_BAR_ENABLED = was
+        return out["samples"].float().clone(), mean_f
+
+
+def class_counts(n: int) -> list[int]:
+    return [n // N_CLASSES + (1 if c < n % N_CLASSES else 0) for c in range(N_CLASSES)]
+
+
+def evaluate_point(samples, labels, ev, real_feats, real_subset):
+    import torch
+
+    import eval_classifier as E
+    import metrics as M
+
+    logits, feats = E.predict(ev, samples)
+    acc = float((logits.argmax(1) == labels).float().mean())
+    prec, rec = M.precision_recall(real_subset, feats, k=3)
+    return {"accuracy": acc, "fd": M.frechet_distance(feats, real_feats), "precision": prec, "recall": rec,
+            "mean_abs": float(samples.abs().mean()), "finite": bool(torch.isfinite(samples).all())}
+
+
+def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, log=print) -> dict:
+    """Sample every point (kept: a point whose samples file exists is not sampled again), then score it."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    import eval_classifier as E
+    import fashion
+
+    os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
+    res_path = os.path.join(out_dir, "results.json")
+    results = {}
+    if os.path.exists(res_path):
+        with open(res_path) as f:
+            results = json.load(f)
+    if results.get("_config", {}).get("n") not in (None, n):
+        results = {}
+    torch.set_grad_enabled(True)
+    ev = real_feats = real_subset = None
+    if not sample_only:
+        ev = E.load()
+        xt, yt = fashion.load("test")
+        test_logits, real_feats = E.predict(ev, xt)
+        gen = torch.Generator().manual_seed(1234)
+        real_subset = real_feats[torch.randperm(real_feats.shape[0], generator=gen)[:n]]
+        results["_config"] = {"n": n, "seed": seed, "torch_threads": torch.get_num_threads(),
+                              "eval_test_accuracy": float((test_logits.argmax(1) == yt).float().mean())}
+    world = None
+    counts = class_counts(n)
+    labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    for p in points:
+        if p.name in results and results[p.name].get("n") == n and not sample_only:
+            log(f"{p.name}: kept from {res_path}")
+            continue
+        spath = os.path.join(out_dir, "samples", f"{p.name}.safetensors")
+        meta = {}
+        if os.path.exists(spath):
+            with safe_open(spath, framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("point", "{}"))
+                x = f.get_tensor("x")
+        if meta.get("n") != n or meta.get("point") != asdict(p):
+            world = world or World()
+            t0 = time.time()
+            parts, mean_f = [], 1.0
+            for k, c in tqdm(list(enumerate(counts)), desc=f"{p.name} (classes)", leave=False):
+                x_k, mean_f = world.sample(p, world.labels[k], c, seed + k)
+                parts.append(x_k)
+            x = torch.cat(parts)
+            meta = {"n": n, "point": asdict(p), "mean_multiplier": round(mean_f, 4),
+                    "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
+            save_file({"x": x.half().contiguous()}, spath + ".tmp", metadata={"point": json.dumps(meta)})
+            os.replace(spath + ".tmp", spath)
+            log(f"{p.name}: sampled {n} in {meta['seconds']} s")
+        if sample_only:
+            continue
+        r = evaluate_point(x.float(), labels, ev, real_feats, real_subset)
+        r.update(asdict(p), n=n, mean_multiplier=meta["mean_multiplier"], seconds=meta["seconds"],
+                 torch_threads=meta.get("torch_threads"))
+        results[p.name] = r
+        log(f"{p.name}: acc {r['accuracy']:.3f}  FD {r['fd']:.2f}  precision {r['precision']:.3f}  "
+            f"recall {r['recall']:.3f}  ({r['seconds']} s)")
+        tmp = res_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, res_path)
+    return results
+
+
+# What the quick mode (N = 64) can resolve and the CI test asserts. Precision moves by a few points between
+# these settings at N = 1000; at N = 64 its standard error is about 0.06, so the quick mode reports it only.
+QUICK_CHECKS = ("cfg_accuracy_rises", "classifier_lifts_uncond_accuracy", "cfg_recall_falls",
+                "classifier_recall_falls", "classifier_fd_smallest_at_moderate_scale")
+
+
+def directions(results: dict) -> dict:
+    """The papers' directions, measured (True = as the papers report). Endpoints are the sweep's smallest and
+    largest scale; "moderate" = the minimum lies strictly inside the sweep."""
+    def sweep(group, key):
+        return sorted((v for v in results.values() if isinstance(v, dict) and v.get("group") == group),
+                      key=lambda v: v[key])
+
+    cfg, cls = sweep("cfg", "w"), sweep("cls_uncond", "scale")
+    inside = lambda vs, key: vs[0][key] < min(vs, key=lambda v: v["fd"])[key] < vs[-1][key]  # noqa: E731
+    return {
+        "cfg_accuracy_rises": cfg[-1]["accuracy"] > cfg[0]["accuracy"],
+        "cfg_fd_smallest_at_moderate_w": inside(cfg, "w"),
+        "cfg_precision_rises": cfg[-1]["precision"] > cfg[0]["precision"],
+        "cfg_recall_falls": cfg[-1]["recall"] < cfg[0]["recall"],
+        "classifier_lifts_uncond_accuracy": max(v["accuracy"] for v in cls) > cls[0]["accuracy"] + 0.3,
+        "classifier_uncond_reaches_90pct": max(v["accuracy"] for v in cls) >= 0.9,
+        "classifier_fd_smallest_at_moderate_scale": inside(cls, "scale"),
+        "classifier_precision_rises": cls[-1]["precision"] > cls[0]["precision"],
+        "classifier_recall_falls": cls[-1]["recall"] < cls[0]["recall"],
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N = 64, 6 points (CI)")
+    ap.add_argument("--n", type=int, default=None, help="samples per point (default 1000, quick 64)")
+    ap.add_argument("--out", default=None, help="output folder (default out/toy/tradeoff[_quick])")
+    ap.add_argument("--only", default="", help="comma-separated point names or groups")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample-only", action="store_true", help="sample and store the points, score nothing")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    n = args.n or (64 if args.quick else 1000)
+    out = args.out or os.path.join(ROOT, "out", "toy", "tradeoff_quick" if args.quick else "tradeoff")
+    points = quick_points() if args.quick else full_points()
+    if args.only:
+        keep = set(args.only.split(","))
+        points = [p for p in points if p.name in keep or p.group in keep]
+    results = run(points, n, out, args.seed, args.sample_only)
+    if args.sample_only:
+        return results, {}
+    d = directions(results)
+    print(json.dumps(d, indent=1))
+    if not args.quick and not args.only:
+        import toy_report
+
+        toy_report.write_all(results, d, out)
+    return results, d
+
+
+if __name__ == "__main__":
+    main()
