@@ -109,10 +109,9 @@ def write_section(key: str, title: str, body: str):
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from guidance_core.io import atomic_bytes
+
+    atomic_bytes(path, text.encode())
 
 
 if __name__ == "__main__":

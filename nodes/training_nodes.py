@@ -85,15 +85,24 @@ def encode_dataset(vae, items, resolution: int, pbar=None):
     return torch.cat(latents), torch.tensor(labels), skipped
 
 
+def cache_facts(model, label_names, resolution: int, dataset: str):
+    """(meta, extra tensors) of a latent cache: the labels and the model's latent format and noise facts
+    (parameterization, sigma range, its discrete sigma table when it has one), as the trainer reads them."""
+    fmt = model.get_model_object("latent_format")
+    ms = glue.model_sampling_of(model)
+    meta = {"labels": list(label_names), "latent_format": type(fmt).__name__, "scale_factor": float(fmt.scale_factor),
+            "shift_factor": float(getattr(fmt, "shift_factor", 0.0) or 0.0),
+            "parameterization": glue.parameterization_of(ms), "sigma_min": float(ms.sigma_min),
+            "sigma_max": float(ms.sigma_max), "resolution": resolution, "dataset": dataset}
+    sigma_table = getattr(ms, "sigmas", None)
+    extra = {"sigma_table": sigma_table.detach().float().cpu().clone()} if sigma_table is not None else {}
+    return meta, extra
+
+
 def load_or_encode(model, vae, dataset_path: str, resolution: int):
     """(raw latents, labels, label names, cache meta, cache path, encoded?)."""
     items, label_names = DS.scan_dataset(dataset_path)
-    fmt = model.get_model_object("latent_format")
-    ms = glue.model_sampling_of(model)
-    meta = {"labels": label_names, "latent_format": type(fmt).__name__, "scale_factor": float(fmt.scale_factor),
-            "shift_factor": float(getattr(fmt, "shift_factor", 0.0) or 0.0),
-            "parameterization": glue.parameterization_of(ms), "sigma_min": float(ms.sigma_min),
-            "sigma_max": float(ms.sigma_max), "resolution": resolution, "dataset": os.path.basename(dataset_path)}
+    meta, extra = cache_facts(model, label_names, resolution, os.path.basename(dataset_path))
     key = DS.cache_key(items, resolution, vae_identity(vae) + json.dumps(meta, sort_keys=True))
     cache_dir = os.path.join(folder_paths.get_user_directory(), "guidance_lab", "latent_cache")
     cache = os.path.join(cache_dir, f"latents-{key}.safetensors")
@@ -105,8 +114,6 @@ def load_or_encode(model, vae, dataset_path: str, resolution: int):
                  ", ".join(f"{n}: {c}" for n, c in zip(label_names, counts)))
     latents, labels, skipped = encode_dataset(vae, items, resolution, comfy.utils.ProgressBar(len(items)))
     meta["skipped"] = [os.path.relpath(p, dataset_path) for p in skipped]
-    sigma_table = getattr(ms, "sigmas", None)
-    extra = {"sigma_table": sigma_table.detach().float().cpu().clone()} if sigma_table is not None else {}
     DS.save_latent_cache(cache, latents, labels, meta, extra)
     return latents, labels, label_names, meta, cache, True
 

@@ -26,16 +26,17 @@ CACHE = os.path.join(ROOT, "out", "toy", "fashion_latents.safetensors")
 
 
 def write_cache(path):
-    toy = H.pack_module("nodes.toy_nodes")
+    """The cache as the Train Classifier node writes it (same meta and noise facts, from the toy MODEL)."""
+    import torch
+
     ds = H.pack_module("guidance_core.datasets")
-    glue = H.pack_module("nodes.glue")
-    ms = toy.build_toy_model().model_sampling
+    training_nodes = H.pack_module("nodes.training_nodes")
+    with torch.inference_mode():
+        model, world = H.run_node("GuidanceLabToyModelLoader", toy_model="fashion_diffusion.safetensors")
+    meta, extra = training_nodes.cache_facts(model, world.labels, 32, "fashion-mnist train (60k, padded 32x32)")
     x, y = fashion.load("train")
-    meta = {"labels": toy.FASHION_LABELS, "latent_format": "ToyLatent", "scale_factor": 1.0, "shift_factor": 0.0,
-            "parameterization": glue.parameterization_of(ms), "sigma_min": float(ms.sigma_min),
-            "sigma_max": float(ms.sigma_max), "resolution": 32, "dataset": "fashion-mnist train (60k, padded 32x32)"}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ds.save_latent_cache(path, x, y, meta, {"sigma_table": ms.sigmas.detach().float().clone()})
+    ds.save_latent_cache(path, x, y, meta, extra)
 
 
 def main():

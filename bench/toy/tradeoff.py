@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, HERE)
@@ -157,8 +158,9 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
     """Sample every point (kept: a point whose samples file exists is not sampled again), then score it."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
     from tqdm import tqdm
+
+    from guidance_core.io import atomic_bytes, atomic_save
 
     import eval_classifier as E
     import fashion
@@ -204,8 +206,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
             x = torch.cat(parts)
             meta = {"n": n, "point": asdict(p), "mean_multiplier": round(mean_f, 4),
                     "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
-            save_file({"x": x.half().contiguous()}, spath + ".tmp", metadata={"point": json.dumps(meta)})
-            os.replace(spath + ".tmp", spath)
+            atomic_save({"x": x.half().contiguous()}, spath, {"point": json.dumps(meta)})
             log(f"{p.name}: sampled {n} in {meta['seconds']} s")
         if sample_only:
             continue
@@ -215,10 +216,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
         results[p.name] = r
         log(f"{p.name}: acc {r['accuracy']:.3f}  FD {r['fd']:.2f}  precision {r['precision']:.3f}  "
             f"recall {r['recall']:.3f}  ({r['seconds']} s)")
-        tmp = res_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, res_path)
+        atomic_bytes(res_path, json.dumps(results, indent=1).encode())
     return results
 
 
