@@ -19,7 +19,7 @@ from comfy_api.latest import io
 from safetensors import safe_open
 
 from ..guidance_core.errors import GuidanceConfigError
-from . import classifier_nodes, glue
+from . import classifier_nodes
 
 CATEGORY = "Guidance Lab/toy"
 TOY_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy_models")
@@ -37,9 +37,9 @@ TOY_UNET = dict(image_size=32, in_channels=1, out_channels=1, model_channels=32,
 
 # The pack's own toy_models/ folders, registered so files resolve through ComfyUI's folder registry:
 # the diffusion model in its own folder, the toy world's noise-aware classifier as one more path of
-# the "classifiers" folder (after models/classifiers), so the classifier loader lists it.
+# the "classifiers" folder (registered by classifier_nodes, imported above; after models/classifiers), so the
+# classifier loader lists it.
 folder_paths.folder_names_and_paths[TOY_FOLDER] = ([TOY_DIR], {".safetensors"})
-glue.register_model_folder(classifier_nodes.FOLDER, classifier_nodes.EXTENSIONS)
 if TOY_CLASSIFIER_DIR not in folder_paths.folder_names_and_paths[classifier_nodes.FOLDER][0]:
     folder_paths.folder_names_and_paths[classifier_nodes.FOLDER][0].append(TOY_CLASSIFIER_DIR)
 
