@@ -221,6 +221,23 @@ def test_toy_workflow_runs_and_writes_images(name, server, object_info):
             assert hi - lo > 100 and ImageStat.Stat(gray).stddev[0] > 25, (p, lo, hi)
 
 
+def test_main_command_runs_every_toy_workflow(tmp_path):
+    """The README's main command, as a user runs it (bash scripts/run.sh OUTDIR): every toy workflow
+    writes its images, and the contact sheet is written."""
+    import subprocess
+
+    out = tmp_path / "run"
+    proc = subprocess.run(["bash", os.path.join(H.ROOT, "scripts", "run.sh"), str(out)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert WR.toy_workflow_names() == TOY and f"{len(TOY)} workflows ran, 0 failed" in proc.stdout
+    for name in TOY:
+        images = [f for f in os.listdir(out / PACK) if f.startswith(f"{name}_") and f.endswith(".png")]
+        assert len(images) == _batch(load(name)), (name, images)
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size[0] > 512 and sheet.size[1] >= 96 * len(TOY)
+
+
 def test_sd15_workflows_pass_comfyuis_own_validation(server):
     """With empty stand-ins for the user's model files, POST /prompt accepts every Stable Diffusion workflow
     (ComfyUI's validate_prompt: types, links, required inputs, ranges, options); running them then fails
