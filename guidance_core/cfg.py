@@ -11,8 +11,10 @@ evaluation; when every c_k is 0 only the positive prompt is evaluated.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from enum import Enum
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -124,11 +126,24 @@ def perp_neg_delta(d_neg_delta: torch.Tensor, d_pos_delta: torch.Tensor) -> torc
 
 def fold_to_pair(d_cond: torch.Tensor, d_guided: torch.Tensor, scale: float):
     """Express a guided prediction as a (cond, uncond) pair for ComfyUI's cfg formula:
-    returns (c', u') with u' + scale (c' - u') = D. Lets sampler_cfg_function / post-CFG
-    hooks of other packs act on the result (they see u' as the unconditional)."""
-    if abs(scale - 1.0) > 1e-6:
-        return d_cond, (scale * d_cond - d_guided) / (scale - 1.0)
-    return d_guided, d_guided
+    returns (c, u') with u' + scale (c - u') = D, for a sampler_cfg_function of another node that
+    replaces the CFG formula. Computed as u' = c - (D - c)/(scale - 1) in float64: the pair is
+    exact to float64 rounding even for a scale near 1, where u' grows like 1/(scale - 1) and a
+    float32 pair would lose (scale/(scale - 1)) * 6e-8 of relative precision. The caller casts the
+    other node's result back to the model's dtype. scale must differ from 1 (at scale 1 a pair
+    (D, anything) is exact)."""
+    if scale == 1.0:
+        raise GuidanceConfigError("fold_to_pair needs a scale other than 1; at scale 1 use (D, uncond)")
+    c = d_cond.to(torch.float64)
+    return c, c - (d_guided.to(torch.float64) - c) / (scale - 1.0)
+
+
+def zero_init_start_noise(x_start: torch.Tensor, scaled_zero: torch.Tensor, scaled_one: torch.Tensor) -> torch.Tensor:
+    """CFG-Zero* zero-init (Fan et al. 2025, arXiv 2503.18886, sec. 3.3): the first K steps of the ODE
+    solver output zero velocity, so x stays x_start and the solver starts from step K. A sampler builds
+    its start as x = a(sigma_K) * n + b(sigma_K) (its noise scaling, affine in the noise n); this returns
+    the n with a * n + b = x_start, from b = scaled_zero (n = 0) and a + b = scaled_one (n = 1)."""
+    return (x_start - scaled_zero) / (scaled_one - scaled_zero)
 
 
 # ---------------------------------------------------------------- configuration
@@ -145,7 +160,7 @@ class PostProcess:
     rescale_phi: float = 0.0            # Lin et al. rescale strength in [0, 1]; 0 = off
     rescale_space: str = "auto"         # auto = v for eps/v models, x0 for flow models
     cfg_zero_star: bool = False         # Fan et al. optimized scale
-    zero_init_steps: int = 0            # Fan et al. zero-init: D = x for the first K steps
+    zero_init_steps: int = 0            # Fan et al. zero-init: x unchanged for the first K steps (flow)
     apg: bool = False                   # Sadat et al. adaptive projected guidance
     apg_eta: float = APG_ETA_DEFAULT
     apg_momentum: float = APG_MOMENTUM_DEFAULT
@@ -186,12 +201,28 @@ class CFGConfig:
             require_finite(f"terms[{i}].weight", t.weight)
 
 
+class Role(str, Enum):
+    GUIDANCE = "guidance"   # D_pos - D_baseline, coefficient f * (s - 1)
+    NEGATIVE = "negative"   # D_neg - D_empty of three-way CFG, coefficient -neg_scale * f
+    TERM = "term"           # D_term - D_baseline, coefficient w * f
+
+
+class ActiveTerm(NamedTuple):
+    """One term of D = D_pos + sum_k coef_k (D_key - D_ref) at this step."""
+    key: str
+    ref: str
+    coef: float
+    role: Role
+
+
 @dataclass
 class StepPlan:
-    """What one model call needs: active terms (key, ref, coefficient, role) and cond keys."""
-    active: list
-    needed: list
-    zero_init: bool = False
+    """What one step needs: its active terms and the cond keys to evaluate (positive first)."""
+    active: list[ActiveTerm]
+    needed: list[str]
+
+    def guidance(self) -> ActiveTerm | None:
+        return next((t for t in self.active if t.role is Role.GUIDANCE), None)
 
 
 @dataclass
@@ -200,6 +231,14 @@ class StepContext:
     sample_sigmas: Sequence[float] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
+
+    def level(self) -> int | None:
+        """Index i of the schedule's noise level sigma_i this call belongs to: sigma_i >= sigma > sigma_{i+1}
+        (a multi-stage sampler's midpoint belongs to its step's level; a call at sigma_{i+1} to level i+1).
+        None without the run's sigmas."""
+        if self.sample_sigmas is None or len(self.sample_sigmas) < 2:
+            return None
+        return int(math.floor(S.step_position(self.sigma, self.sample_sigmas) + 1e-6))
 
 
 class CFGCombiner:
@@ -221,78 +260,120 @@ class CFGCombiner:
             raise GuidanceConfigError("perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off")
         if self.baseline is None and config.terms:
             raise GuidanceConfigError("extra terms need a reference: connect a negative or an empty conditioning")
-        self._running = None
+        if post.rescale_phi > 0 and post.rescale_space == "eps" and parameterization == "flow":
+            raise GuidanceConfigError(
+                "rescale_space='eps' is undefined for flow models: at sigma = 1 (the first step) alpha = 0 and D "
+                "cannot be recovered from eps; use rescale_space auto, x0 or velocity")
+        if post.zero_init_steps > 0 and parameterization != "flow":
+            raise GuidanceConfigError(
+                f"zero_init_steps={post.zero_init_steps} is defined for flow models only (CFG-Zero*, Fan et al. 2025: "
+                f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0")
+        self._running = {}  # APG momentum: committed running average per noise level
         self._last_sigma = None
 
     # -- per-run state (APG momentum)
     def reset(self):
-        self._running = None
+        self._running = {}
         self._last_sigma = None
+
+    def momentum_levels(self) -> list:
+        """Noise levels at which the APG momentum holds a committed value (one per step of the run)."""
+        return sorted(k for k in self._running if k is not None)
 
     def _schedule(self, sched: S.Schedule, ctx: StepContext) -> float:
         return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max)
 
     def plan(self, ctx: StepContext, cond_scale: float | None = None) -> StepPlan:
-        """Active terms at this step. cond_scale None (unknown yet) counts the CFG term active
-        whenever its schedule is non-zero."""
+        """Active terms at this step: those whose coefficient is not 0. The CFG scale s is config.cfg, or
+        cond_scale (the sampler's cfg) where config.cfg is None."""
         cfg = self.config
         s = cfg.cfg if cfg.cfg is not None else cond_scale
-        post = cfg.post
-        if post.zero_init_steps > 0 and ctx.sample_sigmas is not None:
-            if S.step_position(ctx.sigma, ctx.sample_sigmas) < post.zero_init_steps - 1e-6:
-                return StepPlan(active=[], needed=[], zero_init=True)
+        if s is None:
+            raise GuidanceConfigError("no CFG scale: the config has cfg=None and no cond_scale was given")
         active = []
         if self.baseline is not None:
             f = self._schedule(cfg.cfg_schedule, ctx)
-            c = f * (s - 1.0) if s is not None else f
+            c = s - 1.0 if f == 1.0 else f * (s - 1.0)
             if c != 0.0:
-                active.append((POSITIVE, self.baseline, c, "guidance"))
+                active.append(ActiveTerm(POSITIVE, self.baseline, c, Role.GUIDANCE))
         if self.has_negative and self.has_empty:
             c = -cfg.neg_scale * self._schedule(cfg.neg_schedule, ctx)
             if c != 0.0:
-                active.append((NEGATIVE, EMPTY, c, "negative"))
+                active.append(ActiveTerm(NEGATIVE, EMPTY, c, Role.NEGATIVE))
         for i, t in enumerate(cfg.terms):
             c = t.weight * self._schedule(t.schedule, ctx)
             if c != 0.0:
-                active.append((f"term{i}", self.baseline, c, "term"))
-        needed = [POSITIVE]
-        for key, ref, _, _ in active:
-            for k in (key, ref):
-                if k not in needed:
-                    needed.append(k)
-        return StepPlan(active=active, needed=needed)
+                active.append(ActiveTerm(f"term{i}", self.baseline, c, Role.TERM))
+        return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]))
 
-    def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha) -> torch.Tensor:
+    def evaluation_order(self, keys) -> list:
+        """Cond keys in batch order: positive first, the baseline second (ComfyUI's uncond slot: index 1 of
+        `cond_or_uncond`, which other nodes' attention patches read), then the rest, each once."""
+        order = [POSITIVE] + ([self.baseline] if self.baseline in keys else []) + list(keys)
+        return list(dict.fromkeys(order))
+
+    @staticmethod
+    def step_scale(plan: StepPlan, cond_scale: float | None) -> float:
+        """This step's CFG scale s' = 1 + coefficient of the guidance term (1 when it is off): what other
+        nodes' hooks see as cond_scale. Equals cond_scale exactly when the schedule is 1."""
+        g = plan.guidance()
+        if g is None:
+            return 1.0
+        if cond_scale is not None and g.coef == cond_scale - 1.0:
+            return cond_scale
+        return 1.0 + g.coef
+
+    def is_plain(self, plan: StepPlan) -> bool:
+        """True when the step is ComfyUI's own CFG at the step's scale: D = D_u + s' (D_pos - D_u) with u
+        the baseline (or no guidance at all), no other term and no post-processing."""
+        post = self.config.post
+        if not plan.active:
+            return True
+        if post.apg or post.cfg_zero_star or post.rescale_phi > 0 or len(plan.active) != 1:
+            return False
+        return plan.active[0].role is Role.GUIDANCE
+
+    def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha,
+                level: int | None = None) -> torch.Tensor:
         """D = D_pos + sum_k c_k (D_k - D_ref_k), then APG / CFG-Zero* / Perp-Neg on their terms
         and rescale on the result. `preds` maps cond keys to denoised predictions; the scale is
-        already in the plan's coefficients."""
-        if plan.zero_init:
-            return x.clone()
+        already in the plan's coefficients. `level` is the step's noise level (StepContext.level):
+        the APG momentum advances once per level, so a sampler that calls the model twice in a step
+        (heun, dpm_2) uses the previous step's momentum in both calls (the step's last call commits)."""
         post = self.config.post
         sig = float(torch.as_tensor(sigma).max())
         if self._last_sigma is not None and sig > self._last_sigma * (1 + 1e-6):
-            self._running = None  # a new sampling run started: momentum restarts
+            self._running = {}  # a new sampling run started: momentum restarts
         self._last_sigma = sig
         d_pos = preds[POSITIVE]
         out = d_pos
         guidance_delta = None
         if post.perp_neg and EMPTY in preds:
             guidance_delta = d_pos - preds[EMPTY]
-        for key, ref, c, role in plan.active:
-            d_ref = preds[ref]
-            if role == "guidance":
+        for term in plan.active:
+            d_ref = preds[term.ref]
+            if term.role is Role.GUIDANCE:
                 if post.cfg_zero_star:
                     d_ref = cfg_zero_star_uncond(d_pos, d_ref, x)
                 delta = d_pos - d_ref
                 if post.apg:
-                    delta, self._running = apg_delta(delta, d_pos, post.apg_eta, post.apg_norm_threshold,
-                                                     self._running, post.apg_momentum)
+                    delta, running = apg_delta(delta, d_pos, post.apg_eta, post.apg_norm_threshold,
+                                               self._momentum_before(level), post.apg_momentum)
+                    if post.apg_momentum != 0.0:
+                        self._running[level] = running
             else:
-                delta = preds[key] - d_ref
-                if role == "negative" and post.perp_neg:
+                delta = preds[term.key] - d_ref
+                if term.role is Role.NEGATIVE and post.perp_neg:
                     delta = perp_neg_delta(delta, guidance_delta)
-            out = out + c * delta
+            out = out + term.coef * delta
         if post.rescale_phi > 0 and plan.active:
             space = P.default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
             out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
         return out
+
+    def _momentum_before(self, level):
+        """The running average committed by the latest step before `level` (per call without levels)."""
+        if level is None:
+            return self._running.get(None)
+        earlier = [k for k in self._running if k is not None and k < level]
+        return self._running[max(earlier)] if earlier else None

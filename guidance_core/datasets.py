@@ -7,7 +7,12 @@ center-cropped to resolution x resolution (documented behaviour). Unreadable ima
 with a warning naming them.
 
 The latent cache is a safetensors file holding the encoded latents, their labels and the
-metadata needed to train without the VAE (a second run does no encoding).
+metadata needed to train without the VAE (a second run does no encoding). Its latents are in the
+sampler's space: the writer (nodes.training_nodes, inside ComfyUI) applies the model's own
+latent_format.process_in to the VAE's output, so every trainer reads x0 exactly as the sampler sees it
+(per-channel formats such as Playground v2.5's included), without re-implementing process_in here.
+Version 1 caches held raw VAE latents plus a scalar scale/shift; they are refused with a message
+saying how to rewrite them.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from .io import atomic_save
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_FORMAT = "guidance-lab-latent-cache"
+CACHE_VERSION = 2  # 2: latents after the latent format's process_in; 1: raw VAE latents (refused)
 
 
 def _inside(root: str, path: str) -> bool:
@@ -98,19 +104,36 @@ def cache_key(items, resolution: int, extra: str) -> str:
 
 
 def save_latent_cache(path: str, latents: torch.Tensor, labels: torch.Tensor, meta: dict, extra=None):
+    """`latents`: in the sampler's space (after the latent format's process_in, see the module docstring)."""
     tensors = {"latents": latents.float().contiguous(), "labels": labels.long().contiguous()}
     tensors.update(extra or {})
-    atomic_save(tensors, path, {"guidance_lab_cache": json.dumps({"format": CACHE_FORMAT, **meta})})
+    head = {"format": CACHE_FORMAT, "version": CACHE_VERSION}
+    atomic_save(tensors, path, {"guidance_lab_cache": json.dumps({**meta, **head})})
 
 
-def load_latent_cache(path: str):
-    """(tensors dict, meta)."""
+def read_latent_cache_meta(path: str) -> dict:
+    """A latent cache's metadata (without reading its tensors). Refuses caches of another format or version."""
     try:
         with safe_open(path, framework="pt") as f:
             raw = (f.metadata() or {}).get("guidance_lab_cache")
+    except Exception as e:
+        raise GuidanceConfigError(f"{path} cannot be read as a latent cache: {e}") from None
+    meta = json.loads(raw) if raw is not None else {}
+    if meta.get("format") != CACHE_FORMAT:
+        raise GuidanceConfigError(f"{path} is not a Guidance Lab latent cache")
+    if meta.get("version", 1) != CACHE_VERSION:
+        raise GuidanceConfigError(f"{path}: latent cache version {meta.get('version', 1)}; this Guidance Lab reads "
+                                  f"version {CACHE_VERSION} (latents after the latent format's process_in). Run Train "
+                                  "Classifier (Guidance Lab) with steps = 0 on the same images to write a new cache")
+    return meta
+
+
+def load_latent_cache(path: str):
+    """(tensors dict, meta). Refuses caches of another format or version."""
+    meta = read_latent_cache_meta(path)
+    try:
+        with safe_open(path, framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise GuidanceConfigError(f"{path} cannot be read as a latent cache: {e}") from None
-    if raw is None or json.loads(raw).get("format") != CACHE_FORMAT:
-        raise GuidanceConfigError(f"{path} is not a Guidance Lab latent cache")
-    return tensors, json.loads(raw)
+    return tensors, meta

@@ -7,8 +7,13 @@ Metadata (stored under the safetensors metadata key "guidance_lab", as JSON):
   config            the architecture's config dict
   labels            list of label names, in logit order
   latent_channels   channels of the latents it reads
-  latent_format     ComfyUI latent format name it was trained on (e.g. "SD15"), informative
+  latent_format     ComfyUI latent format (class name) it was trained on, e.g. "SD15", "SDXL"; guidance refuses
+                    a model with another one unless the user opts in ("" = not recorded: not checked)
   parameterization  "eps" | "v" | "flow": the model family whose sampling space it was trained in
+  input_scaling     the input the classifier reads, c_in(sigma)*x: {"kind": "edm", "sigma_data": s} |
+                    {"kind": "identity"} | {"kind": "cosmos_rflow"} (parameterization.INPUT_SCALINGS); used by
+                    the trainer and by guidance, and must equal the model's. Absent in older files: the
+                    convention they were trained with, x/sqrt(1 + sigma^2) for eps/v and x for flow
   sigma_min, sigma_max  the noise range it was trained on
 Writes go to a temporary name first and are renamed into place (no half-written files).
 """
@@ -22,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import parameterization as P
 from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 from .errors import GuidanceConfigError
 
@@ -66,6 +72,14 @@ def atomic_bytes(path: str, data: bytes) -> str:
     return _atomic_write(path, write)
 
 
+def input_scaling_of(meta: dict) -> dict:
+    """The classifier's input scaling: its `input_scaling` field, or for files without one the convention
+    they were trained with (parameterization.default_input_scaling)."""
+    if "input_scaling" in meta:
+        return P.check_input_scaling(meta["input_scaling"])
+    return P.default_input_scaling(meta.get("parameterization", "eps"))
+
+
 def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     """Write weights + metadata atomically (temporary file in the same folder, then rename)."""
     if not path.endswith(".safetensors"):
@@ -74,22 +88,28 @@ def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     missing = [k for k in REQUIRED if k not in full]
     if missing:
         raise ClassifierFileError(f"classifier metadata lacks {missing}")
+    input_scaling_of(full)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     atomic_save(tensors, path, {META_KEY: json.dumps(full)})
     return path
 
 
 def _check_not_pickle(path: str):
+    """Safetensors layout: an 8-byte little-endian header length N, then N bytes of JSON starting with '{'.
+    Only a file that is not laid out so is judged by its first bytes: a header length whose low byte is 0x80,
+    or whose low bytes spell 'PK', is a valid safetensors file, not a pickle or zip."""
     low = path.lower()
     if low.endswith(PICKLE_EXTS):
         raise ClassifierFileError(f"{os.path.basename(path)}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are "
                                   "refused because loading them can run code; convert it to .safetensors")
     with open(path, "rb") as f:
         head = f.read(9)
+    size = os.path.getsize(path)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise ClassifierFileError(f"{os.path.basename(path)} is a pickle/zip checkpoint, not safetensors; refused")
-    if len(head) < 9 or head[8:9] != b"{":
-        raise ClassifierFileError(f"{os.path.basename(path)} is not a safetensors file (corrupt or truncated)")
+    raise ClassifierFileError(f"{os.path.basename(path)} is not a safetensors file (corrupt or truncated)")
 
 
 def read_metadata(path: str) -> dict:
@@ -116,6 +136,10 @@ def read_metadata(path: str) -> dict:
     if meta["architecture"] not in ARCHITECTURES:
         raise ClassifierFileError(f"{os.path.basename(path)}: architecture={meta['architecture']!r}; "
                                   f"known: {', '.join(ARCHITECTURES)}")
+    try:
+        input_scaling_of(meta)
+    except GuidanceConfigError as e:
+        raise ClassifierFileError(f"{os.path.basename(path)}: {e}") from None
     return meta
 
 

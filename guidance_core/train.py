@@ -6,7 +6,9 @@ server. Run from the pack's folder:
     torchrun --nproc_per_node 4 -m guidance_core.train ...      (multi-GPU, DistributedDataParallel)
 
 The latent cache is written by the "Train Classifier" node (it encodes the images with the
-model's VAE inside ComfyUI); it holds the latents, labels and the model's noise facts.
+model's VAE inside ComfyUI and applies the model's own latent_format.process_in); it holds the latents in
+the sampler's space, the labels and the model's noise facts (including its input scaling, which the
+classifier file records for guidance).
 Ctrl-C stops the run: the classifier file is written only at the very end (atomically), and
 checkpoints are complete files, so nothing half-written is ever left behind.
 """
@@ -25,11 +27,11 @@ from .training import NoiseSpec, TrainConfig, Trainer, classifier_metadata
 
 
 def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=None) -> Trainer:
-    scale, shift = float(meta.get("scale_factor", 1.0)), float(meta.get("shift_factor", 0.0))
-    latents = (tensors["latents"].float() - shift) * scale  # the latent format's process_in
-    spec = NoiseSpec(meta["parameterization"], float(meta["sigma_min"]), float(meta["sigma_max"]),
-                     tensors.get("sigma_table"))
-    return Trainer(latents, tensors["labels"], meta["labels"], spec, config, device=device, distributed=distributed)
+    """A Trainer on a latent cache: its latents are already in the sampler's space (the node applied the
+    model's own latent_format.process_in), its metadata holds the model's noise facts and input scaling."""
+    spec = NoiseSpec.from_cache(meta, tensors.get("sigma_table"))
+    return Trainer(tensors["latents"], tensors["labels"], meta["labels"], spec, config, device=device,
+                   distributed=distributed)
 
 
 def main(argv=None) -> int:

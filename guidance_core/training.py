@@ -4,7 +4,8 @@ Recipe of Dhariwal & Nichol 2021 (arXiv 2105.05233, Sec. 4 / App. D): for clean 
 with labels y, draw a noise level sigma, form the noisy input the sampler will show,
     x = alpha(sigma)*x0 + sigma*eps,   eps ~ N(0, I)
 and minimize cross-entropy  L = -log softmax(f(c_in*x, sigma))_y  with AdamW (lr 3e-4,
-weight decay 0.05) and a linear learning-rate anneal lr_t = lr*(1 - t/T).
+weight decay 0.05) and a linear learning-rate anneal lr_t = lr*(1 - t/T). c_in is the target model's
+own input scaling (parameterization.INPUT_SCALINGS), recorded in the classifier file for guidance.
 
 Noise levels: log-uniform over [sigma_min, sigma_max] (default), or the model's own training
 distribution (uniform over its sigma table: the discrete timesteps of eps/v models, the shifted
@@ -62,11 +63,26 @@ class TrainConfig:
 
 @dataclass
 class NoiseSpec:
-    """The target model's noise: parameterization, sigma range and (optionally) its sigma table."""
+    """The target model's noise: parameterization (alpha), sigma range, (optionally) its sigma table, and its
+    input scaling c_in (parameterization.INPUT_SCALINGS; default: the eps/v or flow convention)."""
     parameterization: str
     sigma_min: float
     sigma_max: float
     sigma_table: torch.Tensor | None = None
+    input_scaling: dict | None = None
+
+    def __post_init__(self):
+        if self.parameterization not in P.PARAMETERIZATIONS:
+            raise GuidanceConfigError(f"parameterization={self.parameterization!r}; accepted: "
+                                      f"{', '.join(P.PARAMETERIZATIONS)}")
+        self.input_scaling = P.check_input_scaling(self.input_scaling or
+                                                   P.default_input_scaling(self.parameterization))
+
+    @classmethod
+    def from_cache(cls, meta: dict, sigma_table: torch.Tensor | None = None) -> "NoiseSpec":
+        """The spec recorded in a latent cache's metadata (guidance_core.datasets)."""
+        return cls(meta["parameterization"], float(meta["sigma_min"]), float(meta["sigma_max"]), sigma_table,
+                   meta.get("input_scaling"))
 
     def sample(self, n: int, gen: torch.Generator, distribution: str) -> torch.Tensor:
         if distribution == "model":
@@ -98,9 +114,9 @@ def split_indices(labels: torch.Tensor, val_fraction: float, seed: int):
 
 
 def noisy_batch(x0, sigma, noise, spec: NoiseSpec):
-    """Classifier input c_in*(alpha*x0 + sigma*eps) for a batch."""
+    """Classifier input c_in(sigma)*(alpha*x0 + sigma*eps) for a batch, c_in the model's input scaling."""
     x = P.add_noise(x0, noise, sigma, spec.parameterization)
-    return P.model_input(x, sigma, spec.parameterization)
+    return P.scale_input(x, sigma, spec.input_scaling)
 
 
 @torch.no_grad()
@@ -201,6 +217,7 @@ class Trainer:
                            c.batch_size, c.seed, self.device)
         return {"labels": self.label_names, "steps": self.step, "train_examples": int(self.train_idx.numel()),
                 "val_examples": int(self.val_idx.numel()), "parameterization": self.spec.parameterization,
+                "input_scaling": dict(self.spec.input_scaling),
                 "buckets": buckets, "config": asdict(c)}
 
     # -- checkpoints: safetensors tensors + JSON metadata, written atomically
@@ -238,7 +255,8 @@ def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict 
     """Metadata of the classifier file format (guidance_core.io)."""
     meta = {"architecture": "noise_aware", "config": trainer.model.config.to_dict(), "labels": trainer.label_names,
             "latent_channels": int(trainer.latents.shape[1]), "latent_format": latent_format,
-            "parameterization": trainer.spec.parameterization, "sigma_min": trainer.spec.sigma_min,
+            "parameterization": trainer.spec.parameterization, "input_scaling": dict(trainer.spec.input_scaling),
+            "sigma_min": trainer.spec.sigma_min,
             "sigma_max": trainer.spec.sigma_max, "train_steps": trainer.step}
     if report is not None:
         meta["val_accuracy"] = [round(b["accuracy"], 4) for b in report["buckets"]]

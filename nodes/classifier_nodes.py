@@ -14,9 +14,10 @@ from comfy_api.latest import io
 
 from ..guidance_core import classifier_guidance as G
 from ..guidance_core import io as gio
+from ..guidance_core import parameterization as P
 from ..guidance_core import schedules as S
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue
+from . import folders, glue
 from . import types as T
 
 CATEGORY = "Guidance Lab/classifier"
@@ -26,7 +27,25 @@ KEY = "guidance_lab_classifier"
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt"}
 
 
-glue.register_model_folder(FOLDER, EXTENSIONS)
+folders.register_model_folder(FOLDER, EXTENSIONS)
+
+
+def latent_format_name(model_patcher) -> str:
+    """The model's latent space, as classifier files record it: the class name of its latent format
+    ("SD15", "SDXL", "SDXL_Playground_2_5", ...)."""
+    return type(model_patcher.get_model_object("latent_format")).__name__
+
+
+def model_input_scaling(model_patcher) -> dict:
+    """The model's input scaling c_in(sigma)*x (parameterization.INPUT_SCALINGS), found by asking its own
+    model_sampling.calculate_input; refused when it is none of the known ones."""
+    ms = glue.model_sampling_of(model_patcher)
+    found = P.identify_input_scaling(ms.calculate_input)
+    if found is None:
+        raise GuidanceConfigError(f"the model's input scaling ({type(ms).__name__}.calculate_input) is none of "
+                                  "x/sqrt(sigma^2 + sigma_data^2), x, x/(1 + sigma); noise-aware classifiers cannot be "
+                                  "trained for or guide this model")
+    return found
 
 
 class LoadedClassifier:
@@ -35,13 +54,15 @@ class LoadedClassifier:
     The GUIDANCE_CLASSIFIER interface (also implemented by clip_nodes.LoadedCLIPClassifier):
     `labels`, `name`, `wants` (what it reads, see guidance_core.classifier_guidance),
     `bind(model_patcher)` -> classify(input, sigma) -> logits (validates against the model first),
-    and `model_patchers()` (what ComfyUI must load for sampling)."""
+    and `model_patchers()` (what ComfyUI must load for sampling). Noise-aware classifiers also have
+    `input_scaling` (what they read: c_in(sigma)*x, from the file) and `check_model`."""
 
     wants = G.NOISY_INPUT
 
     def __init__(self, module: torch.nn.Module, meta: dict, name: str = ""):
         self.module, self.meta, self.name = module, meta, name
         self.labels = [str(lb) for lb in meta["labels"]]
+        self.input_scaling = gio.input_scaling_of(meta)
         self.patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
@@ -56,22 +77,54 @@ class LoadedClassifier:
         G.make_autograd_safe(self.module, x_in.device)
         return self.module(x_in, sigma)
 
-    def bind(self, model_patcher):
-        self.check_model(model_patcher)
+    def bind(self, model_patcher, allow_other_latent_format: bool = False):
+        self.check_model(model_patcher, allow_other_latent_format)
         return self.classify
 
-    def check_model(self, model_patcher):
-        """Validate before sampling: latent channels and sampling family must match."""
+    def check_model(self, model_patcher, allow_other_latent_format: bool = False):
+        """Validate before sampling: latent channels, latent space, sampling family and input scaling must match."""
         fmt = model_patcher.get_model_object("latent_format")
         want, have = int(self.meta["latent_channels"]), int(fmt.latent_channels)
         if want != have:
             raise GuidanceConfigError(f"classifier {self.name!r} expects {want} latent channels, the model "
                                       f"produces {have}; use a classifier trained on this model family")
+        trained_fmt, model_fmt = str(self.meta.get("latent_format") or ""), latent_format_name(model_patcher)
+        if trained_fmt and trained_fmt != model_fmt and not allow_other_latent_format:
+            raise GuidanceConfigError(f"classifier {self.name!r} was trained on {trained_fmt} latents, the model uses "
+                                      f"{model_fmt} latents: the same {have} channels, but another latent space; use a "
+                                      f"classifier trained for this model, or set allow_other_latent_format = true "
+                                      "if you know the two spaces are the same")
         trained = self.meta.get("parameterization", "eps")
         model_param = glue.parameterization_of(glue.model_sampling_of(model_patcher))
         if (trained == "flow") != (model_param == "flow"):
             raise GuidanceConfigError(f"classifier {self.name!r} was trained for {trained} models, the model is "
                                       f"{model_param}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
+        model_scaling = model_input_scaling(model_patcher)
+        if not P.same_input_scaling(self.input_scaling, model_scaling):
+            raise GuidanceConfigError(f"classifier {self.name!r} was trained on inputs "
+                                      f"{P.describe_input_scaling(self.input_scaling)}, the model's input scaling is "
+                                      f"{P.describe_input_scaling(model_scaling)}; use a classifier trained for this "
+                                      "model (Train Classifier records the model's input scaling)")
+
+
+class NoClassifier:
+    """What Train Classifier outputs when it trained nothing (steps = 0): any guidance node it reaches
+    stops before sampling with `reason`, instead of failing on a missing object."""
+
+    wants = G.NOISY_INPUT
+    labels: list = []
+
+    def __init__(self, reason: str):
+        self.reason, self.name = reason, ""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def model_patchers(self) -> list:
+        return []
+
+    def bind(self, model_patcher, **kw):
+        raise GuidanceConfigError(self.reason)
 
 
 def _control_modules(conds: list) -> list:
@@ -122,12 +175,16 @@ def differentiable_denoised(args: dict, x: torch.Tensor) -> torch.Tensor:
 
 class ClassifierHook:
     """Post-CFG hook: D' = D + s*(sigma^2/alpha)*g, g the classifier's gradient (grad_x log p(y|x, sigma)
-    for noise-aware classifiers; for classifiers of the denoised prediction see
-    guidance_core.classifier_guidance). Used by the MODEL patch and by the SAMPLER wrapper (one code path)."""
+    for noise-aware classifiers, which read the input scaling recorded in their file, the one they were
+    trained on; for classifiers of the denoised prediction see guidance_core.classifier_guidance). Used by
+    the MODEL patch and by the SAMPLER wrapper (one code path)."""
 
-    def __init__(self, loaded, weights: torch.Tensor, config: G.ClassifierGuidanceConfig, classify=None):
+    def __init__(self, loaded, weights: torch.Tensor, config: G.ClassifierGuidanceConfig, classify=None,
+                 allow_other_latent_format: bool = False):
         self.loaded = loaded
         self._classify = classify if classify is not None else loaded.classify
+        self.allow_other_latent_format = allow_other_latent_format
+        self.input_scaling = getattr(loaded, "input_scaling", None)
         self.guidance = G.ClassifierGuidance(self.classify, weights, config,
                                              wants=getattr(loaded, "wants", G.NOISY_INPUT))
 
@@ -137,8 +194,13 @@ class ClassifierHook:
     def classify(self, x_in, sigma):
         return self._classify(x_in, sigma)
 
-    def check_batch(self, batch: int):
+    def check_run(self, batch: int, model_patcher=None):
+        """Before the first step: the target rows against the batch, and the classifier against the model that
+        actually samples (a model patch applied after this node may have changed its sampling or latent format)."""
         G.batch_weights(self.guidance.weights, batch)
+        check = getattr(self.loaded, "check_model", None)
+        if check is not None and model_patcher is not None:
+            check(model_patcher, self.allow_other_latent_format)
 
     def __call__(self, args):
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
@@ -147,17 +209,22 @@ class ClassifierHook:
         sample_sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
         step = S.step_position(float(sigma.max()), [float(v) for v in sample_sigmas]) if sample_sigmas is not None else None
         through = self.guidance.wants == G.DENOISED_THROUGH_MODEL
-        return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), lambda xx: ms.calculate_input(sigma, xx),
-                             step, denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None)
+        if self.input_scaling is not None:
+            model_input = lambda xx: P.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
+        else:
+            model_input = lambda xx: ms.calculate_input(sigma, xx)  # noqa: E731
+        return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), model_input, step,
+                             denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None)
 
     def outer_sample(self, executor, noise, *args, **kwargs):
-        self.check_batch(noise.shape[0])  # before the first step
+        self.check_run(noise.shape[0], getattr(executor.class_obj, "model_patcher", None))  # before the first step
         return executor(noise, *args, **kwargs)
 
 
 def _guidance_inputs():
     return [
-        T.Classifier.Input("classifier", tooltip="From Load Classifier or Load CLIP Classifier (Guidance Lab)."),
+        T.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
+                                                 "(Guidance Lab)."),
         io.String.Input("target", default="", multiline=True,
                         tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
                                 "batch image for different targets; one line for all."),
@@ -172,15 +239,27 @@ def _guidance_inputs():
                        tooltip="Clamp of the gradient's RMS per image; 0 = off."),
         io.Combo.Input("dtype", options=list(G.DTYPES), default="float32",
                        tooltip="Compute dtype of the classifier's forward/backward."),
+        io.Boolean.Input("allow_other_latent_format", default=False,
+                         tooltip="Off (default): a noise-aware classifier trained on another latent format than the "
+                                 "model's (e.g. SD1.5 vs SDXL, both 4 channels) is refused. On: use it anyway, when you "
+                                 "know the two latent spaces are the same. CLIP classifiers are not affected."),
     ]
 
 
-def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_clamp, dtype):
-    classify = classifier.bind(model)  # validates the classifier against this model
+def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_clamp, dtype,
+          allow_other_latent_format=False):
+    if classifier is None:
+        raise GuidanceConfigError("classifier is None (nothing came from the node connected to 'classifier'); connect "
+                                  "Load Classifier, Train Classifier (steps > 0) or Load CLIP Classifier")
+    if isinstance(classifier, LoadedClassifier):  # validates the classifier against this model
+        classify = classifier.bind(model, allow_other_latent_format=allow_other_latent_format)
+    else:
+        classify = classifier.bind(model)
     targets = G.parse_targets(target, classifier.labels)
     cfg = G.ClassifierGuidanceConfig(scale=scale, sigma_lo=sigma_lo, sigma_hi=math.inf if sigma_hi >= 1.0e4 else sigma_hi,
                                      every_n=every_n, rms_clamp=rms_clamp, dtype=dtype)
-    return ClassifierHook(classifier, G.target_matrix(targets, classifier.labels), cfg, classify)
+    return ClassifierHook(classifier, G.target_matrix(targets, classifier.labels), cfg, classify,
+                          allow_other_latent_format)
 
 
 class GuidanceLabClassifierLoader(io.ComfyNode):
@@ -192,7 +271,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
             category=CATEGORY,
             description="Loads a noise-aware classifier (.safetensors with Guidance Lab metadata) from models/classifiers. "
                         "Pickled checkpoints are refused.",
-            inputs=[io.Combo.Input("classifier_name", options=folder_paths.get_filename_list(FOLDER),
+            inputs=[io.Combo.Input("classifier_name", options=folders.filename_list(FOLDER, EXTENSIONS),
                                    tooltip="A file in models/classifiers.")],
             outputs=[T.Classifier.Output(display_name="classifier")],
         )
@@ -241,7 +320,7 @@ class GuidedSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        self.hook.check_batch(noise.shape[0])
+        self.hook.check_run(noise.shape[0], getattr(model_wrap, "model_patcher", None))
         comfy.model_management.load_models_gpu(self.hook.loaded.model_patchers())
         extra = dict(extra_args)
         mo = comfy.model_patcher.create_model_options_clone(extra.get("model_options", {}))

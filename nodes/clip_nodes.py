@@ -6,6 +6,7 @@ guidance_core.classifier_guidance.
 """
 from __future__ import annotations
 
+import logging
 
 import torch
 
@@ -17,30 +18,43 @@ from comfy_api.latest import io
 from ..guidance_core import classifier_guidance as G
 from ..guidance_core.classifiers import clip as CL
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue
+from . import folders
 from . import types as T
 
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "guidance_clip"
 EXTENSIONS = {".safetensors"}
 NO_FILES = "(no files: put an open_clip .safetensors in models/guidance_clip)"
+ONLY_CLIP = "only CLIP guidance needs open_clip; every other Guidance Lab node works without it"
 WANTS = {CL.DETACHED: G.DENOISED_DETACHED, CL.THROUGH_MODEL: G.DENOISED_THROUGH_MODEL}
 
 
-glue.register_model_folder(FOLDER, EXTENSIONS)
+folders.register_model_folder(FOLDER, EXTENSIONS)
+_warned = set()  # open_clip problems already logged (the schema is rebuilt for every /object_info)
+
+
+def warn_once(problem: str) -> None:
+    """Log why open_clip cannot be used, once per distinct problem (ComfyUI's console at start-up)."""
+    if problem not in _warned:
+        _warned.add(problem)
+        logging.warning("Guidance Lab: Load CLIP Classifier cannot run: %s (%s)", problem, ONLY_CLIP)
+
+
+def checkpoint_files() -> list[str]:
+    return folders.filename_list(FOLDER, EXTENSIONS)
 
 
 def checkpoint_path(name: str) -> str:
     """Full path of a file in the folder; errors name the folder's paths."""
     where = ", ".join(folder_paths.get_folder_paths(FOLDER))
-    if not name or name == NO_FILES or not folder_paths.get_filename_list(FOLDER):
+    if not name or name == NO_FILES or not checkpoint_files():
         raise GuidanceConfigError(f"no CLIP checkpoint: the folder {FOLDER} ({where}) has no .safetensors files. Put an "
                                   "open_clip checkpoint (both towers, e.g. open_clip_model.safetensors) there; nothing "
                                   "is downloaded")
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
         raise GuidanceConfigError(f"checkpoint={name!r} is not in the folder {FOLDER} ({where}); files there: "
-                                  f"{', '.join(folder_paths.get_filename_list(FOLDER))}")
+                                  f"{', '.join(checkpoint_files())}")
     return path
 
 
@@ -118,16 +132,21 @@ class LoadedCLIPClassifier:
 class GuidanceLabCLIPClassifierLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        archs = CL.offline_architectures()
-        files = folder_paths.get_filename_list(FOLDER) or [NO_FILES]
+        archs, problem = CL.availability()
+        unavailable = ""
+        if problem is not None:  # the node stays (workflows keep it) and says why it cannot run
+            warn_once(problem)
+            archs, unavailable = [f"({problem})"], f"UNAVAILABLE: {problem}; {ONLY_CLIP}. "
+        files = checkpoint_files() or [NO_FILES]
         return io.Schema(
             node_id="GuidanceLabCLIPClassifierLoader",
             display_name="Load CLIP Classifier (Guidance Lab)",
             category=CATEGORY,
-            description="Zero-shot classifier from a CLIP model and labels typed as text: p(y|x) = softmax(tau * "
-                        "cos(CLIP_image(image(x0_hat)), CLIP_text(label_y))) on the denoised prediction x0_hat. "
-                        "Connect it to Classifier Guidance / Classifier Guidance Sampler; no training needed. Weights: "
-                        "an open_clip .safetensors from models/guidance_clip (nothing is downloaded).",
+            description=unavailable + (
+                "Zero-shot classifier from a CLIP model and labels typed as text: p(y|x) = softmax(tau * "
+                "cos(CLIP_image(image(x0_hat)), CLIP_text(label_y))) on the denoised prediction x0_hat. "
+                "Connect it to Classifier Guidance / Classifier Guidance Sampler; no training needed. Weights: "
+                "an open_clip .safetensors from models/guidance_clip (nothing is downloaded)."),
             inputs=[
                 io.Combo.Input("architecture", options=archs, default="ViT-B-32" if "ViT-B-32" in archs else archs[0],
                                tooltip="open_clip architecture of the checkpoint (e.g. ViT-B-32, ViT-L-14); must match "
@@ -161,6 +180,9 @@ class GuidanceLabCLIPClassifierLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, architecture, checkpoint, labels, decode, gradient, cutouts, tau, vae=None):
+        problem = CL.availability()[1]
+        if problem is not None:
+            raise GuidanceConfigError(f"Load CLIP Classifier cannot run: {problem} ({ONLY_CLIP})")
         names = CL.parse_labels(labels)
         if decode == "vae" and vae is None:
             raise GuidanceConfigError("decode='vae' needs a VAE: connect the vae input (or use decode='linear')")

@@ -24,7 +24,7 @@ from ..guidance_core import training as TR
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
 from . import types as T
-from .classifier_nodes import FOLDER, LoadedClassifier
+from .classifier_nodes import FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling
 
 CATEGORY = "Guidance Lab/classifier"
 ENCODE_BATCH = 16
@@ -87,23 +87,31 @@ def encode_dataset(vae, items, resolution: int, pbar=None):
 
 def cache_facts(model, label_names, resolution: int, dataset: str):
     """(meta, extra tensors) of a latent cache: the labels and the model's latent format and noise facts
-    (parameterization, sigma range, its discrete sigma table when it has one), as the trainer reads them."""
-    fmt = model.get_model_object("latent_format")
+    (parameterization, input scaling, sigma range, its discrete sigma table when it has one), as the trainer reads them."""
     ms = glue.model_sampling_of(model)
-    meta = {"labels": list(label_names), "latent_format": type(fmt).__name__, "scale_factor": float(fmt.scale_factor),
-            "shift_factor": float(getattr(fmt, "shift_factor", 0.0) or 0.0),
-            "parameterization": glue.parameterization_of(ms), "sigma_min": float(ms.sigma_min),
-            "sigma_max": float(ms.sigma_max), "resolution": resolution, "dataset": dataset}
+    meta = {"labels": list(label_names), "latent_format": latent_format_name(model),
+            "parameterization": glue.parameterization_of(ms), "input_scaling": model_input_scaling(model),
+            "sigma_min": float(ms.sigma_min), "sigma_max": float(ms.sigma_max), "resolution": resolution,
+            "dataset": dataset}
     sigma_table = getattr(ms, "sigmas", None)
     extra = {"sigma_table": sigma_table.detach().float().cpu().clone()} if sigma_table is not None else {}
     return meta, extra
 
 
+def write_cache(path: str, model, raw_latents, labels, meta: dict, extra: dict):
+    """Write a latent cache whose latents are in the sampler's space: the model's own latent_format.process_in
+    (ComfyUI's, per-channel formats included) applied to the VAE's latents. Returns those latents."""
+    with torch.inference_mode(False):
+        latents = model.get_model_object("latent_format").process_in(raw_latents.clone()).float()
+    DS.save_latent_cache(path, latents, labels, meta, extra)
+    return latents
+
+
 def load_or_encode(model, vae, dataset_path: str, resolution: int):
-    """(raw latents, labels, label names, cache meta, cache path, encoded?)."""
+    """(latents in the sampler's space, labels, label names, cache meta, cache path, encoded?)."""
     items, label_names = DS.scan_dataset(dataset_path)
     meta, extra = cache_facts(model, label_names, resolution, os.path.basename(dataset_path))
-    key = DS.cache_key(items, resolution, vae_identity(vae) + json.dumps(meta, sort_keys=True))
+    key = DS.cache_key(items, resolution, f"{vae_identity(vae)}|v{DS.CACHE_VERSION}|{json.dumps(meta, sort_keys=True)}")
     cache_dir = os.path.join(folder_paths.get_user_directory(), "guidance_lab", "latent_cache")
     cache = os.path.join(cache_dir, f"latents-{key}.safetensors")
     if os.path.exists(cache):
@@ -112,9 +120,9 @@ def load_or_encode(model, vae, dataset_path: str, resolution: int):
     counts = [sum(1 for _, k in items if k == i) for i in range(len(label_names))]
     logging.info("Guidance Lab: encoding %d images (%s) with the VAE", len(items),
                  ", ".join(f"{n}: {c}" for n, c in zip(label_names, counts)))
-    latents, labels, skipped = encode_dataset(vae, items, resolution, comfy.utils.ProgressBar(len(items)))
+    raw, labels, skipped = encode_dataset(vae, items, resolution, comfy.utils.ProgressBar(len(items)))
     meta["skipped"] = [os.path.relpath(p, dataset_path) for p in skipped]
-    DS.save_latent_cache(cache, latents, labels, meta, extra)
+    latents = write_cache(cache, model, raw, labels, meta, extra)
     return latents, labels, label_names, meta, cache, True
 
 
@@ -136,7 +144,8 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                 io.String.Input("output_name", default="my_classifier",
                                 tooltip="File name in models/classifiers (letters, digits, _ - .); .safetensors is added."),
                 io.Int.Input("steps", default=2000, min=0, max=1000000,
-                             tooltip="Training steps; 0 = only encode and cache the latents (for the command line trainer)."),
+                             tooltip="Training steps; 0 = only encode and cache the latents (for the command line "
+                                     "trainer): the classifier output then stops any guidance node with a message."),
                 io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Examples per step."),
                 io.Float.Input("lr", default=3e-4, min=1e-6, max=1.0, step=1e-5, round=1e-6,
                                tooltip="AdamW learning rate (ADM: 3e-4), annealed linearly to 0."),
@@ -166,16 +175,17 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                                 sigma_distribution=sigma_distribution, class_balance=class_balance,
                                 arch={"base_channels": width})
         config.validate()
-        raw, labels, names, meta, cache, _ = load_or_encode(model, vae, path, resolution)
+        cached, labels, names, meta, cache, _ = load_or_encode(model, vae, path, resolution)
         if steps == 0:
-            return io.NodeOutput(None, torch.zeros(1, 8, 8, 3), json.dumps({"latent_cache": cache}))
-        fmt = model.get_model_object("latent_format")
+            none = NoClassifier(f"Train Classifier ran with steps = 0 (cache only: it encoded the images to {cache}) "
+                                "and produced no classifier; set its steps > 0, or train from the cache with "
+                                "python -m guidance_core.train and load the file with Load Classifier")
+            return io.NodeOutput(none, torch.zeros(1, 8, 8, 3), json.dumps({"latent_cache": cache}))
         with torch.inference_mode(False), torch.enable_grad():
-            latents = fmt.process_in(raw.clone())
+            latents = cached.clone()  # already in the sampler's space (write_cache)
             ms = glue.model_sampling_of(model)
             table = getattr(ms, "sigmas", None)
-            spec = TR.NoiseSpec(meta["parameterization"], meta["sigma_min"], meta["sigma_max"],
-                                table.detach().float().cpu().clone() if table is not None else None)
+            spec = TR.NoiseSpec.from_cache(meta, table.detach().float().cpu().clone() if table is not None else None)
             trainer = TR.Trainer(latents, labels.clone(), names, spec, config,
                                  device=comfy.model_management.get_torch_device())
             pbar = comfy.utils.ProgressBar(steps)

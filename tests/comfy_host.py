@@ -56,8 +56,10 @@ def run_node(node_id, **inputs):
 
 
 def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim: int = 32, width: int = 32,
-               cross_gain: float = 3.0):
-    """ComfyUI's UNetModel at tiny width, as a real MODEL (ModelPatcher). kind: eps | v | flow."""
+               cross_gain: float = 3.0, family: str = "base"):
+    """ComfyUI's UNetModel at tiny width, as a real MODEL (ModelPatcher). kind: eps | v | flow.
+    family "refiner": ComfyUI's SDXLRefiner class (ADM vector from the pooled output, size and aesthetic
+    score; the score depends on the cond's prompt_type), conds from cond(..., pooled=1280)."""
     boot()
     import torch
     import comfy.latent_formats
@@ -72,16 +74,19 @@ def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim:
         sampling_settings = {"shift": 3.0, "multiplier": 1000} if kind == "flow" else {}
 
     unet = dict(image_size=32, in_channels=channels, out_channels=channels, model_channels=width,
-                num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
+                num_res_blocks=[1, 1], channel_mult=[1, 2], num_head_channels=16,  # per level, as ComfyUI detects it
                 use_spatial_transformer=True, transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1],
                 transformer_depth_middle=1, context_dim=context_dim, use_linear_in_transformer=True,
                 adm_in_channels=None, legacy=False, dtype=torch.float32)
+    if family == "refiner":
+        unet.update(adm_in_channels=2560, num_classes="sequential")
     cfg = TinyConfig(unet)
     cfg.latent_format = comfy.latent_formats.LatentFormat()
     mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION,
              "flow": comfy.model_base.ModelType.FLOW}[kind]
     torch.manual_seed(seed)
-    model = comfy.model_base.BaseModel(cfg, model_type=mtype, device="cpu")
+    model_class = {"base": comfy.model_base.BaseModel, "refiner": comfy.model_base.SDXLRefiner}[family]
+    model = model_class(cfg, model_type=mtype, device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # ComfyUI zero-inits output layers; give every weight a value
         for name, p in model.diffusion_model.named_parameters():
@@ -92,12 +97,14 @@ def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim:
                                             offload_device=torch.device("cpu"))
 
 
-def cond(seed: int, batch: int = 1, tokens: int = 4, dim: int = 32):
-    """A CONDITIONING like CLIPTextEncode's: [[tensor(B, T, dim), {}]]."""
+def cond(seed: int, batch: int = 1, tokens: int = 4, dim: int = 32, pooled: int = 0):
+    """A CONDITIONING like CLIPTextEncode's: [[tensor(B, T, dim), {}]], with a pooled_output of that width
+    when pooled > 0 (SDXL-style models)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(batch, tokens, dim, generator=g), {}]]
+    extra = {"pooled_output": torch.randn(batch, pooled, generator=g)} if pooled else {}
+    return [[torch.randn(batch, tokens, dim, generator=g), extra]]
 
 
 def empty_latent(batch: int = 1, size: int = 16, channels: int = 4):
@@ -134,6 +141,32 @@ def pack_module(name: str):
     boot()
     pack = next(k for k, m in sys.modules.items() if k.endswith("guidance-lab") and hasattr(m, "comfy_entrypoint"))
     return importlib.import_module(f"{pack}.{name}")
+
+
+def user_folders(root):
+    """A context manager: ComfyUI's input and user directories are root/input and root/user, and root/classifiers
+    is the first classifiers folder (all created), until it exits."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+        boot()
+        import folder_paths
+
+        for sub in ("input", "user", "classifiers"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        old = folder_paths.get_input_directory(), folder_paths.get_user_directory()
+        folder_paths.set_input_directory(os.path.join(root, "input"))
+        folder_paths.set_user_directory(os.path.join(root, "user"))
+        folder_paths.folder_names_and_paths["classifiers"][0].insert(0, os.path.join(root, "classifiers"))
+        try:
+            yield root
+        finally:
+            folder_paths.set_input_directory(old[0])
+            folder_paths.set_user_directory(old[1])
+            folder_paths.folder_names_and_paths["classifiers"][0].remove(os.path.join(root, "classifiers"))
+
+    return scope()
 
 
 DEMO = os.path.join(ROOT, "scripts", "demo_nodes")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import comfy_host as H
-from guidance_core import schedules as S
+from cfg_helpers import (EMPTY, OTHER, POS, custom_sample, ksample, native_guider, one_step, our_guider, patch,
+                         post, raw_parts, schedule)
 
 SAMPLERS = ["euler", "dpmpp_2m"]
 KINDS = ["eps", "v", "flow"]
@@ -23,53 +24,6 @@ def host():
 @pytest.fixture(scope="module")
 def models(host):
     return {k: H.tiny_model(k, seed=i) for i, k in enumerate(KINDS)}
-
-
-POS, NEG, EMPTY, OTHER = H.cond(1), H.cond(2), H.cond(3), H.cond(4)
-
-
-def ksample(model, cfg, sampler="euler", steps=8, seed=5, denoise=1.0, pos=POS, neg=NEG, batch=1):
-    out = H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-                     scheduler="normal", positive=pos, negative=neg, latent_image=H.empty_latent(batch),
-                     denoise=denoise)[0]
-    return out["samples"]
-
-
-def custom_sample(model, guider, sampler="euler", steps=8, seed=5, denoise=1.0, batch=1, sigmas=None):
-    if sigmas is None:
-        sigmas = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=steps, denoise=denoise)[0]
-    return H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=seed)[0], guider=guider,
-                      sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0], sigmas=sigmas,
-                      latent_image=H.empty_latent(batch))[0]["samples"]
-
-
-def our_guider(model, cfg, **kw):
-    kw.setdefault("neg_scale", cfg - 1.0)
-    if "negative" not in kw:
-        kw["negative"] = NEG
-    return H.run_node("GuidanceLabCFGGuider", model=model, positive=kw.pop("positive", POS), cfg=cfg, **kw)[0]
-
-
-def native_guider(model, cfg, pos=POS, neg=NEG):
-    return H.run_node("CFGGuider", model=model, positive=pos, negative=neg, cfg=cfg)[0]
-
-
-def patch(model, **kw):
-    kw.setdefault("neg_scale", 0.0)
-    return H.run_node("GuidanceLabCFGPatch", model=model, **kw)[0]
-
-
-def schedule(**kw):
-    args = dict(S.DEFAULTS)
-    args.update(kw)
-    return H.run_node("GuidanceLabSchedule", **args)[0]
-
-
-def post(**kw):
-    args = dict(rescale_phi=0.0, rescale_space="auto", cfg_zero_star=False, zero_init_steps=0, apg=False,
-                apg_eta=1.0, apg_momentum=0.0, apg_norm_threshold=0.0, perp_neg=False)
-    args.update(kw)
-    return H.run_node("GuidanceLabPostProcess", **args)[0]
 
 
 # ------------------------------------------------------------------ Must show 1: equivalence
@@ -208,23 +162,6 @@ def test_patch_leaves_input_model_untouched(models):
     assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in m.wrappers.items()} == before_wrappers
     assert p is not m and p.model_options != m.model_options
     torch.testing.assert_close(ksample(m, 6.0), ref, rtol=0, atol=0)
-
-
-# ------------------------------------------------------------------ post-processing, step-exact
-def one_step(model, guider):
-    sig = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=1, denoise=1.0)[0]
-    return custom_sample(model, guider, sigmas=sig), sig  # euler to sigma 0 returns D(x_T) itself
-
-
-def raw_parts(model):
-    """D of each prompt alone at the first x, and that x (recorded by a real post-CFG hook)."""
-    rec = model.clone()
-    xs = []
-    rec.set_model_sampler_post_cfg_function(lambda a: (xs.append(a["input"].clone()), a["denoised"])[1])
-    parts = {name: one_step(rec, our_guider(rec, 1.0, positive=c))[0]
-             for name, c in (("pos", POS), ("neg", NEG), ("empty", EMPTY))}
-    sig = one_step(model, native_guider(model, 1.0))[1]
-    return parts, xs[0], float(sig[0])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -184,11 +184,14 @@ def test_perp_neg_per_sample_by_hand():
     np.testing.assert_allclose(p2[0].numpy(), perp[0].numpy())
 
 
-def test_fold_to_pair_reproduces_guided():
-    c, d = t(rand(1, 2, 3, 3)), t(rand(1, 2, 3, 3))
-    for s in (7.0, 0.5, 1.0):
+def test_fold_to_pair_reproduces_guided_near_scale_1():
+    c, d = t(rand(1, 2, 3, 3)).float(), t(rand(1, 2, 3, 3)).float()
+    for s in (7.0, 0.5, 1.001, 1.0 + 1e-5, 1.0 - 1e-6):
         c2, u2 = C.fold_to_pair(c, d, s)
-        np.testing.assert_allclose((u2 + s * (c2 - u2)).numpy(), d.numpy(), rtol=1e-10, atol=1e-12)
+        assert c2.dtype == torch.float64
+        np.testing.assert_allclose((u2 + s * (c2 - u2)).numpy(), d.double().numpy(), rtol=1e-9, atol=1e-9)
+    with pytest.raises(C.GuidanceConfigError, match="scale other than 1"):
+        C.fold_to_pair(c, d, 1.0)
 
 
 def _combiner(**kw):
@@ -226,13 +229,48 @@ def test_combiner_schedule_multiplies_strength():
     np.testing.assert_allclose(got.numpy(), (n + 2.0 * (p - n)).numpy(), rtol=1e-12)  # s' = 1 + .25*4
 
 
-def test_zero_init_outputs_x():
-    comb = _combiner(cfg=5.0, post=C.PostProcess(zero_init_steps=2))
-    sig = [4.0, 2.0, 1.0, 0.0]
-    assert comb.plan(C.StepContext(sigma=2.0, sample_sigmas=sig)).zero_init
-    assert not comb.plan(C.StepContext(sigma=1.0, sample_sigmas=sig)).zero_init
-    x = t(rand(1, 2, 2, 2))
-    assert torch.equal(comb.combine(comb.plan(C.StepContext(4.0, sig)), {}, x, t(4.0), t(1.0)), x)
+def test_zero_init_start_noise_solves_the_affine_start():
+    n, lat = t(rand(1, 2, 2, 2)), t(rand(1, 2, 2, 2))
+    x_start = 0.9 * n + 0.1 * lat
+    n2 = C.zero_init_start_noise(x_start, 0.4 * 0 + 0.6 * lat, 0.4 * 1 + 0.6 * lat)  # a sampler at sigma_K = 0.4
+    np.testing.assert_allclose((0.4 * n2 + 0.6 * lat).numpy(), x_start.numpy(), rtol=1e-12)
+
+
+def test_zero_init_and_eps_rescale_refused_where_undefined():
+    with pytest.raises(C.GuidanceConfigError, match="zero_init_steps=2 is defined for flow"):
+        _combiner(cfg=5.0, post=C.PostProcess(zero_init_steps=2), param="eps")
+    _combiner(cfg=5.0, post=C.PostProcess(zero_init_steps=2), param="flow")
+    with pytest.raises(C.GuidanceConfigError, match="rescale_space='eps'"):
+        _combiner(cfg=5.0, post=C.PostProcess(rescale_phi=0.5, rescale_space="eps"), param="flow")
+
+
+def test_apg_momentum_advances_once_per_noise_level():
+    """heun calls the model at sigma_0, sigma_1 (corrector), sigma_1, sigma_2 ...; euler at sigma_0, sigma_1, ...
+    With the same predictions at each level the committed momentum must be the same."""
+    sig = [3.0, 2.0, 1.0, 0.0]
+    comb_e, comb_h = (_combiner(cfg=3.0, post=C.PostProcess(apg=True, apg_momentum=-0.5, apg_norm_threshold=0.0,
+                                                              apg_eta=1.0)) for _ in range(2))
+    g = torch.Generator().manual_seed(0)
+    preds = {s: {"positive": torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64),
+                 "negative": torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64)} for s in sig[:3]}
+    x = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+
+    def call(comb, s, p):
+        ctx = C.StepContext(sigma=s, sample_sigmas=sig)
+        return comb.combine(comb.plan(ctx), p, x, t(s), t(1.0), ctx.level())
+
+    outs_e = [call(comb_e, s, preds[s]) for s in sig[:3]]
+    junk = {k: v * 10 for k, v in preds[sig[1]].items()}  # a corrector call whose value the next call overwrites
+    call(comb_h, sig[0], preds[sig[0]])
+    call(comb_h, sig[1], junk)
+    outs_h = [call(comb_h, sig[1], preds[sig[1]]), call(comb_h, sig[2], preds[sig[2]])]
+    assert comb_h.momentum_levels() == comb_e.momentum_levels() == [0, 1, 2]
+    for a, b in zip(outs_e[1:], outs_h):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # by hand: level 1 uses level 0's running delta
+    d0 = preds[3.0]["positive"] - preds[3.0]["negative"]
+    d1 = preds[2.0]["positive"] - preds[2.0]["negative"] - 0.5 * d0
+    torch.testing.assert_close(outs_e[1], preds[2.0]["positive"] + 2.0 * d1, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -20,25 +20,15 @@ LABELS = ["circle", "square", "triangle", "cross"]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     demo = H.demo_module()
-    import folder_paths
-
     root = tmp_path_factory.mktemp("gl-train")
-    for sub in ("input", "user", "classifiers"):
-        (root / sub).mkdir()
-    old = folder_paths.get_input_directory(), folder_paths.get_user_directory()
-    folder_paths.set_input_directory(str(root / "input"))
-    folder_paths.set_user_directory(str(root / "user"))
-    folder_paths.folder_names_and_paths["classifiers"][0].insert(0, str(root / "classifiers"))
-    make_shapes(root / "input" / "shapes", demo, per_class=60)
-    import comfy.sd
+    with H.user_folders(root):
+        make_shapes(root / "input" / "shapes", demo, per_class=60)
+        import comfy.sd
 
-    with torch.inference_mode():
-        vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})  # ComfyUI's pixel-space VAE: 3 channels
-    yield {"demo": demo, "root": root, "vae": vae, "model": demo.gmm_model(),
-           "errors": H.pack_module("guidance_core.errors")}
-    folder_paths.set_input_directory(old[0])
-    folder_paths.set_user_directory(old[1])
-    folder_paths.folder_names_and_paths["classifiers"][0].remove(str(root / "classifiers"))
+        with torch.inference_mode():
+            vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})  # ComfyUI's pixel-space VAE: 3 channels
+        yield {"demo": demo, "root": root, "vae": vae, "model": demo.gmm_model(),
+               "errors": H.pack_module("guidance_core.errors")}
 
 
 def make_shapes(folder, demo, per_class, seed=0):

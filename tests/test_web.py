@@ -253,7 +253,7 @@ def test_absolute_path_to_a_real_classifier_is_refused(server, tmp_path):
 @pytest.mark.parametrize("name, message", [
     ("old.ckpt", "pickled checkpoints"),
     ("disguised.safetensors", "is a pickle/zip checkpoint, not safetensors; refused"),
-    ("broken.safetensors", "cannot be read as safetensors"),
+    ("broken.safetensors", "is not a safetensors file (corrupt or truncated)"),
 ])
 def test_files_that_are_not_classifiers_are_422_json(server, name, message):
     status, body = labels(server, name)

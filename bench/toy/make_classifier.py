@@ -1,8 +1,8 @@
 """Train the toy world's noise-aware classifier with this pack's own trainer (issue 6).
 
 Fashion-MNIST's 60k training images are the toy model's latents as they are (1x32x32 in [-1, 1]), so
-the latent cache is written directly in the format the "Train Classifier" node writes (same keys and
-noise facts: eps, the toy model's discrete sigma table), and `python -m guidance_core.train` trains on
+the latent cache is written by the "Train Classifier" node's own writer (same keys, noise facts and process_in:
+eps, the toy model's discrete sigma table, identity latent format), and `python -m guidance_core.train` trains on
 it: x = x0 + sigma*eps with sigma drawn from the model's own table, cross-entropy, AdamW.
 
     .venv/bin/python bench/toy/make_classifier.py --steps 6000 --batch-size 64 --seed 0
@@ -29,14 +29,23 @@ def write_cache(path):
     """The cache as the Train Classifier node writes it (same meta and noise facts, from the toy MODEL)."""
     import torch
 
-    ds = H.pack_module("guidance_core.datasets")
     training_nodes = H.pack_module("nodes.training_nodes")
     with torch.inference_mode():
         model, world = H.run_node("GuidanceLabToyModelLoader", toy_model="fashion_diffusion.safetensors")
     meta, extra = training_nodes.cache_facts(model, world.labels, 32, "fashion-mnist train (60k, padded 32x32)")
     x, y = fashion.load("train")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ds.save_latent_cache(path, x, y, meta, extra)
+    training_nodes.write_cache(path, model, x, y, meta, extra)
+
+
+def cache_is_current(path):
+    ds = H.pack_module("guidance_core.datasets")
+    errors = H.pack_module("guidance_core.errors")
+    try:
+        ds.read_latent_cache_meta(path)
+    except errors.GuidanceConfigError:
+        return False
+    return True
 
 
 def main():
@@ -49,7 +58,7 @@ def main():
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
     H.boot()
-    if not os.path.exists(CACHE):
+    if not os.path.exists(CACHE) or not cache_is_current(CACHE):
         write_cache(CACHE)
     train = H.pack_module("guidance_core.train")
     t0 = time.time()

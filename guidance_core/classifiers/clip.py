@@ -51,14 +51,23 @@ CUTOUTS_MAX = 64
 CUT_MIN = 0.5          # smallest cutout side, as a fraction of the image's short side
 TAU_MAX = 1000.0
 INTERPOLATIONS = ("bilinear", "bicubic")
+NOT_INSTALLED = "open_clip is not installed: pip install open-clip-torch"
+ERROR_CHARS = 300  # of an import error quoted in a message
 
 
 def _open_clip():
+    """The open_clip module, or a GuidanceConfigError saying why it cannot be used and what fixes it."""
     try:
         import open_clip
-    except ImportError as e:  # a declared dependency; say so plainly if it is missing
-        raise GuidanceConfigError("CLIP guidance needs the package open-clip-torch "
-                                  f"(pip install open-clip-torch): {e}") from None
+    except ModuleNotFoundError as e:
+        if e.name == "open_clip":
+            raise GuidanceConfigError(NOT_INSTALLED) from None
+        raise GuidanceConfigError(f"open_clip cannot be imported, it needs {e.name!r} ({e}): "
+                                  "pip install open-clip-torch installs its dependencies") from None
+    except Exception as e:  # a broken install raises anything at import (e.g. a torchvision built for another torch)
+        raise GuidanceConfigError(f"open_clip is installed but fails to import ({type(e).__name__}: "
+                                  f"{str(e)[:ERROR_CHARS]}): reinstall open-clip-torch (and a torchvision built for "
+                                  "the installed torch)") from None
     return open_clip
 
 
@@ -76,6 +85,22 @@ def offline_architectures() -> list[str]:
             continue
         out.append(name)
     return out
+
+
+def availability() -> tuple[list[str], str | None]:
+    """(offline_architectures(), None) when open_clip can be used, else ([], why not: a sentence naming the
+    fix). Never raises, so that a missing or broken open_clip only disables CLIP guidance."""
+    try:
+        archs = offline_architectures()
+        version = getattr(_open_clip(), "__version__", "(unknown version)")
+    except GuidanceConfigError as e:
+        return [], str(e)
+    except Exception as e:  # open_clip imports but its model registry fails (a version this code does not know)
+        return [], (f"open_clip fails to list its architectures ({type(e).__name__}: {str(e)[:ERROR_CHARS]}): "
+                    "reinstall open-clip-torch")
+    if not archs:
+        return [], f"open_clip {version} lists no architecture that builds offline: reinstall open-clip-torch"
+    return archs, None
 
 
 def _is_number(text: str) -> bool:

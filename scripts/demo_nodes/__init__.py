@@ -52,7 +52,8 @@ from guidance_core.reference.gmm import GaussianMixture  # noqa: E402
 
 
 class GMMDenoiser(torch.nn.Module):
-    """Exact prediction (eps, v or flow velocity) of a Gaussian mixture, as ComfyUI's diffusion model.
+    """Exact prediction (eps, v, EDM, flow velocity, x0: whatever the model's model_sampling expects) of a
+    Gaussian mixture, as ComfyUI's diffusion model.
 
     The conditioning tensor's first token holds class weights: a non-zero vector restricts the
     mixture's prior to those classes (a class prompt), all zeros is the unconditional mixture."""
@@ -64,6 +65,7 @@ class GMMDenoiser(torch.nn.Module):
         self.gmm = GaussianMixture(means, tau, None if priors is None else torch.as_tensor(priors))
         self.parameterization = parameterization
         self.dtype = torch.float32
+        self.owner = ()  # (the BaseModel,), set by gmm_model: its model_sampling is read at call time
 
     def forward(self, x, timesteps=None, context=None, transformer_options={}, **kwargs):
         rows = x.shape[0]
@@ -71,22 +73,26 @@ class GMMDenoiser(torch.nn.Module):
         sig = sig.repeat(math.ceil(rows / sig.shape[0]))[:rows]
         s = sig.view(rows, *([1] * (x.ndim - 1)))
         k = self.gmm.means.shape[0]
-        if self.parameterization == "flow":
-            xr, alpha = x, 1.0 - s
-        else:  # undo ComfyUI's eps/v input scaling c_in = 1/sqrt(sigma^2+1)
-            xr, alpha = x * torch.sqrt(s ** 2 + 1), torch.ones_like(s)
+        alpha = 1.0 - s if self.parameterization == "flow" else torch.ones_like(s)
+        ms = self.owner[0].model_sampling  # the model's own, patched or not
+        xr = x / ms.calculate_input(sig, torch.ones_like(x))  # undo its input scaling (linear in x)
         w = context[:, 0, :k].clamp(min=0).to(x) if context is not None else torch.zeros(rows, k).to(x)
         total = w.sum(1, keepdim=True)
         prior = torch.where(total > 0, w / total.clamp(min=1e-12), self.gmm.priors.to(x)[None].expand(rows, -1))
         denoised = self.gmm.denoise(xr, sig, alpha.reshape(-1), prior)
-        if self.parameterization == "v":
-            return (xr / (s ** 2 + 1) - denoised) * torch.sqrt(s ** 2 + 1) / s
-        return (xr - denoised) / s  # eps, and the flow velocity (x - D)/sigma
+        # the output whose calculate_denoised is `denoised` (calculate_denoised is affine in the output): the eps,
+        # v, EDM, flow-velocity or x0 prediction, whatever the model type
+        d0 = ms.calculate_denoised(sig, torch.zeros_like(x), xr)
+        return (denoised - d0) / (ms.calculate_denoised(sig, torch.ones_like(x), xr) - d0)
 
 
-def gmm_model(means=None, tau: float = TAU, priors=None, parameterization: str = "eps", sampling_settings=None):
+def gmm_model(means=None, tau: float = TAU, priors=None, parameterization: str = "eps", sampling_settings=None,
+              model_type: str | None = None):
     """A real ComfyUI MODEL (BaseModel + ModelPatcher) whose diffusion model is the exact GMM denoiser.
-    sampling_settings: ComfyUI's schedule settings (default: SD's scaled-linear betas; shift 1 for flow)."""
+    sampling_settings: ComfyUI's schedule settings (default: SD's scaled-linear betas; shift 1 for flow).
+    model_type: a name of comfy.model_base.ModelType (e.g. "EDM" with sampling_settings {"sigma_data": 0.5, ...}
+    as Playground v2.5, "FLOW_COSMOS", "IMG_TO_IMG"); default: EPS / V_PREDICTION / FLOW by parameterization
+    (which also gives alpha: 1 - sigma for "flow", else 1)."""
     channels = 3 if means is None else int(torch.as_tensor(means).shape[1])
     size = SIZE if means is None else int(torch.as_tensor(means).shape[-1])
 
@@ -105,9 +111,11 @@ def gmm_model(means=None, tau: float = TAU, priors=None, parameterization: str =
 
     cfg = Config({"means": means, "tau": tau, "priors": priors, "parameterization": parameterization,
                   "image_size": size})
-    mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION,
-             "flow": comfy.model_base.ModelType.FLOW}[parameterization]
-    model = comfy.model_base.BaseModel(cfg, model_type=mtype, device="cpu", unet_model=GMMDenoiser)
+    if model_type is None:
+        model_type = {"eps": "EPS", "v": "V_PREDICTION", "flow": "FLOW"}[parameterization]
+    model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType[model_type], device="cpu",
+                                       unet_model=GMMDenoiser)
+    model.diffusion_model.owner = (model,)
     dev = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
 

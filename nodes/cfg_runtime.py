@@ -1,0 +1,190 @@
+"""The one CFG runtime of Guidance Lab: every guided step of the CFG GUIDER and of the MODEL patch runs
+`CFGRuntime.predict`.
+
+Both install the same wrappers on a clone of the model (`CFGRuntime.install`):
+- OUTER_SAMPLE: checks the guider, resets per-run state, adds the empty prompt to the stock KSampler's
+  CFGGuider and makes the runtime its predict_noise for the run (so other nodes' PREDICT_NOISE wrappers,
+  e.g. LazyCache, still wrap it);
+- SAMPLER_SAMPLE: CFG-Zero* zero-init, as whole steps of the sampler.
+
+Contract with other nodes' hooks (what ComfyUI's own sampling_function would give them if the KSampler's
+cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
+- pre-CFG hooks: [cond, uncond] = the real positive and baseline predictions with cond_scale s'; on a step
+  where the guidance term is off, ComfyUI's cfg 1 form: uncond cond None, an all-zero uncond output,
+  cond_scale 1 (unless a node set disable_cfg1_optimization, e.g. the CFG++ samplers: then the real
+  baseline at cond_scale 1, as ComfyUI does);
+- a plain step (one guidance term, no post-processing) goes through ComfyUI's own cfg_function with the
+  real pair at s' (bit-exact with native CFG at that scale);
+- any other step (three-way, terms, post-processing): the combined D; a sampler_cfg_function of another
+  node (the single slot, e.g. RescaleCFG) gets (cond, uncond') with uncond' + s'(cond - uncond') = D in
+  float64 (at s' = 1: (D, zeros)); post-CFG hooks get denoised = that result and the real pair.
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.patcher_extension
+import comfy.sampler_helpers
+import comfy.samplers
+
+from ..guidance_core import cfg as C
+from ..guidance_core.errors import GuidanceConfigError
+from . import glue
+
+MARK = "guidance_lab_cfg_patch"
+EMPTY_KEY = "guidance_lab_empty"
+POSITIVE_KEY, NEGATIVE_KEY = "positive", "negative"  # ComfyUI's own guider keys
+NEGATIVE_PROMPT = "negative"  # ComfyUI's prompt_type of negatives (SDXL refiner's aesthetic score reads it)
+
+
+def term_key(i: int) -> str:
+    return f"guidance_lab_term{i}"
+
+
+def cond_key(role: str) -> str:
+    """The guider's cond key of a combiner role ("positive", "negative", "empty", "term{i}")."""
+    if role == C.EMPTY:
+        return EMPTY_KEY
+    if role.startswith("term"):
+        return term_key(int(role[4:]))
+    return role
+
+
+def tag_negative(conditioning):
+    """Tag a CONDITIONING as a negative prompt, as ComfyUI's own guiders do (PerpNeg's empty, DualCFG's
+    middle): prompt_type "negative" unless the user set one."""
+    return [[c[0], {"prompt_type": NEGATIVE_PROMPT, **c[1]}] for c in conditioning]
+
+
+def refuse_hooks(conditioning, name: str):
+    """The patch adds its empty prompt after ComfyUI registered the conds' hooks: hooks there would be lost."""
+    if any(c[1].get("hooks") is not None for c in conditioning):
+        raise GuidanceConfigError(f"the {name} conditioning carries hooks (e.g. LoRA keyframes); the CFG Patch cannot "
+                                  "register them: use the CFG Guider (Guidance Lab) or a conditioning without hooks")
+
+
+class CFGRuntime:
+    """Per-step guided prediction, shared by the GUIDER and the MODEL patch."""
+
+    def __init__(self, combiner: C.CFGCombiner, empty=None):
+        self.combiner = combiner
+        self.empty = tag_negative(empty) if empty is not None else None
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options: every clone keeps talking to this one runtime.
+        return self
+
+    # ------------------------------------------------------------------ wiring
+    def install(self, model_patcher):
+        """Add the runtime's wrappers to `model_patcher` (a clone the caller owns) and mark it."""
+        model_patcher.model_options[MARK] = True
+        model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, MARK, self.outer_sample)
+        model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, MARK, self.sampler_sample)
+        return model_patcher
+
+    def outer_sample(self, executor, *args, **kwargs):
+        guider = executor.class_obj
+        own = getattr(guider, "runtime", None) is self
+        if not own and type(guider) is not comfy.samplers.CFGGuider:
+            raise GuidanceConfigError(
+                f"the CFG Patch (Guidance Lab) drives ComfyUI's CFGGuider (KSampler, CFGGuider node); this model went "
+                f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
+                "the CFG Guider (Guidance Lab)")
+        self.combiner.reset()
+        if own:
+            return executor(*args, **kwargs)
+        if self.empty is not None:
+            guider.conds[EMPTY_KEY] = [c.copy() for c in comfy.sampler_helpers.convert_cond(self.empty)]
+        guider.predict_noise = lambda x, timestep, model_options={}, seed=None: self.predict(  # noqa: B006
+            guider.inner_model, guider.conds, guider.cfg, x, timestep, model_options)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            del guider.predict_noise
+
+    def sampler_sample(self, executor, guider, sigmas, extra_args, callback, noise, latent_image=None,
+                       denoise_mask=None, disable_pbar=False):
+        """CFG-Zero* zero-init as whole sampler steps: x stays at the sampler's start for the first K steps
+        (no model call, no noise, no corrector stage); the sampler then runs sigmas[K:] from that x."""
+        k = self.combiner.config.post.zero_init_steps
+        if k <= 0:
+            return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        if denoise_mask is not None:
+            raise GuidanceConfigError("zero_init_steps > 0 with an inpainting mask (noise_mask) is not supported: "
+                                      "set zero_init_steps to 0")
+        sampler = executor.class_obj
+        ms = guider.inner_model.model_sampling
+        latent = latent_image if latent_image is not None else torch.zeros_like(noise)
+        x_start = ms.noise_scaling(sigmas[0], noise, latent, sampler.max_denoise(guider, sigmas))
+        if k >= len(sigmas) - 1:
+            return ms.inverse_noise_scaling(sigmas[-1], x_start)
+        rest = sigmas[k:]
+        md = sampler.max_denoise(guider, rest)
+        zero = ms.noise_scaling(rest[0], torch.zeros_like(noise), latent, md)
+        one = ms.noise_scaling(rest[0], torch.ones_like(noise), latent, md)
+        start_noise = C.zero_init_start_noise(x_start, zero, one)
+        return executor(guider, rest, extra_args, callback, start_noise, latent_image, denoise_mask, disable_pbar)
+
+    # ------------------------------------------------------------------ one step
+    def predict(self, model, conds: dict, cond_scale: float, x, timestep, model_options):
+        """One guided denoised prediction: every active term in ONE batched model call."""
+        comb = self.combiner
+        ctx = glue.step_context(timestep, model_options, model.model_sampling)
+        plan = comb.plan(ctx, cond_scale)
+        scale = comb.step_scale(plan, cond_scale)
+        # hooks see an uncond on a guided step, and at scale 1 where a node asked ComfyUI for one
+        # (disable_cfg1_optimization: CFG++ samplers, SAG), as ComfyUI's sampling_function does
+        wants_uncond = scale != 1.0 or model_options.get("disable_cfg1_optimization", False)
+        base = comb.baseline if wants_uncond else None
+        keys = comb.evaluation_order(plan.needed + ([base] if base else []))
+        outs = evaluate(model, [conds[cond_key(k)] for k in keys], x, timestep, model_options)
+        preds = dict(zip(keys, outs))
+        conds_pair = [conds[POSITIVE_KEY], conds[cond_key(base)] if base else None]
+        out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[C.POSITIVE], preds[base] if base else torch.zeros_like(x)],
+                                     scale, x, timestep, model_options)
+        preds[C.POSITIVE] = out_pair[0]
+        if base:
+            preds[base] = out_pair[1]
+        if comb.is_plain(plan):
+            return comfy.samplers.cfg_function(model, out_pair[0], out_pair[1], scale, x, timestep,
+                                               model_options=model_options, cond=conds_pair[0], uncond=conds_pair[1])
+        alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
+        guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level())
+        return cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options)
+
+
+def evaluate(model, cond_lists, x, timestep, model_options):
+    """ComfyUI's batched evaluation (calc_cond_batch: context windows, hooks, areas, ControlNet), or another
+    node's sampler_calc_cond_batch_function where one is set, as sampling_function does."""
+    fn = model_options.get("sampler_calc_cond_batch_function")
+    if fn is not None:
+        return fn({"conds": cond_lists, "input": x, "sigma": timestep, "model": model, "model_options": model_options})
+    return comfy.samplers.calc_cond_batch(model, cond_lists, x, timestep, model_options)
+
+
+def run_pre_cfg_hooks(model, conds_pair, out_pair, cond_scale, x, timestep, model_options):
+    """Other nodes' pre-CFG hooks, called exactly as ComfyUI's sampling_function calls them."""
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        args = {"conds": conds_pair, "conds_out": out_pair, "cond_scale": cond_scale, "timestep": timestep,
+                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out_pair = fn(args)
+    return out_pair
+
+
+def cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options):
+    """ComfyUI's cfg_function for a combined D that is not a plain CFG pair (see the module docstring)."""
+    cond_pred, uncond_pred = out_pair
+    result = guided
+    fn = model_options.get("sampler_cfg_function")
+    if fn is not None:
+        c, u = C.fold_to_pair(cond_pred, guided, scale) if scale != 1.0 else (guided, uncond_pred)
+        args = {"cond": x - c, "uncond": x - u, "cond_scale": scale, "timestep": timestep, "input": x, "sigma": timestep,
+                "cond_denoised": c, "uncond_denoised": u, "model": model, "model_options": model_options,
+                "input_cond": conds_pair[0], "input_uncond": conds_pair[1]}
+        result = (x - fn(args)).to(x.dtype)
+    for post in model_options.get("sampler_post_cfg_function", []):
+        args = {"denoised": result, "cond": conds_pair[0], "uncond": conds_pair[1], "cond_scale": scale, "model": model,
+                "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
+                "model_options": model_options, "input": x}
+        result = post(args)
+    return result
