@@ -1,0 +1,531 @@
+"""The compatibility matrices of docs/COMPATIBILITY.md, as real runs inside ComfyUI (tests/comfy_host.py):
+Guidance Lab's CFG Patch (stock KSampler) and CFG Guider (SamplerCustomAdvanced) with every sampler and
+scheduler, ComfyUI's own guidance nodes and conditioning features, on ComfyUI's UNet at tiny width (eps).
+
+One function per area returns rows {area, item, check, route, status, detail, value}; status is
+- exact: the output equals ComfyUI's own result (value = max abs difference, below TOL);
+- finite: it runs and the output is finite (value = max abs difference from plain CFG: how much the
+  setting changed the result);
+- refused: a GuidanceConfigError before the first model call (detail = its text);
+- limitation: the combination cannot take effect (detail = why);
+- FAIL: anything else (another exception, NaN/inf, a difference, a refusal after sampling started).
+
+`scripts/compat_matrix.py` writes the doc from all_rows(); `tests/test_compatibility.py` runs
+all_rows(quick=True) and compares it with the doc. Every run is made as ComfyUI runs a prompt (under
+torch.inference_mode), on one CPU thread (see cpu_settings).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import math
+import os
+import re
+import shutil
+import tempfile
+
+import torch
+
+import comfy_host as H
+from cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
+
+TOL = 1e-5
+STATUSES = ("exact", "finite", "refused", "limitation", "FAIL")
+CFG = 6.0
+PATCH, GUIDER = "patch", "guider"
+SAMPLERS, SCHEDULERS, NODES, CONDITIONING = ("Samplers", "Schedulers", "ComfyUI guidance nodes",
+                                             "Conditioning features")
+AREAS = (SAMPLERS, SCHEDULERS, NODES, CONDITIONING)
+# the CI slice: one sampler of each family, three schedulers of different shapes
+QUICK_SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde",
+                  "lcm", "uni_pc", "ddim", "res_multistep", "er_sde", "sa_solver"]
+QUICK_SCHEDULERS = ["simple", "karras", "beta"]
+
+GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError  # the class ComfyUI loaded
+
+
+@contextlib.contextmanager
+def cpu_settings():
+    """One torch thread (two processes on a 2-core machine slow each other down many times otherwise) and no
+    progress bars; restored afterwards."""
+    import comfy.utils
+
+    threads, bar = torch.get_num_threads(), comfy.utils.PROGRESS_BAR_ENABLED
+    torch.set_num_threads(1)
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        comfy.utils.PROGRESS_BAR_ENABLED = bar
+
+
+def all_rows(quick: bool = False) -> list:
+    with cpu_settings():
+        return sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + conditioning_rows()
+
+
+# ------------------------------------------------------------------ one row
+def row(area, item, check, route, status, detail="", value=None) -> dict:
+    return {"area": area, "item": item, "check": check, "route": route, "status": status, "detail": detail,
+            "value": value}
+
+
+def error_text(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False) -> dict:
+    """Run `run()` (a sampler's output) and make the row `key` = (area, item, check, route) from it: compared
+    with `ref()` (exact: below TOL, else finite: the difference is the value), or expected to be refused."""
+    calls = []
+    try:
+        with torch.inference_mode():
+            out = counted(calls, run)
+    except GuidanceConfigError as e:
+        if calls:
+            return row(*key, "FAIL", f"refused after {len(calls)} model calls: {error_text(e)}")
+        return row(*key, "refused", error_text(e))
+    except Exception as e:  # any crash is a FAIL row, with its text
+        return row(*key, "FAIL", error_text(e))
+    if refuse:
+        return row(*key, "FAIL", "ran; expected a refusal before sampling")
+    if not torch.isfinite(out).all():
+        return row(*key, "FAIL", "non-finite output (NaN or inf)")
+    if ref is None:
+        return row(*key, "finite")
+    try:
+        with torch.inference_mode():
+            diff = float((out - ref()).abs().max())
+    except Exception as e:
+        return row(*key, "FAIL", f"reference run failed: {error_text(e)}")
+    if exact and not diff < TOL:
+        return row(*key, "FAIL", f"max abs diff {diff:.2g} from ComfyUI's own result (tolerance {TOL:g})", diff)
+    return row(*key, "exact" if exact else "finite", f"{diff:.2g}", diff)
+
+
+def counted(calls: list, run):
+    """run(), with (rows, sigma) of each diffusion-model call appended to `calls`."""
+    counter = H.RowCounter(eps_model())
+    try:
+        return run()
+    finally:
+        calls.extend(counter.calls)
+        counter.close()
+
+
+# ------------------------------------------------------------------ models and inputs (built once)
+@functools.cache
+def eps_model():
+    return H.tiny_model("eps", seed=0)
+
+
+@functools.cache
+def settings() -> dict:
+    """Guidance Lab settings (inputs of the CFG Patch / Guider) whose result must be finite."""
+    return {
+        "linear schedule 1→0": dict(cfg_schedule=schedule(kind="linear", start=1.0, end=0.0)),
+        "three-way (empty, neg_scale 2)": dict(empty=EMPTY, neg_scale=2.0),
+        "rescale_phi 0.7": dict(post=post(rescale_phi=0.7)),
+        "cfg_zero_star": dict(post=post(cfg_zero_star=True)),
+        "apg, momentum -0.5": dict(post=post(apg=True, apg_momentum=-0.5)),
+        "perp_neg (empty, neg_scale 2)": dict(empty=EMPTY, neg_scale=2.0, post=post(perp_neg=True)),
+    }
+
+
+def constant(f: float):
+    return schedule(kind="constant", start=f)
+
+
+def guided(route, model, cfg, cfg_settings=None, pos=POS, neg=NEG, **kw):
+    """A sample with Guidance Lab's CFG: the patch under the stock KSampler, or the guider under
+    SamplerCustomAdvanced. kw: ksample / custom_sample arguments (sampler, scheduler, latent, denoise)."""
+    cfg_settings = cfg_settings or {}
+    if route == PATCH:
+        return ksample(patch(model, **cfg_settings), cfg, pos=pos, neg=neg, **kw)
+    return custom_sample(model, our_guider(model, cfg, positive=pos, negative=neg, **cfg_settings), **kw)
+
+
+def native(route, model, cfg, pos=POS, neg=NEG, **kw):
+    """ComfyUI's own result on the same route: KSampler, or CFGGuider under SamplerCustomAdvanced."""
+    if route == PATCH:
+        return ksample(model, cfg, pos=pos, neg=neg, **kw)
+    return custom_sample(model, native_guider(model, cfg, pos=pos, neg=neg), **kw)
+
+
+@functools.cache
+def tiny_classifier():
+    """A noise-aware classifier of the pack's own architecture at tiny width (random weights), for the tiny UNet."""
+    na = H.pack_module("guidance_core.classifiers.noise_aware")
+    with torch.inference_mode(False):
+        torch.manual_seed(0)
+        net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=16))
+    meta = {"labels": ["a", "b", "c"], "latent_channels": 4, "latent_format": "LatentFormat", "parameterization": "eps"}
+    return H.pack_module("nodes.classifier_nodes").LoadedClassifier(net, meta, "tiny-random")
+
+
+def classifier_guided(route, model, sampler, **kw):
+    """Classifier guidance on top of Guidance Lab's CFG at cfg 6: the patch (KSampler), or the sampler
+    wrapper with the CFG Guider (SamplerCustomAdvanced)."""
+    args = dict(classifier=tiny_classifier(), target="a", scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
+                rms_clamp=0.0, dtype="float32")
+    if route == PATCH:
+        return ksample(H.run_node("GuidanceLabClassifierGuidance", model=patch(model), **args)[0], CFG, sampler=sampler,
+                       **kw)
+    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, **args,
+                         sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0])[0]
+    return custom_sample(model, our_guider(model, CFG), sampler=wrapped, **kw)
+
+
+def image_latent(seed: int = 7):
+    return {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))}
+
+
+def right_half_mask():
+    mask = torch.zeros(1, 16, 16)
+    mask[..., 8:] = 1.0
+    return mask
+
+
+# ------------------------------------------------------------------ samplers and schedulers
+def sampler_rows(quick: bool = False) -> list:
+    import comfy.samplers
+
+    names = QUICK_SAMPLERS if quick else comfy.samplers.KSampler.SAMPLERS
+    return [r for name in names for r in sampling_rows(SAMPLERS, name, sampler=name, scheduler="normal")]
+
+
+def scheduler_rows(quick: bool = False) -> list:
+    import comfy.samplers
+
+    names = QUICK_SCHEDULERS if quick else comfy.samplers.KSampler.SCHEDULERS
+    return [r for name in names for r in sampling_rows(SCHEDULERS, name, sampler="euler", scheduler=name)]
+
+
+def sampling_rows(area, item, **kw) -> list:
+    """Plain CFG and unguided steps exact, every setting finite, the interval schedule's rows per model call,
+    classifier guidance finite; through the patch and the guider."""
+    m = eps_model()
+    rows = []
+    for route in (PATCH, GUIDER):
+        plain = functools.cache(lambda: native(route, m, CFG, **kw))  # the lambdas below run in this iteration
+        rows.append(measure((area, item, "plain cfg 6", route), lambda: guided(route, m, CFG, **kw), plain,
+                            exact=True))
+        rows.append(measure((area, item, "schedule 0 at cfg 6 = cfg 1", route),
+                            lambda: guided(route, m, CFG, dict(cfg_schedule=constant(0.0)), **kw),
+                            lambda: native(route, m, 1.0, **kw), exact=True))
+        for name, cfg_settings in settings().items():
+            rows.append(measure((area, item, name, route), lambda: guided(route, m, CFG, cfg_settings, **kw), plain))
+        rows.append(interval_row((area, item, "interval schedule: rows per model call", route), **kw))
+        rows.append(measure((area, item, "classifier guidance (scale 10)", route),
+                            lambda: classifier_guided(route, m, **kw), plain))
+    return rows
+
+
+def interval_row(key, sampler, scheduler) -> dict:
+    """The interval schedule guides half the steps: every model call has 2 rows (positive, negative) where
+    sigma_lo < sigma <= sigma_hi, elsewhere the rows ComfyUI itself evaluates at cfg 1 (1; 2 for samplers that
+    read the uncond, the CFG++ ones)."""
+    m, steps, route = eps_model(), 8, key[3]
+    sig = [float(v) for v in H.run_node("BasicScheduler", model=m, scheduler=scheduler, steps=steps, denoise=1.0)[0]]
+    lo, hi = math.sqrt(sig[steps // 2 - 1] * sig[steps // 2]), sig[0] + 1.0
+    interval = dict(cfg_schedule=schedule(kind="interval", sigma_lo=lo, sigma_hi=hi))
+    calls, at_cfg1 = [], []
+    done = measure(key, lambda: counted(calls, lambda: guided(route, m, CFG, interval, sampler=sampler,
+                                                              scheduler=scheduler, steps=steps)))
+    if done["status"] != "finite":
+        return done
+    with torch.inference_mode():
+        counted(at_cfg1, lambda: native(route, m, 1.0, sampler=sampler, scheduler=scheduler, steps=steps))
+    outside = max(rows for rows, _ in at_cfg1)
+    wrong = [(rows, s) for rows, s in calls if rows != (2 if lo < s <= hi else outside)]
+    if wrong or not calls:
+        first = f", first: {wrong[0][0]} rows at sigma {wrong[0][1]:.4g}" if wrong else ""
+        return row(*key, "FAIL", f"{len(wrong)} of {len(calls)} model calls with other rows than the interval "
+                                 f"{lo:.4g} < sigma <= {hi:.4g} says{first}", float(len(wrong) or 1))
+    note = " (2 outside too: the sampler reads the uncond, as at cfg 1 in ComfyUI)" if outside == 2 else ""
+    return row(*key, "exact", f"{len(calls)} model calls, each with the scheduled rows{note}", 0.0)
+
+
+# ------------------------------------------------------------------ ComfyUI's guidance nodes
+NODE_INPUTS = {
+    "RescaleCFG": dict(multiplier=0.7),
+    "CFGNorm": dict(strength=1.0),
+    "APG": dict(eta=1.0, norm_threshold=5.0, momentum=-0.5),
+    "TCFG": {},
+    "Mahiro": {},
+    "CFGZeroStar": {},
+    "PerpNeg": dict(empty_conditioning=EMPTY, neg_scale=1.0),
+    "SelfAttentionGuidance": dict(scale=0.5, blur_sigma=2.0),
+    "PerturbedAttentionGuidance": dict(scale=3.0),
+    "SkipLayerGuidanceSD3": dict(layers="0, 1", scale=3.0, start_percent=0.0, end_percent=1.0),
+    "SkipLayerGuidanceDiT": dict(double_layers="0, 1", single_layers="0, 1", scale=3.0, start_percent=0.0,
+                                 end_percent=1.0, rescaling_scale=0.0),
+    "SkipLayerGuidanceDiTSimple": dict(double_layers="0, 1", single_layers="0, 1", start_percent=0.0, end_percent=1.0),
+    "DifferentialDiffusion": dict(strength=1.0),
+}
+NO_EFFECT = {  # why a node cannot act on ComfyUI's UNet (checked: its output equals the model's without it)
+    "SkipLayerGuidanceSD3": "skips DiT blocks (patches_replace 'dit'); ComfyUI's UNet has none, so the node "
+                            "changes nothing on UNet models (SD1.5, SDXL)",
+}
+NO_EFFECT_TOL = 1e-3
+NO_EFFECT["SkipLayerGuidanceDiT"] = NO_EFFECT["SkipLayerGuidanceDiTSimple"] = NO_EFFECT["SkipLayerGuidanceSD3"]
+
+def apply_node(node_id, model):
+    """ComfyUI's guidance node `node_id` with NODE_INPUTS on `model` (a new one per run: APG and SAG keep state)."""
+    return H.run_node(node_id, model=model, **NODE_INPUTS[node_id])[0]
+
+
+def soft_mask_latent():
+    """An inpainting latent with a left-to-right gradient mask (what Differential Diffusion reads)."""
+    mask = torch.linspace(0.0, 1.0, 16).expand(1, 16, 16).contiguous()
+    return H.run_node("SetLatentNoiseMask", samples=image_latent(), mask=mask)[0]
+
+
+def guidance_node_rows() -> list:
+    """Each node chained before and after the patch, and before the guider: schedule 0.5 at cfg 7 equals the
+    node at cfg 4 and schedule 0 at cfg 7 the node at cfg 1 (hooks see the step's effective scale and the real
+    uncond, or cfg 1 semantics); three-way finite. Then guiders the patch cannot drive."""
+    m = eps_model()
+    checks = (  # check, cfg of ComfyUI's reference, our settings at cfg 7, exact
+        ("schedule 0.5 at cfg 7 = node at cfg 4", 4.0, {"cfg_schedule": constant(0.5)}, True),
+        ("schedule 0 at cfg 7 = node at cfg 1", 1.0, {"cfg_schedule": constant(0.0)}, True),
+        ("three-way (empty, neg_scale 2) at cfg 7", 7.0, settings()["three-way (empty, neg_scale 2)"], False))
+    rows = []
+    for node_id in NODE_INPUTS:
+        if node_id in NO_EFFECT:
+            rows.append(no_effect_row(node_id))
+            continue
+        node = functools.partial(apply_node, node_id)
+        kw = {"latent": soft_mask_latent()} if node_id == "DifferentialDiffusion" else {}
+        for check, ref_cfg, ours, exact in checks:  # the lambdas below run in this iteration
+            ref_k = functools.cache(lambda: ksample(node(m), ref_cfg, **kw))
+            ref_c = functools.cache(lambda: native(GUIDER, node(m), ref_cfg, **kw))
+            rows += [
+                measure((NODES, node_id, check, "node → patch"), lambda: ksample(patch(node(m), **ours), 7.0, **kw),
+                        ref_k, exact=exact),
+                measure((NODES, node_id, check, "patch → node"), lambda: ksample(node(patch(m, **ours)), 7.0, **kw),
+                        ref_k, exact=exact),
+                measure((NODES, node_id, check, "node → guider"), lambda: guided(GUIDER, node(m), 7.0, ours, **kw),
+                        ref_c, exact=exact),
+            ]
+    return rows + guider_rows()
+
+
+def no_effect_row(node_id) -> dict:
+    m = eps_model()
+    key = (NODES, node_id, "acts on a UNet model", "all")
+    with torch.inference_mode():
+        diff = float((ksample(apply_node(node_id, m), 4.0) - ksample(m, 4.0)).abs().max())
+    if diff > NO_EFFECT_TOL:  # its extra model call batches differently: equal up to float rounding
+        return row(*key, "FAIL", f"listed as without effect on a UNet, but changes the result by {diff:.2g}")
+    return row(*key, "limitation", NO_EFFECT[node_id], diff)
+
+
+def guider_rows() -> list:
+    """ComfyUI's guiders with the patched model: CFGGuider is driven by the patch, the others refused."""
+    m = eps_model()
+    pm = patch(m, cfg_schedule=constant(0.5))
+    rows = [measure((NODES, "CFGGuider", "schedule 0.5 at cfg 7 = cfg 4", "patch → guider"),
+                    lambda: custom_sample(pm, native_guider(pm, 7.0)),
+                    lambda: custom_sample(m, native_guider(m, 4.0)), exact=True)]
+    guiders = {
+        "DualCFGGuider": dict(cond1=POS, cond2=OTHER, negative=NEG, cfg_conds=5.0, cfg_cond2_negative=2.0,
+                              style="regular"),
+        "PerpNegGuider": dict(positive=POS, negative=NEG, empty_conditioning=EMPTY, cfg=5.0, neg_scale=1.0),
+        "BasicGuider": dict(conditioning=POS),
+    }
+    for node_id, inputs in guiders.items():
+        rows.append(measure((NODES, node_id, "the patched model in this guider", "patch → guider"),
+                            lambda: custom_sample(pm, H.run_node(node_id, model=pm, **inputs)[0]),
+                            refuse=True))
+    return rows
+
+
+# ------------------------------------------------------------------ conditioning features
+def tiny_controlnet():
+    """ComfyUI's own ControlNet (comfy.cldm) at the tiny UNet's width, random weights (a trained ControlNet's
+    zero convolutions would start at 0), in comfy.controlnet.ControlNet."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+
+    g = torch.Generator().manual_seed(1)
+    with torch.inference_mode(False), torch.no_grad():
+        net = comfy.cldm.cldm.ControlNet(image_size=32, in_channels=4, model_channels=32, hint_channels=3,
+                                         num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
+                                         use_spatial_transformer=True, transformer_depth=[0, 1],
+                                         transformer_depth_middle=1, context_dim=32, use_linear_in_transformer=True,
+                                         legacy=False, dtype=torch.float32, device="cpu")
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 / max(1, p[0].numel()) ** 0.5))
+    return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"))
+
+
+def tiny_lora_hooks():
+    """HOOKS from ComfyUI's CreateHookLora on a LoRA file written for the tiny UNet (its cross-attention keys
+    and values), with keyframes (strength 1, then 0.5 from half the run)."""
+    import folder_paths
+    import safetensors.torch
+
+    folder = tempfile.mkdtemp(prefix="guidance-lab-compat-")
+    atexit.register(shutil.rmtree, folder, True)
+    g = torch.Generator().manual_seed(2)
+    lora = {}
+    for name, w in eps_model().model.diffusion_model.state_dict().items():
+        if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
+            base = "diffusion_model." + name[:-len(".weight")]
+            lora[base + ".lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.3
+            lora[base + ".lora_down.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.3
+    safetensors.torch.save_file(lora, os.path.join(folder, "compat_lora.safetensors"))
+    folder_paths.add_model_folder_path("loras", folder)
+    hooks = H.run_node("CreateHookLora", lora_name="compat_lora.safetensors", strength_model=1.0, strength_clip=0.0)[0]
+    kf = H.run_node("CreateHookKeyframe", strength_mult=1.0, start_percent=0.0)[0]
+    kf = H.run_node("CreateHookKeyframe", strength_mult=0.5, start_percent=0.5, prev_hook_kf=kf)[0]
+    return H.run_node("SetHookKeyframes", hooks=hooks, hook_kf=kf)[0]
+
+
+def with_hooks(conditioning, hooks):
+    return H.run_node("ConditioningSetProperties", cond_NEW=conditioning, strength=1.0, set_cond_area="default",
+                      hooks=hooks)[0]
+
+
+def conditioning_features() -> tuple:
+    """({name: inputs of a run (pos, neg, latent, denoise) using the feature}, the LoRA hooks)."""
+    def combine(a, b):
+        return H.run_node("ConditioningCombine", conditioning_1=a, conditioning_2=b)[0]
+
+    area = H.run_node("ConditioningSetArea", conditioning=OTHER, width=64, height=64, x=0, y=0, strength=1.0)[0]
+    masked = H.run_node("ConditioningSetMask", conditioning=OTHER, mask=right_half_mask(), set_cond_area="default",
+                        strength=1.0)[0]
+    early = H.run_node("ConditioningSetTimestepRange", conditioning=POS, start=0.0, end=0.5)[0]
+    late = H.run_node("ConditioningSetTimestepRange", conditioning=OTHER, start=0.5, end=1.0)[0]
+    hooks = tiny_lora_hooks()
+    cn_pos, cn_neg = H.run_node("ControlNetApplyAdvanced", positive=POS, negative=NEG, control_net=tiny_controlnet(),
+                                image=torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(3)),
+                                strength=1.0, start_percent=0.0, end_percent=1.0)[:2]
+    return {
+        "area (ConditioningSetArea)": dict(pos=combine(area, POS)),
+        "mask (ConditioningSetMask)": dict(pos=combine(masked, POS)),
+        "timestep range (ConditioningSetTimestepRange)": dict(pos=combine(early, late)),
+        "LoRA hooks with keyframes (CreateHookLora)": dict(pos=with_hooks(POS, hooks), neg=with_hooks(NEG, hooks)),
+        "ControlNet (tiny comfy.cldm)": dict(pos=cn_pos, neg=cn_neg),
+        "inpainting (SetLatentNoiseMask)": dict(latent=H.run_node("SetLatentNoiseMask", samples=image_latent(),
+                                                                   mask=right_half_mask())[0]),
+        "img2img (denoise 0.5)": dict(latent=image_latent(), denoise=0.5),
+    }, hooks
+
+
+def conditioning_rows() -> list:
+    """Plain CFG exact, schedule and three-way finite, with each feature; through the patch and the guider."""
+    m = eps_model()
+    features, hooks = conditioning_features()
+    checks = {name: settings()[name] for name in ("linear schedule 1→0", "three-way (empty, neg_scale 2)")}
+    rows = []
+    for item, kw in features.items():
+        item_checks = dict(checks)
+        if "hooks" in item:
+            item_checks["three-way, the empty prompt with the hooks"] = {"empty": with_hooks(EMPTY, hooks),
+                                                                         "neg_scale": 2.0}
+        for route in (PATCH, GUIDER):
+            plain = functools.cache(lambda: native(route, m, CFG, **kw))
+            rows.append(measure((CONDITIONING, item, "plain cfg 6", route), lambda: guided(route, m, CFG, **kw), plain,
+                                exact=True))
+            for check, cfg_settings in item_checks.items():
+                rows.append(measure((CONDITIONING, item, check, route),
+                                    lambda: guided(route, m, CFG, cfg_settings, **kw), plain))
+    return rows
+
+
+# ------------------------------------------------------------------ the document
+COLUMNS = ("item", "check", "route", "status", "detail")
+
+
+def comfyui_version() -> str:
+    H.boot()
+    import comfyui_version as v
+
+    return v.__version__
+
+
+def render(rows: list) -> str:
+    counts = {a: {s: 0 for s in STATUSES} for a in AREAS}
+    for r in rows:
+        counts[r["area"]][r["status"]] += 1
+    lines = [
+        "# Compatibility",
+        "",
+        f"Generated from real runs inside ComfyUI {comfyui_version()} (torch {torch.__version__.split('+')[0]}, "
+        "CPU) by "
+        "`.venv/bin/python scripts/compat_matrix.py`; do not edit by hand. `tests/test_compatibility.py` reruns the "
+        "quick slice (`--quick`) in CI and fails when this file disagrees with it.",
+        "",
+        "Every row is one combination, sampled with ComfyUI's own nodes (KSampler, SamplerCustomAdvanced, the nodes "
+        "named) on ComfyUI's UNet at tiny width (eps prediction, 8 steps, cfg 6 unless stated). Routes: `patch` = CFG "
+        "Patch (Guidance Lab) on the stock KSampler, `guider` = CFG Guider (Guidance Lab) in SamplerCustomAdvanced; "
+        "for ComfyUI's guidance nodes, `node → patch` applies the node first and our patch to its output, "
+        "`patch → node` the other way round. Classifier guidance (a tiny noise-aware classifier, random weights): "
+        "`patch` = Classifier Guidance on the CFG-patched model, `guider` = Classifier Guidance Sampler around the "
+        "sampler, with the CFG Guider.",
+        "",
+        f"- **exact**: the result equals ComfyUI's own (native KSampler / CFGGuider / node at the scale stated); "
+        f"detail = max abs difference (< {TOL:g}). For the interval schedule: every model call evaluates the rows "
+        "the schedule says (2 inside, 1 outside).",
+        "- **finite**: runs and the output is finite; detail = max abs difference from plain CFG at the same "
+        "settings (how much the setting changed the result).",
+        "- **refused**: stops before the first model call with the error in detail.",
+        "- **limitation**: cannot take effect; detail says why.",
+        "- **FAIL**: a defect (a crash, NaN, a wrong result).",
+        "",
+        "Samplers run with the `normal` scheduler, schedulers with `euler`. Note: KSampler drops the penultimate "
+        "sigma for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 (SamplerCustomAdvanced does not), so the two "
+        "routes' references differ there; each route is compared with ComfyUI on the same route.",
+        "",
+        "## Summary",
+        "",
+        "| area | " + " | ".join(STATUSES) + " |",
+        "|---|" + "---|" * len(STATUSES),
+    ]
+    lines += [f"| {a} | " + " | ".join(str(counts[a][s]) for s in STATUSES) + " |" for a in AREAS]
+    for area in AREAS:
+        lines += ["", f"## {area}", "", "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+        lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS) + " |"
+                  for r in rows if r["area"] == area]
+    return "\n".join(lines) + "\n"
+
+
+def parse(text: str) -> list:
+    """The rows of a rendered document (the tables under the area headings)."""
+    rows, area = [], None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            area = line[3:].strip() if line[3:].strip() in AREAS else None
+        elif area and line.startswith("| ") and not line.startswith("| item |"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows.append(row(area, *cells[:3], cells[3], cells[4]))
+    return rows
+
+
+def doc_version(text: str) -> str | None:
+    found = re.search(r"inside ComfyUI (\S+) ", text)
+    return found.group(1) if found else None
+
+
+def key_of(r: dict) -> tuple:
+    return r["area"], r["item"], r["check"], r["route"]
+
+
+def mismatches(rows: list, doc_rows: list) -> list:
+    """Where `rows` disagree with the document: a missing row, another status, or another text of a refusal /
+    limitation (measured numbers are not compared: they may differ in the last bits between machines)."""
+    doc = {key_of(r): r for r in doc_rows}
+    out = []
+    for r in rows:
+        d = doc.get(key_of(r))
+        if d is None:
+            out.append(f"not in the document: {key_of(r)}")
+        elif d["status"] != r["status"]:
+            out.append(f"{key_of(r)}: document says {d['status']}, the run gives {r['status']} ({r['detail']})")
+        elif r["status"] in ("refused", "limitation") and d["detail"] != r["detail"]:
+            out.append(f"{key_of(r)}: document says {d['detail']!r}, the run gives {r['detail']!r}")
+    return out
