@@ -36,6 +36,18 @@ def latent_format_name(model_patcher) -> str:
     return type(model_patcher.get_model_object("latent_format")).__name__
 
 
+def require_image_latents(model_patcher, what: str) -> None:
+    """Noise-aware classifiers are 2-D image networks: refuse models whose latents have another number of
+    spatial dimensions (video [B, C, T, H, W], audio [B, C, L]) before anything runs."""
+    fmt = model_patcher.get_model_object("latent_format")
+    dims = int(getattr(fmt, "latent_dimensions", 2))
+    if dims != 2:
+        kind = {3: "video (5-D latents [B, C, T, H, W])", 1: "audio (3-D latents [B, C, L])"}.get(dims, f"{dims}-D")
+        raise GuidanceConfigError(f"{what} works on image models (4-D latents [B, C, H, W]); this model "
+                                  f"({type(fmt).__name__} latents) is {kind}, which noise-aware classifiers "
+                                  "do not support")
+
+
 def model_input_scaling(model_patcher) -> dict:
     """The model's input scaling c_in(sigma)*x (parameterization.INPUT_SCALINGS), found by asking its own
     model_sampling.calculate_input; refused when it is none of the known ones."""
@@ -83,6 +95,7 @@ class LoadedClassifier:
 
     def check_model(self, model_patcher, allow_other_latent_format: bool = False):
         """Validate before sampling: latent channels, latent space, sampling family and input scaling must match."""
+        require_image_latents(model_patcher, f"classifier {self.name!r}")
         fmt = model_patcher.get_model_object("latent_format")
         want, have = int(self.meta["latent_channels"]), int(fmt.latent_channels)
         if want != have:

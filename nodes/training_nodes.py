@@ -24,7 +24,8 @@ from ..guidance_core import training as TR
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
 from . import types as T
-from .classifier_nodes import FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling
+from .classifier_nodes import (FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling,
+                               require_image_latents)
 
 CATEGORY = "Guidance Lab/classifier"
 ENCODE_BATCH = 16
@@ -164,6 +165,7 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, dataset, output_name, steps, batch_size, lr, seed, resolution, sigma_distribution,
                 class_balance, width):
+        require_image_latents(model, "Train Classifier")
         path = resolve_dataset(dataset)
         out = output_path(output_name)
         want = int(model.get_model_object("latent_format").latent_channels)

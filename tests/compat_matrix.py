@@ -34,9 +34,9 @@ TOL = 1e-5
 STATUSES = ("exact", "finite", "refused", "limitation", "FAIL")
 CFG = 6.0
 PATCH, GUIDER = "patch", "guider"
-SAMPLERS, SCHEDULERS, NODES, CONDITIONING = ("Samplers", "Schedulers", "ComfyUI guidance nodes",
-                                             "Conditioning features")
-AREAS = (SAMPLERS, SCHEDULERS, NODES, CONDITIONING)
+SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES = ("Samplers", "Schedulers", "ComfyUI guidance nodes",
+                                                       "Conditioning features", "Model families")
+AREAS = (SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES)
 # the CI slice: one sampler of each family, three schedulers of different shapes
 QUICK_SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde",
                   "lcm", "uni_pc", "ddim", "res_multistep", "er_sde", "sa_solver"]
@@ -63,7 +63,8 @@ def cpu_settings():
 
 def all_rows(quick: bool = False) -> list:
     with cpu_settings():
-        return sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + conditioning_rows()
+        return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + conditioning_rows()
+                + family_rows(quick))
 
 
 # ------------------------------------------------------------------ one row
@@ -76,13 +77,13 @@ def error_text(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
-def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False) -> dict:
+def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False, model=None) -> dict:
     """Run `run()` (a sampler's output) and make the row `key` = (area, item, check, route) from it: compared
     with `ref()` (exact: below TOL, else finite: the difference is the value), or expected to be refused."""
     calls = []
     try:
         with torch.inference_mode():
-            out = counted(calls, run)
+            out = counted(calls, run, model)
     except GuidanceConfigError as e:
         if calls:
             return row(*key, "FAIL", f"refused after {len(calls)} model calls: {error_text(e)}")
@@ -105,9 +106,10 @@ def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False
     return row(*key, "exact" if exact else "finite", f"{diff:.2g}", diff)
 
 
-def counted(calls: list, run):
-    """run(), with (rows, sigma) of each diffusion-model call appended to `calls`."""
-    counter = H.RowCounter(eps_model())
+def counted(calls: list, run, model=None):
+    """run(), with (rows, sigma) of each diffusion-model call of `model` (default: the tiny eps UNet) appended
+    to `calls`."""
+    counter = H.RowCounter(model or eps_model())
     try:
         return run()
     finally:
@@ -121,16 +123,15 @@ def eps_model():
     return H.tiny_model("eps", seed=0)
 
 
-@functools.cache
-def settings() -> dict:
+def settings(empty=EMPTY) -> dict:
     """Guidance Lab settings (inputs of the CFG Patch / Guider) whose result must be finite."""
     return {
         "linear schedule 1→0": dict(cfg_schedule=schedule(kind="linear", start=1.0, end=0.0)),
-        "three-way (empty, neg_scale 2)": dict(empty=EMPTY, neg_scale=2.0),
+        "three-way (empty, neg_scale 2)": dict(empty=empty, neg_scale=2.0),
         "rescale_phi 0.7": dict(post=post(rescale_phi=0.7)),
         "cfg_zero_star": dict(post=post(cfg_zero_star=True)),
         "apg, momentum -0.5": dict(post=post(apg=True, apg_momentum=-0.5)),
-        "perp_neg (empty, neg_scale 2)": dict(empty=EMPTY, neg_scale=2.0, post=post(perp_neg=True)),
+        "perp_neg (empty, neg_scale 2)": dict(empty=empty, neg_scale=2.0, post=post(perp_neg=True)),
     }
 
 
@@ -223,21 +224,21 @@ def sampling_rows(area, item, **kw) -> list:
     return rows
 
 
-def interval_row(key, sampler, scheduler) -> dict:
+def interval_row(key, sampler, scheduler, model=None, **io) -> dict:
     """The interval schedule guides half the steps: every model call has 2 rows (positive, negative) where
     sigma_lo < sigma <= sigma_hi, elsewhere the rows ComfyUI itself evaluates at cfg 1 (1; 2 for samplers that
-    read the uncond, the CFG++ ones)."""
-    m, steps, route = eps_model(), 8, key[3]
+    read the uncond, the CFG++ ones). io: pos, neg, latent of another model than the tiny eps UNet."""
+    m, steps, route = model or eps_model(), 8, key[3]
     sig = [float(v) for v in H.run_node("BasicScheduler", model=m, scheduler=scheduler, steps=steps, denoise=1.0)[0]]
     lo, hi = math.sqrt(sig[steps // 2 - 1] * sig[steps // 2]), sig[0] + 1.0
     interval = dict(cfg_schedule=schedule(kind="interval", sigma_lo=lo, sigma_hi=hi))
     calls, at_cfg1 = [], []
     done = measure(key, lambda: counted(calls, lambda: guided(route, m, CFG, interval, sampler=sampler,
-                                                              scheduler=scheduler, steps=steps)))
+                                                              scheduler=scheduler, steps=steps, **io), m), model=m)
     if done["status"] != "finite":
         return done
     with torch.inference_mode():
-        counted(at_cfg1, lambda: native(route, m, 1.0, sampler=sampler, scheduler=scheduler, steps=steps))
+        counted(at_cfg1, lambda: native(route, m, 1.0, sampler=sampler, scheduler=scheduler, steps=steps, **io), m)
     outside = max(rows for rows, _ in at_cfg1)
     wrong = [(rows, s) for rows, s in calls if rows != (2 if lo < s <= hi else outside)]
     if wrong or not calls:
@@ -437,6 +438,76 @@ def conditioning_rows() -> list:
     return rows
 
 
+# ------------------------------------------------------------------ model families
+SCHEDULE_KINDS = {  # one of each kind of the Guidance Schedule node
+    "cosine 1→0": dict(kind="cosine", start=1.0, end=0.0),
+    "power_up k=2": dict(kind="power_up", start=1.0, end=0.0, exponent=2.0),
+    "power_down k=2": dict(kind="power_down", start=1.0, end=0.0, exponent=2.0),
+    "keyframes 0:1, 0.5:0.3, 1:0": dict(kind="keyframes", keyframes="0:1, 0.5:0.3, 1:0"),
+    "interval sigma 0.5..2, outside 0.2": dict(kind="interval", sigma_lo=0.5, sigma_hi=2.0, outside=0.2),
+}
+
+
+def family_classifier(model):
+    """A tiny noise-aware classifier (random weights) made for `model`: its latent channels and format, its
+    parameterization and input scaling (as Train Classifier records them)."""
+    na = H.pack_module("guidance_core.classifiers.noise_aware")
+    param = H.pack_module("guidance_core.parameterization")
+    ms = model.get_model_object("model_sampling")
+    fmt = model.model.latent_format
+    with torch.inference_mode(False):
+        torch.manual_seed(0)
+        net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=fmt.latent_channels, num_classes=2,
+                                                          base_channels=16))
+    meta = {"labels": ["a", "b"], "latent_channels": fmt.latent_channels, "latent_format": type(fmt).__name__,
+            "parameterization": H.pack_module("nodes.glue").parameterization_of(ms),
+            "input_scaling": param.identify_input_scaling(ms.calculate_input)}
+    return H.pack_module("nodes.classifier_nodes").LoadedClassifier(net, meta, "tiny-random")
+
+
+def family_rows(quick: bool = False) -> list:
+    """Each of ComfyUI's model families (tests/families.py) through the patch and the guider: plain CFG and
+    unguided steps exact; three-way, a term, every post-processing and every schedule kind finite; the interval
+    schedule's rows per model call; zero-init (flow models only); classifier guidance."""
+    import families as F
+
+    rows = []
+    for name, fam in F.FAMILIES.items():
+        m = F.model(name)
+        io = {"pos": fam.cond(1), "neg": fam.cond(2), "latent": fam.latent(1)}
+        run = dict(io, steps=4)
+        area_key = functools.partial(lambda check, route: (FAMILIES, name, check, route))
+        cases = dict(settings(empty=fam.cond(3)))
+        cases.update({f"schedule {k}": {"cfg_schedule": schedule(**v)} for k, v in SCHEDULE_KINDS.items()})
+        cases["zero_init_steps 1"] = {"post": post(zero_init_steps=1)}
+        if quick:
+            cases = {k: v for k, v in cases.items() if not k.startswith("schedule ")}
+        for route in (PATCH, GUIDER):
+            plain = functools.cache(lambda: native(route, m, CFG, **run))
+            rows.append(measure(area_key("plain cfg 6", route), lambda: guided(route, m, CFG, **run), plain,
+                                exact=True, model=m))
+            rows.append(measure(area_key("schedule 0 at cfg 6 = cfg 1", route),
+                                lambda: guided(route, m, CFG, {"cfg_schedule": constant(0.0)}, **run),
+                                lambda: native(route, m, 1.0, **run), exact=True, model=m))
+            for check, cfg_settings in cases.items():
+                rows.append(measure(area_key(check, route), lambda: guided(route, m, CFG, cfg_settings, **run), plain,
+                                    model=m))
+            rows.append(interval_row(area_key("interval schedule: rows per model call", route), "euler", "normal",
+                                     model=m, **io))
+        term = H.run_node("GuidanceLabTerm", conditioning=fam.cond(4), weight=1.5)[0]
+        rows.append(measure(area_key("a Guidance Term (weight 1.5)", GUIDER),
+                            lambda: guided(GUIDER, m, CFG, {"terms": term}, **run), plain, model=m))
+        rows.append(measure(area_key("classifier guidance (patch, scale 10)", PATCH),
+                            lambda: family_classifier_run(m, run), plain, model=m))
+    return rows
+
+
+def family_classifier_run(model, run):
+    args = dict(classifier=family_classifier(model), target="a", scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4,
+                every_n=1, rms_clamp=0.0, dtype="float32", allow_other_latent_format=False)
+    return ksample(H.run_node("GuidanceLabClassifierGuidance", model=model, **args)[0], CFG, **run)
+
+
 # ------------------------------------------------------------------ the document
 COLUMNS = ("item", "check", "route", "status", "detail")
 
@@ -476,6 +547,12 @@ def render(rows: list) -> str:
         "- **refused**: stops before the first model call with the error in detail.",
         "- **limitation**: cannot take effect; detail says why.",
         "- **FAIL**: a defect (a crash, NaN, a wrong result).",
+        "",
+        "Model families: tiny random instances of ComfyUI's own model classes and configs (`tests/families.py`: "
+        "SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its per-channel latent format, "
+        "SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video latents), each with its own "
+        "model_sampling, latent format and conditioning inputs; euler, 4 steps. Classifier guidance there uses a "
+        "tiny noise-aware classifier made for the family's latent channels, format and input scaling.",
         "",
         "Samplers run with the `normal` scheduler, schedulers with `euler`. Note: KSampler drops the penultimate "
         "sigma for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 (SamplerCustomAdvanced does not), so the two "

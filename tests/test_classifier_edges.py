@@ -327,3 +327,24 @@ def test_steps_zero_classifier_gives_a_clear_message(env, playground):
                    model=playground["model"], classifier=clf, **guidance_args())
     with pytest.raises(err, match="classifier is None"):
         patch(playground["model"], None)
+
+
+# ---------------------------------------------------------------- video models (issue 13): refused before sampling
+def test_video_models_are_refused_by_classifier_guidance_and_training(env):
+    """Noise-aware classifiers are 2-D: on a video model (ComfyUI's Wan 2.1 at tiny width, 5-D latents) the
+    guidance nodes and Train Classifier refuse before anything runs, naming the latent kind."""
+    import families
+
+    wan = families.model("Wan 2.1 (video, 5-D)")
+    errors = env["errors"]
+    net_mod = H.pack_module("guidance_core.classifiers.noise_aware")
+    with torch.inference_mode(False):
+        net = net_mod.NoiseAwareClassifier(net_mod.ClassifierConfig(in_channels=16, num_classes=2, base_channels=16))
+    clf = H.pack_module("nodes.classifier_nodes").LoadedClassifier(
+        net, {"labels": ["a", "b"], "latent_channels": 16, "latent_format": "Wan21", "parameterization": "flow"}, "v")
+    with pytest.raises(errors.GuidanceConfigError, match=r"video \(5-D latents"):
+        patch(wan, clf, target="a")
+    with pytest.raises(errors.GuidanceConfigError, match=r"Train Classifier works on image models.*video"):
+        H.run_node("GuidanceLabTrainClassifier", model=wan, vae=None, dataset="none", output_name="x", steps=1,
+                   batch_size=2, lr=3e-4, seed=0, resolution=32, sigma_distribution="log_uniform",
+                   class_balance=True, width=16)

@@ -1,0 +1,148 @@
+"""Tiny random instances of ComfyUI's own model families (issue 13): each family's supported_models config
+and model_base class, its model_sampling, latent format and conditioning inputs, with the network shrunk to a
+few layers of small width. Weights are random (ComfyUI leaves them uninitialized without a checkpoint), so
+the outputs mean nothing; what matters is that every code path of the family runs as in a real checkpoint.
+
+FAMILIES[name] = Family(build, cond, latent): build() -> ModelPatcher; cond(seed) -> CONDITIONING as that
+family's text encoder node gives it (shapes shrunk to the tiny widths); latent(batch) -> LATENT.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import torch
+
+import comfy_host as H
+
+
+class Family(NamedTuple):
+    build: Callable
+    cond: Callable
+    latent: Callable
+    parameterization: str  # what Guidance Lab reads from its model_sampling
+
+
+def _patcher(model, seed: int, gain: float = 0.5):
+    import comfy.model_patcher
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # ComfyUI's ops leave weights uninitialized: give every one a value
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (gain / max(1, p[0].numel()) ** 0.5))
+        for name, b in model.diffusion_model.named_buffers():  # checkpoint-loaded buffers (MMDiT's pos_embed)
+            if name.endswith("pos_embed"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def _config(name: str, unet_config: dict, **attrs):
+    import comfy.supported_models
+
+    cls = getattr(comfy.supported_models, name)
+    cfg = cls({**cls.unet_config, **unet_config})
+    for k, v in attrs.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _cond(seed, tokens, dim, pooled=0, **extra):
+    g = torch.Generator().manual_seed(seed)
+    d = {"pooled_output": torch.randn(1, pooled, generator=g)} if pooled else {}
+    d.update(extra)
+    return [[torch.randn(1, tokens, dim, generator=g), d]]
+
+
+def _latent(channels, size=16, frames=None):
+    def make(batch=1):
+        shape = (batch, channels, frames, size, size) if frames else (batch, channels, size, size)
+        return {"samples": torch.zeros(shape)}
+    return make
+
+
+# ------------------------------------------------------------------ UNet families
+UNET_TINY = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[0, 1],
+                 transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, num_head_channels=16,
+                 context_dim=32, use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False,
+                 image_size=32, dtype=torch.float32)
+
+
+def sd15():
+    import comfy.model_base
+
+    cfg = _config("SD15", dict(UNET_TINY, use_linear_in_transformer=False))
+    return _patcher(comfy.model_base.BaseModel(cfg, device="cpu"), 10)
+
+
+def sd21_v():
+    import comfy.model_base
+
+    cfg = _config("SD20", dict(UNET_TINY))
+    return _patcher(comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu"), 11)
+
+
+def sdxl():
+    import comfy.model_base
+
+    cfg = _config("SDXL", dict(UNET_TINY, adm_in_channels=2816, num_classes="sequential"))
+    return _patcher(comfy.model_base.SDXL(cfg, device="cpu"), 12)
+
+
+def playground_v25():
+    """SDXL architecture, EDM sampling with sigma_data 0.5 and the per-channel Playground latent format, as
+    ComfyUI's SDXL config sets them when it detects a Playground checkpoint."""
+    import comfy.latent_formats
+    import comfy.model_base
+
+    cfg = _config("SDXL", dict(UNET_TINY, adm_in_channels=2816, num_classes="sequential"), latent_format=comfy.latent_formats.SDXL_Playground_2_5())
+    cfg.sampling_settings = {"sigma_data": 0.5, "sigma_max": 80.0, "sigma_min": 0.002}
+    return _patcher(comfy.model_base.SDXL(cfg, model_type=comfy.model_base.ModelType.EDM, device="cpu"), 13)
+
+
+# ------------------------------------------------------------------ DiT families
+def sd35():
+    """MMDiT (hidden size = 64 * depth), flow matching with shift 3."""
+    cfg = _config("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=1, input_size=None,
+                              adm_in_channels=16, pos_embed_max_size=16, num_patches=256, qk_norm="rms",
+                              context_embedder_config={"target": "torch.nn.Linear",
+                                                       "params": {"in_features": 16, "out_features": 64}},
+                              x_block_self_attn_layers=[], dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 14)
+
+
+def flux_dev():
+    """Flux.1 dev: guidance-distilled (a guidance embedding, no real CFG needed), flow with Flux's time shift."""
+    cfg = _config("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=8, context_in_dim=16,
+                               hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+                               axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+                               dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 15)
+
+
+def wan21():
+    """Wan 2.1 text-to-video: 5-D latents [B, 16, T, H, W], flow with shift."""
+    cfg = _config("WAN21_T2V", dict(model_type="t2v", patch_size=(1, 2, 2), text_len=8, in_dim=16, dim=32, ffn_dim=64,
+                                    freq_dim=32, text_dim=16, out_dim=16, num_heads=2, num_layers=1,
+                                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+                                    dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 16)
+
+
+FAMILIES = {
+    "SD1.5": Family(sd15, lambda s: _cond(s, 4, 32), _latent(4), "eps"),
+    "SD2.x v-prediction": Family(sd21_v, lambda s: _cond(s, 4, 32), _latent(4), "v"),
+    "SDXL": Family(sdxl, lambda s: _cond(s, 4, 32, pooled=1280), _latent(4), "eps"),
+    "Playground v2.5 (EDM, sigma_data 0.5)": Family(playground_v25, lambda s: _cond(s, 4, 32, pooled=1280), _latent(4),
+                                                    "v"),
+    "SD3.5 (MMDiT, flow)": Family(sd35, lambda s: _cond(s, 4, 16, pooled=16), _latent(16), "flow"),
+    "Flux.1 dev (guidance-distilled)": Family(flux_dev, lambda s: _cond(s, 4, 16, pooled=8, guidance=3.5), _latent(16),
+                                              "flow"),
+    "Wan 2.1 (video, 5-D)": Family(wan21, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=3), "flow"),
+}
+
+
+@functools.cache
+def model(name: str):
+    H.boot()
+    return FAMILIES[name].build()
