@@ -550,7 +550,8 @@ def render(rows: list) -> str:
         "",
         "Model families: tiny random instances of ComfyUI's own model classes and configs (`tests/families.py`: "
         "SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its per-channel latent format, "
-        "SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video latents), each with its own "
+        "SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video latents, Cosmos-Predict2 "
+        "text-to-image on Wan latents), each with its own "
         "model_sampling, latent format and conditioning inputs; euler, 4 steps. Classifier guidance there uses a "
         "tiny noise-aware classifier made for the family's latent channels, format and input scaling.",
         "",

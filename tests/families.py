@@ -20,7 +20,6 @@ class Family(NamedTuple):
     build: Callable
     cond: Callable
     latent: Callable
-    parameterization: str  # what Guidance Lab reads from its model_sampling
 
 
 def _patcher(model, seed: int, gain: float = 0.5):
@@ -129,16 +128,28 @@ def wan21():
     return _patcher(cfg.get_model({}, device="cpu"), 16)
 
 
+def cosmos_predict2():
+    """Cosmos-Predict2 text-to-image: EDM-style sampling (sigma_data 1, sigma_max 80), Wan 2.1 latents [B, 16, 1, H, W]."""
+    cfg = _config("CosmosT2IPredict2", dict(image_model="cosmos_predict2", max_img_h=32, max_img_w=32, max_frames=4,
+                                            in_channels=16, out_channels=16, patch_spatial=2, patch_temporal=1,
+                                            model_channels=32, concat_padding_mask=True, crossattn_emb_channels=16,
+                                            pos_emb_cls="rope3d", pos_emb_learnable=True, pos_emb_interpolation="crop",
+                                            min_fps=1, max_fps=30, use_adaln_lora=True, adaln_lora_dim=8,
+                                            num_blocks=1, num_heads=2, extra_per_block_abs_pos_emb=False,
+                                            rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0,
+                                            rope_t_extrapolation_ratio=1.0, dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 17)
+
+
 FAMILIES = {
-    "SD1.5": Family(sd15, lambda s: _cond(s, 4, 32), _latent(4), "eps"),
-    "SD2.x v-prediction": Family(sd21_v, lambda s: _cond(s, 4, 32), _latent(4), "v"),
-    "SDXL": Family(sdxl, lambda s: _cond(s, 4, 32, pooled=1280), _latent(4), "eps"),
-    "Playground v2.5 (EDM, sigma_data 0.5)": Family(playground_v25, lambda s: _cond(s, 4, 32, pooled=1280), _latent(4),
-                                                    "v"),
-    "SD3.5 (MMDiT, flow)": Family(sd35, lambda s: _cond(s, 4, 16, pooled=16), _latent(16), "flow"),
-    "Flux.1 dev (guidance-distilled)": Family(flux_dev, lambda s: _cond(s, 4, 16, pooled=8, guidance=3.5), _latent(16),
-                                              "flow"),
-    "Wan 2.1 (video, 5-D)": Family(wan21, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=3), "flow"),
+    "SD1.5": Family(sd15, lambda s: _cond(s, 4, 32), _latent(4)),
+    "SD2.x v-prediction": Family(sd21_v, lambda s: _cond(s, 4, 32), _latent(4)),
+    "SDXL": Family(sdxl, lambda s: _cond(s, 4, 32, pooled=1280), _latent(4)),
+    "Playground v2.5 (EDM, sigma_data 0.5)": Family(playground_v25, lambda s: _cond(s, 4, 32, pooled=1280), _latent(4)),
+    "SD3.5 (MMDiT, flow)": Family(sd35, lambda s: _cond(s, 4, 16, pooled=16), _latent(16)),
+    "Flux.1 dev (guidance-distilled)": Family(flux_dev, lambda s: _cond(s, 4, 16, pooled=8, guidance=3.5), _latent(16)),
+    "Wan 2.1 (video, 5-D)": Family(wan21, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=3)),
+    "Cosmos-Predict2 (text to image)": Family(cosmos_predict2, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=1)),
 }
 
 
