@@ -12,6 +12,7 @@ evaluation; when every c_k is 0 only the positive prompt is evaluated.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping, NamedTuple, Sequence
@@ -147,11 +148,43 @@ def zero_init_start_noise(x_start: torch.Tensor, scaled_zero: torch.Tensor, scal
 
 
 # ---------------------------------------------------------------- configuration
+TERM_KINDS = ("prompt", "perturbed", "model")
+REFERENCES = ("auto", POSITIVE, NEGATIVE, EMPTY)  # and "term N" (1-based) for another term
+
+
 @dataclass(frozen=True)
 class ExtraTerm:
-    """One composable term: weight w (negative = "not") with its own schedule."""
+    """One term with weight w (negative = "not") and its own schedule f, of one of three kinds:
+    - prompt: D += w f (D_term - D_ref); reference auto = the baseline (composable diffusion);
+    - perturbed: the model itself with part of the network perturbed (PAG, SEG, SLG; see perturb.py),
+      D += w f (D_ref - D_term); reference auto = positive (Ahn et al. 2024, eq. 8);
+    - model: another model (a weaker one: autoguidance, Karras et al. 2024, arXiv 2406.02507, eq. 2),
+      D += w f (D_ref - D_term); reference auto = positive. With cfg 1, w = Karras's w - 1:
+      D = D_bad + w_K (D_good - D_bad).
+    reference: "auto", "positive", "negative", "empty" or "term N" (another term's prediction, 1-based)."""
     weight: float
     schedule: S.Schedule = S.CONSTANT_ONE
+    kind: str = "prompt"
+    reference: str = "auto"
+
+    def __post_init__(self):
+        require_finite("term weight", self.weight)
+        if self.kind not in TERM_KINDS:
+            raise GuidanceConfigError(f"term kind={self.kind!r}; accepted: {', '.join(TERM_KINDS)}")
+        if self.reference not in REFERENCES and not re.fullmatch(r"term [1-9][0-9]*", self.reference):
+            raise GuidanceConfigError(f"term reference={self.reference!r}; accepted: {', '.join(REFERENCES)} or "
+                                      "'term N' (another term, 1-based)")
+
+    @property
+    def moves_away(self) -> bool:
+        """Perturbed and model terms are the reference moved away from: D += c (D_ref - D_term)."""
+        return self.kind != "prompt"
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample cos(a, b) = <a, b> / (|a| |b|) over all dims but the batch (0 where a norm is 0)."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-30)
 
 
 @dataclass(frozen=True)
@@ -208,11 +241,13 @@ class Role(str, Enum):
 
 
 class ActiveTerm(NamedTuple):
-    """One term of D = D_pos + sum_k coef_k (D_key - D_ref) at this step."""
+    """One term of D = D_pos + sum_k coef_k (D_key - D_ref) at this step; `name` identifies it across steps
+    ("cfg", "neg", "term{i}"), for adaptive schedules."""
     key: str
     ref: str
     coef: float
     role: Role
+    name: str = ""
 
 
 @dataclass
@@ -258,8 +293,8 @@ class CFGCombiner:
         post = config.post
         if post.perp_neg and not (has_negative and has_empty):
             raise GuidanceConfigError("perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off")
-        if self.baseline is None and config.terms:
-            raise GuidanceConfigError("extra terms need a reference: connect a negative or an empty conditioning")
+        self.term_refs = [self._term_ref(i, t) for i, t in enumerate(config.terms)]
+        self.null_terms = set()  # terms known to be exactly 0 (D_term is D_ref itself): never active
         if post.rescale_phi > 0 and post.rescale_space == "eps" and parameterization == "flow":
             raise GuidanceConfigError(
                 "rescale_space='eps' is undefined for flow models: at sigma = 1 (the first step) alpha = 0 and D "
@@ -270,18 +305,85 @@ class CFGCombiner:
                 f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0")
         self._running = {}  # APG momentum: committed running average per noise level
         self._last_sigma = None
+        self._stopped = {}  # adaptive schedules: term name -> noise level at which its criterion held
 
-    # -- per-run state (APG momentum)
+    def _term_ref(self, i: int, term: ExtraTerm) -> str:
+        """The cond key of term i's reference (see ExtraTerm), checked against what is connected."""
+        ref = term.reference
+        if ref == "auto":
+            ref = POSITIVE if term.moves_away else self.baseline
+            if ref is None:
+                raise GuidanceConfigError(f"term {i + 1} (prompt) needs a reference: connect a negative or an empty "
+                                          "conditioning, or set its reference to positive or another term")
+            return ref
+        if ref.startswith("term "):
+            j = int(ref[5:]) - 1
+            if j == i or j >= len(self.config.terms):
+                raise GuidanceConfigError(f"term {i + 1} reference={ref!r}; name another of the {len(self.config.terms)} "
+                                          "terms (1-based), or auto, positive, negative, empty")
+            return f"term{j}"
+        if (ref == NEGATIVE and not self.has_negative) or (ref == EMPTY and not self.has_empty):
+            raise GuidanceConfigError(f"term {i + 1} reference={ref!r} but no {ref} conditioning is connected; "
+                                      f"connect one or use reference auto or positive")
+        return ref
+
+    # -- per-run state (APG momentum, adaptive schedules)
     def reset(self):
         self._running = {}
         self._last_sigma = None
+        self._stopped = {}
+
+    def _new_run(self, sigma: float):
+        """A sigma above the previous call's starts a new sampling run: per-run state restarts."""
+        if self._last_sigma is not None and sigma > self._last_sigma * (1 + 1e-6):
+            self._running = {}
+            self._stopped = {}
+        self._last_sigma = sigma
 
     def momentum_levels(self) -> list:
         """Noise levels at which the APG momentum holds a committed value (one per step of the run)."""
         return sorted(k for k in self._running if k is not None)
 
-    def _schedule(self, sched: S.Schedule, ctx: StepContext) -> float:
+    def _schedule(self, sched: S.Schedule, ctx: StepContext, name: str = "") -> float:
+        if sched.kind == "adaptive" and self._is_stopped(name, ctx.level()):
+            return 0.0
         return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max)
+
+    def _is_stopped(self, name: str, level) -> bool:
+        """Adaptive guidance: off from the noise level after the one where its criterion held (a multi-stage
+        sampler's later calls in that step keep it)."""
+        if name not in self._stopped:
+            return False
+        at = self._stopped[name]
+        return level is None or at is None or level > at
+
+    def observe(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, ctx: StepContext):
+        """Adaptive guidance (Castillo et al. 2023, arXiv 2312.12487, sec. 4): a term whose schedule is adaptive
+        stops for the rest of the run once cos(x - D_key, x - D_ref) >= threshold for every sample (x - D is
+        sigma * eps for eps/v models and sigma * velocity for flow models: the paper's criterion on the two
+        noise predictions, up to a positive factor that cos ignores)."""
+        self._new_run(ctx.sigma)
+        for term in plan.active:
+            sched = self._term_schedule(term.name)
+            if sched is None or sched.kind != "adaptive" or term.name in self._stopped:
+                continue
+            cos = cosine_similarity(x - preds[term.key], x - preds[term.ref])
+            if bool((cos >= sched.threshold).all()):
+                self._stopped[term.name] = ctx.level()
+
+    def _term_schedule(self, name: str):
+        cfg = self.config
+        if name == "cfg":
+            return cfg.cfg_schedule
+        if name == "neg":
+            return cfg.neg_schedule
+        if name.startswith("term"):
+            return cfg.terms[int(name[4:])].schedule
+        return None
+
+    def stopped(self) -> dict:
+        """Adaptive terms that stopped in this run: name -> noise level of the step where the criterion held."""
+        return dict(self._stopped)
 
     def plan(self, ctx: StepContext, cond_scale: float | None = None) -> StepPlan:
         """Active terms at this step: those whose coefficient is not 0. The CFG scale s is config.cfg, or
@@ -290,20 +392,25 @@ class CFGCombiner:
         s = cfg.cfg if cfg.cfg is not None else cond_scale
         if s is None:
             raise GuidanceConfigError("no CFG scale: the config has cfg=None and no cond_scale was given")
+        self._new_run(ctx.sigma)
         active = []
         if self.baseline is not None:
-            f = self._schedule(cfg.cfg_schedule, ctx)
+            f = self._schedule(cfg.cfg_schedule, ctx, "cfg")
             c = s - 1.0 if f == 1.0 else f * (s - 1.0)
             if c != 0.0:
-                active.append(ActiveTerm(POSITIVE, self.baseline, c, Role.GUIDANCE))
+                active.append(ActiveTerm(POSITIVE, self.baseline, c, Role.GUIDANCE, "cfg"))
         if self.has_negative and self.has_empty:
-            c = -cfg.neg_scale * self._schedule(cfg.neg_schedule, ctx)
+            c = -cfg.neg_scale * self._schedule(cfg.neg_schedule, ctx, "neg")
             if c != 0.0:
-                active.append(ActiveTerm(NEGATIVE, EMPTY, c, Role.NEGATIVE))
+                active.append(ActiveTerm(NEGATIVE, EMPTY, c, Role.NEGATIVE, "neg"))
         for i, t in enumerate(cfg.terms):
-            c = t.weight * self._schedule(t.schedule, ctx)
+            if i in self.null_terms:
+                continue
+            c = t.weight * self._schedule(t.schedule, ctx, f"term{i}")
             if c != 0.0:
-                active.append(ActiveTerm(f"term{i}", self.baseline, c, Role.TERM))
+                own, ref = f"term{i}", self.term_refs[i]
+                active.append(ActiveTerm(ref, own, c, Role.TERM, own) if t.moves_away
+                              else ActiveTerm(own, ref, c, Role.TERM, own))
         return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]))
 
     def evaluation_order(self, keys) -> list:
@@ -341,10 +448,7 @@ class CFGCombiner:
         the APG momentum advances once per level, so a sampler that calls the model twice in a step
         (heun, dpm_2) uses the previous step's momentum in both calls (the step's last call commits)."""
         post = self.config.post
-        sig = float(torch.as_tensor(sigma).max())
-        if self._last_sigma is not None and sig > self._last_sigma * (1 + 1e-6):
-            self._running = {}  # a new sampling run started: momentum restarts
-        self._last_sigma = sig
+        self._new_run(float(torch.as_tensor(sigma).max()))  # a new sampling run: momentum restarts
         d_pos = preds[POSITIVE]
         out = d_pos
         guidance_delta = None

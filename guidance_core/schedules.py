@@ -19,6 +19,9 @@ Kinds (start -> end means f(0) = start, f(1) = end):
   interval    f = inside if sigma_lo < sigma <= sigma_hi else outside
               (guidance interval, Kynkaanniemi et al. 2024, arXiv 2404.07724; always by sigma)
   keyframes   piecewise-linear through (p_j, f_j), constant before the first / after the last
+  adaptive    f = start until the term's two predictions agree, cos(eps_key, eps_ref) >= threshold, then 0
+              for the rest of the run (adaptive guidance, Castillo et al. 2023, arXiv 2312.12487); decided
+              while sampling (cfg.CFGCombiner.observe), so value() gives `start`, what it is until it stops
 """
 from __future__ import annotations
 
@@ -28,16 +31,16 @@ from typing import Sequence
 
 from .errors import GuidanceConfigError, require_finite
 
-KINDS = ("constant", "linear", "cosine", "power_up", "power_down", "interval", "keyframes")
+KINDS = ("constant", "linear", "cosine", "power_up", "power_down", "interval", "keyframes", "adaptive")
 AXES = ("progress", "sigma")
 
 # Defaults and ranges, imported by the node schema (one place).
 DEFAULTS = {
     "kind": "constant", "axis": "progress", "start": 1.0, "end": 0.0, "exponent": 2.0,
     "sigma_lo": 0.28, "sigma_hi": 5.42, "inside": 1.0, "outside": 0.0,
-    "keyframes": "0:1, 0.5:1, 1:0",
+    "keyframes": "0:1, 0.5:1, 1:0", "threshold": 0.99,
 }
-RANGES = {"value": (-100.0, 100.0), "exponent": (0.01, 100.0), "sigma": (0.0, 1.0e4)}
+RANGES = {"value": (-100.0, 100.0), "exponent": (0.01, 100.0), "sigma": (0.0, 1.0e4), "threshold": (-1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Schedule:
     outside: float = 0.0
     keyframes: tuple = field(default_factory=tuple)
     axis: str = "progress"
+    threshold: float = DEFAULTS["threshold"]
 
     def __post_init__(self):
         validate(self)
@@ -68,6 +72,9 @@ def validate(s: Schedule) -> None:
         raise GuidanceConfigError(f"schedule axis={s.axis!r}; accepted: {', '.join(AXES)}")
     for name in ("start", "end", "inside", "outside"):
         require_finite(f"schedule {name}", getattr(s, name))
+    th = require_finite("schedule threshold", s.threshold)
+    if not RANGES["threshold"][0] <= th <= RANGES["threshold"][1]:
+        raise GuidanceConfigError(f"schedule threshold={th}; a cosine similarity lies in [-1, 1]")
     ex = require_finite("schedule exponent", s.exponent)
     if ex <= 0:
         raise GuidanceConfigError(f"schedule exponent={ex}; use a number > 0")
@@ -188,7 +195,7 @@ def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = Non
     """
     if s.kind == "interval":
         return s.inside if s.sigma_lo < sigma <= s.sigma_hi else s.outside
-    if s.kind == "constant":
+    if s.kind in ("constant", "adaptive"):
         return s.start
     if s.axis == "sigma":
         if sigma_min is None or sigma_max is None:
@@ -313,9 +320,9 @@ def from_fields(kind: str = DEFAULTS["kind"], axis: str = DEFAULTS["axis"], star
                 end: float = DEFAULTS["end"], exponent: float = DEFAULTS["exponent"],
                 sigma_lo: float = DEFAULTS["sigma_lo"], sigma_hi: float = DEFAULTS["sigma_hi"],
                 inside: float = DEFAULTS["inside"], outside: float = DEFAULTS["outside"],
-                keyframes: str = DEFAULTS["keyframes"]) -> Schedule:
+                keyframes: str = DEFAULTS["keyframes"], threshold: float = DEFAULTS["threshold"]) -> Schedule:
     """A Schedule from the schedule node's fields (keyframes as text, parsed only for kind 'keyframes').
     Used by the node and by the preview route, so both build the same schedule."""
     kf = parse_keyframes(keyframes) if kind == "keyframes" else ()
     return Schedule(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
-                    sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=kf)
+                    sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=kf, threshold=threshold)

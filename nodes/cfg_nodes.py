@@ -7,6 +7,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance_core import cfg as C
+from ..guidance_core import perturb as PT
 from ..guidance_core import schedules as S
 from ..guidance_core.errors import require_finite
 from . import cfg_runtime as R
@@ -30,7 +31,8 @@ class GuidanceLabSchedule(io.ComfyNode):
             inputs=[
                 io.Combo.Input("kind", options=list(S.KINDS), default=SCHEDULE_DEFAULTS["kind"],
                                tooltip="Shape: constant, linear, cosine, power_up (change late), power_down "
-                                       "(change early), interval (on for sigma_lo < sigma <= sigma_hi), keyframes."),
+                                       "(change early), interval (on for sigma_lo < sigma <= sigma_hi), keyframes, adaptive (on "
+                                       "until the term's predictions agree: see threshold)."),
                 io.Combo.Input("axis", options=list(S.AXES), default=SCHEDULE_DEFAULTS["axis"],
                                tooltip="Position p in [0,1]: 'progress' = fraction of this run's steps; 'sigma' = "
                                        "place in the model's log-sigma range (same meaning at any denoise). "
@@ -52,14 +54,20 @@ class GuidanceLabSchedule(io.ComfyNode):
                                tooltip="Interval: multiplier outside (0 = unguided there, only the positive runs)."),
                 io.String.Input("keyframes", default=SCHEDULE_DEFAULTS["keyframes"], multiline=False,
                                 tooltip="Keyframes: 'position:value' pairs, positions in [0,1], e.g. '0:1, 0.5:0.3, 1:0'."),
+                io.Float.Input("threshold", default=SCHEDULE_DEFAULTS["threshold"], min=S.RANGES["threshold"][0],
+                               max=S.RANGES["threshold"][1], step=0.00001, round=0.00001,
+                               tooltip="Adaptive: the term stops (0 for the rest of the run, never evaluated again) once "
+                                       "cos(eps_term, eps_reference) >= threshold (Castillo et al. 2023); before that "
+                                       "the multiplier is 'start'."),
             ],
             outputs=[T.Schedule.Output(display_name="schedule")],
         )
 
     @classmethod
-    def execute(cls, kind, axis, start, end, exponent, sigma_lo, sigma_hi, inside, outside, keyframes):
+    def execute(cls, kind, axis, start, end, exponent, sigma_lo, sigma_hi, inside, outside, keyframes,
+                threshold=SCHEDULE_DEFAULTS["threshold"]):
         sched = S.from_fields(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
-                              sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=keyframes)
+                              sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=keyframes, threshold=threshold)
         # evaluate on a dense grid now, so a NaN/inf shows before sampling starts
         S.step_values(sched, [math.exp(3.0 - 9.0 * i / 100) for i in range(101)] + [0.0])
         return io.NodeOutput(sched)
@@ -78,6 +86,7 @@ class GuidanceLabTerm(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
                 io.Float.Input("weight", default=1.0, min=C.TERM_WEIGHT_RANGE[0], max=C.TERM_WEIGHT_RANGE[1],
                                step=0.05, tooltip="Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
+                _reference_input("the baseline (empty if connected, else negative)"),
                 T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
                 T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
             ],
@@ -85,10 +94,94 @@ class GuidanceLabTerm(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, conditioning, weight, schedule=None, terms=None):
+    def execute(cls, conditioning, weight, reference="auto", schedule=None, terms=None):
         glue.conditioning_batch(conditioning, "term conditioning")
-        term = C.ExtraTerm(weight=weight, schedule=schedule or S.CONSTANT_ONE)
-        return io.NodeOutput(tuple(terms or ()) + ((conditioning, term),))
+        return io.NodeOutput(_append_term(terms, conditioning, "prompt", weight, reference, schedule))
+
+
+def _append_term(terms, conditioning, kind, weight, reference, schedule, **spec) -> tuple:
+    """The earlier GUIDANCE_TERMS plus one term (R.TermSpec); a term's own conditioning is checked here."""
+    if conditioning is not None:
+        glue.conditioning_batch(conditioning, "term conditioning")
+    term = C.ExtraTerm(weight=weight, schedule=schedule or S.CONSTANT_ONE, kind=kind, reference=reference)
+    return tuple(terms or ()) + (R.TermSpec(conditioning, term, **spec),)
+
+
+REFERENCE_OPTIONS = list(C.REFERENCES) + [f"term {i}" for i in range(1, 17)]
+
+
+def _reference_input(auto: str):
+    return io.Combo.Input("reference", options=REFERENCE_OPTIONS, default="auto",
+                          tooltip=f"The prediction this term is measured against; auto = {auto}. 'term N' = the N-th "
+                                  "term of the list (1-based).")
+
+
+def _term_tail(conditioning_tip: str):
+    return [T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
+            io.Conditioning.Input("conditioning", optional=True, tooltip=conditioning_tip),
+            T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
+
+
+class GuidanceLabPerturbedTerm(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLabPerturbedTerm",
+            display_name="Perturbed-Attention Term (PAG / SEG / SLG)",
+            category=CATEGORY,
+            description="A guidance term from the model itself with part of the network perturbed, moved away from: "
+                        "D += w * schedule * (D_reference - D_perturbed). PAG (Ahn et al. 2024): self-attention -> "
+                        "identity; SEG (Hong 2024): blurred queries; SLG: DiT blocks skipped. Its rows run in the same "
+                        "batched model call as the prompts (CFG + PAG = one call of 3 rows).",
+            inputs=[
+                io.Combo.Input("mode", options=list(PT.MODES), default="pag",
+                               tooltip="pag and seg: UNet self-attention blocks; slg: DiT transformer blocks."),
+                io.String.Input("blocks", default="", multiline=False,
+                                tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
+                                        "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
+                                        "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
+                io.Float.Input("weight", default=3.0, min=C.TERM_WEIGHT_RANGE[0], max=C.TERM_WEIGHT_RANGE[1], step=0.05,
+                               tooltip="Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
+                io.Float.Input("seg_sigma", default=PT.SEG_SIGMA_DEFAULT, min=0.01, max=PT.SEG_SIGMA_INF, step=0.1,
+                               tooltip=f"SEG only: std of the query blur in tokens; {PT.SEG_SIGMA_INF:g} = the mean query "
+                                       "(the paper's infinite blur)."),
+                _reference_input("positive"),
+                *_term_tail("The prompt the perturbed rows run with; none = the positive prompt."),
+            ],
+            outputs=[T.Terms.Output(display_name="terms")],
+        )
+
+    @classmethod
+    def execute(cls, mode, blocks, weight, seg_sigma, reference="auto", schedule=None, conditioning=None, terms=None):
+        pert = PT.Perturbation(mode=mode, blocks=PT.parse_blocks(blocks or PT.DEFAULT_BLOCKS[mode], mode),
+                               seg_sigma=seg_sigma)
+        return io.NodeOutput(_append_term(terms, conditioning, "perturbed", weight, reference, schedule, perturbation=pert))
+
+
+class GuidanceLabModelTerm(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLabModelTerm",
+            display_name="Model Term (Autoguidance)",
+            category=CATEGORY,
+            description="A guidance term from another MODEL of the same family, moved away from: D += w * schedule * "
+                        "(D_reference - D_model). With a weaker version of the sampled model (smaller or trained less) "
+                        "this is autoguidance (Karras et al. 2024): at cfg 1, w = Karras's w - 1. One extra model call "
+                        "per step where w * schedule is not 0; ComfyUI loads and offloads the model with the sampled one.",
+            inputs=[
+                io.Model.Input("model", tooltip="The guiding model: same model class, latent format and parameterization."),
+                io.Float.Input("weight", default=1.0, min=C.TERM_WEIGHT_RANGE[0], max=C.TERM_WEIGHT_RANGE[1], step=0.05,
+                               tooltip="w; Karras et al.'s guidance weight minus 1 (their best: w_K about 2-3); 0 = off."),
+                _reference_input("positive"),
+                *_term_tail("The prompt the guiding model runs with; none = the positive prompt."),
+            ],
+            outputs=[T.Terms.Output(display_name="terms")],
+        )
+
+    @classmethod
+    def execute(cls, model, weight, reference="auto", schedule=None, conditioning=None, terms=None):
+        return io.NodeOutput(_append_term(terms, conditioning, "model", weight, reference, schedule, model=model))
 
 
 class GuidanceLabPostProcess(io.ComfyNode):
@@ -143,6 +236,8 @@ def _common_inputs():
                          tooltip="Per-step multiplier f of the CFG strength: scale 1 + f*(cfg - 1). None = constant 1."),
         T.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
         T.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
+        T.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
+                                                      "attention (PAG/SEG/SLG) and model terms (autoguidance)."),
     ]
 
 
@@ -164,7 +259,6 @@ class GuidanceLabCFGGuider(io.ComfyNode):
                 io.Float.Input("cfg", default=C.CFG_DEFAULT, min=C.CFG_MIN, max=C.CFG_MAX, step=0.1, round=0.01,
                                tooltip="CFG scale s (Ho & Salimans w = s - 1); 1 = no guidance (one model row)."),
                 *_common_inputs(),
-                T.Terms.Input("terms", optional=True, tooltip="Extra weighted prompts from Guidance Term nodes."),
             ],
             outputs=[io.Guider.Output(display_name="guider")],
         )
@@ -174,13 +268,13 @@ class GuidanceLabCFGGuider(io.ComfyNode):
                 neg_schedule=None, post=None, terms=None):
         terms = tuple(terms or ())
         named = {"positive": positive, "negative": negative, "empty": empty}
-        named.update({f"term {i + 1}": c for i, (c, _) in enumerate(terms)})
+        named.update({f"term {i + 1}": t.conditioning for i, t in enumerate(terms)})
         glue.check_batches(named)
         require_finite("cfg", cfg)
         if negative is None and empty is None and cfg != 1.0:
             raise C.GuidanceConfigError(f"cfg={cfg} needs an unconditional: connect 'negative' or 'empty', or set cfg to 1")
         config = C.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or S.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or S.CONSTANT_ONE, terms=tuple(t for _, t in terms),
+                             neg_schedule=neg_schedule or S.CONSTANT_ONE, terms=tuple(t.term for t in terms),
                              post=post or C.PostProcess())
         return io.NodeOutput(Guider(model, config, cfg, positive, negative, empty, terms))
 
@@ -195,15 +289,15 @@ class Guider(comfy.samplers.CFGGuider):
             raise C.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; use the patch "
                                         "(with KSampler) or the CFG Guider, not both")
         param = glue.parameterization_of(glue.model_sampling_of(model_patcher))
-        self.runtime = R.CFGRuntime(C.CFGCombiner(config, negative is not None, empty is not None, param))
+        self.runtime = R.CFGRuntime(C.CFGCombiner(config, negative is not None, empty is not None, param),
+                                    terms=terms, model_patcher=model_patcher)
         super().__init__(self.runtime.install(model_patcher.clone()))
         conds = {R.POSITIVE_KEY: positive}
         if negative is not None:
             conds[R.NEGATIVE_KEY] = negative
         if empty is not None:
             conds[R.EMPTY_KEY] = R.tag_negative(empty)
-        for i, (c, term) in enumerate(terms):
-            conds[R.term_key(i)] = R.tag_negative(c) if term.weight < 0 else c
+        conds.update(R.term_conds(terms, positive))
         self.inner_set_conds(conds)
         self.set_cfg(cfg)
 
@@ -228,18 +322,24 @@ class GuidanceLabCFGPatch(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, neg_scale, empty=None, cfg_schedule=None, neg_schedule=None, post=None):
+    def execute(cls, model, neg_scale, empty=None, cfg_schedule=None, neg_schedule=None, post=None, terms=None):
+        terms = tuple(terms or ())
         if empty is not None:
             glue.conditioning_batch(empty, "empty")
             R.refuse_hooks(empty, "empty")
+        for i, t in enumerate(terms):
+            if t.conditioning is not None:
+                R.refuse_hooks(t.conditioning, f"term {i + 1}")
         if model.model_options.get(R.MARK):
             raise C.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; patch it once "
                                         "(one CFG Patch per model)")
         config = C.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or S.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or S.CONSTANT_ONE, post=post or C.PostProcess())
+                             neg_schedule=neg_schedule or S.CONSTANT_ONE, terms=tuple(t.term for t in terms),
+                             post=post or C.PostProcess())
         param = glue.parameterization_of(glue.model_sampling_of(model))
-        runtime = R.CFGRuntime(C.CFGCombiner(config, True, empty is not None, param), empty)
+        runtime = R.CFGRuntime(C.CFGCombiner(config, True, empty is not None, param), empty, terms, model)
         return io.NodeOutput(runtime.install(model.clone()))
 
 
-CFG_NODES = [GuidanceLabSchedule, GuidanceLabTerm, GuidanceLabPostProcess, GuidanceLabCFGGuider, GuidanceLabCFGPatch]
+CFG_NODES = [GuidanceLabSchedule, GuidanceLabTerm, GuidanceLabPerturbedTerm, GuidanceLabModelTerm, GuidanceLabPostProcess,
+             GuidanceLabCFGGuider, GuidanceLabCFGPatch]

@@ -21,15 +21,20 @@ cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 
+import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 
 from ..guidance_core import cfg as C
+from ..guidance_core import perturb as PT
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
+from . import perturbation as PB
 
 MARK = "guidance_lab_cfg_patch"
 EMPTY_KEY = "guidance_lab_empty"
@@ -39,6 +44,25 @@ NEGATIVE_PROMPT = "negative"  # ComfyUI's prompt_type of negatives (SDXL refiner
 
 def term_key(i: int) -> str:
     return f"guidance_lab_term{i}"
+
+
+class TermSpec(NamedTuple):
+    """One entry of a GUIDANCE_TERMS list: the term's conditioning (None = the positive prompt), its weights
+    and kind (cfg.ExtraTerm), and for a perturbed term its Perturbation, for a model term its MODEL."""
+    conditioning: Any
+    term: C.ExtraTerm
+    perturbation: PT.Perturbation | None = None
+    model: Any = None
+
+
+def term_conds(terms, positive) -> dict:
+    """The guider cond of each term, keyed by term_key: its own conditioning, else the positive; a negative
+    prompt weight tags it as ComfyUI's guiders tag negatives."""
+    out = {}
+    for i, t in enumerate(terms):
+        c = t.conditioning if t.conditioning is not None else positive
+        out[term_key(i)] = tag_negative(c) if t.term.kind == "prompt" and t.term.weight < 0 else c
+    return out
 
 
 def cond_key(role: str) -> str:
@@ -66,9 +90,26 @@ def refuse_hooks(conditioning, name: str):
 class CFGRuntime:
     """Per-step guided prediction, shared by the GUIDER and the MODEL patch."""
 
-    def __init__(self, combiner: C.CFGCombiner, empty=None):
+    def __init__(self, combiner: C.CFGCombiner, empty=None, terms=(), model_patcher=None):
         self.combiner = combiner
         self.empty = tag_negative(empty) if empty is not None else None
+        self.terms = tuple(terms)
+        self.perturbed = {f"term{i}": t.perturbation for i, t in enumerate(self.terms) if t.perturbation is not None}
+        self.models, self.aliases = {}, {}
+        for i, t in enumerate(self.terms):
+            if t.model is None:
+                continue
+            check_same_family(model_patcher, t.model, i + 1)
+            if t.conditioning is None and model_patcher is not None and t.model.clone_has_same_weights(model_patcher):
+                self.aliases[f"term{i}"] = C.POSITIVE  # same weights, same input: the positive's prediction
+                if combiner.term_refs[i] == C.POSITIVE:
+                    combiner.null_terms.add(i)  # D_pos - D_pos: the term is exactly 0
+            else:
+                self.models[f"term{i}"] = t.model
+        if model_patcher is not None:
+            PB.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
+        self.probe = PB.Probe()
+        self._pre_run = set()
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone() deep-copies model_options: every clone keeps talking to this one runtime.
@@ -80,6 +121,9 @@ class CFGRuntime:
         model_patcher.model_options[MARK] = True
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, MARK, self.outer_sample)
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, MARK, self.sampler_sample)
+        live = [m for k, m in self.models.items() if self.terms[int(k[4:])].term.weight != 0]
+        if live:  # ComfyUI's model management loads (and offloads) them with the sampled model
+            model_patcher.set_additional_models(MARK, live)
         return model_patcher
 
     def outer_sample(self, executor, *args, **kwargs):
@@ -91,10 +135,17 @@ class CFGRuntime:
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
                 "the CFG Guider (Guidance Lab)")
         self.combiner.reset()
+        self.probe = PB.Probe()
+        self._pre_run = set()
         if own:
             return executor(*args, **kwargs)
         if self.empty is not None:
             guider.conds[EMPTY_KEY] = [c.copy() for c in comfy.sampler_helpers.convert_cond(self.empty)]
+        for i, t in enumerate(self.terms):
+            own = t.conditioning is not None
+            cond = term_conds(self.terms, None)[term_key(i)] if own else None
+            guider.conds[term_key(i)] = [c.copy() for c in (comfy.sampler_helpers.convert_cond(cond) if own
+                                                            else guider.conds[POSITIVE_KEY])]
         guider.predict_noise = lambda x, timestep, model_options={}, seed=None: self.predict(  # noqa: B006
             guider.inner_model, guider.conds, guider.cfg, x, timestep, model_options)
         try:
@@ -137,8 +188,8 @@ class CFGRuntime:
         wants_uncond = scale != 1.0 or model_options.get("disable_cfg1_optimization", False)
         base = comb.baseline if wants_uncond else None
         keys = comb.evaluation_order(plan.needed + ([base] if base else []))
-        outs = evaluate(model, [conds[cond_key(k)] for k in keys], x, timestep, model_options)
-        preds = dict(zip(keys, outs))
+        preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options)
+        comb.observe(plan, preds, x, ctx)
         conds_pair = [conds[POSITIVE_KEY], conds[cond_key(base)] if base else None]
         out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[C.POSITIVE], preds[base] if base else torch.zeros_like(x)],
                                      scale, x, timestep, model_options)
@@ -151,6 +202,60 @@ class CFGRuntime:
         alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
         guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level())
         return cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options)
+
+
+    def evaluate_terms(self, model, conds, keys, x, timestep, model_options) -> dict:
+        """Predictions of `keys`: prompt and perturbed rows in one batched call of the sampled model (the
+        perturbation on its own rows), each model term in one call of its model, aliases copied."""
+        batch = [k for k in keys if k not in self.models and k not in self.aliases]
+        by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
+        opts = PB.patched_options(model_options, by_chunk, self.probe) if by_chunk else model_options
+        preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts)))
+        for k in set(self.perturbed) & set(batch):
+            missed = [b for b in self.perturbed[k].blocks if self.probe.hits.get(b, 0) == 0]
+            if missed:
+                raise GuidanceConfigError(
+                    f"term {int(k[4:]) + 1} ({self.perturbed[k].mode}): block(s) {', '.join(f'{p}.{i}' for p, i in missed)} "
+                    f"never ran on its rows in {type(model.diffusion_model).__name__}: the model does not read that hook")
+        for k in keys:
+            if k in self.models:
+                preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
+            elif k in self.aliases:
+                preds[k] = preds[self.aliases[k]] if self.aliases[k] in preds else evaluate(
+                    model, [conds[POSITIVE_KEY]], x, timestep, model_options)[0]
+        return preds
+
+    def evaluate_other(self, other, cond_list, x, timestep, model_options):
+        """A model term: ComfyUI's batched evaluation on the other MODEL, with its own patches and options, at
+        the same x and sigma (this run's sigmas passed on for its hooks)."""
+        if id(other) not in self._pre_run:
+            other.pre_run()
+            self._pre_run.add(id(other))
+        opts = comfy.model_patcher.create_model_options_clone(other.model_options)
+        t_opts = opts.setdefault("transformer_options", {})
+        for k in ("sample_sigmas",):
+            if k in model_options.get("transformer_options", {}):
+                t_opts[k] = model_options["transformer_options"][k]
+        return comfy.samplers.calc_cond_batch(other.model, [cond_list], x, timestep, opts)[0]
+
+
+def check_same_family(model_patcher, other, term_no: int) -> None:
+    """A model term's MODEL must read the same latents and conditioning as the sampled model: the same
+    model class (conditioning), latent format and parameterization."""
+    if model_patcher is None:
+        return
+    if not hasattr(other, "model") or not hasattr(other, "clone_has_same_weights"):
+        raise GuidanceConfigError(f"term {term_no}: the model term needs a MODEL, got {type(other).__name__}")
+    a, b = model_patcher.model, other.model
+    facts = [("model class", type(a).__name__, type(b).__name__),
+             ("latent format", type(a.latent_format).__name__, type(b.latent_format).__name__),
+             ("parameterization", glue.parameterization_of(glue.model_sampling_of(model_patcher)),
+              glue.parameterization_of(glue.model_sampling_of(other)))]
+    for what, mine, theirs in facts:
+        if mine != theirs:
+            raise GuidanceConfigError(f"term {term_no}: the model term's MODEL has {what} {theirs}, the sampled model "
+                                      f"{mine}; a model term needs a model of the same family (e.g. a smaller or "
+                                      "less trained version of the same architecture)")
 
 
 def evaluate(model, cond_lists, x, timestep, model_options):

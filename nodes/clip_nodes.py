@@ -84,18 +84,26 @@ class LoadedCLIPClassifier:
         return [self.patcher] + ([self.vae.patcher] if self.decode == "vae" else [])
 
     def to_rgb(self, latent_format):
-        """image(x0_hat) for this model's latent format: the linear preview map or the VAE."""
+        """image(x0_hat) for this model's latent format: the linear preview map or the VAE. Video latent formats
+        (latent_dimensions 3: [B, C, T, H, W]) with decode='linear': the map per frame, CLIP on every frame
+        (guidance_core.classifiers.clip.LatentCLIPClassifier averages the frames' logits)."""
         fmt_name = type(latent_format).__name__
-        if int(getattr(latent_format, "latent_dimensions", 2)) != 2:
+        dims = int(getattr(latent_format, "latent_dimensions", 2))
+        if dims not in (2, 3):
             raise GuidanceConfigError(f"CLIP guidance reads images; the model's latent format {fmt_name} has "
-                                      f"{latent_format.latent_dimensions}-D latents (video/audio)")
+                                      f"{dims}-D latents (audio), accepted: image (2-D) and video (3-D) latents")
+        if dims == 3 and self.decode != "linear":
+            raise GuidanceConfigError(f"decode={self.decode!r} on the model's video latent format {fmt_name} "
+                                      "([B, C, T, H, W]) is not supported; use decode='linear' (the latent format's "
+                                      "latent->RGB map, frame by frame)")
         if self.decode == "linear":
             if latent_format.latent_rgb_factors is None:
                 raise GuidanceConfigError(f"decode='linear': the model's latent format {fmt_name} has no "
                                           "latent_rgb_factors; use decode='vae' with the model's VAE")
-            rgb = CL.LinearRGB(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias,
-                               latent_format.latent_rgb_factors_reshape)
-            if latent_format.latent_rgb_factors_reshape is None and rgb.channels != int(latent_format.latent_channels):
+            # packed latents (latent_rgb_factors_reshape): ComfyUI 0.3.52's LatentFormat has no such attribute
+            reshape = getattr(latent_format, "latent_rgb_factors_reshape", None)
+            rgb = CL.LinearRGB(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias, reshape)
+            if reshape is None and rgb.channels != int(latent_format.latent_channels):
                 raise GuidanceConfigError(f"latent format {fmt_name}: {rgb.channels} rows of latent_rgb_factors for "
                                           f"{latent_format.latent_channels} latent channels")
             return rgb

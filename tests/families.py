@@ -8,7 +8,9 @@ family's text encoder node gives it (shapes shrunk to the tiny widths); latent(b
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from typing import Callable, NamedTuple
 
 import torch
@@ -44,6 +46,23 @@ def _config(name: str, unet_config: dict, **attrs):
     for k, v in attrs.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def _accepted(config: dict, names) -> dict:
+    """The entries of a unet config that this ComfyUI's network class takes (`names`): a checkpoint of the
+    family gives only those on older versions (e.g. ComfyUI 0.3.52's NextDiT has no rope_theta, its
+    HunyuanVideo no byt5 / meanflow; their defaults are the values set here)."""
+    names = set(names)
+    return {k: v for k, v in config.items() if k in names or k in ("image_model", "dtype")}
+
+
+def _signature(cls) -> list:
+    return list(inspect.signature(cls.__init__).parameters)
+
+
+def _mask(tokens: int):
+    """The text encoder's attention mask (integer ones, as ComfyUI's T5 / Gemma encoders return it)."""
+    return torch.ones(1, tokens, dtype=torch.long)
 
 
 def _cond(seed, tokens, dim, pooled=0, **extra):
@@ -141,6 +160,68 @@ def cosmos_predict2():
     return _patcher(cfg.get_model({}, device="cpu"), 17)
 
 
+def chroma():
+    """Chroma: Flux's double/single stream blocks without the pooled vector, modulations from the distilled
+    guidance approximator (in_dim 64 = timestep 16 + guidance 16 + index 32), flow with Flux's time shift
+    (multiplier 1); 16-channel Flux latents packed 2x2 (in_channels 64); T5-only conditioning (no pooled output)."""
+    cfg = _config("Chroma", dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=16,
+                                 hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+                                 axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=32,
+                                 hidden_dim=32, n_layers=1, dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 18)
+
+
+def lumina2():
+    """Lumina Image 2.0 (NextDiT): flow with shift 6, Flux latents, Gemma conditioning with its attention mask."""
+    import comfy.ldm.lumina.model
+
+    cfg = _config("Lumina2", _accepted(dict(image_model="lumina2", patch_size=2, in_channels=16, dim=32,
+                                            cap_feat_dim=16, n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=1,
+                                            multiple_of=16, ffn_dim_multiplier=2.0, qk_norm=True, axes_dims=[4, 6, 6],
+                                            axes_lens=[300, 64, 64], rope_theta=10000.0, dtype=torch.float32),
+                                       _signature(comfy.ldm.lumina.model.NextDiT)))
+    return _patcher(cfg.get_model({}, device="cpu"), 19)
+
+
+def qwen_image():
+    """Qwen-Image (MMDiT): Flux-type time shift (1.15, multiplier 1), Wan 2.1 latents (sampled as [B, 16, 1, H, W]),
+    Qwen2.5-VL conditioning (no pooled output; the all-ones attention mask is dropped by its encoder)."""
+    cfg = _config("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                                    num_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                    joint_attention_dim=16, axes_dims_rope=[4, 6, 6], dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 20)
+
+
+def ltxv():
+    """LTX-Video: 5-D latents [B, 128, T, H, W], Flux-type time shift 2.37, T5 conditioning with its attention mask
+    (integer) and the frame rate (default 25)."""
+    cfg = _config("LTXV", dict(image_model="ltxv", in_channels=128, cross_attention_dim=32, attention_head_dim=16,
+                               num_attention_heads=2, caption_channels=16, num_layers=1, dtype=torch.float32))
+    return _patcher(cfg.get_model({}, device="cpu"), 21)
+
+
+def hunyuan_video():
+    """HunyuanVideo: 5-D latents [B, 16, T, H, W], flow with shift 7, LLaMA tokens + CLIP pooled vector and the
+    guidance embedding (guidance 6 by default)."""
+    import comfy.ldm.hunyuan_video.model
+
+    fields = [f.name for f in dataclasses.fields(comfy.ldm.hunyuan_video.model.HunyuanVideoParams)]
+    cfg = _config("HunyuanVideo", _accepted(dict(image_model="hunyuan_video", in_channels=16, out_channels=16,
+                                                 vec_in_dim=8, context_in_dim=16, hidden_size=32, mlp_ratio=2.0,
+                                                 num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
+                                                 theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True,
+                                                 byt5=False, meanflow=False, use_cond_type_embedding=False,
+                                                 vision_in_dim=None, dtype=torch.float32), fields))
+    return _patcher(cfg.get_model({}, device="cpu"), 22)
+
+
+def _with_reference(cond, shape, seed=9):
+    """The conditioning with a reference latent, as ComfyUI's ReferenceLatent node attaches it (Flux Kontext,
+    Qwen-Image Edit: the VAE latent of the input image, here random)."""
+    latent = {"samples": torch.randn(*shape, generator=torch.Generator().manual_seed(seed))}
+    return H.run_node("ReferenceLatent", conditioning=cond, latent=latent)[0]
+
+
 FAMILIES = {
     "SD1.5": Family(sd15, lambda s: _cond(s, 4, 32), _latent(4)),
     "SD2.x v-prediction": Family(sd21_v, lambda s: _cond(s, 4, 32), _latent(4)),
@@ -150,6 +231,17 @@ FAMILIES = {
     "Flux.1 dev (guidance-distilled)": Family(flux_dev, lambda s: _cond(s, 4, 16, pooled=8, guidance=3.5), _latent(16)),
     "Wan 2.1 (video, 5-D)": Family(wan21, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=3)),
     "Cosmos-Predict2 (text to image)": Family(cosmos_predict2, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=1)),
+    "Chroma (flow, no pooled vector)": Family(chroma, lambda s: _cond(s, 4, 16, pooled_output=None), _latent(16)),
+    "Lumina 2 (NextDiT, flow)": Family(lumina2, lambda s: _cond(s, 4, 16, attention_mask=_mask(4)), _latent(16)),
+    "Qwen-Image (MMDiT, Wan latents)": Family(qwen_image, lambda s: _cond(s, 4, 16), _latent(16)),
+    "Qwen-Image Edit (reference latent)": Family(
+        qwen_image, lambda s: _with_reference(_cond(s, 4, 16), (1, 16, 1, 16, 16)), _latent(16)),
+    "Flux.1 Kontext (reference latent)": Family(
+        flux_dev, lambda s: _with_reference(_cond(s, 4, 16, pooled=8, guidance=2.5), (1, 16, 16, 16)), _latent(16)),
+    "LTXV (video, 5-D, 128 channels)": Family(ltxv, lambda s: _cond(s, 4, 16, attention_mask=_mask(4)),
+                                              _latent(128, size=4, frames=2)),
+    "HunyuanVideo (video, 5-D)": Family(hunyuan_video, lambda s: _cond(s, 4, 16, pooled=8, guidance=6.0),
+                                        _latent(16, size=8, frames=3)),
 }
 
 
@@ -157,3 +249,10 @@ FAMILIES = {
 def model(name: str):
     H.boot()
     return FAMILIES[name].build()
+
+
+def latent_dims(name: str) -> int:
+    """Spatial(-temporal) dimensions of the family's latents as ComfyUI samples them (its latent format's
+    latent_dimensions): 2 for [B, C, H, W], 3 for [B, C, T, H, W] (also Qwen-Image's and Cosmos-Predict2's
+    image latents, sampled as T = 1)."""
+    return int(getattr(model(name).get_model_object("latent_format"), "latent_dimensions", 2))

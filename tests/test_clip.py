@@ -342,3 +342,73 @@ def test_scale0_is_unguided_and_the_model_is_untouched(env):
                   batch=1, steps=4)
     assert torch.equal(out, ref)
     assert unet.model_options == before and unet.get_additional_models() == []
+
+
+# ---------------------------------------------------------------- issue 13: every model family's latent format
+def family_latent(name, seed=0):
+    """A random latent of the family's shape as ComfyUI samples it (image latents of a 3-D latent format, e.g.
+    Qwen-Image's, get their frame axis as comfy.sample.fix_empty_latent_channels gives it)."""
+    import families as F
+
+    z = torch.randn(F.FAMILIES[name].latent(2)["samples"].shape, generator=torch.Generator().manual_seed(seed))
+    return z.unsqueeze(2) if F.latent_dims(name) == 3 and z.ndim == 4 else z
+
+
+def test_linear_decode_is_each_familys_own_preview_map(env):
+    """decode='linear' uses the family's own latent_rgb_factors (and bias): every frame of every item equals
+    ComfyUI's linear preview formula, and item 0 / frame 0 ComfyUI's own Latent2RGBPreviewer image (uint8)."""
+    import numpy as np
+
+    import families as F
+    import latent_preview
+
+    clf = load(env)
+    for name in F.FAMILIES:
+        fmt = F.model(name).get_model_object("latent_format")
+        rgb_map = clf.to_rgb(fmt)
+        w = torch.tensor(fmt.latent_rgb_factors, dtype=torch.float32)
+        assert torch.equal(rgb_map.factors, w), name
+        z = family_latent(name)
+        with torch.no_grad():
+            rgb = rgb_map(z)
+        assert rgb.shape == (z.shape[0], 3, *z.shape[2:]), name
+        b = fmt.latent_rgb_factors_bias
+        want = torch.nn.functional.linear(z.movedim(1, -1), w.t(), None if b is None else torch.tensor(b))
+        torch.testing.assert_close(rgb, (want.movedim(-1, 1) + 1) / 2, rtol=1e-5, atol=1e-5, msg=name)
+        preview = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, b)
+        theirs = np.asarray(preview.decode_latent_to_preview(z.clone()), dtype=np.int16)
+        first = rgb[0, :, 0] if z.ndim == 5 else rgb[0]
+        ours = (first.clamp(0, 1) * 255).to(torch.uint8).movedim(0, -1).numpy().astype(np.int16)
+        assert np.abs(ours - theirs).max() <= 1, name
+
+
+def test_video_latents_are_classified_frame_by_frame(env):
+    """A 5-D latent: the logits are the mean of the frames' logits (each frame through the linear map and CLIP);
+    Classifier Guidance with a CLIP classifier runs on a video family (Wan 2.1) and changes its result, and
+    decode='vae' on video latents is refused before sampling."""
+    import families as F
+
+    name = "Wan 2.1 (video, 5-D)"
+    model, fam = F.model(name), F.FAMILIES[name]
+    fmt = model.get_model_object("latent_format")
+    clf = load(env, cutouts=1)
+    classify = clf.bind(model)
+    z = family_latent(name)
+    sigma = torch.tensor([0.7, 0.7])
+    with torch.inference_mode(False), torch.no_grad():
+        got = classify(z, sigma)
+        rgb = clf.to_rgb(fmt)(z)
+        per_frame = torch.stack([clf.clip(rgb[:, :, t], sigma) for t in range(z.shape[2])], 1)
+    assert got.shape == (2, len(LABELS))
+    torch.testing.assert_close(got, per_frame.mean(1), rtol=1e-5, atol=1e-5)
+    run = dict(seed=3, steps=3, cfg=3.0, sampler_name="euler", scheduler="normal", positive=fam.cond(1),
+               negative=fam.cond(2), latent_image=fam.latent(1), denoise=1.0)
+    with torch.inference_mode():
+        ref = H.run_node("KSampler", model=model, **run)[0]["samples"]
+        out = H.run_node("KSampler", model=H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf,
+                                                      **guide_args())[0], **run)[0]["samples"]
+    assert out.shape == ref.shape and torch.isfinite(out).all() and (out - ref).abs().max() > 1e-4
+    with pytest.raises(env["errors"].GuidanceConfigError, match=r"decode='vae' on the model's video latent format "
+                                                                r"Wan21 \(\[B, C, T, H, W\]\) is not supported; use "
+                                                                r"decode='linear'"):
+        H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=load(env, decode="vae"), **guide_args())

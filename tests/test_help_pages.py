@@ -1,17 +1,21 @@
 """Per-node help pages (web/docs/<node_id>.md): one for every node the pack registers, listing exactly
 the node's inputs and outputs with the defaults and ranges of its schema, linked from the README, and
-served by a real ComfyUI server at the URL the frontend's help panel fetches."""
+served by a real ComfyUI server at the URL the frontend's help panel fetches, and shown by the help panel of the
+pinned and of the newest frontend (tests/frontends.py) in a real headless Chromium."""
 import functools
 import glob
+import json
 import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
 import comfy_host as H
+import frontends as FE
 
 sys.path.insert(0, os.path.join(H.ROOT, "scripts"))
 from comfy_server import ComfyServer  # noqa: E402
@@ -106,28 +110,34 @@ def test_readme_links_every_page():
 
 
 # ---------------------------------------------------------------- where the frontend fetches them
-def frontend_bundle():
-    import comfyui_frontend_package
-
-    static = os.path.join(os.path.dirname(comfyui_frontend_package.__file__), "static", "assets")
-    text = ""
-    for path in glob.glob(os.path.join(static, "*.js")):
+def frontend_sources(frontend, *markers):
+    """The frontend's JavaScript files that contain any of `markers`, joined (NodeHelpService: 1.32.9 index-*.js,
+    1.58 GraphView-*.js; helpers such as normalizePackId may live in a shared chunk)."""
+    text = []
+    for path in sorted(glob.glob(os.path.join(frontend.static, "assets", "*.js"))):
         with open(path, encoding="utf-8", errors="replace") as f:
             src = f.read()
-        if "NodeHelpService" in src:
-            text += src
-    return text
+        if any(m in src for m in markers):
+            text.append(src)
+    return "\n".join(text)
 
 
-def test_frontend_fetches_custom_node_help_from_the_web_directory():
-    """The installed frontend's NodeHelpService asks /extensions/<pack>/docs/<name>/<locale>.md and then
-    /extensions/<pack>/docs/<name>.md (pack = 2nd part of python_module). If a frontend update changes
-    this, the pages must move: this test says so."""
-    src = frontend_bundle()
-    assert src, "no NodeHelpService in the frontend bundle"
+@pytest.mark.parametrize("frontend", FE.NAMES)
+def test_frontend_fetches_custom_node_help_from_the_web_directory(frontend):
+    """The frontend's NodeHelpService asks /extensions/<pack>/docs/<name>/<locale>.md and then
+    /extensions/<pack>/docs/<name>.md (pack = 2nd part of python_module, anything after '@' dropped), in the
+    pinned frontend and in the newest one. If a frontend update changes this, the pages must move: this test
+    says so (and test_help_panel_shows_every_page below sees it in the browser)."""
+    fe = FE.get(frontend)
+    src = frontend_sources(fe, "NodeHelpService", "function normalizePackId")
+    assert "NodeHelpService" in src, f"no NodeHelpService in the {fe} bundle"
     v = r"\$\{\w+\}"
-    assert re.search(rf"`/extensions/{v}/docs/\$\{{\w+\.name\}}/{v}\.md`", src), "locale URL pattern changed"
-    assert re.search(rf"`/extensions/{v}/docs/\$\{{\w+\.name\}}\.md`", src), "fallback URL pattern changed"
+    assert re.search(rf"`/extensions/{v}/docs/\$\{{\w+\.name\}}/{v}\.md`", src), f"{fe}: locale URL pattern changed"
+    assert re.search(rf"`/extensions/{v}/docs/\$\{{\w+\.name\}}\.md`", src), f"{fe}: fallback URL pattern changed"
+    # pack = normalizePackId(2nd part of python_module), the part before '@'
+    assert re.search(r"""\[0\]===["`]custom_nodes["`]\?\w+\(\w+\[1\]\)""", src), f"{fe}: pack name rule changed"
+    assert re.search(r"""function normalizePackId\(\w+\)\{return \w+\.split\(["`]@["`]\)\[0\]\}""", src), \
+        f"{fe}: normalizePackId changed"
 
 
 def help_urls(info):
@@ -166,7 +176,84 @@ def test_server_serves_every_page_where_the_frontend_looks(server):
         assert status == 200, f"{node_id}: {help_urls(node)} -> {status}"
         # aiohttp's own MIME table has no .md (Python 3.11): served as application/octet-stream, which the
         # frontend does not look at (it reads the body with fetch().text() and renders it as markdown)
-        assert ctype.startswith(("text/", "application/octet-stream")), (node_id, ctype)
+        # 1.58's NodeHelpService also drops an answer whose content-type is text/html (a server's index page)
+        assert ctype.startswith(("text/", "application/octet-stream")) and "text/html" not in ctype, (node_id, ctype)
         assert body == page(node_id) and body.startswith("# "), node_id
     status, _, _ = fetch(server.url + "/extensions/guidance-lab/docs/NoSuchNode.md")
     assert status == 404
+
+
+# ---------------------------------------------------------------- the help panel of each frontend (headless Chromium)
+
+ARTIFACTS = os.path.join(H.ROOT, "test-artifacts", "help")
+
+
+@pytest.fixture(scope="module", params=FE.NAMES)
+def help_page(request, server, tmp_path_factory):
+    """A ComfyUI page (tests/test_web.py's Page) on the pinned and on the newest frontend."""
+    import test_web as W
+
+    frontend = FE.get(request.param)
+    if not os.path.exists(W.CHROMIUM):
+        pytest.skip(f"Debian chromium is not installed ({W.CHROMIUM}); scripts/test.sh installs it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed (requirements-dev.txt)")
+    if frontend.name == "pinned":
+        srv, own = server, False
+    else:
+        srv = ComfyServer(str(tmp_path_factory.mktemp(f"help-{frontend.name}")),
+                          extra_args=list(frontend.server_args)).start()
+        own = True
+    srv.frontend = frontend
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=W.CHROMIUM, args=W.BROWSER_ARGS)
+            pg = W.Page(browser, srv)
+            yield pg
+            with open(os.path.join(ARTIFACTS, f"console-{frontend.name}.json"), "w") as f:
+                json.dump(pg.log(), f, indent=1)
+            browser.close()
+    finally:
+        if own:
+            srv.stop()
+
+
+def rendered_title(node_id):
+    """The page's first line as the help panel shows it: '# Guidance Schedule (`X`)' -> 'Guidance Schedule (X)'."""
+    return page(node_id).splitlines()[0][2:].replace("`", "").strip()
+
+
+def test_help_panel_shows_every_page(help_page):
+    """What a user does: select a node of the pack on the canvas, press the selection toolbox's info button. The
+    frontend's help panel (1.32.9: in the node library sidebar; 1.58: the Info tab of the right-hand panel) fetches
+    the node's page where it looks (first the locale URL, a 404, then the fallback) and renders our page, not the
+    node's description."""
+    pg = help_page
+    seen = []
+    pg.page.on("response", lambda r: "/docs/" in r.url and seen.append((r.status, urllib.parse.urlsplit(r.url).path)))
+    pg.setup_graph(vue=False)
+    since = pg.mark()
+    info = {k: v for k, v in pg.js("async () => await (await fetch('/object_info')).json()").items()
+            if v.get("python_module") == PACK_MODULE}
+    for node_id in NODE_IDS:
+        nid = pg.add_node(node_id, 300, 200)
+        pg.js("(id) => { app.canvas.deselectAll?.(); app.canvas.selectNode(app.graph.getNodeById(id)); }", nid)
+        pg.page.locator("[data-testid='info-button']").first.click()
+        title = rendered_title(node_id)
+        pg.wait("(t) => [...document.querySelectorAll('.node-help-content')].some((e) => e.innerText.trim().startsWith(t))",
+                title)
+        urls = help_urls(info[node_id])
+        got = [(st, u) for st, u in seen if u in urls]
+        assert got[-2:] == [(404, urls[0]), (200, urls[1])], (node_id, got)
+        if node_id == "GuidanceLabSchedule":
+            pg.page.screenshot(path=os.path.join(ARTIFACTS, f"help-panel-{pg.frontend.name}.png"))
+        pg.js("(id) => { app.graph.remove(app.graph.getNodeById(id)); }", nid)
+    # the locale URL's 404s are the lookup working as designed (every locale falls back to the one page); the
+    # browser also reports each of them as an aborted request (the frontend does not read a 404's body)
+    locale = {pg.page.url.rstrip("/") + help_urls(info[n])[0] for n in NODE_IDS}
+    pg.failed[since[1]:] = [(st, u) for st, u in pg.failed[since[1]:]
+                            if not (u in locale and st in (404, "net::ERR_ABORTED"))]
+    pg.check_console(since)

@@ -46,17 +46,19 @@ def test_quick_mode_shows_the_papers_directions(tmp_path):
 
     calls = {"n": 0}
     sampler_cls = H.node("SamplerCustomAdvanced")
-    orig = sampler_cls.execute
+    # the node's entry point: V3 `execute` (ComfyUI 0.3.75), V1 FUNCTION "sample" (ComfyUI 0.3.52)
+    entry = "execute" if hasattr(sampler_cls, "define_schema") else sampler_cls.FUNCTION
+    orig = getattr(sampler_cls, entry)
 
     def counting(*a, **k):
         calls["n"] += 1
         return orig(*a, **k)
 
-    sampler_cls.execute = counting
+    setattr(sampler_cls, entry, counting)
     try:
         results, directions = tradeoff.main(["--quick", "--out", str(tmp_path)])
     finally:
-        sampler_cls.execute = orig
+        setattr(sampler_cls, entry, orig)
     points = tradeoff.quick_points()
     # sampled through ComfyUI's SamplerCustomAdvanced node: one call per class per point
     assert calls["n"] == 10 * len(points)

@@ -23,10 +23,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("gl-train")
     with H.user_folders(root):
         make_shapes(root / "input" / "shapes", demo, per_class=60)
-        import comfy.sd
-
-        with torch.inference_mode():
-            vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})  # ComfyUI's pixel-space VAE: 3 channels
+        vae = H.pixel_space_vae()  # ComfyUI's pixel-space VAE: 3 channels
         yield {"demo": demo, "root": root, "vae": vae, "model": demo.gmm_model(),
                "errors": H.pack_module("guidance_core.errors")}
 

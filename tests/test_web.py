@@ -6,7 +6,8 @@
 - a real headless Chromium (Debian's chromium) loads the ComfyUI page with the pack: the extension
   loads without console errors, the plot draws, changing a widget (by mouse, in both the classic
   canvas and the Vue node renderer) redraws it, the label picker fills `target`. Screenshots are kept
-  in test-artifacts/web/.
+  in test-artifacts/web/. The browser tests run on the pinned frontend and on the newest one (tests/frontends.py),
+  and fail when the extension calls a litegraph API the frontend reports as deprecated.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import urllib.request
 import pytest
 
 import comfy_host as H
+import frontends as FE
 from guidance_core import io as gio
 from guidance_core import schedules as S
 from guidance_core.classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
@@ -88,7 +90,8 @@ def test_routes_register_once_and_not_without_a_server():
 # ---------------------------------------------------------------- a real server with a classifier folder
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def models_yaml(tmp_path_factory):
+    """An extra_model_paths.yaml whose classifiers folder holds two real classifiers and three bad files."""
     base = tmp_path_factory.mktemp("web")
     cls_dir = base / "classifiers"
     (cls_dir / "sub").mkdir(parents=True)
@@ -102,14 +105,44 @@ def server(tmp_path_factory):
     (cls_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     yaml = base / "extra_model_paths.yaml"
     yaml.write_text(f"guidance_lab_web_test:\n  base_path: {base}\n  classifiers: classifiers\n")
-    srv = ComfyServer(str(base / "out"), extra_args=["--extra-model-paths-config", str(yaml)]).start()
-    yield srv
+    return yaml
+
+
+def start_server(outdir, frontend, extra_args=()):
+    """A ComfyUI server that serves `frontend` (tests/frontends.py); srv.frontend names it."""
+    srv = ComfyServer(str(outdir), extra_args=[*extra_args, *frontend.server_args]).start()
+    srv.frontend = frontend
+    return srv
+
+
+def stop_and_check_log(srv):
     srv.stop()
     with open(srv.log_path) as f:
         log = f.read()
     assert not [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
     # the extension imports no deprecated frontend module (ComfyUI logs a warning when one is fetched)
     assert "DEPRECATION WARNING" not in log, [ln for ln in log.splitlines() if "DEPRECATION" in ln]
+
+
+@pytest.fixture(scope="module")
+def server(models_yaml):
+    """The server of the route tests (and of the browser tests on the pinned frontend)."""
+    srv = start_server(models_yaml.parent / "out", FE.pinned(), ["--extra-model-paths-config", str(models_yaml)])
+    yield srv
+    stop_and_check_log(srv)
+
+
+@pytest.fixture(scope="module", params=FE.NAMES)
+def ui_server(request, server, models_yaml):
+    """The server of the browser tests, once per frontend (pinned: the route tests' server)."""
+    frontend = FE.get(request.param)
+    if frontend.name == "pinned":
+        yield server
+        return
+    srv = start_server(models_yaml.parent / f"out-{frontend.name}", frontend,
+                       ["--extra-model-paths-config", str(models_yaml)])
+    yield srv
+    stop_and_check_log(srv)
 
 
 def request(srv, method, path, body=None, raw: bytes | None = None):
@@ -282,6 +315,12 @@ def test_extension_is_served(server):
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 
+OURS = re.compile(r"guidance[_-]?lab", re.I)  # console text: the pack's files, routes, node types, extension name
+# failed requests: the pack's files and routes only (/extensions/guidance-lab/, /guidance_lab/); both frontends
+# also ask the registry which pack provides each node type of a loaded workflow
+# (https://api.comfy.org/comfy-nodes/GuidanceLabTerm/node), which fails offline and is not the pack's doing
+OUR_URLS = re.compile(r"guidance[_-]lab", re.I)
+
 # Console errors that ComfyUI 0.3.75's frontend (1.32.9) logs on a fresh, offline install with no custom
 # nodes at all (checked with --disable-all-custom-nodes): 404s of user files that do not exist yet
 # (user.css, userdata/workflows, comfy.templates.json), api.comfy.org being unreachable, and a
@@ -294,6 +333,16 @@ COMFY_NOISE = [
     # --disable-all-custom-nodes too, so it is the frontend's own, not this pack's.
     re.compile(r"^Attempted to cleanup event listeners for graph that was never set up$"),
 ]
+# The newest frontend (1.58) on ComfyUI 0.3.75 (also with --disable-all-custom-nodes): it asks the job list
+# of newer servers (GET /api/jobs, not in 0.3.75: 404) for its queue and history panels.
+NEWER_FRONTEND_NOISE = [
+    re.compile(r"^\[Jobs API\] Error fetching jobs: JobsApiError: Failed to fetch jobs: 404\n"),
+    re.compile(r"^Failed to fetch queue: JobsApiError: Failed to fetch jobs: 404\n"),
+]
+
+
+def frontend_noise(frontend):
+    return COMFY_NOISE + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +364,7 @@ class Page:
     """A ComfyUI page with console and network error capture."""
 
     def __init__(self, browser, server):
+        self.frontend = getattr(server, "frontend", None) or FE.pinned()
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
         # the frontend's "try Nodes 2.0" / "prefer the legacy design?" banners, dismissed as a user would
         self.page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');"
@@ -334,6 +384,20 @@ class Page:
         self.page.wait_for_function(
             "() => !!(app.extensionManager?.setting && LiteGraph.registered_node_types['GuidanceLabSchedule'])",
             timeout=60_000)
+        # the frontend we meant to test is the one the page runs
+        assert self.js("() => window.__COMFYUI_FRONTEND_VERSION__") == self.frontend.version, self.frontend
+        # litegraph's deprecation warnings (input.link in 1.58, ...) are logged once per page, whoever caused
+        # them first; record every one whose stack passes through the pack's code
+        self.js("""() => {
+            window.__guidanceLabDeprecated = [];
+            const logged = new Set();
+            LiteGraph.alwaysRepeatWarnings = true;
+            LiteGraph.onDeprecationWarning = [(msg) => {
+                const stack = new Error().stack ?? "";
+                if (/guidance[_-]?lab/i.test(stack)) window.__guidanceLabDeprecated.push(`${msg}\\n${stack}`);
+                if (!logged.has(msg)) { logged.add(msg); console.warn(msg); }
+            }];
+        }""")
 
     def js(self, expr, arg=None):
         return self.page.evaluate(expr, arg)
@@ -341,20 +405,27 @@ class Page:
     def wait(self, expr, arg=None, timeout=20_000):
         self.page.wait_for_function(expr, arg=arg, timeout=timeout)
 
-    def errors(self):
+    def errors(self, since=(0, 0)):
         """(ours, others): console errors/page errors mentioning the pack, and every other one."""
-        errs = [(t, m) for t, m in self.console if t in ("error", "pageerror")]
-        ours = [m for _, m in errs if re.search(r"guidance[_-]lab", m, re.I)]
-        ours += [f"{s} {u}" for s, u in self.failed if re.search(r"guidance[_-]lab", u, re.I)]
+        errs = [(t, m) for t, m in self.console[since[0]:] if t in ("error", "pageerror")]
+        ours = [m for _, m in errs if OURS.search(m)]
+        ours += [f"{s} {u}" for s, u in self.failed[since[1]:] if OUR_URLS.search(u)]
         others = [m for _, m in errs if m not in ours]
         return ours, others
 
-    def check_console(self):
-        ours, others = self.errors()
+    def mark(self):
+        """Where the console and failed-request logs stand now (for check_console(since=...))."""
+        return len(self.console), len(self.failed)
+
+    def check_console(self, since=(0, 0)):
+        """No console error of ours, no unexplained one, no warning of ours (since a mark(), or at all)."""
+        ours, others = self.errors(since)
         assert ours == [], ours
-        unexplained = [m for m in others if not any(p.search(m) for p in COMFY_NOISE)]
+        noise = frontend_noise(self.frontend)
+        unexplained = [m for m in others if not any(p.search(m) for p in noise)]
         assert unexplained == [], unexplained
-        assert not [m for t, m in self.console if t == "warning" and re.search(r"guidance[_-]lab", m, re.I)]
+        assert not [m for t, m in self.console[since[0]:] if t == "warning" and OURS.search(m)]
+        assert self.js("() => window.__guidanceLabDeprecated") == [], "the pack uses a deprecated litegraph API"
 
     def setup_graph(self, vue: bool):
         assert not self.js("() => !!document.querySelector('.p-dialog-mask')"), "a dialog covers the canvas"
@@ -408,15 +479,26 @@ class Page:
 
     def screenshot(self, name):
         os.makedirs(ARTIFACTS, exist_ok=True)
-        path = os.path.join(ARTIFACTS, name)
+        path = os.path.join(ARTIFACTS, f"{self.frontend.name}-{name}")
         self.page.screenshot(path=path)
         return path
+
+    def log(self):
+        """The browser console, failed requests and the pack's deprecated-API uses (with stacks) so far."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        try:
+            deprecated = self.js("() => window.__guidanceLabDeprecated ?? []")
+        except PlaywrightError as e:  # a closed or crashed page
+            deprecated = [f"(not read: {e})"]
+        return {"frontend": str(self.frontend), "console": self.console, "failed": [list(x) for x in self.failed],
+                "deprecated": deprecated}
 
     def close(self, name: str):
         """Keep the browser console and failed requests of this test in test-artifacts/web/."""
         os.makedirs(ARTIFACTS, exist_ok=True)
         with open(os.path.join(ARTIFACTS, f"console-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.json"), "w") as f:
-            json.dump({"console": self.console, "failed": [list(x) for x in self.failed]}, f, indent=1)
+            json.dump(self.log(), f, indent=1)
         self.page.close()
 
 
@@ -439,8 +521,8 @@ def changed_pixels(a: bytes, b: bytes) -> int:
 
 
 @pytest.fixture()
-def page(browser, server, request):
-    pg = Page(browser, server)
+def page(browser, ui_server, request):
+    pg = Page(browser, ui_server)
     yield pg
     pg.close(request.node.name)
 

@@ -76,6 +76,30 @@ def tradeoff_plot(results) -> Image.Image:
     return im
 
 
+def terms_plot(results) -> Image.Image:
+    """Issue 14's terms next to CFG and classifier guidance: accuracy and recall against FD (each method's sweep
+    is a curve; lower FD = better), and the model rows per sample and step of adaptive CFG."""
+    fd_of = lambda vs, yk: [(v["fd"], v[yk]) for v in vs]  # noqa: E731
+    cfg, cls = group(results, "cfg"), group(results, "cls_uncond")
+    auto = group(results, "autoguidance")
+    pag = [v for v in group(results, "pag") if v["w"] == 0]
+    methods = [("CFG (w sweep)", cfg), ("classifier (uncond. model)", cls), ("autoguidance", auto), ("PAG", pag)]
+    im = Image.new("RGB", (1260, 350), "white")
+    d = ImageDraw.Draw(im)
+    W, Hh = 420, 350
+    panel(d, (0, 0, W, Hh), "accuracy vs Frechet distance", "FD (lower = better)",
+          [(name, fd_of(vs, "accuracy")) for name, vs in methods if vs], (0, 1))
+    panel(d, (W, 0, 2 * W, Hh), "recall vs Frechet distance", "FD (lower = better)",
+          [(name, fd_of(vs, "recall")) for name, vs in methods if vs], (0, 1))
+    adaptive = group(results, "adaptive")
+    ref = [v for v in cfg if v["w"] == 2]
+    pts = [(2.0, v["accuracy"], v["fd"]) for v in ref] + [(v.get("rows_per_step") or 0, v["accuracy"], v["fd"])
+                                                           for v in adaptive]
+    panel(d, (2 * W, 0, 3 * W, Hh), "CFG w=2, adaptive: accuracy, FD / 20", "model rows / sample / step (2 = every step)",
+          [("accuracy", [(r, a) for r, a, _ in pts]), ("FD / 20", [(r, f / 20) for r, _, f in pts])], (0, 1))
+    return im
+
+
 def sample_grid(out_dir, names, labels, n, per_class=5, zoom=2) -> Image.Image:
     """Panels side by side: one per point, rows = classes, columns = the first samples of each class."""
     import torch
@@ -103,17 +127,26 @@ def sample_grid(out_dir, names, labels, n, per_class=5, zoom=2) -> Image.Image:
     return im
 
 
+def _terms_text(v) -> str:
+    parts = [f"autoguidance {v['auto']:g}" for _ in [0] if v.get("auto")]
+    parts += [f"PAG {v['pag']:g}" for _ in [0] if v.get("pag")]
+    parts += [f"adaptive cos >= {v['adaptive']:g}" for _ in [0] if v.get("adaptive") is not None]
+    return ", ".join(parts) or "-"
+
+
 def table(results) -> str:
-    rows = ["| group | point | w | classifier scale | prompt | schedule (mean f) | sampler | steps | accuracy | FD | "
-            "precision | recall | seconds |", "|" + "---|" * 13]
-    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler"]
+    rows = ["| group | point | w | classifier scale | terms | prompt | schedule (mean f) | sampler | steps | accuracy | "
+            "FD | precision | recall | model rows / step | seconds |", "|" + "---|" * 15]
+    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "pag", "adaptive"]
     pts = sorted((v for v in results.values() if isinstance(v, dict) and "group" in v),
-                 key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v["steps"], v["sampler"]))
+                 key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v.get("auto", 0), v.get("pag", 0),
+                                v.get("adaptive") or 0, v["steps"], v["sampler"]))
     for v in pts:
-        rows.append(f"| {v['group']} | {v['name']} | {v['w']:g} | {v['scale']:g} | "
+        rows_step = f"{v['rows_per_step']:.2f}" if v.get("rows_per_step") is not None else "-"
+        rows.append(f"| {v['group']} | {v['name']} | {v['w']:g} | {v['scale']:g} | {_terms_text(v)} | "
                     f"{'class' if v['conditional'] else 'empty'} | {v['schedule']} ({v['mean_multiplier']:.2f}) | "
                     f"{v['sampler']} | {v['steps']} | {v['accuracy']:.3f} | {v['fd']:.2f} | {v['precision']:.3f} | "
-                    f"{v['recall']:.3f} | {v['seconds']:.0f} |")
+                    f"{v['recall']:.3f} | {rows_step} | {v['seconds']:.0f} |")
     return "\n".join(rows)
 
 
@@ -123,10 +156,15 @@ def write_all(results, directions, out_dir):
 
     img_dir = os.path.join(ROOT, "docs", "images")
     tradeoff_plot(results).save(os.path.join(img_dir, "toy_tradeoff.png"))
+    terms_plot(results).save(os.path.join(img_dir, "toy_terms.png"))
     labels = H.pack_module("nodes.toy_nodes").FASHION_LABELS
-    names = [n for n in ("cfg_w0", "cfg_w2", "cfg_w6", "cls_uncond_s0", "cls_uncond_s3", "cls_uncond_s10")
-             if n in results]
-    sample_grid(out_dir, names, labels, results["_config"]["n"]).save(os.path.join(img_dir, "toy_samples.png"))
+    n = results["_config"]["n"]
+    for image, names in (("toy_samples.png", ("cfg_w0", "cfg_w2", "cfg_w6", "cls_uncond_s0", "cls_uncond_s3", "cls_uncond_s10")),
+                         ("toy_terms_samples.png", ("auto_0.5", "auto_1", "auto_2", "pag_3", "cfg_w2_pag_1", "adaptive_w2_t0.9999"))):
+        names = [k for k in names if k in results]
+        # a grid is redrawn only from samples on disk (a point kept from an earlier run's results has none here)
+        if names and all(os.path.exists(os.path.join(out_dir, "samples", f"{k}.safetensors")) for k in names):
+            sample_grid(out_dir, names, labels, n).save(os.path.join(img_dir, image))
     shutil.copyfile(os.path.join(out_dir, "results.json"), os.path.join(ROOT, "docs", "toy_tradeoff.json"))
     c = results["_config"]
     body = (f"`bench/toy/tradeoff.py` (full mode): N = {c['n']} samples per point ({c['n'] // 10} per class, the same "
@@ -138,7 +176,8 @@ def write_all(results, directions, out_dir):
             f"{', '.join(sorted({str(v.get('torch_threads')) for v in results.values() if 'group' in v}))} torch "
             f"thread(s) per process, while other jobs shared the 2 cores: indicative only (timed comparisons are in "
             f"the sections above, measured side by side). Raw numbers: `docs/toy_tradeoff.json`; plots: "
-            f"`docs/images/toy_tradeoff.png`; samples: `docs/images/toy_samples.png`.\n\n{table(results)}\n\n"
+            f"`docs/images/toy_tradeoff.png`, `docs/images/toy_terms.png`; samples: `docs/images/toy_samples.png`, "
+            f"`docs/images/toy_terms_samples.png`.\n\n{table(results)}\n\n"
             "Directions (the papers' claims, checked on these numbers):\n\n"
             + "\n".join(f"- {k}: {'yes' if v else '**no**'}" for k, v in directions.items())
             + "\n\nWhat the numbers say, and why a **no** is not a bug: README, section \"The guidance tradeoff, "

@@ -12,6 +12,12 @@ Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + 
   cls_cond     classifier scale 3 on the conditional model (class prompt, no CFG; scale 0 = cfg w = 0)
   schedule     mean w = 2: constant, linear 2w -> 0, interval (2w on the middle half of the steps, 0 outside)
   sampler      w = 2 with euler / dpmpp_2m at 20 and 50 steps
+  autoguidance model term with the weak toy model (toy_models/diffusion/fashion_diffusion_weak.safetensors),
+               weight 0.5, 1, 2 (Karras's w = 1.5, 2, 3), no CFG (Karras et al. 2024)
+  pag          PAG term (middle block) weight 1, 3 without CFG, and 1 with CFG w = 2 (Ahn et al. 2024)
+  adaptive     CFG w = 2 whose uncond stops once cos(eps_c, eps_u) >= 0.9999 / 0.99995 (Castillo et al. 2023; on
+               the toy model cos is above 0.998 from the first step, so the paper's 0.99 would stop at once);
+               model rows per sample and step are counted on the real forwards
 Metrics, by the independent evaluation classifier (bench/toy/eval_classifier.py, clean images only):
 intended-class accuracy, Frechet distance of its 128-d features to the 10k test set, precision and
 recall with k = 3 (bench/toy/metrics.py).
@@ -42,6 +48,7 @@ sys.path.insert(0, HERE)
 import comfy_host as H  # noqa: E402
 
 TOY_MODEL = "fashion_diffusion.safetensors"
+TOY_WEAK_MODEL = "fashion_diffusion_weak.safetensors"  # the guiding model of autoguidance
 TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
 N_CLASSES = 10
 
@@ -56,6 +63,9 @@ class Point:
     schedule: str = "constant"  # constant | linear_down | interval (all with mean multiplier 1)
     sampler: str = "euler"
     steps: int = 20
+    auto: float = 0.0          # autoguidance: model-term weight with the weak toy model (Karras's w = 1 + auto)
+    pag: float = 0.0           # perturbed-attention (PAG, middle block) term weight
+    adaptive: float | None = None  # adaptive CFG: stop the uncond once cos(eps_c, eps_u) >= this threshold
 
 
 def full_points() -> list[Point]:
@@ -70,6 +80,16 @@ def full_points() -> list[Point]:
             Point("euler50_w2", "sampler", w=2, steps=50)]
     pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False) for s in (20, 40, 5, 15)]
     pts += [Point("cfg_w6", "cfg", w=6)]
+    pts += terms_points()
+    return pts
+
+
+def terms_points() -> list[Point]:
+    """Issue 14: autoguidance, PAG and adaptive CFG next to the CFG sweep (all on the conditional model)."""
+    pts = [Point(f"auto_{a:g}", "autoguidance", auto=a) for a in (0.5, 1, 2)]
+    pts += [Point(f"pag_{g:g}", "pag", pag=g) for g in (1, 3)]
+    pts += [Point("cfg_w2_pag_1", "pag", w=2, pag=1)]
+    pts += [Point(f"adaptive_w2_t{t:g}", "adaptive", w=2, adaptive=t) for t in (0.9999, 0.99995)]
     return pts
 
 
@@ -89,10 +109,26 @@ class World:
         with torch.inference_mode():
             self.model, self.world = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_MODEL)
             self.classifier = H.run_node("GuidanceLabClassifierLoader", classifier_name=TOY_CLASSIFIER)[0]
+            self.weak = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_WEAK_MODEL)[0]
         self.labels = self.world.labels
+        self.rows = 0  # model rows (batch entries of every forward, both models) sampled so far
+
+    def terms(self, p: Point):
+        """GUIDANCE_TERMS of the point: a model term (autoguidance) and/or a PAG term; None without."""
+        terms = None
+        if p.auto:
+            terms = H.run_node("GuidanceLabModelTerm", model=self.weak, weight=p.auto, terms=terms)[0]
+        if p.pag:
+            terms = H.run_node("GuidanceLabPerturbedTerm", mode="pag", blocks="middle.0", weight=p.pag, seg_sigma=10.0,
+                               terms=terms)[0]
+        return terms
 
     def schedule(self, p: Point, sigmas):
         """GuidanceLabSchedule with mean multiplier 1 over this run's steps (None = constant 1)."""
+        if p.adaptive is not None:
+            return H.run_node("GuidanceLabSchedule", kind="adaptive", axis="progress", start=1.0, end=0.0, exponent=2.0,
+                              sigma_lo=0.0, sigma_hi=0.0, inside=1.0, outside=0.0, keyframes="",
+                              threshold=p.adaptive)[0]
         if p.schedule == "constant":
             return None
         fields = dict(kind="linear", axis="progress", start=2.0, end=0.0, exponent=2.0, sigma_lo=0.0, sigma_hi=0.0,
@@ -124,16 +160,20 @@ class World:
             sched = self.schedule(p, sigmas)
             mean_f = 1.0 if sched is None else sum(S.step_values(sched, [float(v) for v in sigmas])) / p.steps
             guider = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty, cfg=1.0 + p.w,
-                                neg_scale=0.0, cfg_schedule=sched)[0]
+                                neg_scale=0.0, cfg_schedule=sched, terms=self.terms(p))[0]
             sampler = H.run_node("KSamplerSelect", sampler_name=p.sampler)[0]
             noise = H.run_node("RandomNoise", noise_seed=seed)[0]
             latent = {"samples": torch.zeros(n, 1, 32, 32)}
             was, comfy.utils.PROGRESS_BAR_ENABLED = comfy.utils.PROGRESS_BAR_ENABLED, False  # run() shows one bar
+            counters = [H.RowCounter(self.model), H.RowCounter(self.weak)]
             try:
                 out = H.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                                  latent_image=latent)[0]
             finally:
                 comfy.utils.PROGRESS_BAR_ENABLED = was
+                for c in counters:
+                    c.close()
+                    self.rows += c.rows
         return out["samples"].float().clone(), mean_f
 
 
@@ -199,20 +239,21 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
         if meta.get("n") != n or meta.get("point") != asdict(p):
             world = world or World()
             t0 = time.time()
-            parts, mean_f = [], 1.0
+            parts, mean_f, rows0 = [], 1.0, world.rows
             for k, c in tqdm(list(enumerate(counts)), desc=f"{p.name} (classes)", leave=False):
                 x_k, mean_f = world.sample(p, world.labels[k], c, seed + k)
                 parts.append(x_k)
             x = torch.cat(parts)
             meta = {"n": n, "point": asdict(p), "mean_multiplier": round(mean_f, 4),
-                    "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
+                    "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
+                    "rows_per_step": round((world.rows - rows0) / (n * p.steps), 3)}
             atomic_save({"x": x.half().contiguous()}, spath, {"point": json.dumps(meta)})
             log(f"{p.name}: sampled {n} in {meta['seconds']} s")
         if sample_only:
             continue
         r = evaluate_point(x.float(), labels, ev, real_feats, real_subset)
         r.update(asdict(p), n=n, mean_multiplier=meta["mean_multiplier"], seconds=meta["seconds"],
-                 torch_threads=meta.get("torch_threads"))
+                 torch_threads=meta.get("torch_threads"), rows_per_step=meta.get("rows_per_step"))
         results[p.name] = r
         log(f"{p.name}: acc {r['accuracy']:.3f}  FD {r['fd']:.2f}  precision {r['precision']:.3f}  "
             f"recall {r['recall']:.3f}  ({r['seconds']} s)")
@@ -235,7 +276,7 @@ def directions(results: dict) -> dict:
 
     cfg, cls = sweep("cfg", "w"), sweep("cls_uncond", "scale")
     inside = lambda vs, key: vs[0][key] < min(vs, key=lambda v: v["fd"])[key] < vs[-1][key]  # noqa: E731
-    return {
+    out = {
         "cfg_accuracy_rises": cfg[-1]["accuracy"] > cfg[0]["accuracy"],
         "cfg_fd_smallest_at_moderate_w": inside(cfg, "w"),
         "cfg_precision_rises": cfg[-1]["precision"] > cfg[0]["precision"],
@@ -246,6 +287,34 @@ def directions(results: dict) -> dict:
         "classifier_precision_rises": cls[-1]["precision"] > cls[0]["precision"],
         "classifier_recall_falls": cls[-1]["recall"] < cls[0]["recall"],
     }
+    out.update(terms_directions(results, cfg))
+    return out
+
+
+def terms_directions(results: dict, cfg: list) -> dict:
+    """The claims of the papers behind issue 14's terms, measured where their points were run:
+    autoguidance (Karras et al. 2024): a better FD than CFG's best, and more recall than CFG at CFG's best FD;
+    PAG (Ahn et al. 2024): better FD than the unguided model; adaptive guidance (Castillo et al. 2023): within
+    0.01 accuracy and 0.5 FD of the same CFG with every step guided, with fewer model rows."""
+    by = {v["name"]: v for v in results.values() if isinstance(v, dict) and "name" in v}
+    auto = [v for v in by.values() if v.get("group") == "autoguidance"]
+    pag = [v for v in by.values() if v.get("group") == "pag" and v["w"] == 0]
+    adaptive = [v for v in by.values() if v.get("group") == "adaptive"]
+    best_cfg = min(cfg, key=lambda v: v["fd"])
+    out = {}
+    if auto:
+        best = min(auto, key=lambda v: v["fd"])
+        out["autoguidance_fd_below_best_cfg"] = best["fd"] < best_cfg["fd"]
+        out["autoguidance_recall_above_cfg_at_best_fd"] = best["recall"] > best_cfg["recall"]
+        out["autoguidance_accuracy_rises"] = max(v["accuracy"] for v in auto) > by["cfg_w0"]["accuracy"]
+    if pag and "cfg_w0" in by:
+        out["pag_fd_below_unguided"] = min(v["fd"] for v in pag) < by["cfg_w0"]["fd"]
+    if adaptive and "cfg_w2" in by:
+        ref = by["cfg_w2"]
+        out["adaptive_matches_cfg"] = any(abs(v["accuracy"] - ref["accuracy"]) <= 0.01 and abs(v["fd"] - ref["fd"]) <= 0.5
+                                          for v in adaptive)
+        out["adaptive_saves_rows"] = any((v.get("rows_per_step") or 2) < 2 for v in adaptive)
+    return out
 
 
 def main(argv=None):

@@ -43,6 +43,9 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--out", default=os.path.join(ROOT, "toy_models", "diffusion", "fashion_diffusion.safetensors"))
     ap.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (atomic)")
+    ap.add_argument("--embedding-from", default=None,
+                    help="a toy model file whose class embeddings this model uses, frozen (the weak model of "
+                         "autoguidance shares the strong model's conditioning, as a smaller SD shares its text encoder)")
     args = ap.parse_args()
     H.boot()
     import torch
@@ -56,7 +59,12 @@ def main():
     unet = model.diffusion_model
     init_weights(unet)
     emb = toy.class_embedding_table(10)
-    params = list(unet.parameters()) + list(emb.parameters())
+    if args.embedding_from:
+        _, table, _ = toy.load_toy(args.embedding_from)
+        with torch.no_grad():
+            emb.weight.copy_(table)
+        emb.requires_grad_(False)
+    params = list(unet.parameters()) + [p for p in emb.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     ema_unet, ema_emb = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(emb).requires_grad_(False)
     sigmas = model.model_sampling.sigmas.float()
@@ -81,7 +89,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            for e, p in zip(list(ema_unet.parameters()) + list(ema_emb.parameters()), params):
+            for e, p in zip(list(ema_unet.parameters()) + (list(ema_emb.parameters()) if emb.weight.requires_grad else []), params):
                 e.lerp_(p, 1 - args.ema)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -93,7 +101,7 @@ def save(tr, toy, ema_unet, ema_emb, args, steps_done, seconds):
     tensors = {f"diffusion_model.{k}": v.half().contiguous() for k, v in ema_unet.state_dict().items()}
     tensors["class_embedding.weight"] = ema_emb.weight.detach().half().contiguous()
     meta = {"labels": toy.FASHION_LABELS, "steps": steps_done, "planned_steps": args.steps, "batch": args.batch,
-            "lr": args.lr, "seed": args.seed, "p_uncond": args.p_uncond, "ema": args.ema,
+            "lr": args.lr, "seed": args.seed, "embedding_from": os.path.basename(args.embedding_from or "") or None, "p_uncond": args.p_uncond, "ema": args.ema,
             "train_seconds": round(seconds), "command": " ".join(["bench/toy/train_toy.py", *sys.argv[1:]])}
     tr.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
     print("wrote", args.out, f"{os.path.getsize(args.out) / 1e6:.1f} MB", meta, flush=True)

@@ -17,7 +17,8 @@ image(x0_hat), selectable:
   - LinearRGB: rgb = (W^T z + b + 1)/2 per latent pixel: the fast linear latent->RGB map that
     ComfyUI's latent formats carry for previews (latent_rgb_factors, a [C, 3] matrix W, and
     latent_rgb_factors_bias b), applied to the sampling-space latent as ComfyUI's previewer does.
-    An image at latent resolution; cheap and approximate.
+    An image at latent resolution; cheap and approximate. Video latents [B, C, T, H, W] map frame by
+    frame (W acts on the channel axis, as ComfyUI's previewer does on a frame) to [B, 3, T, H, W].
   - DecodedRGB: rgb = (Dec(z) + 1)/2 with a decode function supplied by the caller (a VAE
     decoder, which expects [-1, 1] output). Exact and costly: the gradient flows back through it.
 Preprocessing follows the CLIP model's preprocess config: resize so that the image covers the
@@ -28,6 +29,9 @@ input size; the logits are averaged over the views,
     logits_y = (1/V) * sum_v tau * <f(view_v)/|f(view_v)|, t_y>,   t_y = g(l_y)/|g(l_y)|.
 The crops are drawn from a generator seeded by (seed, sigma): the same at every evaluation of
 one step (so the gradient is the gradient of one function), different from step to step.
+Video (an image [B, 3, T, H, W]): every frame is a view of its item, the logits are averaged over
+the frames as over the cutouts (the whole clip is steered toward the label, frame by frame),
+    logits_y(video) = (1/T) * sum_t logits_y(frame_t).
 
 Weights: an open_clip architecture name plus a local .safetensors file; nothing is downloaded.
 """
@@ -326,14 +330,15 @@ class LinearRGB:
         return int(self.factors.shape[0])
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, 3, H, W]; video [B, C, T, H, W] -> [B, 3, T, H, W] (each frame mapped alike)."""
         if self.reshape is not None:
             z = self.reshape(z)
-        if z.ndim != 4 or z.shape[1] != self.channels:
-            raise GuidanceConfigError(f"the linear latent->RGB map reads [B, {self.channels}, H, W] latents; "
-                                      f"got {tuple(z.shape)}")
-        rgb = torch.einsum("bchw,ck->bkhw", z, self.factors.to(z))
+        if z.ndim not in (4, 5) or z.shape[1] != self.channels:
+            raise GuidanceConfigError(f"the linear latent->RGB map reads [B, {self.channels}, H, W] latents (video: "
+                                      f"[B, {self.channels}, T, H, W]); got {tuple(z.shape)}")
+        rgb = torch.einsum("bc...,ck->bk...", z, self.factors.to(z))
         if self.bias is not None:
-            rgb = rgb + self.bias.to(z).view(1, 3, 1, 1)
+            rgb = rgb + self.bias.to(z).view(1, 3, *([1] * (z.ndim - 2)))
         return (rgb + 1.0) / 2.0
 
 
@@ -358,4 +363,13 @@ class LatentCLIPClassifier:
         self.clip, self.to_rgb, self.wants = clip, to_rgb, wants
 
     def __call__(self, x0_hat: torch.Tensor, sigma=None) -> torch.Tensor:
-        return self.clip(self.to_rgb(x0_hat), sigma)
+        """logits [B, K] of image(x0_hat); a video image [B, 3, T, H, W] is classified frame by frame and its
+        logits averaged over the frames: logits(video) = (1/T) * sum_t logits(frame_t) (module docstring)."""
+        rgb = self.to_rgb(x0_hat)
+        if rgb.ndim != 5:
+            return self.clip(rgb, sigma)
+        b, c, t = rgb.shape[:3]
+        frames = rgb.movedim(2, 1).reshape(b * t, c, *rgb.shape[3:])  # item-major: frames of item 0, then 1, ...
+        if sigma is not None and torch.as_tensor(sigma).numel() == b:
+            sigma = torch.as_tensor(sigma).reshape(b, 1).expand(b, t).reshape(-1)
+        return self.clip(frames, sigma).view(b, t, -1).mean(1)

@@ -8,7 +8,7 @@ import { app } from "../../../scripts/app.js";
 const SCHEDULE_TYPE = "GUIDANCE_SCHEDULE";
 const SCHEDULE_NODE = "GuidanceLabSchedule";
 const SCHEDULE_FIELDS = ["kind", "axis", "start", "end", "exponent", "sigma_lo", "sigma_hi", "inside", "outside",
-  "keyframes"];
+  "keyframes", "threshold"];
 const LOADER_NODE = "GuidanceLabClassifierLoader";
 const LABEL_NODES = new Set(["GuidanceLabClassifierGuidance", "GuidanceLabClassifierSampler"]);
 
@@ -44,6 +44,13 @@ function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
+// Whether an input slot is linked. Newer frontends (1.5x) deprecate reading `input.link` (a warning) in favour
+// of node.isInputConnected, which 1.32.9 has too; the fallback is for frontends older than both.
+function inputConnected(node, slot) {
+  if (typeof node.isInputConnected === "function") return node.isInputConnected(slot);
+  return node.inputs?.[slot]?.link != null;
+}
+
 // ---------------------------------------------------------------- schedule plot
 
 function previewSteps(node) {
@@ -67,7 +74,7 @@ function plotSeries(node) {
   const series = [];
   for (const [slot, input] of (node.inputs ?? []).entries()) {
     if (input.type !== SCHEDULE_TYPE) continue;
-    const src = input.link != null ? node.getInputNode(slot) : null;
+    const src = inputConnected(node, slot) ? node.getInputNode(slot) : null;
     if (src && src.comfyClass === SCHEDULE_NODE) {
       series.push({ label: input.name, body: scheduleBody(src) });
     } else if (!src) {
@@ -361,7 +368,7 @@ function setupScheduleConsumer(node) {
 
 function classifierSource(node) {
   const slot = node.inputs?.findIndex((i) => i.name === "classifier") ?? -1;
-  if (slot < 0 || node.inputs[slot].link == null) return { message: "(connect Load Classifier)" };
+  if (slot < 0 || !inputConnected(node, slot)) return { message: "(connect Load Classifier)" };
   const src = node.getInputNode(slot);
   if (!src || src.comfyClass !== LOADER_NODE) return { message: "(labels: connect a Load Classifier node)" };
   const name = widget(src, "classifier_name")?.value;
