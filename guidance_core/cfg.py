@@ -28,6 +28,10 @@ CFG_DEFAULT, CFG_MIN, CFG_MAX = 7.0, 0.0, 100.0
 NEG_SCALE_DEFAULT = 6.0
 TERM_WEIGHT_RANGE = (-100.0, 100.0)
 APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
+# Accepted ranges (inclusive) of the post-processing settings; the node schema reads them, PostProcess checks them.
+POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
+               "apg_momentum": (-0.99, 0.99), "apg_norm_threshold": (0.0, 1000.0)}
+TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0}  # ComfyUI's PAG scale is 3
 RESCALE_SPACES = ("auto",) + P.SPACES
 POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
 
@@ -201,19 +205,19 @@ class PostProcess:
     perp_neg: bool = False              # Perp-Neg projection of the negative term
 
     def __post_init__(self):
-        phi = require_finite("rescale_phi", self.rescale_phi)
-        if not 0.0 <= phi <= 1.0:
-            raise GuidanceConfigError(f"rescale_phi={phi}; use a value in [0, 1] (0 = off)")
         if self.rescale_space not in RESCALE_SPACES:
             raise GuidanceConfigError(f"rescale_space={self.rescale_space!r}; accepted: {', '.join(RESCALE_SPACES)}")
-        if int(self.zero_init_steps) != self.zero_init_steps or self.zero_init_steps < 0:
-            raise GuidanceConfigError(f"zero_init_steps={self.zero_init_steps}; use an integer >= 0 (0 = off)")
-        require_finite("apg_eta", self.apg_eta)
-        m = require_finite("apg_momentum", self.apg_momentum)
-        if not -1.0 < m < 1.0:
-            raise GuidanceConfigError(f"apg_momentum={m}; use a value in (-1, 1) (0 = off)")
-        if require_finite("apg_norm_threshold", self.apg_norm_threshold) < 0:
-            raise GuidanceConfigError(f"apg_norm_threshold={self.apg_norm_threshold}; use a value >= 0 (0 = off)")
+        if int(self.zero_init_steps) != self.zero_init_steps:
+            raise GuidanceConfigError(f"zero_init_steps={self.zero_init_steps}; use a whole number (0 = off)")
+        for name, (lo, hi) in POST_RANGES.items():
+            v = require_finite(name, getattr(self, name))
+            if not lo <= v <= hi:
+                raise GuidanceConfigError(f"{name}={v}; use a value in [{lo:g}, {hi:g}]")
+
+    @classmethod
+    def default(cls, name: str):
+        """The default of a setting (what 'off' is), for the node schema."""
+        return cls.__dataclass_fields__[name].default
 
 
 @dataclass(frozen=True)

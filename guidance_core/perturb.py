@@ -29,6 +29,7 @@ UNET_PARTS = ("input", "middle", "output")   # UNet self-attention blocks (PAG, 
 DIT_PARTS = ("double", "single")              # DiT transformer blocks (SLG)
 DEFAULT_BLOCKS = {"pag": "middle.0", "seg": "middle.0", "slg": "double.7, double.8, double.9"}
 SEG_SIGMA_DEFAULT, SEG_SIGMA_INF = 10.0, 9999.0  # sigma >= SEG_SIGMA_INF: the mean query (the paper's limit)
+SEG_SIGMA_RANGE = (0.01, SEG_SIGMA_INF)
 _BLOCK = re.compile(r"^\s*([a-z]+)\s*[.:\s]\s*(\d+)\s*$")
 
 
@@ -50,8 +51,9 @@ class Perturbation:
                 raise GuidanceConfigError(
                     f"perturbation {self.mode}: block '{part}.{idx}'; {self.mode} acts on "
                     f"{'DiT blocks double.N / single.N' if self.mode == 'slg' else 'UNet blocks input.N / middle.0 / output.N'}")
-        if require_finite("seg_sigma", self.seg_sigma) <= 0:
-            raise GuidanceConfigError(f"seg_sigma={self.seg_sigma}; use a blur std > 0 ({SEG_SIGMA_INF:g} or more = mean query)")
+        if not SEG_SIGMA_RANGE[0] <= require_finite("seg_sigma", self.seg_sigma):
+            raise GuidanceConfigError(f"seg_sigma={self.seg_sigma}; use a blur std >= {SEG_SIGMA_RANGE[0]:g} tokens "
+                                      f"({SEG_SIGMA_INF:g} or more = mean query)")
 
 
 def parse_blocks(text: str, mode: str) -> tuple:

@@ -70,8 +70,11 @@ def validate(s: Schedule) -> None:
         raise GuidanceConfigError(f"schedule kind={s.kind!r}; accepted: {', '.join(KINDS)}")
     if s.axis not in AXES:
         raise GuidanceConfigError(f"schedule axis={s.axis!r}; accepted: {', '.join(AXES)}")
+    vlo, vhi = RANGES["value"]
     for name in ("start", "end", "inside", "outside"):
-        require_finite(f"schedule {name}", getattr(s, name))
+        v = require_finite(f"schedule {name}", getattr(s, name))
+        if not vlo <= v <= vhi:
+            raise GuidanceConfigError(f"schedule {name}={v}; a multiplier lies in [{vlo:g}, {vhi:g}]")
     th = require_finite("schedule threshold", s.threshold)
     if not RANGES["threshold"][0] <= th <= RANGES["threshold"][1]:
         raise GuidanceConfigError(f"schedule threshold={th}; a cosine similarity lies in [-1, 1]")
@@ -95,7 +98,9 @@ def validate(s: Schedule) -> None:
             if len(kf) != 2:
                 raise GuidanceConfigError(f"schedule keyframes[{j}]={kf!r}; each keyframe is (position, value)")
             p = require_finite(f"schedule keyframes[{j}] position", kf[0])
-            require_finite(f"schedule keyframes[{j}] value", kf[1])
+            v = require_finite(f"schedule keyframes[{j}] value", kf[1])
+            if not vlo <= v <= vhi:
+                raise GuidanceConfigError(f"schedule keyframes[{j}] value={v}; a multiplier lies in [{vlo:g}, {vhi:g}]")
             if not 0.0 <= p <= 1.0:
                 raise GuidanceConfigError(f"schedule keyframes[{j}] position={p}; positions lie in [0, 1]")
             if p <= prev:

@@ -17,6 +17,7 @@ from . import types as T
 CATEGORY = "Guidance Lab/cfg"
 SCHEDULE_DEFAULTS = S.DEFAULTS
 VMIN, VMAX = S.RANGES["value"]
+POST = C.POST_RANGES
 
 
 class GuidanceLabSchedule(io.ComfyNode):
@@ -44,9 +45,11 @@ class GuidanceLabSchedule(io.ComfyNode):
                 io.Float.Input("exponent", default=SCHEDULE_DEFAULTS["exponent"], min=S.RANGES["exponent"][0],
                                max=S.RANGES["exponent"][1], step=0.1,
                                tooltip="Exponent k of power_up (p^k) and power_down ((1-p)^k); 1 = linear."),
-                io.Float.Input("sigma_lo", default=SCHEDULE_DEFAULTS["sigma_lo"], min=0.0, max=S.RANGES["sigma"][1], step=0.01,
+                io.Float.Input("sigma_lo", default=SCHEDULE_DEFAULTS["sigma_lo"], min=S.RANGES["sigma"][0],
+                               max=S.RANGES["sigma"][1], step=0.01,
                                tooltip="Interval: lower sigma bound (exclusive). Kynkaanniemi et al. use 0.28 for SDXL."),
-                io.Float.Input("sigma_hi", default=SCHEDULE_DEFAULTS["sigma_hi"], min=0.0, max=S.RANGES["sigma"][1], step=0.01,
+                io.Float.Input("sigma_hi", default=SCHEDULE_DEFAULTS["sigma_hi"], min=S.RANGES["sigma"][0],
+                               max=S.RANGES["sigma"][1], step=0.01,
                                tooltip="Interval: upper sigma bound (inclusive). Kynkaanniemi et al. use 5.42 for SDXL."),
                 io.Float.Input("inside", default=SCHEDULE_DEFAULTS["inside"], min=VMIN, max=VMAX, step=0.01,
                                tooltip="Interval: multiplier inside the interval."),
@@ -84,8 +87,8 @@ class GuidanceLabTerm(io.ComfyNode):
                         "D += w * schedule * (D_term - D_reference). Chain several to combine any number.",
             inputs=[
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
-                io.Float.Input("weight", default=1.0, min=C.TERM_WEIGHT_RANGE[0], max=C.TERM_WEIGHT_RANGE[1],
-                               step=0.05, tooltip="Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
+                io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["prompt"], min=C.TERM_WEIGHT_RANGE[0],
+                               max=C.TERM_WEIGHT_RANGE[1], step=0.05, tooltip="Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
                 _reference_input("the baseline (empty if connected, else negative)"),
                 T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
                 T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
@@ -140,9 +143,11 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                                 tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
                                         "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
                                         "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
-                io.Float.Input("weight", default=3.0, min=C.TERM_WEIGHT_RANGE[0], max=C.TERM_WEIGHT_RANGE[1], step=0.05,
+                io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["perturbed"], min=C.TERM_WEIGHT_RANGE[0],
+                               max=C.TERM_WEIGHT_RANGE[1], step=0.05,
                                tooltip="Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
-                io.Float.Input("seg_sigma", default=PT.SEG_SIGMA_DEFAULT, min=0.01, max=PT.SEG_SIGMA_INF, step=0.1,
+                io.Float.Input("seg_sigma", default=PT.SEG_SIGMA_DEFAULT, min=PT.SEG_SIGMA_RANGE[0], max=PT.SEG_SIGMA_RANGE[1],
+                               step=0.1,
                                tooltip=f"SEG only: std of the query blur in tokens; {PT.SEG_SIGMA_INF:g} = the mean query "
                                        "(the paper's infinite blur)."),
                 _reference_input("positive"),
@@ -171,7 +176,8 @@ class GuidanceLabModelTerm(io.ComfyNode):
                         "per step where w * schedule is not 0; ComfyUI loads and offloads the model with the sampled one.",
             inputs=[
                 io.Model.Input("model", tooltip="The guiding model: same model class, latent format and parameterization."),
-                io.Float.Input("weight", default=1.0, min=C.TERM_WEIGHT_RANGE[0], max=C.TERM_WEIGHT_RANGE[1], step=0.05,
+                io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["model"], min=C.TERM_WEIGHT_RANGE[0],
+                               max=C.TERM_WEIGHT_RANGE[1], step=0.05,
                                tooltip="w; Karras et al.'s guidance weight minus 1 (their best: w_K about 2-3); 0 = off."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the guiding model runs with; none = the positive prompt."),
@@ -194,23 +200,27 @@ class GuidanceLabPostProcess(io.ComfyNode):
             description="Optional post-processing of the guided prediction: CFG rescale, CFG-Zero*, APG, Perp-Neg. "
                         "Every option's default is off.",
             inputs=[
-                io.Float.Input("rescale_phi", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("rescale_phi", default=C.PostProcess.default("rescale_phi"), min=POST["rescale_phi"][0],
+                               max=POST["rescale_phi"][1], step=0.01,
                                tooltip="CFG rescale strength phi (Lin et al. 2024, arXiv 2305.08891); 0 = off, 0.7 is the paper's."),
                 io.Combo.Input("rescale_space", options=list(C.RESCALE_SPACES), default="auto",
                                tooltip="Space of the rescale std: auto = v-prediction for eps/v models, x0 for flow "
                                        "(eps is refused for flow models)."),
                 io.Boolean.Input("cfg_zero_star", default=False,
                                  tooltip="CFG-Zero* optimized scale of the unconditional (Fan et al. 2025); off = plain."),
-                io.Int.Input("zero_init_steps", default=0, min=0, max=100,
+                io.Int.Input("zero_init_steps", default=C.PostProcess.default("zero_init_steps"),
+                             min=POST["zero_init_steps"][0], max=POST["zero_init_steps"][1],
                              tooltip="CFG-Zero* zero-init, flow models only: the first K sampler steps keep x (zero velocity, "
                                      "no model call); 0 = off."),
                 io.Boolean.Input("apg", default=False,
                                  tooltip="Adaptive projected guidance (Sadat et al. 2025, arXiv 2410.02416); off = plain CFG."),
-                io.Float.Input("apg_eta", default=C.APG_ETA_DEFAULT, min=-10.0, max=10.0, step=0.05,
+                io.Float.Input("apg_eta", default=C.APG_ETA_DEFAULT, min=POST["apg_eta"][0], max=POST["apg_eta"][1], step=0.05,
                                tooltip="APG: weight of the guidance part parallel to D_pos (1 = keep, 0 = drop)."),
-                io.Float.Input("apg_momentum", default=C.APG_MOMENTUM_DEFAULT, min=-0.99, max=0.99, step=0.05,
+                io.Float.Input("apg_momentum", default=C.APG_MOMENTUM_DEFAULT, min=POST["apg_momentum"][0],
+                               max=POST["apg_momentum"][1], step=0.05,
                                tooltip="APG momentum beta (negative in the paper, -0.5); 0 = off."),
-                io.Float.Input("apg_norm_threshold", default=C.APG_NORM_DEFAULT, min=0.0, max=1000.0, step=0.5,
+                io.Float.Input("apg_norm_threshold", default=C.APG_NORM_DEFAULT, min=POST["apg_norm_threshold"][0],
+                               max=POST["apg_norm_threshold"][1], step=0.5,
                                tooltip="APG: clamp of the guidance norm r (per sample); 0 = off."),
                 io.Boolean.Input("perp_neg", default=False,
                                  tooltip="Perp-Neg: use only the part of the negative orthogonal to the positive "

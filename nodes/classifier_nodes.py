@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -23,6 +24,9 @@ from . import types as T
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "classifiers"
 KEY = "guidance_lab_classifier"
+# |weight| of one label in a target text (weights of a repeated label add up): beyond it the guidance is nothing but
+# overflow (a weight of 1e39 is not even a float32).
+TARGET_WEIGHT_MAX = 100.0
 # .pt/.pth/.ckpt are listed so that choosing one gives a clear "refused: pickle" message.
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt"}
 
@@ -269,6 +273,12 @@ def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_cla
     else:
         classify = classifier.bind(model)
     targets = G.parse_targets(target, classifier.labels)
+    for i, item in enumerate(targets):
+        for label, w in item.items():
+            if not -TARGET_WEIGHT_MAX <= w <= TARGET_WEIGHT_MAX:
+                raise GuidanceConfigError(f"target weight of {label!r} (item {i + 1}) = {w:g}; use a weight from "
+                                          f"{-TARGET_WEIGHT_MAX:g} to {TARGET_WEIGHT_MAX:g} (1 = the label once, "
+                                          "negative = avoid; the node's scale multiplies it)")
     cfg = G.ClassifierGuidanceConfig(scale=scale, sigma_lo=sigma_lo, sigma_hi=math.inf if sigma_hi >= 1.0e4 else sigma_hi,
                                      every_n=every_n, rms_clamp=rms_clamp, dtype=dtype)
     return ClassifierHook(classifier, G.target_matrix(targets, classifier.labels), cfg, classify,
@@ -288,6 +298,19 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
                                    tooltip="A file in models/classifiers.")],
             outputs=[T.Classifier.Output(display_name="classifier")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, classifier_name):
+        """ComfyUI runs the loader again when this value changes: a file replaced, rewritten or deleted under a
+        running server is read (and checked) again instead of ComfyUI handing on the classifier cached before."""
+        path = folder_paths.get_full_path(FOLDER, classifier_name)
+        if path is None:
+            return f"missing:{classifier_name}"
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            return f"unreadable:{path}:{e.errno}"
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
 
     @classmethod
     def execute(cls, classifier_name):

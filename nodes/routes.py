@@ -80,8 +80,10 @@ async def schedule_preview(request: web.Request) -> web.Response:
         values = S.step_values(sched, sigmas, sigma_min, sigma_max)
     except GuidanceConfigError as e:
         return error(400, str(e))
-    return web.json_response({"steps": steps, "sigmas": sigmas, "values": values,
-                              "sigma_min": sigma_min, "sigma_max": sigma_max})
+    out = {"steps": steps, "sigmas": sigmas, "values": values, "sigma_min": sigma_min, "sigma_max": sigma_max}
+    if sched.kind == "adaptive":  # where it stops depends on the predictions: the plot says so (dashed line)
+        out["note"] = f"stops once cos >= {sched.threshold:g}"
+    return web.json_response(out)
 
 
 def unsafe_name_reason(name: str) -> str | None:

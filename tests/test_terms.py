@@ -64,11 +64,11 @@ def test_pag_term_equals_comfyui_pag_node(models, kind):
     """ComfyUI's PerturbedAttentionGuidance (middle block, post-CFG, a second model call) and the pack's PAG
     term (same block, rows in the CFG call) give the same samples, through KSampler and the GUIDER."""
     m = models[kind]
-    ref = ksample(comfy_pag(m, 3.0), 5.0)
-    plain = ksample(m, 5.0)
-    assert_same_effect(ksample(patch(m, terms=perturbed("pag", 3.0)), 5.0), ref, plain)
-    ref_g = custom_sample(comfy_pag(m, 3.0), native_guider(comfy_pag(m, 3.0), 5.0))
-    assert_same_effect(custom_sample(m, our_guider(m, 5.0, terms=perturbed("pag", 3.0))), ref_g, plain)
+    ref = ksample(comfy_pag(m, 3.0), 5.0, steps=5)
+    plain = ksample(m, 5.0, steps=5)
+    assert_same_effect(ksample(patch(m, terms=perturbed("pag", 3.0)), 5.0, steps=5), ref, plain)
+    ref_g = custom_sample(comfy_pag(m, 3.0), native_guider(comfy_pag(m, 3.0), 5.0), steps=5)
+    assert_same_effect(custom_sample(m, our_guider(m, 5.0, terms=perturbed("pag", 3.0)), steps=5), ref_g, plain)
 
 
 def test_pag_with_cfg_is_one_forward_of_three_rows(models):

@@ -203,6 +203,15 @@ def test_schedule_route_equals_sampling_on_comfyui_sigmas(server):
         assert status == 200 and body["values"] == pytest.approx(applied, abs=1e-3), fields
 
 
+def test_schedule_route_marks_adaptive_schedules(server):
+    """An adaptive schedule is plotted at its value until it stops, with the stopping rule in a note (the frontend
+    draws it dashed): where it stops is known only while sampling. Other kinds carry no note."""
+    status, body = request(server, "POST", "/guidance_lab/schedule",
+                           {"kind": "adaptive", "start": 0.8, "threshold": 0.9995, "steps": 6})
+    assert status == 200 and body["values"] == [0.8] * 6 and body["note"] == "stops once cos >= 0.9995"
+    assert "note" not in request(server, "POST", "/guidance_lab/schedule", {"kind": "linear", "steps": 6})[1]
+
+
 def test_schedule_route_custom_sigma_range(server):
     status, body = request(server, "POST", "/guidance_lab/schedule",
                            {"kind": "linear", "axis": "sigma", "steps": 5, "sigma_min": 0.002, "sigma_max": 80.0})

@@ -85,12 +85,12 @@ def full_points() -> list[Point]:
 
 
 def terms_points() -> list[Point]:
-    """Issue 14: autoguidance, PAG and adaptive CFG next to the CFG sweep (all on the conditional model)."""
-    pts = [Point(f"auto_{a:g}", "autoguidance", auto=a) for a in (0.5, 1, 2)]
-    pts += [Point(f"pag_{g:g}", "pag", pag=g) for g in (1, 3)]
-    pts += [Point("cfg_w2_pag_1", "pag", w=2, pag=1)]
-    pts += [Point(f"adaptive_w2_t{t:g}", "adaptive", w=2, adaptive=t) for t in (0.9999, 0.99995)]
-    return pts
+    """Issue 14: autoguidance, PAG and adaptive CFG next to the CFG sweep (all on the conditional model), in order
+    of priority (one point of each first)."""
+    auto = lambda a: Point(f"auto_{a:g}", "autoguidance", auto=a)  # noqa: E731
+    pag = lambda g, w=0.0: Point(f"cfg_w{w:g}_pag_{g:g}" if w else f"pag_{g:g}", "pag", w=w, pag=g)  # noqa: E731
+    adaptive = lambda t: Point(f"adaptive_w2_t{t:g}", "adaptive", w=2, adaptive=t)  # noqa: E731
+    return [auto(1), pag(3), adaptive(0.9999), auto(2), pag(1), auto(0.5), pag(1, w=2), adaptive(0.99995)]
 
 
 def quick_points(steps: int = 20) -> list[Point]:

@@ -172,6 +172,7 @@ function drawPanel(ctx, box, title, series, xOf, xLabels, yRange) {
   series.forEach((s, k) => {
     ctx.strokeStyle = ctx.fillStyle = COLORS[k % COLORS.length];
     ctx.lineWidth = 2;
+    ctx.setLineDash(s.note ? [6, 4] : []); // adaptive: the value until it stops, known only while sampling
     ctx.beginPath();
     s.values.forEach((v, i) => {
       const px = x0 + xOf(s, i) * w;
@@ -179,6 +180,7 @@ function drawPanel(ctx, box, title, series, xOf, xLabels, yRange) {
       else ctx.lineTo(px, yOf(v));
     });
     ctx.stroke();
+    ctx.setLineDash([]);
     if (s.values.length <= 60) {
       s.values.forEach((v, i) => {
         ctx.beginPath();
@@ -225,7 +227,8 @@ function drawPlot(node) {
   const left = 34;
   const gap = 40;
   const top = 16;
-  const legend = series.length > 1 ? 14 : 0;
+  const notes = series.filter((s) => s.note);
+  const legend = series.length > 1 || notes.length ? 14 : 0;
   const h = chh - top - 16 - legend;
   const w = (cw - left - gap - 8) / 2;
   const steps = Math.max(...series.map((s) => s.values.length));
@@ -243,9 +246,10 @@ function drawPlot(node) {
     ctx.textAlign = "left";
     let x = left;
     series.forEach((s, k) => {
+      const text = `■ ${s.label}${s.note ? ` (${s.note})` : ""}`;
       ctx.fillStyle = COLORS[k % COLORS.length];
-      ctx.fillText(`■ ${s.label}`, x, chh - 1);
-      x += ctx.measureText(`■ ${s.label}`).width + 12;
+      ctx.fillText(text, x, chh - 1);
+      x += ctx.measureText(text).width + 12;
     });
   }
 }
