@@ -58,7 +58,7 @@ class GuidanceLabSchedule(io.ComfyNode):
                 io.String.Input("keyframes", default=SCHEDULE_DEFAULTS["keyframes"], multiline=False,
                                 tooltip="Keyframes: 'position:value' pairs, positions in [0,1], e.g. '0:1, 0.5:0.3, 1:0'."),
                 io.Float.Input("threshold", default=SCHEDULE_DEFAULTS["threshold"], min=S.RANGES["threshold"][0],
-                               max=S.RANGES["threshold"][1], step=0.00001, round=0.00001,
+                               max=S.RANGES["threshold"][1], step=0.00001, round=0.00001, optional=True,
                                tooltip="Adaptive: the term stops (0 for the rest of the run, never evaluated again) once "
                                        "cos(eps_term, eps_reference) >= threshold (Castillo et al. 2023); before that "
                                        "the multiplier is 'start'."),
@@ -89,7 +89,7 @@ class GuidanceLabTerm(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
                 io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["prompt"], min=C.TERM_WEIGHT_RANGE[0],
                                max=C.TERM_WEIGHT_RANGE[1], step=0.05, tooltip="Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
-                _reference_input("the baseline (empty if connected, else negative)"),
+                _reference_input("the baseline (empty if connected, else negative)", optional=True),
                 T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
                 T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
             ],
@@ -113,8 +113,9 @@ def _append_term(terms, conditioning, kind, weight, reference, schedule, **spec)
 REFERENCE_OPTIONS = list(C.REFERENCES) + [f"term {i}" for i in range(1, 17)]
 
 
-def _reference_input(auto: str):
-    return io.Combo.Input("reference", options=REFERENCE_OPTIONS, default="auto",
+def _reference_input(auto: str, optional: bool = False):
+    """optional: an input added to a released node, so that API prompts saved before it still validate."""
+    return io.Combo.Input("reference", options=REFERENCE_OPTIONS, default="auto", optional=optional,
                           tooltip=f"The prediction this term is measured against; auto = {auto}. 'term N' = the N-th "
                                   "term of the list (1-based).")
 
