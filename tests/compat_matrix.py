@@ -12,8 +12,9 @@ One function per area returns rows {area, item, check, route, status, detail, va
 - limitation: the combination cannot take effect (detail = why);
 - FAIL: anything else (another exception, NaN/inf, a difference, a refusal after sampling started).
 
-`scripts/compat_matrix.py` writes the doc from all_rows(); `tests/test_compatibility.py` runs
-all_rows(quick=True) and compares it with the doc. Every run is made as ComfyUI runs a prompt (under
+`scripts/compat_matrix.py` writes the running ComfyUI version's section of the doc (layout: tests/compat_doc.py)
+from all_rows() or all_rows(quick=True); `tests/test_compatibility.py` runs all_rows(quick=True) and compares it
+with that version's section. Nodes run as the running ComfyUI declares them (node_inputs_of_this_comfyui). Every run is made as ComfyUI runs a prompt (under
 torch.inference_mode), on one CPU thread (see cpu_settings).
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ import functools
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 
@@ -33,13 +33,11 @@ import torch
 import comfy_host as H
 from cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
 
-TOL = 1e-5
-STATUSES = ("exact", "finite", "refused", "limitation", "FAIL")
+from compat_doc import (AREAS, CONDITIONING, FAMILIES, NODES, SAMPLERS, SCHEDULERS, STATUSES, TOL,  # noqa: F401
+                        render_section, replace_section, versions)
+
 CFG = 6.0
 PATCH, GUIDER = "patch", "guider"
-SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES = ("Samplers", "Schedulers", "ComfyUI guidance nodes",
-                                                       "Conditioning features", "Model families")
-AREAS = (SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES)
 # the CI slice: one sampler of each family, three schedulers of different shapes
 QUICK_SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde",
                   "lcm", "uni_pc", "ddim", "res_multistep", "er_sde", "sa_solver"]
@@ -65,9 +63,37 @@ def cpu_settings():
 
 
 def all_rows(quick: bool = False) -> list:
-    with cpu_settings():
+    with cpu_settings(), node_inputs_of_this_comfyui():
         return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + conditioning_rows()
                 + family_rows(quick))
+
+
+def inputs_this_comfyui_lacks() -> dict:
+    """{node_id: [input names]} of NODE_INPUTS that this ComfyUI's node does not declare. ComfyUI 0.3.52's
+    DifferentialDiffusion has no `strength` (later versions added it, default 1.0 = 0.3.52's behaviour)."""
+    lacks = {}
+    for node_id, inputs in NODE_INPUTS.items():
+        if node_id not in H.boot().NODE_CLASS_MAPPINGS:
+            continue  # a missing node: the matrix's own row says so
+        declared = H.node(node_id).INPUT_TYPES()
+        missing = set(inputs) - {n for part in ("required", "optional") for n in declared.get(part, {})}
+        if missing:
+            lacks[node_id] = sorted(missing)
+    return lacks
+
+
+@contextlib.contextmanager
+def node_inputs_of_this_comfyui():
+    """NODE_INPUTS without the inputs this ComfyUI's nodes lack (the node as this version has it: its rows still
+    run, never skipped); restored afterwards."""
+    saved = {k: dict(v) for k, v in NODE_INPUTS.items()}
+    for node_id, names in inputs_this_comfyui_lacks().items():
+        NODE_INPUTS[node_id] = {k: v for k, v in NODE_INPUTS[node_id].items() if k not in names}
+    try:
+        yield
+    finally:
+        NODE_INPUTS.clear()
+        NODE_INPUTS.update(saved)
 
 
 # ------------------------------------------------------------------ one row
@@ -639,10 +665,7 @@ def family_trainer_run(model, run):
     return family_guidance_run(PATCH, model, clf, TRAIN_LABELS[0], run)
 
 
-# ------------------------------------------------------------------ the document
-COLUMNS = ("item", "check", "route", "status", "detail")
-
-
+# ------------------------------------------------------------------ the document (layout: tests/compat_doc.py)
 def comfyui_version() -> str:
     H.boot()
     import comfyui_version as v
@@ -650,82 +673,15 @@ def comfyui_version() -> str:
     return v.__version__
 
 
-def render(rows: list) -> str:
-    counts = {a: {s: 0 for s in STATUSES} for a in AREAS}
-    for r in rows:
-        counts[r["area"]][r["status"]] += 1
-    lines = [
-        "# Compatibility",
-        "",
-        f"Generated from real runs inside ComfyUI {comfyui_version()} (torch {torch.__version__.split('+')[0]}, "
-        "CPU) by "
-        "`.venv/bin/python scripts/compat_matrix.py`; do not edit by hand. `tests/test_compatibility.py` reruns the "
-        "quick slice (`--quick`) in CI and fails when this file disagrees with it.",
-        "",
-        "Every row is one combination, sampled with ComfyUI's own nodes (KSampler, SamplerCustomAdvanced, the nodes "
-        "named) on ComfyUI's UNet at tiny width (eps prediction, 8 steps, cfg 6 unless stated). Routes: `patch` = CFG "
-        "Patch (Guidance Lab) on the stock KSampler, `guider` = CFG Guider (Guidance Lab) in SamplerCustomAdvanced; "
-        "for ComfyUI's guidance nodes, `node → patch` applies the node first and our patch to its output, "
-        "`patch → node` the other way round. Classifier guidance (a tiny noise-aware classifier, random weights): "
-        "`patch` = Classifier Guidance on the CFG-patched model, `guider` = Classifier Guidance Sampler around the "
-        "sampler, with the CFG Guider.",
-        "",
-        f"- **exact**: the result equals ComfyUI's own (native KSampler / CFGGuider / node at the scale stated); "
-        f"detail = max abs difference (< {TOL:g}). For the interval schedule: every model call evaluates the rows "
-        "the schedule says (2 inside, 1 outside).",
-        "- **finite**: runs and the output is finite; detail = max abs difference from plain CFG at the same "
-        "settings (how much the setting changed the result).",
-        "- **refused**: stops before the first model call with the error in detail.",
-        "- **limitation**: cannot take effect; detail says why.",
-        "- **FAIL**: a defect (a crash, NaN, a wrong result).",
-        "",
-        "Model families: tiny random instances of ComfyUI's own model classes and configs (`tests/families.py`: "
-        "SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its per-channel latent format, "
-        "SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video latents, Cosmos-Predict2 "
-        "text-to-image on Wan latents, Chroma, Lumina 2, Qwen-Image on Wan latents, Qwen-Image Edit and Flux.1 "
-        "Kontext with a reference latent (ComfyUI's ReferenceLatent node), LTXV with 128-channel 5-D latents, "
-        "HunyuanVideo), each with its own "
-        "model_sampling, latent format and conditioning inputs; euler, 4 steps. Classifier guidance there uses a "
-        "tiny noise-aware classifier made for the family's latent channels, format and input scaling; CLIP guidance "
-        "a tiny random open_clip model through Load CLIP Classifier with decode `linear` (the family's own "
-        "latent_rgb_factors; on 5-D latents frame by frame, logits averaged over the frames); the trainer row runs "
-        "Train Classifier (4 steps, 8 images, ComfyUI's VAE class at tiny width with the family's latent channels; "
-        "the latent cache must equal the family's `latent_format.process_in` of the VAE latents) and guides with "
-        "the result. Exactness of classifier guidance under every family's model_sampling (the analytic Gaussian "
-        "mixture, guided D = E[x0 | x, y] at every step) is `tests/test_family_exactness.py`.",
-        "",
-        "Samplers run with the `normal` scheduler, schedulers with `euler`. Note: KSampler drops the penultimate "
-        "sigma for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 (SamplerCustomAdvanced does not), so the two "
-        "routes' references differ there; each route is compared with ComfyUI on the same route.",
-        "",
-        "## Summary",
-        "",
-        "| area | " + " | ".join(STATUSES) + " |",
-        "|---|" + "---|" * len(STATUSES),
-    ]
-    lines += [f"| {a} | " + " | ".join(str(counts[a][s]) for s in STATUSES) + " |" for a in AREAS]
-    for area in AREAS:
-        lines += ["", f"## {area}", "", "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
-        lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS) + " |"
-                  for r in rows if r["area"] == area]
-    return "\n".join(lines) + "\n"
+def torch_version() -> str:
+    return torch.__version__.split("+")[0]
 
 
-def parse(text: str) -> list:
-    """The rows of a rendered document (the tables under the area headings)."""
-    rows, area = [], None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            area = line[3:].strip() if line[3:].strip() in AREAS else None
-        elif area and line.startswith("| ") and not line.startswith("| item |"):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-            rows.append(row(area, *cells[:3], cells[3], cells[4]))
-    return rows
+def parse(text: str, version: str | None = None) -> list:
+    """The rows of the section of ComfyUI `version` (default: the one running) in a rendered document."""
+    import compat_doc
 
-
-def doc_version(text: str) -> str | None:
-    found = re.search(r"inside ComfyUI (\S+) ", text)
-    return found.group(1) if found else None
+    return compat_doc.parse(text, version or comfyui_version())
 
 
 def key_of(r: dict) -> tuple:
