@@ -110,6 +110,7 @@ class CFGRuntime:
             PB.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
         self.probe = PB.Probe()
         self._pre_run = set()
+        self.separate = False  # perturbed rows in calls of their own (PB.NoRowIds), found at the first call
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone() deep-copies model_options: every clone keeps talking to this one runtime.
@@ -208,10 +209,19 @@ class CFGRuntime:
         """Predictions of `keys`: prompt and perturbed rows in one batched call of the sampled model (the
         perturbation on its own rows), each model term in one call of its model, aliases copied."""
         batch = [k for k in keys if k not in self.models and k not in self.aliases]
+        alone = [k for k in batch if k in self.perturbed] if self.separate else []
+        batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
         opts = PB.patched_options(model_options, by_chunk, self.probe) if by_chunk else model_options
-        preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts)))
-        for k in set(self.perturbed) & set(batch):
+        try:
+            preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts)))
+        except PB.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
+            self.separate = True
+            return self.evaluate_terms(model, conds, keys, x, timestep, model_options)
+        for k in alone:
+            opts = PB.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True)
+            preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
+        for k in set(self.perturbed) & (set(batch) | set(alone)):
             missed = [b for b in self.perturbed[k].blocks if self.probe.hits.get(b, 0) == 0]
             if missed:
                 raise GuidanceConfigError(

@@ -65,10 +65,18 @@ def check_blocks(model_patcher, perturbations) -> None:
                 + (". PAG and SEG need a UNet; for DiT models use slg" if pert.mode != "slg" and not have else ""))
 
 
-def _chunk_ids(options) -> list:
+class NoRowIds(Exception):
+    """A perturbed block got no cond_or_uncond (the DiT blocks of ComfyUI 0.3.52 are called without
+    transformer_options): its rows cannot be told apart, so the term's rows run in a call of their own."""
+
+
+def _chunk_ids(options, whole: bool):
+    """The chunk ids of the batch; None when the whole batch is perturbed (a call of the term's rows only)."""
+    if whole:
+        return None
     ids = (options or {}).get("cond_or_uncond")
     if ids is None:
-        raise GuidanceConfigError("a perturbed block got no cond_or_uncond from ComfyUI: its rows cannot be told apart")
+        raise NoRowIds()
     return ids
 
 
@@ -88,7 +96,7 @@ def block_attention(q, k, v, extra_options):
     return fn(q, k, v, extra_options["n_heads"], **kw)
 
 
-def _attn1_patch(prev, by_chunk: dict, key, probe):
+def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
     """attn1 replacement: perturbed chunks get PAG's identity (V) or SEG's blurred queries; the others the
     block's own attention (or `prev`, another node's replacement)."""
 
@@ -98,7 +106,7 @@ def _attn1_patch(prev, by_chunk: dict, key, probe):
         return block_attention(q, k, v, extra_options)
 
     def patch(q, k, v, extra_options, mask=None):
-        ids = _chunk_ids(extra_options)
+        ids = _chunk_ids(extra_options, whole) or [0]  # whole: the batch is one chunk of the term (id 0)
         mine = {c: p for c, p in by_chunk.items() if key in p.blocks}
         if not any(c in mine for c in ids):
             return attend(q, k, v, extra_options)
@@ -130,13 +138,13 @@ def _attn1_patch(prev, by_chunk: dict, key, probe):
     return patch
 
 
-def _dit_patch(prev, by_chunk: dict, key, probe):
+def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
     """DiT block replacement: perturbed chunks keep the block's input (the block is skipped), the others get
     the block's output (or `prev`'s)."""
 
     def patch(args, extra):
         run = (lambda a: prev(a, extra)) if prev is not None else extra["original_block"]
-        ids = _chunk_ids(args.get("transformer_options") or extra.get("transformer_options"))
+        ids = _chunk_ids(args.get("transformer_options") or extra.get("transformer_options"), whole) or [0]
         skip = {c for c in ids if c in by_chunk and key in by_chunk[c].blocks}
         if not skip:
             return run(args)
@@ -168,8 +176,9 @@ class Probe:
         self.hits[key] = self.hits.get(key, 0) + 1
 
 
-def patched_options(model_options: dict, by_chunk: dict, probe: Probe) -> dict:
-    """A copy of model_options whose blocks perturb the chunks in by_chunk ({cond index: Perturbation})."""
+def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bool = False) -> dict:
+    """A copy of model_options whose blocks perturb the chunks in by_chunk ({cond index: Perturbation}); whole:
+    every row of every call (a call of one perturbed term's rows, by_chunk = {0: its Perturbation})."""
     opts = comfy.model_patcher.create_model_options_clone(model_options)
     blocks = {b: p.mode for p in by_chunk.values() for b in p.blocks}
     replace = opts.get("transformer_options", {}).get("patches_replace", {})
@@ -178,9 +187,9 @@ def patched_options(model_options: dict, by_chunk: dict, probe: Probe) -> dict:
             key = (DIT_KEYS[part], idx)
             prev = replace.get("dit", {}).get(key)
             opts = comfy.model_patcher.set_model_options_patch_replace(
-                opts, _dit_patch(prev, by_chunk, (part, idx), probe), "dit", DIT_KEYS[part], idx)
+                opts, _dit_patch(prev, by_chunk, (part, idx), probe, whole), "dit", DIT_KEYS[part], idx)
         else:
             prev = replace.get("attn1", {}).get((part, idx))
             opts = comfy.model_patcher.set_model_options_patch_replace(
-                opts, _attn1_patch(prev, by_chunk, (part, idx), probe), "attn1", part, idx)
+                opts, _attn1_patch(prev, by_chunk, (part, idx), probe, whole), "attn1", part, idx)
     return opts
