@@ -142,10 +142,10 @@ class CFGRuntime:
             return executor(*args, **kwargs)
         if self.empty is not None:
             guider.conds[EMPTY_KEY] = [c.copy() for c in comfy.sampler_helpers.convert_cond(self.empty)]
+        own_conds = term_conds(self.terms, None)  # None where a term runs with the KSampler's positive prompt
         for i, t in enumerate(self.terms):
-            own = t.conditioning is not None
-            cond = term_conds(self.terms, None)[term_key(i)] if own else None
-            guider.conds[term_key(i)] = [c.copy() for c in (comfy.sampler_helpers.convert_cond(cond) if own
+            cond = own_conds[term_key(i)]
+            guider.conds[term_key(i)] = [c.copy() for c in (comfy.sampler_helpers.convert_cond(cond) if cond is not None
                                                             else guider.conds[POSITIVE_KEY])]
         guider.predict_noise = lambda x, timestep, model_options={}, seed=None: self.predict(  # noqa: B006
             guider.inner_model, guider.conds, guider.cfg, x, timestep, model_options)
@@ -203,7 +203,6 @@ class CFGRuntime:
         alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
         guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level())
         return cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options)
-
 
     def evaluate_terms(self, model, conds, keys, x, timestep, model_options) -> dict:
         """Predictions of `keys`: prompt and perturbed rows in one batched call of the sampled model (the
