@@ -111,6 +111,8 @@ def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
         if not any(c in mine for c in ids):
             return attend(q, k, v, extra_options)
         probe.hit(key)
+        if q.shape[0] % len(ids):
+            raise GuidanceConfigError(f"block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {len(ids)} equal chunks")
         size = q.shape[0] // len(ids)
         outs, plain = [], []
 
