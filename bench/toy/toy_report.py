@@ -34,9 +34,12 @@ def panel(d: ImageDraw.ImageDraw, box, title, xlabel, series, y_range=None):
         yv = ylo + i * (yhi - ylo) / 4
         d.line([left - 4, fy(yv), left, fy(yv)], fill="black")
         d.text((x0 + 4, fy(yv) - 6), f"{yv:.3g}", fill="black")
+    last = -1e9
     for xv in sorted(set(xs)):
         d.line([fx(xv), bottom, fx(xv), bottom + 4], fill="black")
-        d.text((fx(xv) - 6, bottom + 6), f"{xv:g}", fill="black")
+        if fx(xv) - last >= 34:  # labels closer than that would overlap: the tick stays, the label goes
+            d.text((fx(xv) - 6, bottom + 6), f"{xv:.3g}", fill="black")
+            last = fx(xv)
     for k, (name, pts) in enumerate(series):
         c = COLORS[k % len(COLORS)]
         pts = sorted(pts)
