@@ -365,8 +365,8 @@ class CFGCombiner:
         """Adaptive guidance (Castillo et al. 2023, arXiv 2312.12487, sec. 4): a term whose schedule is adaptive
         stops for the rest of the run once cos(x - D_key, x - D_ref) >= threshold for every sample (x - D is
         sigma * eps for eps/v models and sigma * velocity for flow models: the paper's criterion on the two
-        noise predictions, up to a positive factor that cos ignores)."""
-        self._new_run(ctx.sigma)
+        noise predictions, up to a positive factor that cos ignores). Called after plan() of the same step, which
+        has already restarted the per-run state where a new run began."""
         for term in plan.active:
             sched = self._term_schedule(term.name)
             if sched is None or sched.kind != "adaptive" or term.name in self._stopped:

@@ -87,8 +87,7 @@ class GuidanceLabTerm(io.ComfyNode):
                         "D += w * schedule * (D_term - D_reference). Chain several to combine any number.",
             inputs=[
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
-                io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["prompt"], min=C.TERM_WEIGHT_RANGE[0],
-                               max=C.TERM_WEIGHT_RANGE[1], step=0.05, tooltip="Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
+                _weight_input("prompt", "Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
                 _reference_input("the baseline (empty if connected, else negative)", optional=True),
                 T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
                 T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
@@ -108,6 +107,12 @@ def _append_term(terms, conditioning, kind, weight, reference, schedule, **spec)
         glue.conditioning_batch(conditioning, "term conditioning")
     term = C.ExtraTerm(weight=weight, schedule=schedule or S.CONSTANT_ONE, kind=kind, reference=reference)
     return tuple(terms or ()) + (R.TermSpec(conditioning, term, **spec),)
+
+
+def _weight_input(kind: str, tooltip: str):
+    """The weight of a term node: its default for the term kind and the one range, from the core."""
+    return io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS[kind], min=C.TERM_WEIGHT_RANGE[0],
+                          max=C.TERM_WEIGHT_RANGE[1], step=0.05, tooltip=tooltip)
 
 
 REFERENCE_OPTIONS = list(C.REFERENCES) + [f"term {i}" for i in range(1, 17)]
@@ -144,9 +149,7 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                                 tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
                                         "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
                                         "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
-                io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["perturbed"], min=C.TERM_WEIGHT_RANGE[0],
-                               max=C.TERM_WEIGHT_RANGE[1], step=0.05,
-                               tooltip="Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
+                _weight_input("perturbed", "Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
                 io.Float.Input("seg_sigma", default=PT.SEG_SIGMA_DEFAULT, min=PT.SEG_SIGMA_RANGE[0], max=PT.SEG_SIGMA_RANGE[1],
                                step=0.1,
                                tooltip=f"SEG only: std of the query blur in tokens; {PT.SEG_SIGMA_INF:g} = the mean query "
@@ -177,9 +180,7 @@ class GuidanceLabModelTerm(io.ComfyNode):
                         "per step where w * schedule is not 0; ComfyUI loads and offloads the model with the sampled one.",
             inputs=[
                 io.Model.Input("model", tooltip="The guiding model: same model class, latent format and parameterization."),
-                io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS["model"], min=C.TERM_WEIGHT_RANGE[0],
-                               max=C.TERM_WEIGHT_RANGE[1], step=0.05,
-                               tooltip="w; Karras et al.'s guidance weight minus 1 (their best: w_K about 2-3); 0 = off."),
+                _weight_input("model", "w; Karras et al.'s guidance weight minus 1 (their best: w_K about 2-3); 0 = off."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the guiding model runs with; none = the positive prompt."),
             ],
