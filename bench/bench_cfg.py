@@ -4,45 +4,26 @@ Same model, same seed, 20 steps, SamplerCustomAdvanced path, measured side by si
 (the two are interleaved, repeat after repeat, so machine noise hits both alike). Writes the
 table into docs/BENCHMARKS.md between the cfg-guider markers.
 
-    .venv/bin/python bench/bench_cfg.py [--repeats 9] [--width 64] [--latent 32]
+    .venv/bin/python -m bench.bench_cfg [--repeats 9] [--width 64] [--latent 32]
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import statistics
-import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, ROOT)
 
-import comfy_host as H  # noqa: E402
-
-from tqdm import tqdm  # noqa: E402
+from devkit import comfy_host as H
+from devkit import bench
 
 
-def sampler_run(model, guider, sigmas, latent, sampler):
-    import torch
 
-    t0 = time.perf_counter()
+def sampler_run(guider, sigmas, latent, sampler):
     H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=1)[0], guider=guider,
                sampler=sampler, sigmas=sigmas, latent_image=latent)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--width", type=int, default=64, help="UNet model_channels")
-    ap.add_argument("--latent", type=int, default=32, help="latent height/width")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args()
+    args = bench.tiny_unet_parser(__doc__.split("\n")[0], repeats=9).parse_args()
 
     H.boot()
     import comfy.utils
@@ -69,17 +50,11 @@ def main():
         "CFG + rescale 0.7": g(post=post),
     }
     native = H.run_node("CFGGuider", model=model, positive=pos, negative=neg, cfg=7.0)[0]
-    for gd in [native, *cases.values()]:  # warm-up
-        sampler_run(model, gd, sigmas, latent, sampler)
-    times = {"native": []} | {k: [] for k in cases}
-    for _ in tqdm(range(args.repeats), desc="bench repeats"):
-        times["native"].append(sampler_run(model, native, sigmas, latent, sampler))
-        for name, gd in cases.items():
-            times[name].append(sampler_run(model, gd, sigmas, latent, sampler))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    runs = {name: (lambda gd=gd: sampler_run(gd, sigmas, latent, sampler)) for name, gd in {"native": native, **cases}.items()}
+    med = bench.interleaved_medians(runs, args.repeats)
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    device = bench.device_line()
     lines = [
         f"Model: ComfyUI UNetModel, model_channels={args.width}, channel_mult [1,2], eps; latent 4x{args.latent}x{args.latent}, "
         f"batch 1, euler, {args.steps} steps; {args.repeats} interleaved repeats, medians. Device: {device}; "
@@ -94,24 +69,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        write_section(f"cfg-guider-w{args.width}-l{args.latent}",
-                      f"CFG GUIDER vs native CFGGuider, UNet width {args.width}, latent {args.latent}x{args.latent} "
-                      "(bench/bench_cfg.py)", table)
-
-
-def write_section(key: str, title: str, body: str):
-    """Replace (or append) one marked section of docs/BENCHMARKS.md, writing atomically."""
-    path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nNumbers written by the scripts in bench/.\n"
-    block = f"{start}\n## {title}\n\n{body}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    from guidance_core.io import atomic_bytes
-
-    atomic_bytes(path, text.encode())
+        bench.write_section(f"cfg-guider-w{args.width}-l{args.latent}",
+                            f"CFG GUIDER vs native CFGGuider, UNet width {args.width}, latent {args.latent}x{args.latent} "
+                            "(bench/bench_cfg.py)", table)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ An SD1.5-architecture UNet (ComfyUI's own UNetModel with SD1.5's config, random 
 using the default-size noise-aware classifier; runs interleaved in one process, medians.
 Writes the table into docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/bench_classifier.py [--steps 3] [--repeats 3] [--latent 64]
+    .venv/bin/python -m bench.bench_classifier [--steps 3] [--repeats 3] [--latent 64]
 """
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-import comfy_host as H  # noqa: E402
-from bench_cfg import write_section  # noqa: E402
+from devkit import comfy_host as H
+from devkit.bench import write_section
 
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
              "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,

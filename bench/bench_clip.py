@@ -8,7 +8,7 @@ called for each case in turn, repeat after repeat (interleaved), and timed; medi
 model evaluation of the step (calc_cond_batch, 2 rows) is timed the same way for scale.
 Writes the table into docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/bench_clip.py [--latent 64] [--repeats 3] [--threads N] [--no-through] [--no-write]
+    .venv/bin/python -m bench.bench_clip [--latent 64] [--repeats 3] [--threads N] [--no-through] [--no-write]
 """
 from __future__ import annotations
 
@@ -16,16 +16,13 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-import comfy_host as H  # noqa: E402
-from bench_cfg import write_section  # noqa: E402
-from bench_classifier import sd15_model  # noqa: E402
+from devkit import comfy_host as H
+from devkit.bench import write_section
+from bench_classifier import sd15_model
 
 LABELS = ["a photo of a red car", "a photo of a blue car", "a photo of a cat", "a photo of a dog"]
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,

@@ -4,24 +4,21 @@ Two latent shapes: 3x32x32 (the demo shapes world, pixel-space VAE) and 4x64x64 
 512x512 images), default classifier width 64, batch 64, log-uniform sigmas. Random latents (the
 speed does not depend on the content). Writes its section of docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/bench_training.py [--steps 20]
+    .venv/bin/python -m bench.bench_training [--steps 20]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-import torch  # noqa: E402
+import torch
 
-from bench_cfg import write_section  # noqa: E402
-from guidance_core.training import NoiseSpec, TrainConfig, Trainer  # noqa: E402
+from devkit.bench import write_section
+from guidance_core.training import NoiseSpec, TrainConfig, Trainer
 
 
 def throughput(shape, steps, batch, device):

@@ -85,7 +85,7 @@ def cfg_zero_star_alpha(d_pos: torch.Tensor, d_uncond: torch.Tensor, x: torch.Te
     1/sigma, which cancels; for eps models this is eps-space)."""
     v_c, v_u = (x - d_pos).flatten(1), (x - d_uncond).flatten(1)
     a = (v_c * v_u).sum(1) / (v_u.pow(2).sum(1) + 1e-8)
-    return a.reshape((-1,) + (1,) * (x.ndim - 1))
+    return P.per_sample(a, x)
 
 
 def cfg_zero_star_uncond(d_pos, d_uncond, x) -> torch.Tensor:
@@ -271,13 +271,19 @@ class StepContext:
     sigma_min: float | None = None
     sigma_max: float | None = None
 
+    def position(self) -> float | None:
+        """Fractional step index of this call's sigma within the run's sigmas (schedules.step_position); None
+        without the run's sigmas."""
+        if self.sample_sigmas is None or len(self.sample_sigmas) < 2:
+            return None
+        return S.step_position(self.sigma, self.sample_sigmas)
+
     def level(self) -> int | None:
         """Index i of the schedule's noise level sigma_i this call belongs to: sigma_i >= sigma > sigma_{i+1}
         (a multi-stage sampler's midpoint belongs to its step's level; a call at sigma_{i+1} to level i+1).
         None without the run's sigmas."""
-        if self.sample_sigmas is None or len(self.sample_sigmas) < 2:
-            return None
-        return int(math.floor(S.step_position(self.sigma, self.sample_sigmas) + 1e-6))
+        position = self.position()
+        return None if position is None else int(math.floor(position + 1e-6))
 
 
 class CFGCombiner:

@@ -40,8 +40,15 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import GuidanceConfigError, require_finite
+from .parameterization import per_sample
+from .schedules import RANGES as SCHEDULE_RANGES
+from .schedules import SIGMA_NO_BOUND, in_window
 
 SCALE_DEFAULT, SCALE_MAX = 1.0, 100.0
+# Defaults and ranges of the guidance settings: the node schemas read them here (one home).
+DEFAULTS = {"scale": SCALE_DEFAULT, "sigma_lo": 0.0, "sigma_hi": SIGMA_NO_BOUND, "every_n": 1, "rms_clamp": 0.0,
+            "dtype": "float32"}
+RANGES = {"scale": (0.0, SCALE_MAX), "sigma": SCHEDULE_RANGES["sigma"], "every_n": (1, 100), "rms_clamp": (0.0, 1.0e4)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MIN_ALPHA = 1e-3  # below this (flow models at sigma ~ 1) x carries no signal: the step is left unguided
 NOISY_INPUT, DENOISED_DETACHED, DENOISED_THROUGH_MODEL = "noisy_input", "denoised_detached", "denoised_through_model"
@@ -51,11 +58,11 @@ WANTS = (NOISY_INPUT, DENOISED_DETACHED, DENOISED_THROUGH_MODEL)
 @dataclass(frozen=True)
 class ClassifierGuidanceConfig:
     scale: float = SCALE_DEFAULT      # s; 0 = off (exactly the unguided output)
-    sigma_lo: float = 0.0             # guide only for sigma_lo <= sigma <= sigma_hi
-    sigma_hi: float = math.inf
-    every_n: int = 1                  # guide on every N-th step (step index from this run's sigmas)
-    rms_clamp: float = 0.0            # clamp of the gradient's RMS per sample; 0 = off
-    dtype: str = "float32"            # compute dtype of the classifier forward/backward
+    sigma_lo: float = DEFAULTS["sigma_lo"]  # guide only for sigma_lo < sigma <= sigma_hi (schedules.in_window)
+    sigma_hi: float = DEFAULTS["sigma_hi"]  # SIGMA_NO_BOUND (or inf) = no upper bound
+    every_n: int = DEFAULTS["every_n"]      # guide on every N-th step (step index from this run's sigmas)
+    rms_clamp: float = DEFAULTS["rms_clamp"]  # clamp of the gradient's RMS per sample; 0 = off
+    dtype: str = DEFAULTS["dtype"]          # compute dtype of the classifier forward/backward
 
     def __post_init__(self):
         require_finite("scale", self.scale)
@@ -155,16 +162,14 @@ def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
     """Scale each sample's gradient down so that sqrt(mean(g^2)) <= max_rms (0 = off)."""
     if max_rms <= 0:
         return grad
-    rms = grad.pow(2).flatten(1).mean(1).sqrt().view(-1, *([1] * (grad.ndim - 1)))
+    rms = per_sample(grad.pow(2).flatten(1).mean(1).sqrt(), grad)
     return grad * torch.clamp(max_rms / rms.clamp(min=1e-30), max=1.0)
 
 
 def shift_denoised(denoised: torch.Tensor, grad: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor,
                    scale: float) -> torch.Tensor:
     """D' = D + s * (sigma^2 / alpha) * g   (Dhariwal & Nichol 2021, score form in D-space)."""
-    shape = (-1,) + (1,) * (denoised.ndim - 1)
-    sigma = sigma.reshape(shape).to(denoised)
-    alpha = alpha.reshape(shape).to(denoised)
+    sigma, alpha = per_sample(sigma, denoised), per_sample(alpha, denoised)
     return denoised + scale * (sigma ** 2 / alpha) * grad.to(denoised)
 
 
@@ -183,7 +188,7 @@ class ClassifierGuidance:
 
     def active(self, sigma: float, step_index: float | None) -> bool:
         c = self.config
-        if c.scale == 0 or not (c.sigma_lo <= sigma <= c.sigma_hi):
+        if c.scale == 0 or not in_window(sigma, c.sigma_lo, c.sigma_hi):
             return False
         if step_index is not None and c.every_n > 1 and int(math.floor(step_index + 1e-6)) % c.every_n != 0:
             return False

@@ -105,26 +105,31 @@ def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     return path
 
 
-def _check_not_pickle(path: str):
-    """Safetensors layout: an 8-byte little-endian header length N, then N bytes of JSON starting with '{'.
-    Only a file that is not laid out so is judged by its first bytes: a header length whose low byte is 0x80,
-    or whose low bytes spell 'PK', is a valid safetensors file, not a pickle or zip."""
-    low = path.lower()
-    if low.endswith(PICKLE_EXTS):
-        raise ClassifierFileError(f"{os.path.basename(path)}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are "
-                                  "refused because loading them can run code; convert it to .safetensors")
+def check_safetensors(path: str, what: str = "classifier", error: type[GuidanceConfigError] = None):
+    """Refuse anything but a safetensors file before it is opened as one: pickled checkpoints can run code when
+    loaded. Safetensors layout: an 8-byte little-endian header length N, then N bytes of JSON starting with '{'.
+    Only a file that is not laid out so is judged by its first bytes: a header length whose low byte is 0x80, or
+    whose low bytes spell 'PK', is a valid safetensors file, not a pickle or zip. `what` names the file's role in
+    the messages; `error` is the exception type raised (ClassifierFileError by default)."""
+    error = error or ClassifierFileError
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise error(f"{what} file {name!r} does not exist (deleted or moved?)")
+    if path.lower().endswith(PICKLE_EXTS):
+        raise error(f"{name}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are refused because loading them can "
+                    "run code; convert it to .safetensors")
     with open(path, "rb") as f:
         head = f.read(9)
     size = os.path.getsize(path)
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         n = int.from_bytes(head[:8], "little")
         if n > MAX_HEADER_BYTES:
-            raise ClassifierFileError(f"{os.path.basename(path)}: safetensors header of {n} bytes; a classifier file's "
-                                      f"header (tensor index, labels, config) is at most {MAX_HEADER_BYTES >> 20} MiB")
+            raise error(f"{name}: safetensors header of {n} bytes; a {what} file's header (tensor index, labels, "
+                        f"config) is at most {MAX_HEADER_BYTES >> 20} MiB")
         return
     if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise ClassifierFileError(f"{os.path.basename(path)} is a pickle/zip checkpoint, not safetensors; refused")
-    raise ClassifierFileError(f"{os.path.basename(path)} is not a safetensors file (corrupt or truncated)")
+        raise error(f"{name} is a pickle/zip checkpoint, not safetensors; refused")
+    raise error(f"{name} is not a safetensors file (corrupt or truncated)")
 
 
 def _short(value, limit: int = 80) -> str:
@@ -187,7 +192,7 @@ def _build_network(name: str, meta: dict, shapes: dict):
 
 
 def read_metadata(path: str) -> dict:
-    _check_not_pickle(path)
+    check_safetensors(path)
     try:
         with safe_open(path, framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)

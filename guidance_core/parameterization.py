@@ -54,9 +54,11 @@ def space_coefficients(space: str, sigma: torch.Tensor, alpha: torch.Tensor):
     raise ValueError(f"space={space!r}; accepted: {', '.join(SPACES)}")
 
 
-def broadcast_sigma(sigma, like: torch.Tensor) -> torch.Tensor:
-    """Sigma as a tensor shaped [B, 1, 1, ...] (or a scalar tensor) to broadcast against `like`."""
-    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+def per_sample(value, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample value ([B], e.g. sigma) as a tensor shaped [B, 1, 1, ...] (a scalar stays a scalar tensor), in
+    `like`'s dtype and device, to broadcast against `like` (k-diffusion's append_dims). The one reshape of a
+    per-sample value in the core."""
+    s = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if s.ndim == 0:
         return s
     return s.reshape(s.shape[:1] + (1,) * (like.ndim - 1))
@@ -64,13 +66,13 @@ def broadcast_sigma(sigma, like: torch.Tensor) -> torch.Tensor:
 
 def to_space(space: str, denoised: torch.Tensor, x: torch.Tensor, sigma, alpha) -> torch.Tensor:
     """y = a*D + b*x (see space_coefficients)."""
-    a, b = space_coefficients(space, broadcast_sigma(sigma, x), broadcast_sigma(alpha, x))
+    a, b = space_coefficients(space, per_sample(sigma, x), per_sample(alpha, x))
     return a * denoised + b * x
 
 
 def from_space(space: str, y: torch.Tensor, x: torch.Tensor, sigma, alpha) -> torch.Tensor:
     """D = (y - b*x)/a, the inverse of to_space."""
-    a, b = space_coefficients(space, broadcast_sigma(sigma, x), broadcast_sigma(alpha, x))
+    a, b = space_coefficients(space, per_sample(sigma, x), per_sample(alpha, x))
     return (y - b * x) / a
 
 
@@ -136,7 +138,7 @@ def input_scale(sigma: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 def scale_input(x: torch.Tensor, sigma, scaling: dict) -> torch.Tensor:
     """c_in(sigma)*x, what the diffusion model and a noise-aware classifier read (see INPUT_SCALINGS)."""
-    return input_scale(broadcast_sigma(sigma, x), scaling) * x
+    return input_scale(per_sample(sigma, x), scaling) * x
 
 
 def describe_input_scaling(scaling: dict) -> str:
@@ -182,5 +184,5 @@ def identify_input_scaling(calculate_input: Callable) -> dict | None:
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma, parameterization: str) -> torch.Tensor:
     """x = alpha(sigma)*x0 + sigma*eps in ComfyUI's sampling space."""
-    s = broadcast_sigma(sigma, x0)
+    s = per_sample(sigma, x0)
     return alpha_for(parameterization, s) * x0 + s * noise

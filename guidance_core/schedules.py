@@ -41,22 +41,32 @@ DEFAULTS = {
     "keyframes": "0:1, 0.5:1, 1:0", "threshold": 0.99,
 }
 RANGES = {"value": (-100.0, 100.0), "exponent": (0.01, 100.0), "sigma": (0.0, 1.0e4), "threshold": (-1.0, 1.0)}
+# A sigma_hi of this value means "no upper bound": it lies above every model's sigma_max (EDM/Playground 80,
+# SD1.5 14.6, zero-terminal-SNR ~4.5e3). The one spelling of "no upper bound" for the node schemas and the core.
+SIGMA_NO_BOUND = RANGES["sigma"][1]
+
+
+def in_window(sigma: float, lo: float, hi: float) -> bool:
+    """The pack's one sigma-window convention, for schedules' guidance interval and classifier guidance alike:
+    a step is inside when lo < sigma <= hi (half-open like Kynkaanniemi et al. 2024's interval (sigma_lo, sigma_hi]:
+    with lo = 0 every step a sampler evaluates, sigma > 0, is inside)."""
+    return lo < sigma <= hi
 
 
 @dataclass(frozen=True)
 class Schedule:
     """A guidance multiplier schedule (see the module docstring for the formulas)."""
 
-    kind: str = "constant"
-    start: float = 1.0
-    end: float = 1.0
-    exponent: float = 2.0
-    sigma_lo: float = 0.0
-    sigma_hi: float = math.inf
-    inside: float = 1.0
-    outside: float = 0.0
-    keyframes: tuple = field(default_factory=tuple)
-    axis: str = "progress"
+    kind: str = DEFAULTS["kind"]
+    start: float = DEFAULTS["start"]
+    end: float = DEFAULTS["end"]
+    exponent: float = DEFAULTS["exponent"]
+    sigma_lo: float = DEFAULTS["sigma_lo"]
+    sigma_hi: float = DEFAULTS["sigma_hi"]
+    inside: float = DEFAULTS["inside"]
+    outside: float = DEFAULTS["outside"]
+    keyframes: tuple = field(default_factory=lambda: parse_keyframes(DEFAULTS["keyframes"]))
+    axis: str = DEFAULTS["axis"]
     threshold: float = DEFAULTS["threshold"]
 
     def __post_init__(self):
@@ -110,9 +120,6 @@ def validate(s: Schedule) -> None:
             prev = p
 
 
-CONSTANT_ONE = Schedule()
-
-
 def parse_keyframes(text: str) -> tuple:
     """Parse "0:7, 0.5:3, 1:1" (or one pair per line) into ((0.0, 7.0), (0.5, 3.0), (1.0, 1.0))."""
     pairs = []
@@ -125,6 +132,9 @@ def parse_keyframes(text: str) -> tuple:
         except ValueError:
             raise GuidanceConfigError(f"schedule keyframes item {j} {chunk.strip()!r} is not 'number:number'") from None
     return tuple(sorted(pairs, key=lambda kv: kv[0]))
+
+
+CONSTANT_ONE = Schedule()
 
 
 def _shape(s: Schedule, p: float) -> float:
@@ -199,7 +209,7 @@ def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = Non
     (the model's full range) for axis "sigma". Interval schedules need neither.
     """
     if s.kind == "interval":
-        return s.inside if s.sigma_lo < sigma <= s.sigma_hi else s.outside
+        return s.inside if in_window(sigma, s.sigma_lo, s.sigma_hi) else s.outside
     if s.kind in ("constant", "adaptive"):
         return s.start
     if s.axis == "sigma":
@@ -234,91 +244,6 @@ def scaled(s: Schedule, factor: float) -> Schedule:
     """The same schedule with every value multiplied by `factor` (matched mean-scale sweeps)."""
     return replace(s, start=s.start * factor, end=s.end * factor, inside=s.inside * factor,
                    outside=s.outside * factor, keyframes=tuple((p, v * factor) for p, v in s.keyframes))
-
-
-# --- Preview (the frontend plot): a schedule's values on a typical run, same math as sampling ---
-
-PREVIEW_STEPS_DEFAULT = 20
-PREVIEW_STEPS_RANGE = (1, 200)
-# SD1.5-like discrete model: ComfyUI's ModelSamplingDiscrete defaults (LDM "scaled linear" betas).
-DISCRETE_DEFAULTS = {"timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
-
-
-def discrete_model_sigmas(timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> list[float]:
-    """The model sigmas of a DDPM-style discrete model, ascending (t = 0 .. T-1).
-
-    "Scaled linear" betas (Rombach et al. 2022, LDM; ComfyUI's ModelSamplingDiscrete default):
-        beta_t = (sqrt(b0) + (sqrt(b1) - sqrt(b0)) * t / (T - 1))^2
-        alphabar_t = prod_{s <= t} (1 - beta_s)
-        sigma_t = sqrt((1 - alphabar_t) / alphabar_t)
-    With the defaults sigma_0 = 0.0292 and sigma_999 = 14.61 (SD1.5).
-    """
-    if int(timesteps) < 2:
-        raise GuidanceConfigError(f"timesteps={timesteps}; a discrete schedule needs at least 2")
-    a, b = math.sqrt(beta_start), math.sqrt(beta_end)
-    out, abar = [], 1.0
-    for t in range(int(timesteps)):
-        beta = (a + (b - a) * t / (timesteps - 1)) ** 2
-        abar *= 1.0 - beta
-        out.append(math.sqrt((1.0 - abar) / abar))
-    return out
-
-
-def normal_scheduler_sigmas(steps: int, model_sigmas: Sequence[float]) -> list[float]:
-    """This run's sigmas (steps + 1 entries, the last 0) with ComfyUI's "normal" scheduler on a
-    discrete model whose ascending sigmas are `model_sigmas` (T entries).
-
-    Timesteps evenly spaced from T-1 down to 0, u_i = (T-1) * (1 - i/(steps-1)) (u_0 = T-1 for one
-    step); sigma(u) interpolates log sigma linearly between the neighbouring integer timesteps:
-        sigma(u) = exp((1 - w) * log sigma_floor(u) + w * log sigma_ceil(u)),  w = u - floor(u).
-    """
-    n = _preview_steps(steps)
-    log_s = [math.log(v) for v in model_sigmas]
-    top = len(log_s) - 1
-    out = []
-    for i in range(n):
-        u = top * (1.0 - i / (n - 1)) if n > 1 else float(top)
-        lo = min(max(int(math.floor(u)), 0), top)
-        hi = min(lo + 1, top)
-        w = u - lo
-        out.append(math.exp((1.0 - w) * log_s[lo] + w * log_s[hi]))
-    return out + [0.0]
-
-
-def log_spaced_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
-    """steps + 1 sigmas, log-uniform from sigma_max down to sigma_min, then 0:
-    sigma_i = exp(log sigma_max + (log sigma_min - log sigma_max) * i / (steps - 1))."""
-    n = _preview_steps(steps)
-    lo = require_finite("sigma_min", sigma_min)
-    hi = require_finite("sigma_max", sigma_max)
-    if not 0.0 < lo < hi:
-        raise GuidanceConfigError(f"sigma_min={lo}, sigma_max={hi}; use 0 < sigma_min < sigma_max")
-    if n == 1:
-        return [hi, 0.0]
-    return [math.exp(math.log(hi) + (math.log(lo) - math.log(hi)) * i / (n - 1)) for i in range(n)] + [0.0]
-
-
-def preview_sigmas(steps: int, sigma_min: float | None = None,
-                   sigma_max: float | None = None) -> tuple[list[float], float, float]:
-    """(this run's sigmas, the model's sigma_min, sigma_max) for a preview of `steps` steps.
-
-    No range given: an SD1.5-like model (discrete_model_sigmas) with ComfyUI's "normal" scheduler,
-    the model range being its first and last sigma. A range given: log_spaced_sigmas over it.
-    """
-    if sigma_min is None and sigma_max is None:
-        model = discrete_model_sigmas(**DISCRETE_DEFAULTS)
-        return normal_scheduler_sigmas(steps, model), model[0], model[-1]
-    if sigma_min is None or sigma_max is None:
-        raise GuidanceConfigError("give both sigma_min and sigma_max, or neither (SD1.5-like default)")
-    sig = log_spaced_sigmas(steps, sigma_min, sigma_max)
-    return sig, float(sigma_min), float(sigma_max)
-
-
-def _preview_steps(steps) -> int:
-    lo, hi = PREVIEW_STEPS_RANGE
-    if isinstance(steps, bool) or not isinstance(steps, int) or not lo <= steps <= hi:
-        raise GuidanceConfigError(f"steps={steps!r}; use a whole number from {lo} to {hi}")
-    return steps
 
 
 def from_fields(kind: str = DEFAULTS["kind"], axis: str = DEFAULTS["axis"], start: float = DEFAULTS["start"],

@@ -22,8 +22,11 @@ import torch
 import torch.distributed as dist
 
 from . import io as gio
+from .classifiers.noise_aware import ClassifierConfig
 from .datasets import load_latent_cache
-from .training import NoiseSpec, TrainConfig, Trainer, classifier_metadata
+from .errors import GuidanceConfigError
+from .training import (NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range,
+                       setting_field)
 
 
 def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=None) -> Trainer:
@@ -34,24 +37,51 @@ def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=No
                    distributed=distributed)
 
 
-def main(argv=None) -> int:
+# (config class, field) of each training setting on the command line; the flag is --field-with-dashes
+SETTINGS = [(TrainConfig, name) for name in ("steps", "batch_size", "lr", "weight_decay", "seed", "sigma_distribution",
+                                             "class_balance", "checkpoint_every")] + [(ClassifierConfig, "base_channels")]
+
+
+def add_setting(ap: argparse.ArgumentParser, config, name: str):
+    """--name for a config field: default, choices, type and help (with the accepted range) from its metadata."""
+    f = setting_field(config, name)
+    flag, meta = "--" + name.replace("_", "-"), f.metadata
+    if isinstance(f.default, bool):
+        ap.add_argument(flag, action="store_true", help=meta["help"])
+    elif "choices" in meta:
+        ap.add_argument(flag, default=f.default, choices=list(meta["choices"]), help=f"{meta['help']} (default: %(default)s)")
+    else:
+        ap.add_argument(flag, type=type(f.default), default=f.default,
+                        help=f"{meta['help']} (default: %(default)s; {describe_range(*meta['range'])})")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m guidance_core.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latents", required=True, help="latent cache (.safetensors) written by the Train Classifier node")
     ap.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=64, help="per process")
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sigma-distribution", default="log_uniform", choices=["log_uniform", "model"])
-    ap.add_argument("--class-balance", action="store_true")
-    ap.add_argument("--base-channels", type=int, default=64)
-    ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = none)")
+    for config, name in SETTINGS:
+        add_setting(ap, config, name)
     ap.add_argument("--checkpoint", default=None, help="checkpoint path (default: OUT with .ckpt.safetensors)")
     ap.add_argument("--resume", default=None, help="checkpoint to resume from")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {name: getattr(args, name) for config, name in SETTINGS if config is TrainConfig}
+    arch = {name: getattr(args, name) for config, name in SETTINGS if config is ClassifierConfig}
+    return TrainConfig(**values, arch=arch)
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
+    config = config_from_args(args)
+    try:
+        config.validate()  # before any work
+    except GuidanceConfigError as e:
+        ap.error(str(e))
 
     distributed = None
     if dist.is_torchelastic_launched():
@@ -66,9 +96,6 @@ def main(argv=None) -> int:
         device = torch.device("cpu")
 
     tensors, meta = load_latent_cache(args.latents)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         seed=args.seed, sigma_distribution=args.sigma_distribution, class_balance=args.class_balance,
-                         checkpoint_every=args.checkpoint_every, arch={"base_channels": args.base_channels})
     trainer = build(tensors, meta, config, device, distributed)
     ckpt = args.checkpoint or (args.out[: -len(".safetensors")] if args.out.endswith(".safetensors") else args.out) + ".ckpt.safetensors"
     if args.resume:

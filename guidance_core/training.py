@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -32,31 +32,75 @@ from .errors import GuidanceConfigError
 SIGMA_DISTRIBUTIONS = ("log_uniform", "model")
 
 
+def setting(default, help_text: str, lo=None, hi=None, choices=None):
+    """A config field that carries its own help text and accepted range [lo, hi] (inclusive; hi = math.inf:
+    no upper bound) or choices. The Train Classifier node's schema and the command line (train.build_parser)
+    read them from here, check_settings checks them: one home per default and range."""
+    meta = {"help": help_text}
+    if lo is not None:
+        meta["range"] = (lo, hi)
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta)
+
+
+def setting_field(cls, name: str):
+    """The dataclasses.Field of setting `name` of a config class (TrainConfig, ClassifierConfig)."""
+    found = {f.name: f for f in fields(cls)}
+    if name not in found:
+        raise GuidanceConfigError(f"{name!r} is not a setting of {cls.__name__}; accepted: {', '.join(found)}")
+    return found[name]
+
+
+def _number(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe_range(lo, hi) -> str:
+    """'in [lo, hi]', or 'lo or more' when hi = math.inf (no upper bound)."""
+    return f"{_number(lo)} or more" if hi == math.inf else f"in [{_number(lo)}, {_number(hi)}]"
+
+
+def check_settings(cls, values: dict):
+    """Raise GuidanceConfigError naming the field, the bad value and what is accepted, for the first value
+    outside its field's range or choices (see `setting`)."""
+    for name, value in values.items():
+        meta = setting_field(cls, name).metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise GuidanceConfigError(f"{name}={value!r}; accepted: {', '.join(meta['choices'])}")
+        if "range" in meta:
+            lo, hi = meta["range"]
+            kind = "an integer" if isinstance(lo, int) else "a number"
+            finite = isinstance(value, int) or math.isfinite(value)
+            if not (finite and lo <= value <= hi):
+                raise GuidanceConfigError(f"{name}={value}; use {kind} {describe_range(lo, hi)} ({meta['help']})")
+
+
+# Train Classifier node settings that are not TrainConfig fields: steps = STEPS_CACHE_ONLY only encodes and
+# caches the latents (for the command line trainer); images are resized to `resolution` pixels (datasets.load_image).
+STEPS_CACHE_ONLY = 0
+RESOLUTION_DEFAULT, RESOLUTION_RANGE = 512, (8, 4096)
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    seed: int = 0
-    sigma_distribution: str = "log_uniform"
-    class_balance: bool = False
-    val_fraction: float = 0.1
-    buckets: int = 5
-    eval_batches: int = 4          # validation batches per bucket
-    checkpoint_every: int = 0      # 0 = no periodic checkpoints
+    steps: int = setting(2000, "training steps", 1, 1_000_000)
+    batch_size: int = setting(64, "examples per step (per process under torchrun)", 1, 4096)
+    lr: float = setting(3e-4, "AdamW learning rate, annealed linearly to 0 (ADM: 3e-4)", 1e-6, 1.0)
+    weight_decay: float = setting(0.05, "AdamW weight decay (0 = none)", 0.0, math.inf)
+    seed: int = setting(0, "seed: same seed, same classifier", 0, 2**31 - 1)
+    sigma_distribution: str = setting("log_uniform", "noise levels: log-uniform over the model's sigma range, or "
+                                      "the model's own training distribution", choices=SIGMA_DISTRIBUTIONS)
+    class_balance: bool = setting(False, "sample labels equally often (off = as in the data)")
+    val_fraction: float = 0.1      # held out for the report; in [0, 1)
+    buckets: int = setting(5, "validation buckets over log sigma", 1, math.inf)
+    eval_batches: int = setting(4, "validation batches per bucket", 1, math.inf)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = none)", 0, math.inf)
     arch: dict = field(default_factory=dict)  # ClassifierConfig overrides
 
     def validate(self):
-        if self.steps < 1:
-            raise GuidanceConfigError(f"steps={self.steps}; train for at least 1 step")
-        if self.batch_size < 1:
-            raise GuidanceConfigError(f"batch_size={self.batch_size}; use at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise GuidanceConfigError(f"lr={self.lr}; use a positive learning rate such as 3e-4")
-        if self.sigma_distribution not in SIGMA_DISTRIBUTIONS:
-            raise GuidanceConfigError(f"sigma_distribution={self.sigma_distribution!r}; accepted: "
-                                      f"{', '.join(SIGMA_DISTRIBUTIONS)}")
+        check_settings(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self) if f.metadata})
+        check_settings(ClassifierConfig, self.arch)
         if not 0.0 <= self.val_fraction < 1.0:
             raise GuidanceConfigError(f"val_fraction={self.val_fraction}; use a value in [0, 1)")
 

@@ -6,18 +6,18 @@ import math
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..guidance_core import cfg as C
-from ..guidance_core import perturb as PT
-from ..guidance_core import schedules as S
+from ..guidance_core import cfg as cfg_core
+from ..guidance_core import perturb
+from ..guidance_core import schedules
 from ..guidance_core.errors import require_finite
-from . import cfg_runtime as R
+from . import cfg_runtime
 from . import glue
-from . import types as T
+from . import types as sockets
 
 CATEGORY = "Guidance Lab/cfg"
-SCHEDULE_DEFAULTS = S.DEFAULTS
-VMIN, VMAX = S.RANGES["value"]
-POST = C.POST_RANGES
+SCHEDULE_DEFAULTS = schedules.DEFAULTS
+VMIN, VMAX = schedules.RANGES["value"]
+POST = cfg_core.POST_RANGES
 
 
 class GuidanceLabSchedule(io.ComfyNode):
@@ -30,11 +30,11 @@ class GuidanceLabSchedule(io.ComfyNode):
             description="A per-step multiplier of a guidance strength (1 = full, 0 = off). "
                         "For CFG the effective scale is 1 + f*(cfg - 1).",
             inputs=[
-                io.Combo.Input("kind", options=list(S.KINDS), default=SCHEDULE_DEFAULTS["kind"],
+                io.Combo.Input("kind", options=list(schedules.KINDS), default=SCHEDULE_DEFAULTS["kind"],
                                tooltip="Shape: constant, linear, cosine, power_up (change late), power_down "
                                        "(change early), interval (on for sigma_lo < sigma <= sigma_hi), keyframes, adaptive (on "
                                        "until the term's predictions agree: see threshold)."),
-                io.Combo.Input("axis", options=list(S.AXES), default=SCHEDULE_DEFAULTS["axis"],
+                io.Combo.Input("axis", options=list(schedules.AXES), default=SCHEDULE_DEFAULTS["axis"],
                                tooltip="Position p in [0,1]: 'progress' = fraction of this run's steps; 'sigma' = "
                                        "place in the model's log-sigma range (same meaning at any denoise). "
                                        "Interval always uses sigma."),
@@ -42,14 +42,14 @@ class GuidanceLabSchedule(io.ComfyNode):
                                tooltip="Multiplier at p = 0 (first step / highest noise). Constant uses this value."),
                 io.Float.Input("end", default=SCHEDULE_DEFAULTS["end"], min=VMIN, max=VMAX, step=0.01,
                                tooltip="Multiplier at p = 1 (last step / lowest noise)."),
-                io.Float.Input("exponent", default=SCHEDULE_DEFAULTS["exponent"], min=S.RANGES["exponent"][0],
-                               max=S.RANGES["exponent"][1], step=0.1,
+                io.Float.Input("exponent", default=SCHEDULE_DEFAULTS["exponent"], min=schedules.RANGES["exponent"][0],
+                               max=schedules.RANGES["exponent"][1], step=0.1,
                                tooltip="Exponent k of power_up (p^k) and power_down ((1-p)^k); 1 = linear."),
-                io.Float.Input("sigma_lo", default=SCHEDULE_DEFAULTS["sigma_lo"], min=S.RANGES["sigma"][0],
-                               max=S.RANGES["sigma"][1], step=0.01,
+                io.Float.Input("sigma_lo", default=SCHEDULE_DEFAULTS["sigma_lo"], min=schedules.RANGES["sigma"][0],
+                               max=schedules.RANGES["sigma"][1], step=0.01,
                                tooltip="Interval: lower sigma bound (exclusive). Kynkaanniemi et al. use 0.28 for SDXL."),
-                io.Float.Input("sigma_hi", default=SCHEDULE_DEFAULTS["sigma_hi"], min=S.RANGES["sigma"][0],
-                               max=S.RANGES["sigma"][1], step=0.01,
+                io.Float.Input("sigma_hi", default=SCHEDULE_DEFAULTS["sigma_hi"], min=schedules.RANGES["sigma"][0],
+                               max=schedules.RANGES["sigma"][1], step=0.01,
                                tooltip="Interval: upper sigma bound (inclusive). Kynkaanniemi et al. use 5.42 for SDXL."),
                 io.Float.Input("inside", default=SCHEDULE_DEFAULTS["inside"], min=VMIN, max=VMAX, step=0.01,
                                tooltip="Interval: multiplier inside the interval."),
@@ -57,22 +57,22 @@ class GuidanceLabSchedule(io.ComfyNode):
                                tooltip="Interval: multiplier outside (0 = unguided there, only the positive runs)."),
                 io.String.Input("keyframes", default=SCHEDULE_DEFAULTS["keyframes"], multiline=False,
                                 tooltip="Keyframes: 'position:value' pairs, positions in [0,1], e.g. '0:1, 0.5:0.3, 1:0'."),
-                io.Float.Input("threshold", default=SCHEDULE_DEFAULTS["threshold"], min=S.RANGES["threshold"][0],
-                               max=S.RANGES["threshold"][1], step=0.00001, round=0.00001, optional=True,
+                io.Float.Input("threshold", default=SCHEDULE_DEFAULTS["threshold"], min=schedules.RANGES["threshold"][0],
+                               max=schedules.RANGES["threshold"][1], step=0.00001, round=0.00001, optional=True,
                                tooltip="Adaptive: the term stops (0 for the rest of the run, never evaluated again) once "
                                        "cos(eps_term, eps_reference) >= threshold (Castillo et al. 2023); before that "
                                        "the multiplier is 'start'."),
             ],
-            outputs=[T.Schedule.Output(display_name="schedule")],
+            outputs=[sockets.Schedule.Output(display_name="schedule")],
         )
 
     @classmethod
     def execute(cls, kind, axis, start, end, exponent, sigma_lo, sigma_hi, inside, outside, keyframes,
                 threshold=SCHEDULE_DEFAULTS["threshold"]):
-        sched = S.from_fields(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
+        sched = schedules.from_fields(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
                               sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=keyframes, threshold=threshold)
         # evaluate on a dense grid now, so a NaN/inf shows before sampling starts
-        S.step_values(sched, [math.exp(3.0 - 9.0 * i / 100) for i in range(101)] + [0.0])
+        schedules.step_values(sched, [math.exp(3.0 - 9.0 * i / 100) for i in range(101)] + [0.0])
         return io.NodeOutput(sched)
 
 
@@ -89,10 +89,10 @@ class GuidanceLabTerm(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
                 _weight_input("prompt", "Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
                 _reference_input("the baseline (empty if connected, else negative)", optional=True),
-                T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
-                T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
+                sockets.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
+                sockets.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
             ],
-            outputs=[T.Terms.Output(display_name="terms")],
+            outputs=[sockets.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -102,20 +102,20 @@ class GuidanceLabTerm(io.ComfyNode):
 
 
 def _append_term(terms, conditioning, kind, weight, reference, schedule, **spec) -> tuple:
-    """The earlier GUIDANCE_TERMS plus one term (R.TermSpec); a term's own conditioning is checked here."""
+    """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.TermSpec); a term's own conditioning is checked here."""
     if conditioning is not None:
         glue.conditioning_batch(conditioning, "term conditioning")
-    term = C.ExtraTerm(weight=weight, schedule=schedule or S.CONSTANT_ONE, kind=kind, reference=reference)
-    return tuple(terms or ()) + (R.TermSpec(conditioning, term, **spec),)
+    term = cfg_core.ExtraTerm(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference)
+    return tuple(terms or ()) + (cfg_runtime.TermSpec(conditioning, term, **spec),)
 
 
 def _weight_input(kind: str, tooltip: str):
     """The weight of a term node: its default for the term kind and the one range, from the core."""
-    return io.Float.Input("weight", default=C.TERM_WEIGHT_DEFAULTS[kind], min=C.TERM_WEIGHT_RANGE[0],
-                          max=C.TERM_WEIGHT_RANGE[1], step=0.05, tooltip=tooltip)
+    return io.Float.Input("weight", default=cfg_core.TERM_WEIGHT_DEFAULTS[kind], min=cfg_core.TERM_WEIGHT_RANGE[0],
+                          max=cfg_core.TERM_WEIGHT_RANGE[1], step=0.05, tooltip=tooltip)
 
 
-REFERENCE_OPTIONS = list(C.REFERENCES) + [f"term {i}" for i in range(1, 17)]
+REFERENCE_OPTIONS = list(cfg_core.REFERENCES) + [f"term {i}" for i in range(1, 17)]
 
 
 def _reference_input(auto: str, optional: bool = False):
@@ -126,9 +126,9 @@ def _reference_input(auto: str, optional: bool = False):
 
 
 def _term_tail(conditioning_tip: str):
-    return [T.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
+    return [sockets.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
             io.Conditioning.Input("conditioning", optional=True, tooltip=conditioning_tip),
-            T.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
+            sockets.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
 
 
 class GuidanceLabPerturbedTerm(io.ComfyNode):
@@ -143,26 +143,26 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                         "identity; SEG (Hong 2024): blurred queries; SLG: DiT blocks skipped. Its rows run in the same "
                         "batched model call as the prompts (CFG + PAG = one call of 3 rows).",
             inputs=[
-                io.Combo.Input("mode", options=list(PT.MODES), default="pag",
+                io.Combo.Input("mode", options=list(perturb.MODES), default="pag",
                                tooltip="pag and seg: UNet self-attention blocks; slg: DiT transformer blocks."),
                 io.String.Input("blocks", default="", multiline=False,
                                 tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
                                         "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
                                         "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
                 _weight_input("perturbed", "Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
-                io.Float.Input("seg_sigma", default=PT.SEG_SIGMA_DEFAULT, min=PT.SEG_SIGMA_RANGE[0], max=PT.SEG_SIGMA_RANGE[1],
+                io.Float.Input("seg_sigma", default=perturb.SEG_SIGMA_DEFAULT, min=perturb.SEG_SIGMA_RANGE[0], max=perturb.SEG_SIGMA_RANGE[1],
                                step=0.1,
-                               tooltip=f"SEG only: std of the query blur in tokens; {PT.SEG_SIGMA_INF:g} = the mean query "
+                               tooltip=f"SEG only: std of the query blur in tokens; {perturb.SEG_SIGMA_INF:g} = the mean query "
                                        "(the paper's infinite blur)."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the perturbed rows run with; none = the positive prompt."),
             ],
-            outputs=[T.Terms.Output(display_name="terms")],
+            outputs=[sockets.Terms.Output(display_name="terms")],
         )
 
     @classmethod
     def execute(cls, mode, blocks, weight, seg_sigma, reference="auto", schedule=None, conditioning=None, terms=None):
-        pert = PT.Perturbation(mode=mode, blocks=PT.parse_blocks(blocks or PT.DEFAULT_BLOCKS[mode], mode),
+        pert = perturb.Perturbation(mode=mode, blocks=perturb.parse_blocks(blocks or perturb.DEFAULT_BLOCKS[mode], mode),
                                seg_sigma=seg_sigma)
         return io.NodeOutput(_append_term(terms, conditioning, "perturbed", weight, reference, schedule, perturbation=pert))
 
@@ -184,7 +184,7 @@ class GuidanceLabModelTerm(io.ComfyNode):
                 _reference_input("positive"),
                 *_term_tail("The prompt the guiding model runs with; none = the positive prompt."),
             ],
-            outputs=[T.Terms.Output(display_name="terms")],
+            outputs=[sockets.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -202,38 +202,38 @@ class GuidanceLabPostProcess(io.ComfyNode):
             description="Optional post-processing of the guided prediction: CFG rescale, CFG-Zero*, APG, Perp-Neg. "
                         "Every option's default is off.",
             inputs=[
-                io.Float.Input("rescale_phi", default=C.PostProcess.default("rescale_phi"), min=POST["rescale_phi"][0],
+                io.Float.Input("rescale_phi", default=cfg_core.PostProcess.default("rescale_phi"), min=POST["rescale_phi"][0],
                                max=POST["rescale_phi"][1], step=0.01,
                                tooltip="CFG rescale strength phi (Lin et al. 2024, arXiv 2305.08891); 0 = off, 0.7 is the paper's."),
-                io.Combo.Input("rescale_space", options=list(C.RESCALE_SPACES), default="auto",
+                io.Combo.Input("rescale_space", options=list(cfg_core.RESCALE_SPACES), default="auto",
                                tooltip="Space of the rescale std: auto = v-prediction for eps/v models, x0 for flow "
                                        "(eps is refused for flow models)."),
                 io.Boolean.Input("cfg_zero_star", default=False,
                                  tooltip="CFG-Zero* optimized scale of the unconditional (Fan et al. 2025); off = plain."),
-                io.Int.Input("zero_init_steps", default=C.PostProcess.default("zero_init_steps"),
+                io.Int.Input("zero_init_steps", default=cfg_core.PostProcess.default("zero_init_steps"),
                              min=POST["zero_init_steps"][0], max=POST["zero_init_steps"][1],
                              tooltip="CFG-Zero* zero-init, flow models only: the first K sampler steps keep x (zero velocity, "
                                      "no model call); 0 = off."),
                 io.Boolean.Input("apg", default=False,
                                  tooltip="Adaptive projected guidance (Sadat et al. 2025, arXiv 2410.02416); off = plain CFG."),
-                io.Float.Input("apg_eta", default=C.APG_ETA_DEFAULT, min=POST["apg_eta"][0], max=POST["apg_eta"][1], step=0.05,
+                io.Float.Input("apg_eta", default=cfg_core.APG_ETA_DEFAULT, min=POST["apg_eta"][0], max=POST["apg_eta"][1], step=0.05,
                                tooltip="APG: weight of the guidance part parallel to D_pos (1 = keep, 0 = drop)."),
-                io.Float.Input("apg_momentum", default=C.APG_MOMENTUM_DEFAULT, min=POST["apg_momentum"][0],
+                io.Float.Input("apg_momentum", default=cfg_core.APG_MOMENTUM_DEFAULT, min=POST["apg_momentum"][0],
                                max=POST["apg_momentum"][1], step=0.05,
                                tooltip="APG momentum beta (negative in the paper, -0.5); 0 = off."),
-                io.Float.Input("apg_norm_threshold", default=C.APG_NORM_DEFAULT, min=POST["apg_norm_threshold"][0],
+                io.Float.Input("apg_norm_threshold", default=cfg_core.APG_NORM_DEFAULT, min=POST["apg_norm_threshold"][0],
                                max=POST["apg_norm_threshold"][1], step=0.5,
                                tooltip="APG: clamp of the guidance norm r (per sample); 0 = off."),
                 io.Boolean.Input("perp_neg", default=False,
                                  tooltip="Perp-Neg: use only the part of the negative orthogonal to the positive "
                                          "(needs an empty conditioning); off = plain negative."),
             ],
-            outputs=[T.PostProcess.Output(display_name="post")],
+            outputs=[sockets.PostProcess.Output(display_name="post")],
         )
 
     @classmethod
     def execute(cls, **kw):
-        return io.NodeOutput(C.PostProcess(**kw))
+        return io.NodeOutput(cfg_core.PostProcess(**kw))
 
 
 def _common_inputs():
@@ -241,14 +241,14 @@ def _common_inputs():
         io.Conditioning.Input("empty", optional=True,
                               tooltip="Empty-prompt conditioning. When connected: D = D_empty + cfg*(D_pos - D_empty) "
                                       "- neg_scale*(D_neg - D_empty). Not connected = standard CFG."),
-        io.Float.Input("neg_scale", default=C.NEG_SCALE_DEFAULT, min=-C.CFG_MAX, max=C.CFG_MAX, step=0.1,
+        io.Float.Input("neg_scale", default=cfg_core.NEG_SCALE_DEFAULT, min=-cfg_core.CFG_MAX, max=cfg_core.CFG_MAX, step=0.1,
                        tooltip="Scale of the negative term; used only with an empty conditioning. "
                                "cfg - 1 reproduces standard CFG; 0 = negative off."),
-        T.Schedule.Input("cfg_schedule", optional=True,
+        sockets.Schedule.Input("cfg_schedule", optional=True,
                          tooltip="Per-step multiplier f of the CFG strength: scale 1 + f*(cfg - 1). None = constant 1."),
-        T.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
-        T.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
-        T.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
+        sockets.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
+        sockets.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
+        sockets.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
                                                       "attention (PAG/SEG/SLG) and model terms (autoguidance)."),
     ]
 
@@ -268,7 +268,7 @@ class GuidanceLabCFGGuider(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="Positive prompt (required)."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative prompt: the unconditional of standard CFG."),
-                io.Float.Input("cfg", default=C.CFG_DEFAULT, min=C.CFG_MIN, max=C.CFG_MAX, step=0.1, round=0.01,
+                io.Float.Input("cfg", default=cfg_core.CFG_DEFAULT, min=cfg_core.CFG_MIN, max=cfg_core.CFG_MAX, step=0.1, round=0.01,
                                tooltip="CFG scale s (Ho & Salimans w = s - 1); 1 = no guidance (one model row)."),
                 *_common_inputs(),
             ],
@@ -284,10 +284,10 @@ class GuidanceLabCFGGuider(io.ComfyNode):
         glue.check_batches(named)
         require_finite("cfg", cfg)
         if negative is None and empty is None and cfg != 1.0:
-            raise C.GuidanceConfigError(f"cfg={cfg} needs an unconditional: connect 'negative' or 'empty', or set cfg to 1")
-        config = C.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or S.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or S.CONSTANT_ONE, terms=tuple(t.term for t in terms),
-                             post=post or C.PostProcess())
+            raise cfg_core.GuidanceConfigError(f"cfg={cfg} needs an unconditional: connect 'negative' or 'empty', or set cfg to 1")
+        config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
+                             neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
+                             post=post or cfg_core.PostProcess())
         return io.NodeOutput(Guider(model, config, cfg, positive, negative, empty, terms))
 
 
@@ -297,19 +297,19 @@ class Guider(comfy.samplers.CFGGuider):
     as ComfyUI's guiders tag negatives (prompt_type) where they act as one."""
 
     def __init__(self, model_patcher, config, cfg, positive, negative, empty, terms):
-        if model_patcher.model_options.get(R.MARK):
-            raise C.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; use the patch "
+        if model_patcher.model_options.get(cfg_runtime.MARK):
+            raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; use the patch "
                                         "(with KSampler) or the CFG Guider, not both")
         param = glue.parameterization_of(glue.model_sampling_of(model_patcher))
-        self.runtime = R.CFGRuntime(C.CFGCombiner(config, negative is not None, empty is not None, param),
+        self.runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, negative is not None, empty is not None, param),
                                     terms=terms, model_patcher=model_patcher)
         super().__init__(self.runtime.install(model_patcher.clone()))
-        conds = {R.POSITIVE_KEY: positive}
+        conds = {cfg_runtime.POSITIVE_KEY: positive}
         if negative is not None:
-            conds[R.NEGATIVE_KEY] = negative
+            conds[cfg_runtime.NEGATIVE_KEY] = negative
         if empty is not None:
-            conds[R.EMPTY_KEY] = R.tag_negative(empty)
-        conds.update(R.term_conds(terms, positive))
+            conds[cfg_runtime.EMPTY_KEY] = cfg_runtime.tag_negative(empty)
+        conds.update(cfg_runtime.term_conds(terms, positive))
         self.inner_set_conds(conds)
         self.set_cfg(cfg)
 
@@ -338,18 +338,18 @@ class GuidanceLabCFGPatch(io.ComfyNode):
         terms = tuple(terms or ())
         if empty is not None:
             glue.conditioning_batch(empty, "empty")
-            R.refuse_hooks(empty, "empty")
+            cfg_runtime.refuse_hooks(empty, "empty")
         for i, t in enumerate(terms):
             if t.conditioning is not None:
-                R.refuse_hooks(t.conditioning, f"term {i + 1}")
-        if model.model_options.get(R.MARK):
-            raise C.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; patch it once "
+                cfg_runtime.refuse_hooks(t.conditioning, f"term {i + 1}")
+        if model.model_options.get(cfg_runtime.MARK):
+            raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; patch it once "
                                         "(one CFG Patch per model)")
-        config = C.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or S.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or S.CONSTANT_ONE, terms=tuple(t.term for t in terms),
-                             post=post or C.PostProcess())
+        config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
+                             neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
+                             post=post or cfg_core.PostProcess())
         param = glue.parameterization_of(glue.model_sampling_of(model))
-        runtime = R.CFGRuntime(C.CFGCombiner(config, True, empty is not None, param), empty, terms, model)
+        runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, True, empty is not None, param), empty, terms, model)
         return io.NodeOutput(runtime.install(model.clone()))
 
 

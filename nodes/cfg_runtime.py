@@ -30,11 +30,11 @@ import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..guidance_core import cfg as C
-from ..guidance_core import perturb as PT
+from ..guidance_core import cfg as cfg_core
+from ..guidance_core import perturb
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
-from . import perturbation as PB
+from . import perturbation as perturb_patches
 
 MARK = "guidance_lab_cfg_patch"
 EMPTY_KEY = "guidance_lab_empty"
@@ -50,8 +50,8 @@ class TermSpec(NamedTuple):
     """One entry of a GUIDANCE_TERMS list: the term's conditioning (None = the positive prompt), its weights
     and kind (cfg.ExtraTerm), and for a perturbed term its Perturbation, for a model term its MODEL."""
     conditioning: Any
-    term: C.ExtraTerm
-    perturbation: PT.Perturbation | None = None
+    term: cfg_core.ExtraTerm
+    perturbation: perturb.Perturbation | None = None
     model: Any = None
 
 
@@ -67,7 +67,7 @@ def term_conds(terms, positive) -> dict:
 
 def cond_key(role: str) -> str:
     """The guider's cond key of a combiner role ("positive", "negative", "empty", "term{i}")."""
-    if role == C.EMPTY:
+    if role == cfg_core.EMPTY:
         return EMPTY_KEY
     if role.startswith("term"):
         return term_key(int(role[4:]))
@@ -90,7 +90,7 @@ def refuse_hooks(conditioning, name: str):
 class CFGRuntime:
     """Per-step guided prediction, shared by the GUIDER and the MODEL patch."""
 
-    def __init__(self, combiner: C.CFGCombiner, empty=None, terms=(), model_patcher=None):
+    def __init__(self, combiner: cfg_core.CFGCombiner, empty=None, terms=(), model_patcher=None):
         self.combiner = combiner
         self.empty = tag_negative(empty) if empty is not None else None
         self.terms = tuple(terms)
@@ -101,16 +101,16 @@ class CFGRuntime:
                 continue
             check_same_family(model_patcher, t.model, i + 1)
             if t.conditioning is None and model_patcher is not None and t.model.clone_has_same_weights(model_patcher):
-                self.aliases[f"term{i}"] = C.POSITIVE  # same weights, same input: the positive's prediction
-                if combiner.term_refs[i] == C.POSITIVE:
+                self.aliases[f"term{i}"] = cfg_core.POSITIVE  # same weights, same input: the positive's prediction
+                if combiner.term_refs[i] == cfg_core.POSITIVE:
                     combiner.null_terms.add(i)  # D_pos - D_pos: the term is exactly 0
             else:
                 self.models[f"term{i}"] = t.model
         if model_patcher is not None:
-            PB.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
-        self.probe = PB.Probe()
+            perturb_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
+        self.probe = perturb_patches.Probe()
         self._pre_run = set()
-        self.separate = False  # perturbed rows in calls of their own (PB.NoRowIds), found at the first call
+        self.separate = False  # perturbed rows in calls of their own (perturb_patches.NoRowIds), found at the first call
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone() deep-copies model_options: every clone keeps talking to this one runtime.
@@ -136,7 +136,7 @@ class CFGRuntime:
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
                 "the CFG Guider (Guidance Lab)")
         self.combiner.reset()
-        self.probe = PB.Probe()
+        self.probe = perturb_patches.Probe()
         self._pre_run = set()
         if own:
             return executor(*args, **kwargs)
@@ -174,7 +174,7 @@ class CFGRuntime:
         md = sampler.max_denoise(guider, rest)
         zero = ms.noise_scaling(rest[0], torch.zeros_like(noise), latent, md)
         one = ms.noise_scaling(rest[0], torch.ones_like(noise), latent, md)
-        start_noise = C.zero_init_start_noise(x_start, zero, one)
+        start_noise = cfg_core.zero_init_start_noise(x_start, zero, one)
         return executor(guider, rest, extra_args, callback, start_noise, latent_image, denoise_mask, disable_pbar)
 
     # ------------------------------------------------------------------ one step
@@ -192,9 +192,9 @@ class CFGRuntime:
         preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options)
         comb.observe(plan, preds, x, ctx)
         conds_pair = [conds[POSITIVE_KEY], conds[cond_key(base)] if base else None]
-        out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[C.POSITIVE], preds[base] if base else torch.zeros_like(x)],
+        out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[cfg_core.POSITIVE], preds[base] if base else torch.zeros_like(x)],
                                      scale, x, timestep, model_options)
-        preds[C.POSITIVE] = out_pair[0]
+        preds[cfg_core.POSITIVE] = out_pair[0]
         if base:
             preds[base] = out_pair[1]
         if comb.is_plain(plan):
@@ -211,14 +211,14 @@ class CFGRuntime:
         alone = [k for k in batch if k in self.perturbed] if self.separate else []
         batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
-        opts = PB.patched_options(model_options, by_chunk, self.probe) if by_chunk else model_options
+        opts = perturb_patches.patched_options(model_options, by_chunk, self.probe) if by_chunk else model_options
         try:
             preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts)))
-        except PB.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
+        except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options)
         for k in alone:
-            opts = PB.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True)
+            opts = perturb_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True)
             preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
         for k in set(self.perturbed) & (set(batch) | set(alone)):
             missed = [b for b in self.perturbed[k].blocks if self.probe.hits.get(b, 0) == 0]
@@ -291,7 +291,7 @@ def cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_opt
     result = guided
     fn = model_options.get("sampler_cfg_function")
     if fn is not None:
-        c, u = C.fold_to_pair(cond_pred, guided, scale) if scale != 1.0 else (guided, uncond_pred)
+        c, u = cfg_core.fold_to_pair(cond_pred, guided, scale) if scale != 1.0 else (guided, uncond_pred)
         args = {"cond": x - c, "uncond": x - u, "cond_scale": scale, "timestep": timestep, "input": x, "sigma": timestep,
                 "cond_denoised": c, "uncond_denoised": u, "model": model, "model_options": model_options,
                 "input_cond": conds_pair[0], "input_uncond": conds_pair[1]}

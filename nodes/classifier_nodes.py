@@ -13,13 +13,12 @@ import comfy.samplers
 import folder_paths
 from comfy_api.latest import io
 
-from ..guidance_core import classifier_guidance as G
-from ..guidance_core import io as gio
-from ..guidance_core import parameterization as P
-from ..guidance_core import schedules as S
+from ..guidance_core import classifier_guidance
+from ..guidance_core import io as io_core
+from ..guidance_core import parameterization
 from ..guidance_core.errors import GuidanceConfigError
 from . import folders, glue
-from . import types as T
+from . import types as sockets
 
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "classifiers"
@@ -56,7 +55,7 @@ def model_input_scaling(model_patcher) -> dict:
     """The model's input scaling c_in(sigma)*x (parameterization.INPUT_SCALINGS), found by asking its own
     model_sampling.calculate_input; refused when it is none of the known ones."""
     ms = glue.model_sampling_of(model_patcher)
-    found = P.identify_input_scaling(ms.calculate_input)
+    found = parameterization.identify_input_scaling(ms.calculate_input)
     if found is None:
         raise GuidanceConfigError(f"the model's input scaling ({type(ms).__name__}.calculate_input) is none of "
                                   "x/sqrt(sigma^2 + sigma_data^2), x, x/(1 + sigma); noise-aware classifiers cannot be "
@@ -73,12 +72,12 @@ class LoadedClassifier:
     and `model_patchers()` (what ComfyUI must load for sampling). Noise-aware classifiers also have
     `input_scaling` (what they read: c_in(sigma)*x, from the file) and `check_model`."""
 
-    wants = G.NOISY_INPUT
+    wants = classifier_guidance.NOISY_INPUT
 
     def __init__(self, module: torch.nn.Module, meta: dict, name: str = ""):
         self.module, self.meta, self.name = module, meta, name
         self.labels = [str(lb) for lb in meta["labels"]]
-        self.input_scaling = gio.input_scaling_of(meta)
+        self.input_scaling = io_core.input_scaling_of(meta)
         self.patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
@@ -90,7 +89,7 @@ class LoadedClassifier:
         return [self.patcher]
 
     def classify(self, x_in, sigma):
-        G.make_autograd_safe(self.module, x_in.device)
+        classifier_guidance.make_autograd_safe(self.module, x_in.device)
         return self.module(x_in, sigma)
 
     def bind(self, model_patcher, allow_other_latent_format: bool = False):
@@ -117,10 +116,10 @@ class LoadedClassifier:
             raise GuidanceConfigError(f"classifier {self.name!r} was trained for {trained} models, the model is "
                                       f"{model_param}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
         model_scaling = model_input_scaling(model_patcher)
-        if not P.same_input_scaling(self.input_scaling, model_scaling):
+        if not parameterization.same_input_scaling(self.input_scaling, model_scaling):
             raise GuidanceConfigError(f"classifier {self.name!r} was trained on inputs "
-                                      f"{P.describe_input_scaling(self.input_scaling)}, the model's input scaling is "
-                                      f"{P.describe_input_scaling(model_scaling)}; use a classifier trained for this "
+                                      f"{parameterization.describe_input_scaling(self.input_scaling)}, the model's input scaling is "
+                                      f"{parameterization.describe_input_scaling(model_scaling)}; use a classifier trained for this "
                                       "model (Train Classifier records the model's input scaling)")
 
 
@@ -128,7 +127,7 @@ class NoClassifier:
     """What Train Classifier outputs when it trained nothing (steps = 0): any guidance node it reaches
     stops before sampling with `reason`, instead of failing on a missing object."""
 
-    wants = G.NOISY_INPUT
+    wants = classifier_guidance.NOISY_INPUT
     labels: list = []
 
     def __init__(self, reason: str):
@@ -175,7 +174,7 @@ def differentiable_denoised(args: dict, x: torch.Tensor) -> torch.Tensor:
     conds = [list(cond)] + ([list(uncond)] if use_uncond else [])
     sigma = args["sigma"].detach().clone()
     try:
-        with G.autograd_safe_weights(model.diffusion_model, *_control_modules(conds)):
+        with classifier_guidance.autograd_safe_weights(model.diffusion_model, *_control_modules(conds)):
             outs = comfy.samplers.calc_cond_batch(model, conds, x, sigma, args["model_options"])
     except RuntimeError as e:
         if "Inference tensors" not in str(e):
@@ -196,14 +195,14 @@ class ClassifierHook:
     trained on; for classifiers of the denoised prediction see guidance_core.classifier_guidance). Used by
     the MODEL patch and by the SAMPLER wrapper (one code path)."""
 
-    def __init__(self, loaded, weights: torch.Tensor, config: G.ClassifierGuidanceConfig, classify=None,
+    def __init__(self, loaded, weights: torch.Tensor, config: classifier_guidance.ClassifierGuidanceConfig, classify=None,
                  allow_other_latent_format: bool = False):
         self.loaded = loaded
         self._classify = classify if classify is not None else loaded.classify
         self.allow_other_latent_format = allow_other_latent_format
         self.input_scaling = getattr(loaded, "input_scaling", None)
-        self.guidance = G.ClassifierGuidance(self.classify, weights, config,
-                                             wants=getattr(loaded, "wants", G.NOISY_INPUT))
+        self.guidance = classifier_guidance.ClassifierGuidance(self.classify, weights, config,
+                                             wants=getattr(loaded, "wants", classifier_guidance.NOISY_INPUT))
 
     def __deepcopy__(self, memo):  # model_options are deep-copied on clone; keep one hook
         return self
@@ -214,7 +213,7 @@ class ClassifierHook:
     def check_run(self, batch: int, model_patcher=None):
         """Before the first step: the target rows against the batch, and the classifier against the model that
         actually samples (a model patch applied after this node may have changed its sampling or latent format)."""
-        G.batch_weights(self.guidance.weights, batch)
+        classifier_guidance.batch_weights(self.guidance.weights, batch)
         check = getattr(self.loaded, "check_model", None)
         if check is not None and model_patcher is not None:
             check(model_patcher, self.allow_other_latent_format)
@@ -223,11 +222,10 @@ class ClassifierHook:
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
         ms = model.model_sampling
         param = glue.parameterization_of(ms)
-        sample_sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
-        step = S.step_position(float(sigma.max()), [float(v) for v in sample_sigmas]) if sample_sigmas is not None else None
-        through = self.guidance.wants == G.DENOISED_THROUGH_MODEL
+        step = glue.step_context(sigma, args["model_options"], ms).position()
+        through = self.guidance.wants == classifier_guidance.DENOISED_THROUGH_MODEL
         if self.input_scaling is not None:
-            model_input = lambda xx: P.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
+            model_input = lambda xx: parameterization.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
         else:
             model_input = lambda xx: ms.calculate_input(sigma, xx)  # noqa: E731
         return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), model_input, step,
@@ -240,21 +238,22 @@ class ClassifierHook:
 
 def _guidance_inputs():
     return [
-        T.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
+        sockets.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
                                                  "(Guidance Lab)."),
         io.String.Input("target", default="", multiline=True,
                         tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
                                 "batch image for different targets; one line for all."),
-        io.Float.Input("scale", default=G.SCALE_DEFAULT, min=0.0, max=G.SCALE_MAX, step=0.1,
+        io.Float.Input("scale", default=classifier_guidance.SCALE_DEFAULT, min=0.0, max=classifier_guidance.SCALE_MAX, step=0.1,
                        tooltip="Classifier scale s; 1 = Bayes' conditional, larger = sharper; 0 = off (unchanged output)."),
-        io.Float.Input("sigma_lo", default=0.0, min=0.0, max=1.0e4, step=0.01,
-                       tooltip="Guide only for sigma >= sigma_lo (0 = no lower bound)."),
-        io.Float.Input("sigma_hi", default=1.0e4, min=0.0, max=1.0e4, step=0.01,
-                       tooltip="Guide only for sigma <= sigma_hi (10000 = no upper bound)."),
-        io.Int.Input("every_n", default=1, min=1, max=100, tooltip="Guide on every N-th step (1 = every step)."),
-        io.Float.Input("rms_clamp", default=0.0, min=0.0, max=1.0e4, step=0.01,
-                       tooltip="Clamp of the gradient's RMS per image; 0 = off."),
-        io.Combo.Input("dtype", options=list(G.DTYPES), default="float32",
+        io.Float.Input("sigma_lo", default=classifier_guidance.DEFAULTS["sigma_lo"], min=classifier_guidance.RANGES["sigma"][0], max=classifier_guidance.RANGES["sigma"][1],
+                       step=0.01, tooltip="Guide only for sigma > sigma_lo (0 = no lower bound)."),
+        io.Float.Input("sigma_hi", default=classifier_guidance.DEFAULTS["sigma_hi"], min=classifier_guidance.RANGES["sigma"][0], max=classifier_guidance.RANGES["sigma"][1],
+                       step=0.01, tooltip=f"Guide only for sigma <= sigma_hi ({classifier_guidance.SIGMA_NO_BOUND:g} = no upper bound)."),
+        io.Int.Input("every_n", default=classifier_guidance.DEFAULTS["every_n"], min=classifier_guidance.RANGES["every_n"][0], max=classifier_guidance.RANGES["every_n"][1],
+                     tooltip="Guide on every N-th step (1 = every step)."),
+        io.Float.Input("rms_clamp", default=classifier_guidance.DEFAULTS["rms_clamp"], min=classifier_guidance.RANGES["rms_clamp"][0],
+                       max=classifier_guidance.RANGES["rms_clamp"][1], step=0.01, tooltip="Clamp of the gradient's RMS per image; 0 = off."),
+        io.Combo.Input("dtype", options=list(classifier_guidance.DTYPES), default=classifier_guidance.DEFAULTS["dtype"],
                        tooltip="Compute dtype of the classifier's forward/backward."),
         io.Boolean.Input("allow_other_latent_format", default=False,
                          tooltip="Off (default): a noise-aware classifier trained on another latent format than the "
@@ -272,16 +271,16 @@ def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_cla
         classify = classifier.bind(model, allow_other_latent_format=allow_other_latent_format)
     else:
         classify = classifier.bind(model)
-    targets = G.parse_targets(target, classifier.labels)
+    targets = classifier_guidance.parse_targets(target, classifier.labels)
     for i, item in enumerate(targets):
         for label, w in item.items():
             if not -TARGET_WEIGHT_MAX <= w <= TARGET_WEIGHT_MAX:
                 raise GuidanceConfigError(f"target weight of {label!r} (item {i + 1}) = {w:g}; use a weight from "
                                           f"{-TARGET_WEIGHT_MAX:g} to {TARGET_WEIGHT_MAX:g} (1 = the label once, "
                                           "negative = avoid; the node's scale multiplies it)")
-    cfg = G.ClassifierGuidanceConfig(scale=scale, sigma_lo=sigma_lo, sigma_hi=math.inf if sigma_hi >= 1.0e4 else sigma_hi,
+    cfg = classifier_guidance.ClassifierGuidanceConfig(scale=scale, sigma_lo=sigma_lo, sigma_hi=sigma_hi,
                                      every_n=every_n, rms_clamp=rms_clamp, dtype=dtype)
-    return ClassifierHook(classifier, G.target_matrix(targets, classifier.labels), cfg, classify,
+    return ClassifierHook(classifier, classifier_guidance.target_matrix(targets, classifier.labels), cfg, classify,
                           allow_other_latent_format)
 
 
@@ -296,7 +295,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
                         "Pickled checkpoints are refused.",
             inputs=[io.Combo.Input("classifier_name", options=folders.filename_list(FOLDER, EXTENSIONS),
                                    tooltip="A file in models/classifiers.")],
-            outputs=[T.Classifier.Output(display_name="classifier")],
+            outputs=[sockets.Classifier.Output(display_name="classifier")],
         )
 
     @classmethod
@@ -315,7 +314,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
     @classmethod
     def execute(cls, classifier_name):
         path = folder_paths.get_full_path_or_raise(FOLDER, classifier_name)
-        module, meta = gio.load_classifier(path)
+        module, meta = io_core.load_classifier(path)
         return io.NodeOutput(LoadedClassifier(module, meta, classifier_name))
 
 

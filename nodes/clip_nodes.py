@@ -15,18 +15,18 @@ import comfy.model_patcher
 import folder_paths
 from comfy_api.latest import io
 
-from ..guidance_core import classifier_guidance as G
-from ..guidance_core.classifiers import clip as CL
+from ..guidance_core import classifier_guidance
+from ..guidance_core.classifiers import clip as clip_core
 from ..guidance_core.errors import GuidanceConfigError
 from . import folders
-from . import types as T
+from . import types as sockets
 
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "guidance_clip"
 EXTENSIONS = {".safetensors"}
 NO_FILES = "(no files: put an open_clip .safetensors in models/guidance_clip)"
 ONLY_CLIP = "only CLIP guidance needs open_clip; every other Guidance Lab node works without it"
-WANTS = {CL.DETACHED: G.DENOISED_DETACHED, CL.THROUGH_MODEL: G.DENOISED_THROUGH_MODEL}
+WANTS = {clip_core.DETACHED: classifier_guidance.DENOISED_DETACHED, clip_core.THROUGH_MODEL: classifier_guidance.DENOISED_THROUGH_MODEL}
 
 
 folders.register_model_folder(FOLDER, EXTENSIONS)
@@ -62,10 +62,10 @@ class LoadedCLIPClassifier:
     """GUIDANCE_CLASSIFIER for a zero-shot CLIP classifier of the denoised prediction (same interface
     as classifier_nodes.LoadedClassifier: labels, name, wants, bind, model_patchers)."""
 
-    def __init__(self, clip: CL.ZeroShotCLIP, labels: list, name: str, decode: str, vae=None,
-                 gradient: str = CL.DETACHED):
-        if decode not in CL.DECODES:
-            raise GuidanceConfigError(f"decode={decode!r}; accepted: {', '.join(CL.DECODES)}")
+    def __init__(self, clip: clip_core.ZeroShotCLIP, labels: list, name: str, decode: str, vae=None,
+                 gradient: str = clip_core.DETACHED):
+        if decode not in clip_core.DECODES:
+            raise GuidanceConfigError(f"decode={decode!r}; accepted: {', '.join(clip_core.DECODES)}")
         if gradient not in WANTS:
             raise GuidanceConfigError(f"gradient={gradient!r}; accepted: {', '.join(WANTS)}")
         if decode == "vae" and vae is None:
@@ -102,7 +102,7 @@ class LoadedCLIPClassifier:
                                           "latent_rgb_factors; use decode='vae' with the model's VAE")
             # packed latents (latent_rgb_factors_reshape): ComfyUI 0.3.52's LatentFormat has no such attribute
             reshape = getattr(latent_format, "latent_rgb_factors_reshape", None)
-            rgb = CL.LinearRGB(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias, reshape)
+            rgb = clip_core.LinearRGB(latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias, reshape)
             if reshape is None and rgb.channels != int(latent_format.latent_channels):
                 raise GuidanceConfigError(f"latent format {fmt_name}: {rgb.channels} rows of latent_rgb_factors for "
                                           f"{latent_format.latent_channels} latent channels")
@@ -111,7 +111,7 @@ class LoadedCLIPClassifier:
         if want != have:
             raise GuidanceConfigError(f"the VAE reads {want} latent channels, the model produces {have}; connect "
                                       "the VAE of this model")
-        return CL.DecodedRGB(lambda d: self.vae_decode(latent_format, d))
+        return clip_core.DecodedRGB(lambda d: self.vae_decode(latent_format, d))
 
     def vae_decode(self, latent_format, d: torch.Tensor) -> torch.Tensor:
         """Dec(process_out(D)) in [-1, 1], differentiable. Sampling-space latents are process_in-ed
@@ -121,17 +121,17 @@ class LoadedCLIPClassifier:
         vae = self.vae
         comfy.model_management.load_models_gpu([vae.patcher])  # as VAE.decode does; a no-op when loaded
         z = latent_format.process_out(d).to(device=vae.device, dtype=vae.vae_dtype)
-        with G.autograd_safe_weights(vae.first_stage_model):
+        with classifier_guidance.autograd_safe_weights(vae.first_stage_model):
             out = vae.first_stage_model.decode(z)
         return out.to(device=d.device, dtype=d.dtype)
 
     def bind(self, model_patcher):
         """classify(x0_hat, sigma) -> logits for this model; validates the decode against its latent format."""
-        core = CL.LatentCLIPClassifier(self.clip, self.to_rgb(model_patcher.get_model_object("latent_format")),
+        core = clip_core.LatentCLIPClassifier(self.clip, self.to_rgb(model_patcher.get_model_object("latent_format")),
                                        self.wants)
 
         def classify(x0_hat, sigma):
-            G.make_autograd_safe(self.clip, x0_hat.device)
+            classifier_guidance.make_autograd_safe(self.clip, x0_hat.device)
             return core(x0_hat, sigma)
 
         return classify
@@ -140,7 +140,7 @@ class LoadedCLIPClassifier:
 class GuidanceLabCLIPClassifierLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        archs, problem = CL.availability()
+        archs, problem = clip_core.availability()
         unavailable = ""
         if problem is not None:  # the node stays (workflows keep it) and says why it cannot run
             warn_once(problem)
@@ -165,36 +165,36 @@ class GuidanceLabCLIPClassifierLoader(io.ComfyNode):
                 io.String.Input("labels", default="a photo of a cat\na photo of a dog", multiline=True,
                                 tooltip="One label per line (free text, e.g. 'a red car'). The target of the guidance "
                                         "node names one of these lines."),
-                io.Combo.Input("decode", options=list(CL.DECODES), default="linear",
+                io.Combo.Input("decode", options=list(clip_core.DECODES), default="linear",
                                tooltip="How CLIP sees the latent: 'linear' = the latent format's fast linear "
                                        "latent->RGB preview map (cheap, approximate); 'vae' = the VAE decoder (exact, "
                                        "costly; needs the vae input)."),
-                io.Combo.Input("gradient", options=list(CL.GRADIENT_PATHS), default=CL.DETACHED,
+                io.Combo.Input("gradient", options=list(clip_core.GRADIENT_PATHS), default=clip_core.DETACHED,
                                tooltip="'detached' = the gradient with respect to the denoised prediction is used as "
                                        "the gradient with respect to x (cheap); 'through_model' = backpropagate "
                                        "through the diffusion model (exact for plain CFG; about 3x a model call "
                                        "per guided step, plus a copy of the model's weights in memory)."),
-                io.Int.Input("cutouts", default=0, min=0, max=CL.CUTOUTS_MAX,
+                io.Int.Input("cutouts", default=0, min=0, max=clip_core.CUTOUTS_MAX,
                              tooltip="Random crops (besides the whole image) whose CLIP logits are averaged; "
                                      "new crops each step. 0 = whole image only."),
-                io.Float.Input("tau", default=0.0, min=0.0, max=CL.TAU_MAX, step=0.5,
+                io.Float.Input("tau", default=0.0, min=0.0, max=clip_core.TAU_MAX, step=0.5,
                                tooltip="Inverse temperature tau multiplying the cosine similarity; larger = "
                                        "sharper p(y|x). 0 = the model's own exp(logit_scale) (100 for OpenAI CLIP)."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The model's VAE, needed for decode='vae' (unused with 'linear')."),
             ],
-            outputs=[T.Classifier.Output(display_name="classifier")],
+            outputs=[sockets.Classifier.Output(display_name="classifier")],
         )
 
     @classmethod
     def execute(cls, architecture, checkpoint, labels, decode, gradient, cutouts, tau, vae=None):
-        problem = CL.availability()[1]
+        problem = clip_core.availability()[1]
         if problem is not None:
             raise GuidanceConfigError(f"Load CLIP Classifier cannot run: {problem} ({ONLY_CLIP})")
-        names = CL.parse_labels(labels)
+        names = clip_core.parse_labels(labels)
         if decode == "vae" and vae is None:
             raise GuidanceConfigError("decode='vae' needs a VAE: connect the vae input (or use decode='linear')")
-        clip = CL.load_zero_shot(architecture, checkpoint_path(checkpoint), names, tau=tau, cutouts=cutouts)
+        clip = clip_core.load_zero_shot(architecture, checkpoint_path(checkpoint), names, tau=tau, cutouts=cutouts)
         return io.NodeOutput(LoadedCLIPClassifier(clip, names, checkpoint, decode, vae, gradient))
 
 

@@ -9,8 +9,8 @@ import torch
 
 import comfy.model_sampling
 
-from ..guidance_core import cfg as C
-from ..guidance_core import parameterization as P
+from ..guidance_core import cfg as cfg_core
+from ..guidance_core import parameterization
 from ..guidance_core.errors import GuidanceConfigError
 
 
@@ -27,17 +27,17 @@ def model_sampling_of(model_patcher):
     return model_patcher.get_model_object("model_sampling")
 
 
-def step_context(sigma: torch.Tensor, model_options: dict, model_sampling) -> C.StepContext:
+def step_context(sigma: torch.Tensor, model_options: dict, model_sampling) -> cfg_core.StepContext:
     """Schedules read the sigma of this call, this run's sigmas and the model's sigma range."""
     sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas", None)
     if sample_sigmas is not None:
         sample_sigmas = [float(v) for v in sample_sigmas]
-    return C.StepContext(sigma=float(sigma.max()), sample_sigmas=sample_sigmas,
+    return cfg_core.StepContext(sigma=float(sigma.max()), sample_sigmas=sample_sigmas,
                          sigma_min=float(model_sampling.sigma_min), sigma_max=float(model_sampling.sigma_max))
 
 
-def alpha_of(parameterization: str, sigma: torch.Tensor) -> torch.Tensor:
-    return P.alpha_for(parameterization, sigma)
+def alpha_of(param: str, sigma: torch.Tensor) -> torch.Tensor:
+    return parameterization.alpha_for(param, sigma)
 
 
 def conditioning_batch(conditioning, name: str) -> int:

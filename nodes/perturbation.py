@@ -19,7 +19,7 @@ import torch
 import comfy.ldm.modules.attention as attention
 import comfy.model_patcher
 
-from ..guidance_core import perturb as PT
+from ..guidance_core import perturb
 from ..guidance_core.errors import GuidanceConfigError
 
 DIT_KEYS = {"double": "double_block", "single": "single_block"}
@@ -133,7 +133,7 @@ def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
                 outs.append(v[rows])
             else:  # seg
                 h, w = extra_options["activations_shape"][-2:]
-                outs.append(attend(PT.blur_queries(q[rows], h, w, pert.seg_sigma), k[rows], v[rows], extra_options))
+                outs.append(attend(perturb.blur_queries(q[rows], h, w, pert.seg_sigma), k[rows], v[rows], extra_options))
         flush()
         return torch.cat(outs)
 
@@ -152,7 +152,7 @@ def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
             return run(args)
         probe.hit(key)
         # the block's input rows of the skipped chunks, copied first: some blocks (Flux's) update their input in place
-        kept = {name: [(rows, args[name][rows].clone()) for rows in PT.rows_of(args[name].shape[0], ids, skip)]
+        kept = {name: [(rows, args[name][rows].clone()) for rows in perturb.rows_of(args[name].shape[0], ids, skip)]
                 for name in ("img", "txt", "x") if torch.is_tensor(args.get(name))}
         out = dict(run(args))
         for name, parts in kept.items():

@@ -24,14 +24,14 @@ from aiohttp import web
 
 import folder_paths
 
-from ..guidance_core import io as gio
-from ..guidance_core import schedules as S
+from ..guidance_core import io as io_core
+from ..guidance_core import preview, schedules
 from ..guidance_core.errors import GuidanceConfigError
 from .classifier_nodes import FOLDER
 
 PREFIX = "/guidance_lab"
 TEXT_FIELDS = ("kind", "axis", "keyframes")
-NUMBER_FIELDS = tuple(k for k in S.DEFAULTS if k not in TEXT_FIELDS)
+NUMBER_FIELDS = tuple(k for k in schedules.DEFAULTS if k not in TEXT_FIELDS)
 EXTRA_FIELDS = ("steps", "sigma_min", "sigma_max")
 DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -47,13 +47,13 @@ def _number(body: dict, name: str):
     return v
 
 
-def schedule_request(body) -> tuple[S.Schedule, int, float | None, float | None]:
+def schedule_request(body) -> tuple[schedules.Schedule, int, float | None, float | None]:
     """(schedule, steps, sigma_min, sigma_max) from a request body; GuidanceConfigError when unusable."""
     if not isinstance(body, dict):
         raise GuidanceConfigError(f"request body is {type(body).__name__}; send a JSON object of the schedule's fields")
-    unknown = sorted(set(body) - set(S.DEFAULTS) - set(EXTRA_FIELDS))
+    unknown = sorted(set(body) - set(schedules.DEFAULTS) - set(EXTRA_FIELDS))
     if unknown:
-        raise GuidanceConfigError(f"unknown field(s) {unknown}; accepted: {', '.join((*S.DEFAULTS, *EXTRA_FIELDS))}")
+        raise GuidanceConfigError(f"unknown field(s) {unknown}; accepted: {', '.join((*schedules.DEFAULTS, *EXTRA_FIELDS))}")
     fields = {}
     for name in TEXT_FIELDS:
         if name in body:
@@ -63,10 +63,10 @@ def schedule_request(body) -> tuple[S.Schedule, int, float | None, float | None]
     for name in NUMBER_FIELDS:
         if name in body:
             fields[name] = _number(body, name)
-    steps = body.get("steps", S.PREVIEW_STEPS_DEFAULT)
+    steps = body.get("steps", preview.PREVIEW_STEPS_DEFAULT)
     lo = _number(body, "sigma_min") if body.get("sigma_min") is not None else None
     hi = _number(body, "sigma_max") if body.get("sigma_max") is not None else None
-    return S.from_fields(**fields), steps, lo, hi
+    return schedules.from_fields(**fields), steps, lo, hi
 
 
 async def schedule_preview(request: web.Request) -> web.Response:
@@ -76,8 +76,8 @@ async def schedule_preview(request: web.Request) -> web.Response:
         return error(400, f"request body is not JSON ({e}); send a JSON object of the schedule's fields")
     try:
         sched, steps, lo, hi = schedule_request(body)
-        sigmas, sigma_min, sigma_max = S.preview_sigmas(steps, lo, hi)
-        values = S.step_values(sched, sigmas, sigma_min, sigma_max)
+        sigmas, sigma_min, sigma_max = preview.preview_sigmas(steps, lo, hi)
+        values = schedules.step_values(sched, sigmas, sigma_min, sigma_max)
     except GuidanceConfigError as e:
         return error(400, str(e))
     out = {"steps": steps, "sigmas": sigmas, "values": values, "sigma_min": sigma_min, "sigma_max": sigma_max}
@@ -111,8 +111,8 @@ async def classifier_labels(request: web.Request) -> web.Response:
         return error(404, f"classifier {name!r} not found in the '{FOLDER}' model folders; "
                           "give a name listed by Load Classifier (Guidance Lab)")
     try:
-        meta = gio.read_metadata(path)
-    except gio.ClassifierFileError as e:
+        meta = io_core.read_metadata(path)
+    except io_core.ClassifierFileError as e:
         return error(422, str(e))
     return web.json_response({"name": name, "labels": [str(lb) for lb in meta["labels"]],
                               "latent_channels": meta.get("latent_channels"),

@@ -17,13 +17,14 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..guidance_core import datasets as DS
-from ..guidance_core import io as gio
-from ..guidance_core import report as R
-from ..guidance_core import training as TR
+from ..guidance_core import datasets
+from ..guidance_core import io as io_core
+from ..guidance_core import report
+from ..guidance_core import training
+from ..guidance_core.classifiers.noise_aware import ClassifierConfig
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
-from . import types as T
+from . import types as sockets
 from .classifier_nodes import (FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling,
                                require_image_latents)
 
@@ -69,7 +70,7 @@ def encode_dataset(vae, items, resolution: int, pbar=None):
         chunk = items[start:start + ENCODE_BATCH]
         imgs, labs = [], []
         for path, label in chunk:
-            arr = DS.load_image(path, resolution)
+            arr = datasets.load_image(path, resolution)
             if arr is None:
                 skipped.append(path)
                 continue
@@ -104,19 +105,19 @@ def write_cache(path: str, model, raw_latents, labels, meta: dict, extra: dict):
     (ComfyUI's, per-channel formats included) applied to the VAE's latents. Returns those latents."""
     with torch.inference_mode(False):
         latents = model.get_model_object("latent_format").process_in(raw_latents.clone()).float()
-    DS.save_latent_cache(path, latents, labels, meta, extra)
+    datasets.save_latent_cache(path, latents, labels, meta, extra)
     return latents
 
 
 def load_or_encode(model, vae, dataset_path: str, resolution: int):
     """(latents in the sampler's space, labels, label names, cache meta, cache path, encoded?)."""
-    items, label_names = DS.scan_dataset(dataset_path)
+    items, label_names = datasets.scan_dataset(dataset_path)
     meta, extra = cache_facts(model, label_names, resolution, os.path.basename(dataset_path))
-    key = DS.cache_key(items, resolution, f"{vae_identity(vae)}|v{DS.CACHE_VERSION}|{json.dumps(meta, sort_keys=True)}")
+    key = datasets.cache_key(items, resolution, f"{vae_identity(vae)}|v{datasets.CACHE_VERSION}|{json.dumps(meta, sort_keys=True)}")
     cache_dir = os.path.join(folder_paths.get_user_directory(), "guidance_lab", "latent_cache")
     cache = os.path.join(cache_dir, f"latents-{key}.safetensors")
     if os.path.exists(cache):
-        tensors, meta = DS.load_latent_cache(cache)
+        tensors, meta = datasets.load_latent_cache(cache)
         return tensors["latents"], tensors["labels"], meta["labels"], meta, cache, False
     counts = [sum(1 for _, k in items if k == i) for i in range(len(label_names))]
     logging.info("Guidance Lab: encoding %d images (%s) with the VAE", len(items),
@@ -125,6 +126,18 @@ def load_or_encode(model, vae, dataset_path: str, resolution: int):
     meta["skipped"] = [os.path.relpath(p, dataset_path) for p in skipped]
     latents = write_cache(cache, model, raw, labels, meta, extra)
     return latents, labels, label_names, meta, cache, True
+
+
+def _setting_default(name: str, config=training.TrainConfig):
+    return training.setting_field(config, name).default
+
+
+def _setting_input(widget, input_id: str, config=training.TrainConfig, name: str | None = None, **widget_args):
+    """A numeric input whose default and range are the core's (training.setting field metadata); widget_args
+    (tooltip, step, ...) may widen min for a node-only value such as steps = STEPS_CACHE_ONLY."""
+    lo, hi = training.setting_field(config, name or input_id).metadata["range"]
+    return widget.Input(input_id, **{"default": _setting_default(name or input_id, config), "min": lo, "max": hi,
+                                     **widget_args})
 
 
 class GuidanceLabTrainClassifier(io.ComfyNode):
@@ -144,27 +157,35 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                                 tooltip="Folder inside ComfyUI/input with one subfolder per label, or a .csv of path,label there."),
                 io.String.Input("output_name", default="my_classifier",
                                 tooltip="File name in models/classifiers (letters, digits, _ - .); .safetensors is added."),
-                io.Int.Input("steps", default=2000, min=0, max=1000000,
-                             tooltip="Training steps; 0 = only encode and cache the latents (for the command line "
-                                     "trainer): the classifier output then stops any guidance node with a message."),
-                io.Int.Input("batch_size", default=64, min=1, max=4096, tooltip="Examples per step."),
-                io.Float.Input("lr", default=3e-4, min=1e-6, max=1.0, step=1e-5, round=1e-6,
+                _setting_input(io.Int, "steps", min=training.STEPS_CACHE_ONLY,
+                               tooltip="Training steps; 0 = only encode and cache the latents (for the command line "
+                                       "trainer): the classifier output then stops any guidance node with a message."),
+                _setting_input(io.Int, "batch_size", tooltip="Examples per step."),
+                _setting_input(io.Float, "lr", step=1e-5, round=1e-6,
                                tooltip="AdamW learning rate (ADM: 3e-4), annealed linearly to 0."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed: same seed, same classifier."),
-                io.Int.Input("resolution", default=512, min=8, max=4096, step=8,
+                _setting_input(io.Int, "seed", tooltip="Seed: same seed, same classifier."),
+                io.Int.Input("resolution", default=training.RESOLUTION_DEFAULT, min=training.RESOLUTION_RANGE[0],
+                             max=training.RESOLUTION_RANGE[1], step=8,
                              tooltip="Images are resized (shorter side) and center-cropped to this size in pixels."),
-                io.Combo.Input("sigma_distribution", options=list(TR.SIGMA_DISTRIBUTIONS), default="log_uniform",
+                io.Combo.Input("sigma_distribution", options=list(training.SIGMA_DISTRIBUTIONS),
+                               default=_setting_default("sigma_distribution"),
                                tooltip="Noise levels: log-uniform over the model's range, or the model's own training distribution."),
-                io.Boolean.Input("class_balance", default=False, tooltip="Sample labels equally often (off = as in the data)."),
-                io.Int.Input("width", default=64, min=8, max=512, step=8, tooltip="Base channels of the classifier network."),
+                io.Boolean.Input("class_balance", default=_setting_default("class_balance"),
+                                 tooltip="Sample labels equally often (off = as in the data)."),
+                _setting_input(io.Int, "width", ClassifierConfig, "base_channels", step=8,
+                               tooltip="Base channels of the classifier network."),
             ],
-            outputs=[T.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
+            outputs=[sockets.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
                      io.String.Output(display_name="report")],
         )
 
     @classmethod
     def execute(cls, model, vae, dataset, output_name, steps, batch_size, lr, seed, resolution, sigma_distribution,
                 class_balance, width):
+        config = training.TrainConfig(steps=max(1, steps), batch_size=batch_size, lr=lr, seed=seed,
+                                      sigma_distribution=sigma_distribution, class_balance=class_balance,
+                                      arch={"base_channels": width})
+        config.validate()  # the core's check, before any work (the Trainer runs the same one)
         require_image_latents(model, "Train Classifier")
         path = resolve_dataset(dataset)
         out = output_path(output_name)
@@ -173,10 +194,6 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
         if want != have:
             raise GuidanceConfigError(f"the VAE makes {have}-channel latents, the model uses {want}; "
                                       "connect the model's own VAE")
-        config = TR.TrainConfig(steps=max(1, steps), batch_size=batch_size, lr=lr, seed=seed,
-                                sigma_distribution=sigma_distribution, class_balance=class_balance,
-                                arch={"base_channels": width})
-        config.validate()
         cached, labels, names, meta, cache, _ = load_or_encode(model, vae, path, resolution)
         if steps == 0:
             none = NoClassifier(f"Train Classifier ran with steps = 0 (cache only: it encoded the images to {cache}) "
@@ -187,9 +204,9 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
             latents = cached.clone()  # already in the sampler's space (write_cache)
             ms = glue.model_sampling_of(model)
             table = getattr(ms, "sigmas", None)
-            spec = TR.NoiseSpec.from_cache(meta, table.detach().float().cpu().clone() if table is not None else None)
-            trainer = TR.Trainer(latents, labels.clone(), names, spec, config,
-                                 device=comfy.model_management.get_torch_device())
+            spec = training.NoiseSpec.from_cache(meta, table.detach().float().cpu().clone() if table is not None else None)
+            trainer = training.Trainer(latents, labels.clone(), names, spec, config,
+                                       device=comfy.model_management.get_torch_device())
             pbar = comfy.utils.ProgressBar(steps)
 
             def on_step(step, loss):
@@ -197,18 +214,18 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                 comfy.model_management.throw_exception_if_processing_interrupted()
 
             trainer.run(on_step)
-            report = trainer.report()
-        report["latent_cache"], report["skipped_images"] = cache, meta.get("skipped", [])
-        gio.save_classifier(out, trainer.model, TR.classifier_metadata(trainer, meta["latent_format"], report))
-        plot = R.accuracy_plot(report)
+            train_report = trainer.report()
+        train_report["latent_cache"], train_report["skipped_images"] = cache, meta.get("skipped", [])
+        io_core.save_classifier(out, trainer.model, training.classifier_metadata(trainer, meta["latent_format"], train_report))
+        plot = report.accuracy_plot(train_report)
         buf = _io.BytesIO()
         plot.save(buf, format="PNG")
-        gio.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
-        gio.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(report, indent=1).encode())
-        module, file_meta = gio.load_classifier(out)
+        io_core.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
+        io_core.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(train_report, indent=1).encode())
+        module, file_meta = io_core.load_classifier(out)
         image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(LoadedClassifier(module, file_meta, os.path.basename(out)), image,
-                             json.dumps(report, indent=1))
+                             json.dumps(train_report, indent=1))
 
 
 TRAINING_NODES = [GuidanceLabTrainClassifier]

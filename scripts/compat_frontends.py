@@ -1,9 +1,9 @@
-"""Runs the browser tests on each installed frontend (tests/frontends.py: `pinned`, the one ComfyUI pins, and
+"""Runs the browser tests on each installed frontend (devkit/frontends.py: `pinned`, the one ComfyUI pins, and
 `newest`, the newest comfyui-frontend-package from PyPI) and writes their results as this ComfyUI version's rows of
 the Frontends table of docs/COMPATIBILITY.md (the rows of other ComfyUI versions and the matrices stay).
 
-    .venv/bin/python scripts/compat_frontends.py          # on ComfyUI 0.3.75 (.comfyui), several minutes
-    GL_COMFYUI=$PWD/.comfyui-0.3.52 PYTHONPATH=$PWD/.comfyui-0.3.52/_pydeps .venv/bin/python scripts/compat_frontends.py
+    .venv/bin/python -m scripts.compat_frontends          # on ComfyUI 0.3.75 (.comfyui), several minutes
+    GL_COMFYUI=$PWD/.comfyui-0.3.52 PYTHONPATH=$PWD/.comfyui-0.3.52/_pydeps .venv/bin/python -m scripts.compat_frontends
 
 It runs pytest on the browser cases (parameter `pinned` / `newest`) of tests/test_web.py (schedule plot, label
 picker), tests/test_help_pages.py (help pages) and tests/test_workflows.py (every example workflow loads with no
@@ -23,7 +23,6 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 DOC = os.path.join(ROOT, "docs", "COMPATIBILITY.md")
 FILES = ["tests/test_web.py", "tests/test_help_pages.py", "tests/test_workflows.py"]
 SELECT = "pinned or newest"  # the frontend-parametrized cases (browser tests, and the bundle check of help pages)
@@ -31,7 +30,7 @@ SELECT = "pinned or newest"  # the frontend-parametrized cases (browser tests, a
 
 def check_of(classname: str, name: str) -> str | None:
     """The check of the Frontends table a test case belongs to (tests/compat_doc.FRONTEND_CHECKS), None if none."""
-    import compat_doc as D
+    from devkit import compat_doc as D
 
     module = classname.rsplit(".", 1)[-1]
     func = name.split("[", 1)[0]
@@ -82,8 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help=f"write the document here instead of {DOC}")
     args = ap.parse_args(argv)
 
-    import compat_doc as D
-    import frontends as FE
+    from devkit import compat_doc as D
+    from devkit import frontends as FE
 
     env = dict(os.environ)
     newest = FE.newest()
@@ -124,7 +123,7 @@ def main(argv=None) -> int:
     suite = ET.parse(args.junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     prefix = "" if comfyui == "0.3.75" else f"GL_COMFYUI=$PWD/.comfyui-{comfyui} PYTHONPATH=$PWD/.comfyui-{comfyui}/_pydeps "
-    how = (f"`{prefix}.venv/bin/python scripts/compat_frontends.py`, {date}, pytest "
+    how = (f"`{prefix}.venv/bin/python -m scripts.compat_frontends`, {date}, pytest "
            f"{float(suite.get('time', 0)):.0f} s, headless Chromium")
     out = args.out or DOC
     D.write_atomic(out, D.replace_frontend_rows(doc_text, comfyui, rows, how))

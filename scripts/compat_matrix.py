@@ -1,12 +1,12 @@
-"""Runs the compatibility matrices (tests/compat_matrix.py) inside an in-process ComfyUI and writes this ComfyUI
+"""Runs the compatibility matrices (devkit/compat_matrix.py) inside an in-process ComfyUI and writes this ComfyUI
 version's section of docs/COMPATIBILITY.md (the other versions' sections and the Frontends table stay as they are).
 
-    .venv/bin/python scripts/compat_matrix.py                          # the full matrix: writes this version's section
-    .venv/bin/python scripts/compat_matrix.py --quick                  # the CI slice: checks it against the section
+    .venv/bin/python -m scripts.compat_matrix                          # the full matrix: writes this version's section
+    .venv/bin/python -m scripts.compat_matrix --quick                  # the CI slice: checks it against the section
     GL_COMFYUI=$PWD/.comfyui-0.3.52 PYTHONPATH=$PWD/.comfyui-0.3.52/_pydeps \\
-        .venv/bin/python scripts/compat_matrix.py --quick --write-section  # the CI slice on 0.3.52: writes its section
+        .venv/bin/python -m scripts.compat_matrix --quick --write-section  # the CI slice on 0.3.52: writes its section
 
-Which ComfyUI runs is GL_COMFYUI's (tests/comfy_host.py; default .comfyui, 0.3.75). --quick writes nothing unless
+Which ComfyUI runs is GL_COMFYUI's (devkit/comfy_host.py; default .comfyui, 0.3.75). --quick writes nothing unless
 --write-section is given; it exits 1 when a row is FAIL or disagrees with this version's section, as
 tests/test_compatibility.py does. --json saves the rows of the run (and --from-json renders saved rows without
 running anything).
@@ -22,7 +22,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 DOC = os.path.join(ROOT, "docs", "COMPATIBILITY.md")
 
 
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--from-json", help="render the rows saved by --json instead of running the matrices")
     args = ap.parse_args(argv)
 
-    import compat_matrix as M
+    from devkit import compat_matrix as M
 
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as f:

@@ -4,7 +4,7 @@ up to 800x400). Deterministic: running it again writes the same pixels.
 Picture: sampling trajectories starting spread out on the left (noise) and bending toward one target
 on the right (the class or prompt they are guided to).
 
-Usage: .venv/bin/python scripts/make_icon.py [OUT.png]
+Usage: .venv/bin/python -m scripts.make_icon [OUT.png]
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ ComfyUI server and write example_workflows/<name>.jpg, a grid of the images it m
 browser shows <name>.jpg next to <name>.json). The Stable Diffusion workflows need weights this project
 cannot ship and get no thumbnail. Not shipped.
 
-    .venv/bin/python scripts/make_workflow_thumbnails.py [NAME ...]
+    .venv/bin/python -m scripts.make_workflow_thumbnails [NAME ...]
 """
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import workflow_run as R  # noqa: E402
-from comfy_server import ComfyServer  # noqa: E402
+from devkit import workflow_run as R
+from devkit.comfy_server import ComfyServer
 
 MAX_BYTES = 100_000
 CELL = 128  # px per image in the grid (the toy images are 128 px: Toy Decode upscale 4)

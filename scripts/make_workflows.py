@@ -1,8 +1,8 @@
 """Generate example_workflows/*.json (the pack's workflow templates, UI format) from the node definitions of a
-real ComfyUI server with the pack (/object_info), through scripts/workflow_builder.py. Not shipped.
+real ComfyUI server with the pack (/object_info), through devkit/workflow_builder.py. Not shipped.
 
-    .venv/bin/python scripts/make_workflows.py            # starts a headless server, writes the files
-    .venv/bin/python scripts/make_workflows.py --check    # only compare with the files on disk
+    .venv/bin/python -m scripts.make_workflows            # starts a headless server, writes the files
+    .venv/bin/python -m scripts.make_workflows --check    # only compare with the files on disk
 
 The generated files are committed; tests/test_workflows.py checks that they are up to date, convert to
 valid API prompts, run (toy ones) and load in the frontend. Thumbnails: scripts/make_workflow_thumbnails.py.
@@ -15,8 +15,7 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workflow_builder import Graph  # noqa: E402
+from devkit.workflow_builder import Graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "example_workflows")
@@ -328,7 +327,7 @@ def main(argv=None):
         with open(args.object_info) as f:
             info = json.load(f)
     else:
-        from comfy_server import ComfyServer
+        from devkit.comfy_server import ComfyServer
 
         with ComfyServer(tempfile.mkdtemp(prefix="make-workflows-")) as srv:
             info = srv.get("/object_info")

@@ -6,4 +6,5 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$(bash "$ROOT/scripts/setup.sh" | tail -n 1)"
-exec "$PY" "$ROOT/scripts/run_demo.py" "${1:-$ROOT/out}"
+cd "$ROOT"  # modules run from the repository root (scripts, devkit)
+exec "$PY" -m scripts.run_demo "${1:-$ROOT/out}"

@@ -1,7 +1,7 @@
 """The README's main job: start a headless ComfyUI with Guidance Lab, run the pack's toy example workflows
 (example_workflows/toy_*.json: CFG Guider with schedules, CFG Patch on the KSampler, classifier guidance as a
 MODEL patch and as a SAMPLER) through POST /prompt, exactly as saved for the frontend (converted to the API
-format by scripts/workflow_api.py), and write their images plus a contact sheet to OUTDIR (default: out/).
+format by devkit/workflow_api.py), and write their images plus a contact sheet to OUTDIR (default: out/).
 CPU only, nothing to download: the toy world's model and classifier ship with the pack."""
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import workflow_run as R  # noqa: E402
-from comfy_server import ComfyServer  # noqa: E402
+from devkit import workflow_run as R
+from devkit.comfy_server import ComfyServer
 
 
 def main(argv=None):

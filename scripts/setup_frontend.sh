@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the newest ComfyUI frontend from PyPI (comfyui-frontend-package) beside the pinned one, for the
-# browser tests on two frontends (tests/frontends.py). Idempotent. The venv's own frontend (1.32.9, pinned
+# browser tests on two frontends (devkit/frontends.py). Idempotent. The venv's own frontend (1.32.9, pinned
 # by ComfyUI 0.3.75) is not touched: the package goes into .frontends/<version>/ with pip --target.
 # Usage: bash scripts/setup_frontend.sh [VERSION]     (default: the newest on the index; GL_FRONTEND_VERSION too)
 # Prints the static folder to pass to ComfyUI's --front-end-root on its last line.

@@ -45,7 +45,7 @@ import_check "$ROOT/.comfyui" ""
 import_check "$OLD" "$OLD/_pydeps"
 bash "$ROOT/scripts/install_apt.sh"  # chromium (tests/test_web.py) and dataset-fashion-mnist (toy benchmark)
 # the newest ComfyUI frontend on PyPI (when docs/COMPATIBILITY.md's Frontends table was made) beside the pinned one:
-# the browser tests run on both (tests/frontends.py). Pinned here so CI stays reproducible: to move to a newer one,
+# the browser tests run on both (devkit/frontends.py). Pinned here so CI stays reproducible: to move to a newer one,
 # change NEWEST_FRONTEND and rerun scripts/compat_frontends.py on each ComfyUI (docs/DEVELOPING.md).
 NEWEST_FRONTEND="${GL_FRONTEND_VERSION:-1.58.1}"
 GL_NEW_FRONTEND="$(bash "$ROOT/scripts/setup_frontend.sh" "$NEWEST_FRONTEND" | tail -n 1)"

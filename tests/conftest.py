@@ -1,27 +1,12 @@
 import os
 import re
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from devkit.compat_doc import comfyui_version_of_tree
 
 
 # ---------------------------------------------------------------- browser tests on ComfyUI 0.3.52's own frontend
-def _comfyui_version_under_test():
-    """The version of the ComfyUI tree the tests run on (GL_COMFYUI, default .comfyui), read without importing it."""
-    tree = os.path.abspath(os.environ.get("GL_COMFYUI", os.path.join(ROOT, ".comfyui")))
-    try:
-        with open(os.path.join(tree, "comfyui_version.py")) as f:
-            text = f.read()
-    except OSError:
-        return None
-    found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
-    return found.group(1) if found else None
-
-
 def pytest_collection_modifyitems(config, items):
     """On ComfyUI 0.3.52 (the second pass of scripts/test.sh) the `pinned` frontend is the one 0.3.52 pins,
     comfyui-frontend-package 1.25.10: no Vue node renderer (setting Comfy.VueNodes.Enabled), an older node help
@@ -47,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
         return
     if tuple(int(x) for x in re.findall(r"\d+", frontend)[:2]) >= (1, 32):
         return
-    version = _comfyui_version_under_test()
+    version = comfyui_version_of_tree()
     reason = (f"ComfyUI {version} pins comfyui-frontend-package {frontend}, older than the browser tests drive: "
               "no Vue node renderer (setting Comfy.VueNodes.Enabled), an older node help panel (no normalizePackId), "
               "a missing-nodes dialog worded 'Some Nodes Are Missing' that Escape does not close; they run on "

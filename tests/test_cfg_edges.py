@@ -3,8 +3,8 @@ code before the shared CFG runtime (nodes/cfg_runtime.py); all run inside a real
 import pytest
 import torch
 
-import comfy_host as H
-from cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
+from devkit import comfy_host as H
+from devkit.cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import comfy_host as H
-from cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample
+from devkit import comfy_host as H
+from devkit.cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 MODELS = {}

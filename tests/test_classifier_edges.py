@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_host as H
+from devkit import comfy_host as H
 
 LABELS = ["a", "b", "c"]
 TAU = 0.3
@@ -333,7 +333,7 @@ def test_steps_zero_classifier_gives_a_clear_message(env, playground):
 def test_video_models_are_refused_by_classifier_guidance_and_training(env):
     """Noise-aware classifiers are 2-D: on a video model (ComfyUI's Wan 2.1 at tiny width, 5-D latents) the
     guidance nodes and Train Classifier refuse before anything runs, naming the latent kind."""
-    import families
+    from devkit import families
 
     wan = families.model("Wan 2.1 (video, 5-D)")
     errors = env["errors"]

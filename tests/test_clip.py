@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-import comfy_host as H
+from devkit import comfy_host as H
 
 ARCH = "GLTinyCLIP-test"
 TINY_CLIP = {"embed_dim": 32,
@@ -136,8 +136,11 @@ def test_labels_architectures_and_files(env, tmp_path):
     with pytest.raises(E, match="only .safetensors"):
         (tmp_path / "x.bin").write_bytes(b"\x80\x02fake")
         CL.load_clip(ARCH, str(tmp_path / "x.bin"))
-    with pytest.raises(E, match="not a safetensors file"):
+    with pytest.raises(E, match="x.safetensors is a pickle/zip checkpoint"):
         (tmp_path / "x.safetensors").write_bytes(b"PK\x03\x04 zip pickle")
+        CL.load_clip(ARCH, str(tmp_path / "x.safetensors"))
+    with pytest.raises(E, match="x.safetensors is not a safetensors file"):
+        (tmp_path / "x.safetensors").write_bytes(b"\x10\x00\x00")
         CL.load_clip(ARCH, str(tmp_path / "x.safetensors"))
     wide = json.loads(json.dumps(TINY_CLIP))
     wide["vision_cfg"]["width"] = 96
@@ -348,7 +351,7 @@ def test_scale0_is_unguided_and_the_model_is_untouched(env):
 def family_latent(name, seed=0):
     """A random latent of the family's shape as ComfyUI samples it (image latents of a 3-D latent format, e.g.
     Qwen-Image's, get their frame axis as comfy.sample.fix_empty_latent_channels gives it)."""
-    import families as F
+    from devkit import families as F
 
     z = torch.randn(F.FAMILIES[name].latent(2)["samples"].shape, generator=torch.Generator().manual_seed(seed))
     return z.unsqueeze(2) if F.latent_dims(name) == 3 and z.ndim == 4 else z
@@ -359,7 +362,7 @@ def test_linear_decode_is_each_familys_own_preview_map(env):
     ComfyUI's linear preview formula, and item 0 / frame 0 ComfyUI's own Latent2RGBPreviewer image (uint8)."""
     import numpy as np
 
-    import families as F
+    from devkit import families as F
     import latent_preview
 
     clf = load(env)
@@ -386,7 +389,7 @@ def test_video_latents_are_classified_frame_by_frame(env):
     """A 5-D latent: the logits are the mean of the frames' logits (each frame through the linear map and CLIP);
     Classifier Guidance with a CLIP classifier runs on a video family (Wan 2.1) and changes its result, and
     decode='vae' on video latents is refused before sampling."""
-    import families as F
+    from devkit import families as F
 
     name = "Wan 2.1 (video, 5-D)"
     model, fam = F.model(name), F.FAMILIES[name]

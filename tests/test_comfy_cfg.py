@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-import comfy_host as H
-from cfg_helpers import (EMPTY, OTHER, POS, custom_sample, ksample, native_guider, one_step, our_guider, patch,
+from devkit import comfy_host as H
+from devkit.cfg_helpers import (EMPTY, OTHER, POS, custom_sample, ksample, native_guider, one_step, our_guider, patch,
                          post, raw_parts, schedule)
 
 SAMPLERS = ["euler", "dpmpp_2m"]

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-import comfy_host as H
+from devkit import comfy_host as H
 
 LABELS = ["a", "b", "c"]
 TAU = 0.3

@@ -1,14 +1,14 @@
 """Issue 13: the version tables of docs/COMPATIBILITY.md. "ComfyUI versions" must be what the version sections
-hold (the document is exactly what tests/compat_doc.py assembles from its own blocks), the newest ComfyUI's section
+hold (the document is exactly what devkit/compat_doc.py assembles from its own blocks), the newest ComfyUI's section
 is the full matrix, and the Frontends table names exactly the frontends installed for the ComfyUI under test
-(tests/frontends.py: the pinned one and the newest one), with a row per check and no FAIL. Cheap: reads files only;
+(devkit/frontends.py: the pinned one and the newest one), with a row per check and no FAIL. Cheap: reads files only;
 the rows come from real runs (scripts/compat_matrix.py, scripts/compat_frontends.py)."""
 import os
 
 import pytest
 
-import compat_doc as D
-import frontends as FE
+from devkit import compat_doc as D
+from devkit import frontends as FE
 
 
 @pytest.fixture(scope="module")

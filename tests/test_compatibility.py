@@ -1,13 +1,13 @@
 """Issues 12 and 13: docs/COMPATIBILITY.md is generated from real runs inside ComfyUI (scripts/compat_matrix.py), one
-section per ComfyUI version. This test reruns the quick slice of the matrices (tests/compat_matrix.py) on the
+section per ComfyUI version. This test reruns the quick slice of the matrices (devkit/compat_matrix.py) on the
 ComfyUI under test (GL_COMFYUI: both passes of scripts/test.sh): no combination may FAIL, the exact ones must be
 below tolerance, and that version's section must exist and say what the runs say (regenerate it with
-`.venv/bin/python scripts/compat_matrix.py`, or with `--quick --write-section` for a version whose section holds
+`.venv/bin/python -m scripts.compat_matrix`, or with `--quick --write-section` for a version whose section holds
 the quick slice, when this fails)."""
 import pytest
 
-import compat_doc as D
-import compat_matrix as M
+from devkit import compat_doc as D
+from devkit import compat_matrix as M
 
 DOC = D.DOC
 

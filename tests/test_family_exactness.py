@@ -1,6 +1,6 @@
 """Issue 13, Must show 2: classifier guidance is exact under every model family's own model_sampling.
 
-For each family of tests/families.py (ComfyUI's own supported_models config + model_base class at tiny width),
+For each family of devkit/families.py (ComfyUI's own supported_models config + model_base class at tiny width),
 its real `model_sampling` object (discrete eps / v, EDM sigma_data 0.5, flow with shift, Flux's time shift,
 COSMOS_RFLOW, ...) and its latent format are put on the analytic world of a Gaussian mixture
 (guidance_core.reference.gmm, as a real ComfyUI model through scripts/demo_nodes.gmm_model): the diffusion
@@ -25,8 +25,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import comfy_host as H
-import families as F
+from devkit import comfy_host as H
+from devkit import families as F
 
 LABELS = ["a", "b", "c"]
 TAU = 0.3
@@ -53,7 +53,7 @@ def env():
 
 
 def family_objects(name):
-    """The family's own model_sampling and latent format (from the tiny real model of tests/families.py)."""
+    """The family's own model_sampling and latent format (from the tiny real model of devkit/families.py)."""
     m = F.model(name)
     return m.get_model_object("model_sampling"), m.get_model_object("latent_format")
 

@@ -1,24 +1,22 @@
 """Per-node help pages (web/docs/<node_id>.md): one for every node the pack registers, listing exactly
 the node's inputs and outputs with the defaults and ranges of its schema, linked from the README, and
 served by a real ComfyUI server at the URL the frontend's help panel fetches, and shown by the help panel of the
-pinned and of the newest frontend (tests/frontends.py) in a real headless Chromium."""
+pinned and of the newest frontend (devkit/frontends.py) in a real headless Chromium."""
 import functools
 import glob
 import json
 import os
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-import comfy_host as H
-import frontends as FE
+from devkit import comfy_host as H
+from devkit import frontends as FE
 
-sys.path.insert(0, os.path.join(H.ROOT, "scripts"))
-from comfy_server import ComfyServer  # noqa: E402
+from devkit.comfy_server import ComfyServer
 
 DOCS = os.path.join(H.ROOT, "web", "docs")
 PACK_MODULE = "custom_nodes.guidance-lab"
@@ -191,7 +189,7 @@ ARTIFACTS = os.path.join(H.ROOT, "test-artifacts", "help")
 @pytest.fixture(scope="module", params=FE.NAMES)
 def help_page(request, server, tmp_path_factory):
     """A ComfyUI page (tests/test_web.py's Page) on the pinned and on the newest frontend."""
-    import test_web as W
+    from devkit import browser as W
 
     frontend = FE.get(request.param)
     if not os.path.exists(W.CHROMIUM):

@@ -16,7 +16,8 @@ import sys
 
 import pytest
 
-import comfy_host as H
+from devkit import comfy_host as H
+from devkit import python_env
 
 CLIP_LOADER = "GuidanceLabCLIPClassifierLoader"
 MARK = "GL-CHILD-RESULT "
@@ -25,18 +26,15 @@ MARK = "GL-CHILD-RESULT "
 # prints what got registered and what the CLIP loader shows and does.
 CHILD = r"""
 import json, logging, sys
-scenario, fake_dir, tests_dir = sys.argv[1:4]
+scenario = sys.argv[1]  # the stand-in open_clip package of the other scenarios is first on PYTHONPATH
 if scenario == "missing":
     sys.modules["open_clip"] = None  # `import open_clip` -> ModuleNotFoundError, as without the package
-else:
-    sys.path.insert(0, fake_dir)  # a stand-in open_clip package found first (like PYTHONPATH)
 warnings = []
 class Keep(logging.Handler):
     def emit(self, record):
         warnings.append(record.getMessage())
 logging.getLogger().addHandler(Keep(level=logging.WARNING))
-sys.path.insert(0, tests_dir)
-import comfy_host as H
+from devkit import comfy_host as H
 try:
     H.boot()
     boot_error = None
@@ -87,8 +85,8 @@ def boot_child(scenario, tmp_path):
     for name, text in FAKES.get(scenario, {}).items():
         (fake / "open_clip").mkdir(parents=True, exist_ok=True)
         (fake / "open_clip" / name).write_text(text)
-    proc = subprocess.run([sys.executable, "-c", CHILD, scenario, str(fake), os.path.dirname(__file__)],
-                          capture_output=True, text=True, timeout=600, cwd=H.ROOT)
+    proc = subprocess.run([sys.executable, "-c", CHILD, scenario], capture_output=True, text=True, timeout=600,
+                          cwd=H.ROOT, env=python_env(str(fake)))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(lines[-1][len(MARK):])

@@ -1,16 +1,12 @@
 """A real ComfyUI server with the pack: workflows run through POST /prompt and write images;
 bad input gives a clear error before sampling and the server keeps running."""
-import os
-import sys
 
 import pytest
 from PIL import Image
 
-import comfy_host as H
 
-sys.path.insert(0, os.path.join(H.ROOT, "scripts"))
-from comfy_server import ComfyServer, error_of, images_of  # noqa: E402
-import demo_prompts as DP  # noqa: E402
+from devkit.comfy_server import ComfyServer, error_of, images_of
+from devkit import demo_prompts as DP
 
 
 @pytest.fixture(scope="module")

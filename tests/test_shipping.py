@@ -32,10 +32,10 @@ def shipped_files():
 
 
 def test_comfyignore_lists_non_shipped_trees():
-    assert {"tests", "bench", "scripts", ".ci"} <= set(ignored_patterns())
+    assert {"tests", "bench", "scripts", "devkit", ".ci"} <= set(ignored_patterns())
     files = list(shipped_files())
     assert "__init__.py" in files and any(f.startswith("guidance_core/") for f in files)
-    assert not any(f.startswith(("tests/", "bench/", "scripts/")) for f in files)
+    assert not any(f.startswith(("tests/", "bench/", "scripts/", "devkit/")) for f in files)
 
 
 def forbidden_in_python(src: str):

@@ -4,9 +4,9 @@ model terms (autoguidance) and adaptive schedules, through the CFG Patch (KSampl
 import pytest
 import torch
 
-import comfy_host as H
-import families as F
-from cfg_helpers import EMPTY, OTHER, custom_sample, ksample, native_guider, one_step, our_guider, patch, schedule
+from devkit import comfy_host as H
+from devkit import families as F
+from devkit.cfg_helpers import EMPTY, OTHER, custom_sample, ksample, native_guider, one_step, our_guider, patch, schedule
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-import comfy_host as H
+from devkit import comfy_host as H
 
 WEIGHTS = os.path.join(H.ROOT, "toy_models", "diffusion", "fashion_diffusion.safetensors")
 

@@ -2,17 +2,14 @@
 quick mode (N = 64, 10 steps) through ComfyUI's sampler with the pack's nodes, checking the
 direction of each effect the papers report."""
 import os
-import sys
 
 import pytest
 import torch
 
-import comfy_host as H
+from devkit import comfy_host as H
 
 TOY = os.path.join(H.ROOT, "bench", "toy")
-sys.path.insert(0, TOY)
-sys.path.insert(0, os.path.join(H.ROOT, "bench"))
-import metrics as M  # noqa: E402
+from bench.toy import metrics as M
 
 HAS_DATA = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
@@ -42,7 +39,7 @@ def test_precision_recall_of_identical_disjoint_and_collapsed_sets():
 
 @pytest.mark.skipif(not HAS_DATA, reason="apt-get install dataset-fashion-mnist (scripts/install_apt.sh)")
 def test_quick_mode_shows_the_papers_directions(tmp_path):
-    import tradeoff
+    from bench.toy import tradeoff
 
     calls = {"n": 0}
     sampler_cls = H.node("SamplerCustomAdvanced")

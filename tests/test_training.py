@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_host as H
+from devkit import comfy_host as H
 
 LABELS = ["circle", "square", "triangle", "cross"]
 

@@ -6,7 +6,7 @@
 - a real headless Chromium (Debian's chromium) loads the ComfyUI page with the pack: the extension
   loads without console errors, the plot draws, changing a widget (by mouse, in both the classic
   canvas and the Vue node renderer) redraws it, the label picker fills `target`. Screenshots are kept
-  in test-artifacts/web/. The browser tests run on the pinned frontend and on the newest one (tests/frontends.py),
+  in test-artifacts/web/. The browser tests run on the pinned frontend and on the newest one (devkit/frontends.py),
   and fail when the extension calls a litegraph API the frontend reports as deprecated.
 """
 from __future__ import annotations
@@ -17,24 +17,22 @@ import json
 import os
 import re
 import shutil
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-import comfy_host as H
-import frontends as FE
+from devkit import comfy_host as H
+from devkit.browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM, Page
+from devkit import frontends as FE
 from guidance_core import io as gio
+from guidance_core import preview as PV
 from guidance_core import schedules as S
 from guidance_core.classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 
-sys.path.insert(0, os.path.join(H.ROOT, "scripts"))
-from comfy_server import ComfyServer  # noqa: E402
+from devkit.comfy_server import ComfyServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = os.path.join(H.ROOT, "test-artifacts", "web")
 JS = os.path.join(H.ROOT, "web", "js", "guidance_lab.js")
 LABELS = ["cat", "dog", "ship"]
 EXT_URL = "/extensions/guidance-lab/js/guidance_lab.js"
@@ -51,21 +49,21 @@ def test_preview_sigmas_equal_comfyui_normal_scheduler(steps):
 
     ms = comfy.model_sampling.ModelSamplingDiscrete()  # SD1.5 defaults
     want = comfy.samplers.calculate_sigmas(ms, "normal", steps).tolist()
-    got, lo, hi = S.preview_sigmas(steps)
+    got, lo, hi = PV.preview_sigmas(steps)
     assert len(got) == len(want) == steps + 1 and got[-1] == 0.0
     assert got[:-1] == pytest.approx(want[:-1], rel=2e-6)  # ComfyUI computes in float32
     assert (lo, hi) == pytest.approx((float(ms.sigma_min), float(ms.sigma_max)), rel=1e-6)
 
 
 def test_preview_sigmas_log_spaced_and_errors():
-    sig, lo, hi = S.preview_sigmas(4, 0.1, 10.0)
+    sig, lo, hi = PV.preview_sigmas(4, 0.1, 10.0)
     assert sig == pytest.approx([10.0, 10 ** (1 / 3), 10 ** (-1 / 3), 0.1, 0.0]) and (lo, hi) == (0.1, 10.0)
-    with pytest.raises(S.GuidanceConfigError, match=r"steps=0; use a whole number from 1 to 200"):
-        S.preview_sigmas(0)
-    with pytest.raises(S.GuidanceConfigError, match=r"sigma_min=5.0, sigma_max=1.0"):
-        S.preview_sigmas(4, 5.0, 1.0)
+    with pytest.raises(PV.GuidanceConfigError, match=r"steps=0; use a whole number from 1 to 200"):
+        PV.preview_sigmas(0)
+    with pytest.raises(PV.GuidanceConfigError, match=r"sigma_min=5.0, sigma_max=1.0"):
+        PV.preview_sigmas(4, 5.0, 1.0)
     with pytest.raises(S.GuidanceConfigError, match="both sigma_min and sigma_max"):
-        S.preview_sigmas(4, 0.1, None)
+        PV.preview_sigmas(4, 0.1, None)
 
 
 def test_node_builds_the_same_schedule_as_from_fields():
@@ -109,7 +107,7 @@ def models_yaml(tmp_path_factory):
 
 
 def start_server(outdir, frontend, extra_args=()):
-    """A ComfyUI server that serves `frontend` (tests/frontends.py); srv.frontend names it."""
+    """A ComfyUI server that serves `frontend` (devkit/frontends.py); srv.frontend names it."""
     srv = ComfyServer(str(outdir), extra_args=[*extra_args, *frontend.server_args]).start()
     srv.frontend = frontend
     return srv
@@ -181,7 +179,7 @@ SCHEDULES = [
 def test_schedule_route_equals_the_core(server, fields, steps):
     status, body = request(server, "POST", "/guidance_lab/schedule", {**fields, "steps": steps})
     assert status == 200, body
-    sigmas, lo, hi = S.preview_sigmas(steps)
+    sigmas, lo, hi = PV.preview_sigmas(steps)
     assert body["steps"] == steps and body["sigmas"] == sigmas and (body["sigma_min"], body["sigma_max"]) == (lo, hi)
     assert body["values"] == S.step_values(S.from_fields(**fields), sigmas, lo, hi)  # exactly, same code
 
@@ -216,7 +214,7 @@ def test_schedule_route_custom_sigma_range(server):
     status, body = request(server, "POST", "/guidance_lab/schedule",
                            {"kind": "linear", "axis": "sigma", "steps": 5, "sigma_min": 0.002, "sigma_max": 80.0})
     assert status == 200
-    sig = S.log_spaced_sigmas(5, 0.002, 80.0)
+    sig = PV.log_spaced_sigmas(5, 0.002, 80.0)
     assert body["sigmas"] == sig and body["values"] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
@@ -321,39 +319,6 @@ def test_extension_is_served(server):
 
 # ---------------------------------------------------------------- headless Chromium
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
-
-OURS = re.compile(r"guidance[_-]?lab", re.I)  # console text: the pack's files, routes, node types, extension name
-# failed requests: the pack's files and routes only (/extensions/guidance-lab/, /guidance_lab/); both frontends
-# also ask the registry which pack provides each node type of a loaded workflow
-# (https://api.comfy.org/comfy-nodes/GuidanceLabTerm/node), which fails offline and is not the pack's doing
-OUR_URLS = re.compile(r"guidance[_-]lab", re.I)
-
-# Console errors that ComfyUI 0.3.75's frontend (1.32.9) logs on a fresh, offline install with no custom
-# nodes at all (checked with --disable-all-custom-nodes): 404s of user files that do not exist yet
-# (user.css, userdata/workflows, comfy.templates.json), api.comfy.org being unreachable, and a
-# TypeError inside the frontend's own settings store while GraphView loads. Anything else fails.
-COMFY_NOISE = [
-    re.compile(r"^Failed to load resource: the server responded with a status of 404 \(Not Found\)$"),
-    re.compile(r"^Failed to load resource: net::ERR_NAME_NOT_RESOLVED$"),
-    re.compile(r"^TypeError: Cannot read properties of undefined \(reading 'id'\)\n\s+at onChange \(.*/assets/index-"),
-    # On a fresh install (CI), switching Comfy.VueNodes.Enabled off logs this; seen with
-    # --disable-all-custom-nodes too, so it is the frontend's own, not this pack's.
-    re.compile(r"^Attempted to cleanup event listeners for graph that was never set up$"),
-]
-# The newest frontend (1.58) on ComfyUI 0.3.75 (also with --disable-all-custom-nodes): it asks the job list
-# of newer servers (GET /api/jobs, not in 0.3.75: 404) for its queue and history panels.
-NEWER_FRONTEND_NOISE = [
-    re.compile(r"^\[Jobs API\] Error fetching jobs: JobsApiError: Failed to fetch jobs: 404\n"),
-    re.compile(r"^Failed to fetch queue: JobsApiError: Failed to fetch jobs: 404\n"),
-]
-
-
-def frontend_noise(frontend):
-    return COMFY_NOISE + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
@@ -367,148 +332,6 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         yield b
         b.close()
-
-
-class Page:
-    """A ComfyUI page with console and network error capture."""
-
-    def __init__(self, browser, server):
-        self.frontend = getattr(server, "frontend", None) or FE.pinned()
-        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
-        # the frontend's "try Nodes 2.0" / "prefer the legacy design?" banners, dismissed as a user would
-        self.page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');"
-                                  "localStorage.setItem('comfy.vueNodesMigration.dismissed', 'true');")
-        self.console, self.failed = [], []
-        self.page.on("console", lambda m: self.console.append((m.type, m.text)))
-        self.page.on("pageerror", lambda e: self.console.append(("pageerror", f"{e}\n{getattr(e, 'stack', '')}")))
-        self.page.on("response", lambda r: r.status >= 400 and self.failed.append((r.status, r.url)))
-        self.page.on("requestfailed", lambda r: self.failed.append((r.failure, r.url)))
-        # A fresh ComfyUI (as in CI) opens its workflow-templates dialog over the canvas on the first
-        # visit; a user who has been there before has this setting, so the page opens on the canvas.
-        req = urllib.request.Request(server.url + "/settings/Comfy.TutorialCompleted", data=b"true",
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        urllib.request.urlopen(req, timeout=30).close()
-        self.page.goto(server.url, wait_until="load")
-        self.page.wait_for_function("() => !!(window.app?.graph && window.LiteGraph && app.canvas)", timeout=90_000)
-        self.page.wait_for_function(
-            "() => !!(app.extensionManager?.setting && LiteGraph.registered_node_types['GuidanceLabSchedule'])",
-            timeout=60_000)
-        # the frontend we meant to test is the one the page runs
-        assert self.js("() => window.__COMFYUI_FRONTEND_VERSION__") == self.frontend.version, self.frontend
-        # litegraph's deprecation warnings (input.link in 1.58, ...) are logged once per page, whoever caused
-        # them first; record every one whose stack passes through the pack's code
-        self.js("""() => {
-            window.__guidanceLabDeprecated = [];
-            const logged = new Set();
-            LiteGraph.alwaysRepeatWarnings = true;
-            LiteGraph.onDeprecationWarning = [(msg) => {
-                const stack = new Error().stack ?? "";
-                if (/guidance[_-]?lab/i.test(stack)) window.__guidanceLabDeprecated.push(`${msg}\\n${stack}`);
-                if (!logged.has(msg)) { logged.add(msg); console.warn(msg); }
-            }];
-        }""")
-
-    def js(self, expr, arg=None):
-        return self.page.evaluate(expr, arg)
-
-    def wait(self, expr, arg=None, timeout=20_000):
-        self.page.wait_for_function(expr, arg=arg, timeout=timeout)
-
-    def errors(self, since=(0, 0)):
-        """(ours, others): console errors/page errors mentioning the pack, and every other one."""
-        errs = [(t, m) for t, m in self.console[since[0]:] if t in ("error", "pageerror")]
-        ours = [m for _, m in errs if OURS.search(m)]
-        ours += [f"{s} {u}" for s, u in self.failed[since[1]:] if OUR_URLS.search(u)]
-        others = [m for _, m in errs if m not in ours]
-        return ours, others
-
-    def mark(self):
-        """Where the console and failed-request logs stand now (for check_console(since=...))."""
-        return len(self.console), len(self.failed)
-
-    def check_console(self, since=(0, 0)):
-        """No console error of ours, no unexplained one, no warning of ours (since a mark(), or at all)."""
-        ours, others = self.errors(since)
-        assert ours == [], ours
-        noise = frontend_noise(self.frontend)
-        unexplained = [m for m in others if not any(p.search(m) for p in noise)]
-        assert unexplained == [], unexplained
-        assert not [m for t, m in self.console[since[0]:] if t == "warning" and OURS.search(m)]
-        assert self.js("() => window.__guidanceLabDeprecated") == [], "the pack uses a deprecated litegraph API"
-
-    def setup_graph(self, vue: bool):
-        assert not self.js("() => !!document.querySelector('.p-dialog-mask')"), "a dialog covers the canvas"
-        self.js("""async (vue) => {
-            const s = app.extensionManager.setting;
-            await s.set("Comfy.VueNodes.Enabled", vue);
-            await s.set("Comfy.Minimap.Visible", false);
-            app.graph.clear();
-            app.canvas.ds.offset = [0, 0];
-            app.canvas.ds.scale = 1;
-            app.canvas.setDirty(true, true);
-        }""", vue)
-
-    def add_node(self, node_type, x, y):
-        return self.js("""([t, x, y]) => {
-            const n = LiteGraph.createNode(t);
-            n.pos = [x, y];
-            app.graph.add(n);
-            app.canvas.setDirty(true, true);
-            return n.id;
-        }""", [node_type, x, y])
-
-    def fetches(self, node_id):
-        return self.js("(id) => app.graph.getNodeById(id).__guidanceLabPlot.fetches", node_id)
-
-    def wait_plot(self, node_id, after=0):
-        """Wait until the node's plot has drawn a route answer newer than `after` fetches; return its state."""
-        self.wait("([id, k]) => { const s = app.graph.getNodeById(id)?.__guidanceLabPlot; "
-                  "return s && s.fetches > k && s.canvas.clientWidth > 0; }", [node_id, after])
-        self.page.wait_for_timeout(150)  # the frame after drawing
-        return self.js("""(id) => {
-            const s = app.graph.getNodeById(id).__guidanceLabPlot;
-            return {fetches: s.fetches, error: s.error, series: s.series};
-        }""", node_id)
-
-    def plot_png(self, node_id) -> bytes:
-        handle = self.page.evaluate_handle("(id) => app.graph.getNodeById(id).__guidanceLabPlot.canvas", node_id)
-        return handle.screenshot()
-
-    def widget_center(self, node_id, name):
-        """Page coordinates of a widget's centre (classic canvas renderer)."""
-        return self.js("""([id, name]) => {
-            const n = app.graph.getNodeById(id);
-            const w = n.widgets.find((w) => w.name === name);
-            const h = w.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT;
-            const [cx, cy] = app.canvas.ds.convertOffsetToCanvas([n.pos[0] + n.size[0] / 2, n.pos[1] + w.y + h / 2]);
-            const r = app.canvas.canvas.getBoundingClientRect();
-            return [r.left + cx, r.top + cy, app.canvas.ds.convertOffsetToCanvas([n.pos[0], 0])[0] + r.left,
-                    n.size[0] * app.canvas.ds.scale];
-        }""", [node_id, name])
-
-    def screenshot(self, name):
-        os.makedirs(ARTIFACTS, exist_ok=True)
-        path = os.path.join(ARTIFACTS, f"{self.frontend.name}-{name}")
-        self.page.screenshot(path=path)
-        return path
-
-    def log(self):
-        """The browser console, failed requests and the pack's deprecated-API uses (with stacks) so far."""
-        from playwright.sync_api import Error as PlaywrightError
-
-        try:
-            deprecated = self.js("() => window.__guidanceLabDeprecated ?? []")
-        except PlaywrightError as e:  # a closed or crashed page
-            deprecated = [f"(not read: {e})"]
-        return {"frontend": str(self.frontend), "console": self.console, "failed": [list(x) for x in self.failed],
-                "deprecated": deprecated}
-
-    def close(self, name: str):
-        """Keep the browser console and failed requests of this test in test-artifacts/web/."""
-        os.makedirs(ARTIFACTS, exist_ok=True)
-        with open(os.path.join(ARTIFACTS, f"console-{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.json"), "w") as f:
-            json.dump(self.log(), f, indent=1)
-        self.page.close()
 
 
 def _rgb(png: bytes):
@@ -549,7 +372,7 @@ def test_plot_draws_and_follows_widgets_classic_renderer(page):
     page.page.mouse.click(left + width - 22, y)
     page.wait("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'kind').value === 'linear'", sched)
     st = page.wait_plot(sched, st["fetches"])
-    sigmas, lo, hi = S.preview_sigmas(20)
+    sigmas, lo, hi = PV.preview_sigmas(20)
     assert st["series"][0]["values"] == S.step_values(S.from_fields(kind="linear"), sigmas, lo, hi)
     after = page.plot_png(sched)
     assert curve_pixels(after) > 150 and changed_pixels(before, after) > 200
@@ -594,7 +417,7 @@ def test_plot_draws_and_follows_widgets_classic_renderer(page):
     # a saved workflow loads back with its preview step count and redraws
     page.js("async () => { await app.loadGraphData(app.graph.serialize()); }")
     st = page.wait_plot(sched)
-    sigmas, lo, hi = S.preview_sigmas(7)
+    sigmas, lo, hi = PV.preview_sigmas(7)
     assert st["series"][0]["values"] == S.step_values(S.from_fields(kind="interval"), sigmas, lo, hi)
     assert page.js("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'preview steps').value", sched) == 7
 
@@ -613,7 +436,7 @@ def test_plot_on_nodes_that_take_a_schedule_and_label_picker(page, vue):
         L.widgets.find((w) => w.name === 'classifier_name').setValue('tiny.safetensors', {e: null, node: L, canvas: app.canvas});
         L.connect(0, C, C.inputs.findIndex((i) => i.name === 'classifier'));
     }""", [sched, guider, loader, cg])
-    sigmas, lo, hi = S.preview_sigmas(20)
+    sigmas, lo, hi = PV.preview_sigmas(20)
     interval = S.step_values(S.from_fields(kind="interval"), sigmas, lo, hi)
     page.wait("(id) => app.graph.getNodeById(id).__guidanceLabPlot.series?.[0]?.label === 'cfg_schedule'", guider)
     st = page.wait_plot(guider)
@@ -656,7 +479,7 @@ def test_plot_in_the_vue_node_renderer(page):
     page.page.get_by_role("option", name="cosine", exact=True).click()
     page.wait("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'kind').value === 'cosine'", sched)
     st = page.wait_plot(sched, st["fetches"])
-    sigmas, lo, hi = S.preview_sigmas(20)
+    sigmas, lo, hi = PV.preview_sigmas(20)
     assert st["series"][0]["values"] == S.step_values(S.from_fields(kind="cosine"), sigmas, lo, hi)
     after = page.plot_png(sched)
     assert curve_pixels(after) > 150 and changed_pixels(before, after) > 200

@@ -1,14 +1,14 @@
 """The example workflows (example_workflows/*.json, made by scripts/make_workflows.py), on a real ComfyUI server:
 
 - the files are what the generator makes from the server's /object_info (nobody edited them by hand);
-- every workflow converts to an API prompt (scripts/workflow_api.py) that fits /object_info: node types
+- every workflow converts to an API prompt (devkit/workflow_api.py) that fits /object_info: node types
   exist, widget values fit their types, ranges and options, links join existing outputs of the right type;
   the only model files allowed to be missing are the user-supplied ones listed here, in non-toy workflows;
 - with stand-in files for those, ComfyUI's own validation of POST /prompt accepts the Stable Diffusion
   workflows too (they then fail where the stand-in weights are loaded, nowhere else);
 - the toy workflows run end to end through POST /prompt and write real (not blank) images;
 - each toy workflow has a small .jpg thumbnail; the server lists the workflows as templates;
-- a real headless Chromium loads each workflow, on the pinned frontend and on the newest one (tests/frontends.py):
+- a real headless Chromium loads each workflow, on the pinned frontend and on the newest one (devkit/frontends.py):
   no missing nodes, no node errors (1.58 reports only the user's model files that are not there), no console
   errors, and the frontend's own graphToPrompt gives exactly the converter's API prompt.
 """
@@ -19,27 +19,25 @@ import json
 import os
 import re
 import shutil
-import sys
 import urllib.parse
 import urllib.request
 
 import pytest
 from PIL import Image, ImageStat
 
-import comfy_host as H
-import frontends as FE
+from devkit import comfy_host as H
+from devkit import frontends as FE
 
-sys.path.insert(0, os.path.join(H.ROOT, "scripts"))
-import make_workflows as MW  # noqa: E402
-import workflow_api as WA  # noqa: E402
-import workflow_run as WR  # noqa: E402
-from comfy_server import ComfyServer  # noqa: E402
+from scripts import make_workflows as MW
+from devkit import workflow_api as WA
+from devkit import workflow_run as WR
+from devkit.comfy_server import ComfyServer
 
 EXAMPLES = os.path.join(H.ROOT, "example_workflows")
 ARTIFACTS = os.path.join(H.ROOT, "test-artifacts", "workflows")
 NAMES = sorted(MW.WORKFLOWS)
 TOY = sorted(MW.TOY_WORKFLOWS)
-PACK = "guidance-lab"  # the pack's folder name in custom_nodes (scripts/comfy_server.py links it so)
+PACK = "guidance-lab"  # the pack's folder name in custom_nodes (devkit/comfy_server.py links it so)
 
 # Model files a user supplies (nothing this project can ship or download): the only values allowed to be
 # missing from the server's model folders, each in exactly the workflows listed. Toy workflows: none.
@@ -94,7 +92,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=FE.NAMES)
 def ui_server(request, server, tmp_path_factory):
-    """The server of the browser tests, once per frontend (tests/frontends.py; pinned: the server above)."""
+    """The server of the browser tests, once per frontend (devkit/frontends.py; pinned: the server above)."""
     frontend = FE.get(request.param)
     if frontend.name == "pinned":
         yield server
@@ -116,7 +114,7 @@ def test_files_are_generated_and_up_to_date(object_info):
     assert on_disk == NAMES
     assert sorted(USER_FILES) == sorted(set(NAMES) - set(TOY))
     for name, wf in MW.build_all(object_info).items():
-        assert load(name) == wf, f"{name}.json is out of date: run .venv/bin/python scripts/make_workflows.py"
+        assert load(name) == wf, f"{name}.json is out of date: run .venv/bin/python -m scripts.make_workflows"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -296,7 +294,7 @@ def test_sd15_workflows_pass_comfyuis_own_validation(server):
 
 @pytest.fixture(scope="module")
 def page(ui_server):
-    import test_web as W
+    from devkit import browser as W
 
     if not os.path.exists(W.CHROMIUM):
         pytest.skip(f"Debian chromium is not installed ({W.CHROMIUM}); scripts/test.sh installs it")

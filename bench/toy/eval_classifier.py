@@ -2,7 +2,7 @@
 Fashion-MNIST images only, never used for guidance. It scores samples (intended-class accuracy) and
 gives the feature space (penultimate layer, 128-d) for the Frechet distance and precision/recall.
 
-    .venv/bin/python bench/toy/eval_classifier.py --epochs 4 --seed 0
+    .venv/bin/python -m bench.toy.eval_classifier --epochs 4 --seed 0
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-import fashion  # noqa: E402
+from bench.toy import fashion
 
 WEIGHTS = os.path.join(HERE, "weights", "fashion_eval.safetensors")
 FEATURES = 128
@@ -75,7 +74,6 @@ def main():
     args = ap.parse_args()
     from tqdm import tqdm
 
-    sys.path.insert(0, ROOT)
     from guidance_core.io import atomic_save
 
     torch.manual_seed(args.seed)

@@ -25,3 +25,12 @@ def load(split: str = "train"):
     img = torch.from_numpy(x.copy()).float().div(127.5).sub(1.0)
     img = torch.nn.functional.pad(img, (2, 2, 2, 2), value=-1.0)[:, None]
     return img, torch.from_numpy(y.astype(np.int64))
+
+
+N_CLASSES = 10
+
+
+def class_counts(n: int) -> list[int]:
+    """Samples per class when n samples are spread over the 10 classes as evenly as possible (the first n % 10
+    classes get one more)."""
+    return [n // N_CLASSES + (1 if c < n % N_CLASSES else 0) for c in range(N_CLASSES)]

@@ -5,7 +5,7 @@ the latent cache is written by the "Train Classifier" node's own writer (same ke
 eps, the toy model's discrete sigma table, identity latent format), and `python -m guidance_core.train` trains on
 it: x = x0 + sigma*eps with sigma drawn from the model's own table, cross-entropy, AdamW.
 
-    .venv/bin/python bench/toy/make_classifier.py --steps 6000 --batch-size 64 --seed 0
+    .venv/bin/python -m bench.toy.make_classifier --steps 6000 --batch-size 64 --seed 0
 """
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import comfy_host as H  # noqa: E402
-import fashion  # noqa: E402
+from devkit import comfy_host as H
+from bench.toy import fashion
 
 OUT = os.path.join(ROOT, "toy_models", "classifiers", "toy_fashion_classifier.safetensors")
 CACHE = os.path.join(ROOT, "out", "toy", "fashion_latents.safetensors")

@@ -114,9 +114,9 @@ def sample_grid(out_dir, names, labels, n, per_class=5, zoom=2) -> Image.Image:
     d = ImageDraw.Draw(im)
     for r, lb in enumerate(labels):
         d.text((4, 24 + r * cell + cell // 2 - 6), lb, fill="black")
-    import tradeoff
+    from bench.toy.fashion import class_counts
 
-    counts = tradeoff.class_counts(n)
+    counts = class_counts(n)
     starts = [sum(counts[:c]) for c in range(len(labels))]
     for j, name in enumerate(names):
         x = load_file(os.path.join(out_dir, "samples", f"{name}.safetensors"))["x"].float()
@@ -154,8 +154,8 @@ def table(results) -> str:
 
 
 def write_all(results, directions, out_dir):
-    import bench_cfg
-    import comfy_host as H
+    from devkit.bench import write_section
+    from devkit import comfy_host as H
 
     img_dir = os.path.join(ROOT, "docs", "images")
     tradeoff_plot(results).save(os.path.join(img_dir, "toy_tradeoff.png"))
@@ -185,4 +185,4 @@ def write_all(results, directions, out_dir):
             + "\n".join(f"- {k}: {'yes' if v else '**no**'}" for k, v in directions.items())
             + "\n\nWhat the numbers say, and why a **no** is not a bug: README, section \"The guidance tradeoff, "
               "measured\".\n")
-    bench_cfg.write_section("toy-tradeoff", "Guidance tradeoff on the toy world (Fashion-MNIST)", body)
+    write_section("toy-tradeoff", "Guidance tradeoff on the toy world (Fashion-MNIST)", body)

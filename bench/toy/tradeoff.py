@@ -15,15 +15,16 @@ Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + 
   autoguidance model term with the weak toy model (toy_models/diffusion/fashion_diffusion_weak.safetensors),
                weight 0.5, 1, 2 (Karras's w = 1.5, 2, 3), no CFG (Karras et al. 2024)
   pag          PAG term (middle block) weight 1, 3 without CFG, and 1 with CFG w = 2 (Ahn et al. 2024)
-  adaptive     CFG w = 2 whose uncond stops once cos(eps_c, eps_u) >= 0.9999 / 0.99995 (Castillo et al. 2023; on
-               the toy model cos is above 0.998 from the first step, so the paper's 0.99 would stop at once);
+  adaptive     CFG w = 2 whose uncond stops once cos(eps_c, eps_u) >= 0.999 / 0.9995 / 0.9999 for every sample of
+               the batch (Castillo et al. 2023; on the toy model the batch minimum of cos is above 0.99 at every step
+               and does not rise monotonically, so the paper's 0.99 would stop at once);
                model rows per sample and step are counted on the real forwards
 Metrics, by the independent evaluation classifier (bench/toy/eval_classifier.py, clean images only):
 intended-class accuracy, Frechet distance of its 128-d features to the 10k test set, precision and
 recall with k = 3 (bench/toy/metrics.py).
 
-    .venv/bin/python bench/toy/tradeoff.py                 # full: N = 1000 per point (~1.5 h on 2 quiet CPU cores)
-    .venv/bin/python bench/toy/tradeoff.py --quick         # N = 64, 6 points (CI, ~2 min)
+    .venv/bin/python -m bench.toy.tradeoff                 # full: N = 1000 per point (~1.5 h on 2 quiet CPU cores)
+    .venv/bin/python -m bench.toy.tradeoff --quick         # N = 64, 6 points (CI, ~2 min)
 
 Writes OUT/results.json (resumable: finished points are kept), OUT/samples/*.safetensors, and in full
 mode docs/images/toy_tradeoff.png, docs/images/toy_samples.png, docs/toy_tradeoff.json and the
@@ -34,23 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-sys.path.insert(0, HERE)
 
-import comfy_host as H  # noqa: E402
+from devkit import comfy_host as H
 
 TOY_MODEL = "fashion_diffusion.safetensors"
 TOY_WEAK_MODEL = "fashion_diffusion_weak.safetensors"  # the guiding model of autoguidance
 TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
-N_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ def terms_points() -> list[Point]:
     auto = lambda a: Point(f"auto_{a:g}", "autoguidance", auto=a)  # noqa: E731
     pag = lambda g, w=0.0: Point(f"cfg_w{w:g}_pag_{g:g}" if w else f"pag_{g:g}", "pag", w=w, pag=g)  # noqa: E731
     adaptive = lambda t: Point(f"adaptive_w2_t{t:g}", "adaptive", w=2, adaptive=t)  # noqa: E731
-    return [auto(1), pag(3), adaptive(0.9999), auto(2), pag(1), auto(0.5), pag(1, w=2), adaptive(0.99995)]
+    return [auto(1), pag(3), adaptive(0.9999), auto(2), adaptive(0.9995), adaptive(0.999), auto(0.5), pag(1), pag(1, w=2)]
 
 
 def quick_points(steps: int = 20) -> list[Point]:
@@ -177,15 +172,11 @@ class World:
         return out["samples"].float().clone(), mean_f
 
 
-def class_counts(n: int) -> list[int]:
-    return [n // N_CLASSES + (1 if c < n % N_CLASSES else 0) for c in range(N_CLASSES)]
-
-
 def evaluate_point(samples, labels, ev, real_feats, real_subset):
     import torch
 
-    import eval_classifier as E
-    import metrics as M
+    from bench.toy import eval_classifier as E
+    from bench.toy import metrics as M
 
     logits, feats = E.predict(ev, samples)
     acc = float((logits.argmax(1) == labels).float().mean())
@@ -202,8 +193,8 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
 
     from guidance_core.io import atomic_bytes, atomic_save
 
-    import eval_classifier as E
-    import fashion
+    from bench.toy import eval_classifier as E
+    from bench.toy import fashion
 
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     res_path = os.path.join(out_dir, "results.json")
@@ -224,7 +215,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
         results["_config"] = {"n": n, "seed": seed, "torch_threads": torch.get_num_threads(),
                               "eval_test_accuracy": float((test_logits.argmax(1) == yt).float().mean())}
     world = None
-    counts = class_counts(n)
+    counts = fashion.class_counts(n)
     labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
     for p in points:
         if p.name in results and results[p.name].get("n") == n and not sample_only:
@@ -343,7 +334,7 @@ def main(argv=None):
     d = directions(results)
     print(json.dumps(d, indent=1))
     if not args.quick and not args.only:
-        import toy_report
+        from bench.toy import toy_report
 
         toy_report.write_all(results, d, out)
     return results, d

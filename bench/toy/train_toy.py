@@ -4,7 +4,7 @@ ComfyUI's own UNetModel (config in nodes/toy_nodes.py), eps-prediction on ComfyU
 schedule (x = x0 + sigma*eps, input x/sqrt(1+sigma^2), timestep t uniform over 0..999), MSE on eps,
 label dropout p_uncond = 0.1 to the null label (Ho & Salimans 2022, Alg. 1), AdamW, EMA of weights.
 
-    .venv/bin/python bench/toy/train_toy.py --steps 6000 --seed 0 --out toy_models/diffusion/fashion_diffusion.safetensors
+    .venv/bin/python -m bench.toy.train_toy --steps 6000 --seed 0 --out toy_models/diffusion/fashion_diffusion.safetensors
 """
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import comfy_host as H  # noqa: E402
-import fashion  # noqa: E402
+from devkit import comfy_host as H
+from bench.toy import fashion
 
 
 def init_weights(module):

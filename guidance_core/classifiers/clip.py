@@ -46,6 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import GuidanceConfigError
+from ..io import check_safetensors
 
 # Gradient paths (see classifier_guidance): what the classifier reads and how its gradient reaches x.
 DETACHED, THROUGH_MODEL = "detached", "through_model"
@@ -136,20 +137,6 @@ def parse_labels(text: str) -> list[str]:
     return labels
 
 
-def _check_safetensors(path: str):
-    """Refuse anything but a safetensors file: pickled checkpoints can run code when loaded."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise GuidanceConfigError(f"CLIP checkpoint {path!r} does not exist")
-    if not name.lower().endswith(".safetensors"):
-        raise GuidanceConfigError(f"{name}: only .safetensors CLIP checkpoints are accepted (pickled .pt/.bin/.ckpt "
-                                  "files can run code when loaded); convert it to .safetensors")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        raise GuidanceConfigError(f"{name} is not a safetensors file (corrupt, truncated or a pickle)")
-
-
 def load_clip(architecture: str, path: str) -> nn.Module:
     """An open_clip model of `architecture` with the weights of the local safetensors file `path`.
 
@@ -161,7 +148,10 @@ def load_clip(architecture: str, path: str) -> nn.Module:
     if architecture not in open_clip.list_models():
         raise GuidanceConfigError(f"architecture={architecture!r} is not an open_clip model; known: "
                                   f"{', '.join(offline_architectures())}")
-    _check_safetensors(path)
+    if not path.lower().endswith(".safetensors"):
+        raise GuidanceConfigError(f"{os.path.basename(path)}: only .safetensors CLIP checkpoints are accepted (pickled "
+                                  ".pt/.bin/.ckpt files can run code when loaded); convert it to .safetensors")
+    check_safetensors(path, what="CLIP checkpoint", error=GuidanceConfigError)
     from safetensors.torch import load_file
     from open_clip.factory import resize_pos_embed, resize_text_pos_embed
     from open_clip.model import convert_to_custom_text_state_dict

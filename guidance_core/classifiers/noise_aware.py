@@ -22,7 +22,10 @@ from torch.nn import functional as F
 class ClassifierConfig:
     in_channels: int = 4
     num_classes: int = 10
-    base_channels: int = 64
+    # field metadata as guidance_core.training.setting writes it (that module imports this one): the
+    # Train Classifier node's `width` and the command line's --base-channels read it
+    base_channels: int = field(default=64, metadata={"help": "base channels of the classifier network",
+                                                     "range": (8, 512)})
     channel_mult: list = field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: int = 1
     emb_dim: int = 128

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..parameterization import per_sample
 
-def _col(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    return t.reshape(-1, *([1] * (like.ndim - 1))) if t.ndim else t
+
 
 
 class GaussianMixture:
@@ -26,7 +25,7 @@ class GaussianMixture:
 
     def class_logits(self, x, sigma, alpha, priors=None):
         """log pi_k - ||x - alpha mu_k||^2 / (2 v), [B, K] (priors: [K] or [B, K])."""
-        sigma, alpha = _col(sigma, x), _col(alpha, x)
+        sigma, alpha = per_sample(sigma, x), per_sample(alpha, x)
         v = (alpha ** 2 * self.tau ** 2 + sigma ** 2).reshape(-1, 1)
         mu = self.means.to(x)
         d2 = ((x[:, None] - alpha[:, None] * mu[None]) ** 2).flatten(2).sum(-1)
@@ -35,7 +34,7 @@ class GaussianMixture:
 
     def class_denoise(self, x, sigma, alpha):
         """E[x0 | x, k] for every k: [B, K, ...]."""
-        sigma, alpha = _col(sigma, x), _col(alpha, x)
+        sigma, alpha = per_sample(sigma, x), per_sample(alpha, x)
         v = alpha ** 2 * self.tau ** 2 + sigma ** 2
         mu = self.means.to(x)[None]
         return mu + (alpha * self.tau ** 2 / v)[:, None] * (x[:, None] - alpha[:, None] * mu)
@@ -56,7 +55,7 @@ class GMMClassifier(torch.nn.Module):
         self.gmm, self.parameterization = gmm, parameterization
 
     def forward(self, x_in, sigma):
-        s = _col(sigma, x_in)
+        s = per_sample(sigma, x_in)
         if self.parameterization == "flow":
             x, alpha = x_in, 1.0 - s
         else:

@@ -12,8 +12,6 @@ Guidance Lab node runs on it unchanged, on a CPU, in milliseconds.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import torch
 
@@ -45,9 +43,8 @@ def shape_means(size: int = SIZE) -> torch.Tensor:
     return out
 
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+# guidance_core is importable here: the server runs with the repository root on PYTHONPATH (devkit.python_env),
+# and in-process hosts run from the repository root.
 from guidance_core.reference.gmm import GaussianMixture  # noqa: E402
 
 

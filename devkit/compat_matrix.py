@@ -1,7 +1,7 @@
-"""The compatibility matrices of docs/COMPATIBILITY.md, as real runs inside ComfyUI (tests/comfy_host.py):
+"""The compatibility matrices of docs/COMPATIBILITY.md, as real runs inside ComfyUI (devkit/comfy_host.py):
 Guidance Lab's CFG Patch (stock KSampler) and CFG Guider (SamplerCustomAdvanced) with every sampler and
 scheduler, ComfyUI's own guidance nodes and conditioning features, on ComfyUI's UNet at tiny width (eps);
-and every model family of tests/families.py (CFG Patch, CFG Guider, classifier guidance through both nodes,
+and every model family of devkit/families.py (CFG Patch, CFG Guider, classifier guidance through both nodes,
 CLIP guidance with the family's linear latent->RGB map, Train Classifier on the family's latent format).
 
 One function per area returns rows {area, item, check, route, status, detail, value}; status is
@@ -12,7 +12,7 @@ One function per area returns rows {area, item, check, route, status, detail, va
 - limitation: the combination cannot take effect (detail = why);
 - FAIL: anything else (another exception, NaN/inf, a difference, a refusal after sampling started).
 
-`scripts/compat_matrix.py` writes the running ComfyUI version's section of the doc (layout: tests/compat_doc.py)
+`scripts/compat_matrix.py` writes the running ComfyUI version's section of the doc (layout: devkit/compat_doc.py)
 from all_rows() or all_rows(quick=True); `tests/test_compatibility.py` runs all_rows(quick=True) and compares it
 with that version's section. Nodes run as the running ComfyUI declares them (node_inputs_of_this_comfyui). Every run is made as ComfyUI runs a prompt (under
 torch.inference_mode), on one CPU thread (see cpu_settings).
@@ -30,10 +30,10 @@ import tempfile
 
 import torch
 
-import comfy_host as H
-from cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
+from . import comfy_host as H
+from .cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
 
-from compat_doc import (AREAS, CONDITIONING, FAMILIES, NODES, SAMPLERS, SCHEDULERS, STATUSES, TOL,  # noqa: F401
+from .compat_doc import (AREAS, CONDITIONING, FAMILIES, NODES, SAMPLERS, SCHEDULERS, STATUSES, TOL,  # noqa: F401
                         render_section, replace_section, versions)
 
 CFG = 6.0
@@ -495,10 +495,10 @@ def family_classifier(model):
 
 
 def family_rows(quick: bool = False) -> list:
-    """Each of ComfyUI's model families (tests/families.py) through the patch and the guider: plain CFG and
+    """Each of ComfyUI's model families (devkit/families.py) through the patch and the guider: plain CFG and
     unguided steps exact; three-way, a term, every post-processing and every schedule kind finite; the interval
     schedule's rows per model call; zero-init (flow models only); classifier guidance."""
-    import families as F
+    from . import families as F
 
     rows = []
     for name, fam in F.FAMILIES.items():
@@ -665,7 +665,7 @@ def family_trainer_run(model, run):
     return family_guidance_run(PATCH, model, clf, TRAIN_LABELS[0], run)
 
 
-# ------------------------------------------------------------------ the document (layout: tests/compat_doc.py)
+# ------------------------------------------------------------------ the document (layout: devkit/compat_doc.py)
 def comfyui_version() -> str:
     H.boot()
     import comfyui_version as v
@@ -679,7 +679,7 @@ def torch_version() -> str:
 
 def parse(text: str, version: str | None = None) -> list:
     """The rows of the section of ComfyUI `version` (default: the one running) in a rendered document."""
-    import compat_doc
+    from . import compat_doc
 
     return compat_doc.parse(text, version or comfyui_version())
 

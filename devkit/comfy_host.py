@@ -9,7 +9,7 @@ import asyncio
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import ROOT
 COMFY = os.path.abspath(os.environ.get("GL_COMFYUI", os.path.join(ROOT, ".comfyui")))
 PACK = os.path.join(COMFY, "custom_nodes", "guidance-lab")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 
-from workflow_api import combo_options, has_control_widget, input_options, input_type, is_widget, ordered_inputs
+from .workflow_api import combo_options, has_control_widget, input_options, input_type, is_widget, ordered_inputs
 
 # Sizes the ComfyUI frontend (1.32.9) gives a new node of these types; others are estimated the same way
 # (20 px per slot row, 24 px per widget, 14 px of header/padding). The frontend enlarges a loaded node

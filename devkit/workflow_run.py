@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from comfy_server import error_of, images_of  # noqa: E402
-from workflow_api import ui_to_api  # noqa: E402
+from .comfy_server import error_of, images_of
+from .workflow_api import ui_to_api
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import ROOT
 EXAMPLES = os.path.join(ROOT, "example_workflows")
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import ROOT
 DOC = os.path.join(ROOT, "docs", "COMPATIBILITY.md")
 TOL = 1e-5
 STATUSES = ("exact", "finite", "refused", "limitation", "FAIL")
@@ -76,7 +76,7 @@ def table_rows(lines) -> list:
 def how_made(run: dict) -> str:
     env = "" if run["comfyui"] == "0.3.75" else (f"GL_COMFYUI=$PWD/.comfyui-{run['comfyui']} "
                                                  f"PYTHONPATH=$PWD/.comfyui-{run['comfyui']}/_pydeps ")
-    cmd = f"{env}.venv/bin/python scripts/compat_matrix.py" + (" --quick --write-section" if run["quick"] else "")
+    cmd = f"{env}.venv/bin/python -m scripts.compat_matrix" + (" --quick --write-section" if run["quick"] else "")
     kind = "quick slice (CI's)" if run["quick"] else "full matrix"
     took = f", {run['seconds']} s" if run.get("seconds") is not None else ""
     note = f" ({run['note']})" if run.get("note") else ""
@@ -241,7 +241,7 @@ def assemble(blocks: dict, frontends: str | None) -> str:
               "- **FAIL**: a defect (a crash, NaN, a wrong result).",
               "",
               "Model families: tiny random instances of ComfyUI's own model classes and configs "
-              "(`tests/families.py`: SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its "
+              "(`devkit/families.py`: SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its "
               "per-channel latent format, SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video "
               "latents, Cosmos-Predict2 text-to-image on Wan latents, Chroma, Lumina 2, Qwen-Image on Wan latents, "
               "Qwen-Image Edit and Flux.1 Kontext with a reference latent (ComfyUI's ReferenceLatent node), LTXV with "

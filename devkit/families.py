@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-import comfy_host as H
+from . import comfy_host as H
 
 
 class Family(NamedTuple):

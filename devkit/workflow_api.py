@@ -1,7 +1,7 @@
 """Workflow files: the UI format that ComfyUI's frontend saves (and that example_workflows/ holds) to the API
 format that POST /prompt takes, and validation of both against a server's /object_info. Not shipped.
 
-    python scripts/workflow_api.py example_workflows/toy_cfg_guider.json [--server URL] > prompt.json
+    python -m devkit.workflow_api example_workflows/toy_cfg_guider.json [--server URL] > prompt.json
 
 The conversion follows what the frontend's graphToPrompt does (ComfyUI frontend 1.32):
 - `widgets_values` are matched to the node's widget inputs in /object_info order (`input_order`: required,
@@ -323,11 +323,9 @@ def main(argv=None):
     elif args.server:
         info = fetch_object_info(args.server)
     else:
-        import os
         import tempfile
 
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from comfy_server import ComfyServer
+        from .comfy_server import ComfyServer
 
         with ComfyServer(tempfile.mkdtemp(prefix="workflow-api-")) as srv:
             info = srv.get("/object_info")

@@ -1,6 +1,6 @@
 """Helpers of the CFG tests: sample through KSampler / SamplerCustomAdvanced with the pack's nodes or
 ComfyUI's own, on the tiny real models of comfy_host."""
-import comfy_host as H
+from . import comfy_host as H
 from guidance_core import schedules as S
 
 POS, NEG, EMPTY, OTHER = H.cond(1), H.cond(2), H.cond(3), H.cond(4)

@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import ROOT, python_env
+
 COMFY = os.path.abspath(os.environ.get("GL_COMFYUI", os.path.join(ROOT, ".comfyui")))
 
 
@@ -55,7 +56,7 @@ class ComfyServer:
         cmd = [sys.executable, os.path.join(COMFY, "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--output-directory", self.output_dir, "--disable-auto-launch",
                "--database-url", "sqlite:///:memory:", *self.extra_args]
-        self.proc = subprocess.Popen(cmd, cwd=COMFY, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=COMFY, stdout=self.log, stderr=subprocess.STDOUT, env=python_env())
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -130,7 +131,7 @@ def error_of(entry: dict) -> str | None:
     return None
 
 
-if __name__ == "__main__":  # manual use: python scripts/comfy_server.py OUTDIR
+if __name__ == "__main__":  # manual use: python -m devkit.comfy_server OUTDIR
     with ComfyServer(sys.argv[1] if len(sys.argv) > 1 else "out") as srv:
         print("ComfyUI at", srv.url, "- Ctrl-C to stop")
         try:

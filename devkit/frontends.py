@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import ROOT
 FRONTENDS_DIR = os.path.join(ROOT, ".frontends")
 SETUP = "bash scripts/setup_frontend.sh"
 

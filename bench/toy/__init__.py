@@ -1,0 +1,1 @@
+"""The toy world (Fashion-MNIST): its models, evaluation and the guidance tradeoff (python -m bench.toy.tradeoff)."""
