@@ -251,3 +251,38 @@ def demo_module():
         if key.endswith("demo_nodes") and hasattr(mod, "GMMDenoiser"):
             return mod
     raise KeyError("demo_nodes")
+
+
+def tiny_clip_config(layers: int = 2) -> dict:
+    """A tiny open_clip architecture (both towers, random weights in the tests): 32-pixel images, width 64."""
+    return {"embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "layers": layers, "width": 64, "patch_size": 8, "head_width": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": layers}}
+
+
+def tiny_vae_ddconfig(channels: int = 4) -> dict:
+    return {"double_z": True, "z_channels": channels, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+            "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+
+
+def tiny_vae(channels: int = 4, seed: int = 0, dtype=None):
+    """ComfyUI's VAE (comfy.sd.VAE with AutoencoderKL, width 32, 2x down/upscale) making `channels`-channel latents,
+    random weights from `seed`, built under inference mode as ComfyUI loads one. The config path of comfy.sd.VAE
+    keeps its default latent_channels (4): set here from z_channels, as ComfyUI's own detection does."""
+    import torch
+
+    import comfy.ldm.models.autoencoder as AE
+    import comfy.sd
+
+    dd = tiny_vae_ddconfig(channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode(False):
+        shapes = AE.AutoencoderKL(ddconfig=dd, embed_dim=channels).state_dict()
+    sd = {k: (torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5 if v.ndim > 1 else
+              torch.ones(v.shape) if ("norm" in k and k.endswith("weight")) else torch.zeros(v.shape))
+          for k, v in shapes.items()}
+    with torch.inference_mode():
+        vae = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": dd, "embed_dim": channels}}, dtype=dtype)
+    vae.latent_channels = channels
+    vae.downscale_ratio = vae.upscale_ratio = 2 ** (len(dd["ch_mult"]) - 1)
+    return vae

@@ -551,9 +551,7 @@ def family_guidance_run(route, model, classifier, target, run):
 
 # ------------------------------------------------------------------ CLIP guidance and Train Classifier per family
 CLIP_ARCH = "GLCompatTinyCLIP"
-TINY_CLIP = {"embed_dim": 32,  # the tiny open_clip architecture of tests/test_clip.py (random weights)
-             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+TINY_CLIP = H.tiny_clip_config(layers=2)  # the tiny open_clip architecture of tests/test_clip.py (random weights)
 CLIP_LABELS = ("a red car", "a blue car")
 
 
@@ -625,24 +623,8 @@ def trainer_root() -> str:
 
 @functools.cache
 def tiny_vae(channels: int):
-    """ComfyUI's VAE (comfy.sd.VAE with AutoencoderKL, 2x downscale, width 32) making `channels`-channel latents,
-    random weights, built under inference mode as ComfyUI loads one. The config path of comfy.sd.VAE keeps its
-    default latent_channels (4); set from z_channels, as ComfyUI's own detection sets it from the decoder."""
-    import comfy.ldm.models.autoencoder as AE
-    import comfy.sd
-
-    dd = {"double_z": True, "z_channels": channels, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-          "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
-    g = torch.Generator().manual_seed(channels)
-    with torch.inference_mode(False):
-        shapes = AE.AutoencoderKL(ddconfig=dd, embed_dim=channels).state_dict()
-    sd = {k: (torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5 if v.ndim > 1 else
-              torch.ones(v.shape) if ("norm" in k and k.endswith("weight")) else torch.zeros(v.shape))
-          for k, v in shapes.items()}
-    with torch.inference_mode():
-        vae = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": dd, "embed_dim": channels}})
-    vae.latent_channels = channels
-    return vae
+    """A tiny random VAE making `channels`-channel latents (devkit.comfy_host.tiny_vae), one per channel count."""
+    return H.tiny_vae(channels, seed=channels)
 
 
 def family_trainer_run(model, run):

@@ -65,6 +65,9 @@ def parse_blocks(text: str, mode: str) -> tuple:
         m = _BLOCK.match(item.lower())
         if not m:
             raise GuidanceConfigError(f"blocks item {j} {item.strip()!r}; write 'part.index', e.g. {DEFAULT_BLOCKS[mode]!r}")
+        if len(m.group(2)) > 6:  # int() of thousands of digits is Python's ValueError, not a message
+            raise GuidanceConfigError(f"blocks item {j} {item.strip()[:40]!r}: an index of {len(m.group(2))} digits; "
+                                      f"a block index is a small whole number, e.g. {DEFAULT_BLOCKS[mode]!r}")
         out.append((m.group(1), int(m.group(2))))
     if not out:
         raise GuidanceConfigError(f"blocks {text!r} lists no block; e.g. {DEFAULT_BLOCKS[mode]!r}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -302,14 +301,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
     def fingerprint_inputs(cls, classifier_name):
         """ComfyUI runs the loader again when this value changes: a file replaced, rewritten or deleted under a
         running server is read (and checked) again instead of ComfyUI handing on the classifier cached before."""
-        path = folder_paths.get_full_path(FOLDER, classifier_name)
-        if path is None:
-            return f"missing:{classifier_name}"
-        try:
-            st = os.stat(path)
-        except OSError as e:
-            return f"unreadable:{path}:{e.errno}"
-        return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        return folders.file_fingerprint(FOLDER, classifier_name)
 
     @classmethod
     def execute(cls, classifier_name):

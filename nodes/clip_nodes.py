@@ -64,18 +64,23 @@ class LoadedCLIPClassifier:
 
     def __init__(self, clip: clip_core.ZeroShotCLIP, labels: list, name: str, decode: str, vae=None,
                  gradient: str = clip_core.DETACHED):
-        if decode not in clip_core.DECODES:
-            raise GuidanceConfigError(f"decode={decode!r}; accepted: {', '.join(clip_core.DECODES)}")
-        if gradient not in WANTS:
-            raise GuidanceConfigError(f"gradient={gradient!r}; accepted: {', '.join(WANTS)}")
-        if decode == "vae" and vae is None:
-            raise GuidanceConfigError("decode='vae' needs a VAE: connect the vae input (or use decode='linear')")
+        self.check_settings(decode, gradient, vae)
         self.clip, self.labels, self.name, self.decode, self.vae = clip, list(labels), name, decode, vae
         self.wants = WANTS[gradient]
         self.meta = {"labels": self.labels, "kind": "clip", "decode": decode, "gradient": gradient}
         self.patcher = comfy.model_patcher.ModelPatcher(
             clip, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
+
+    @staticmethod
+    def check_settings(decode: str, gradient: str, vae) -> None:
+        """The one check of the loader's settings: the node runs it before loading any weights."""
+        if decode not in clip_core.DECODES:
+            raise GuidanceConfigError(f"decode={decode!r}; accepted: {', '.join(clip_core.DECODES)}")
+        if gradient not in WANTS:
+            raise GuidanceConfigError(f"gradient={gradient!r}; accepted: {', '.join(WANTS)}")
+        if decode == "vae" and vae is None:
+            raise GuidanceConfigError("decode='vae' needs a VAE: connect the vae input (or use decode='linear')")
 
     def __deepcopy__(self, memo):
         return self
@@ -187,13 +192,18 @@ class GuidanceLabCLIPClassifierLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, checkpoint, **_):
+        """A CLIP checkpoint replaced, rewritten or deleted under a running server is read (and checked) again
+        (folders.file_fingerprint)."""
+        return folders.file_fingerprint(FOLDER, checkpoint)
+
+    @classmethod
     def execute(cls, architecture, checkpoint, labels, decode, gradient, cutouts, tau, vae=None):
         problem = clip_core.availability()[1]
         if problem is not None:
             raise GuidanceConfigError(f"Load CLIP Classifier cannot run: {problem} ({ONLY_CLIP})")
         names = clip_core.parse_labels(labels)
-        if decode == "vae" and vae is None:
-            raise GuidanceConfigError("decode='vae' needs a VAE: connect the vae input (or use decode='linear')")
+        LoadedCLIPClassifier.check_settings(decode, gradient, vae)
         clip = clip_core.load_zero_shot(architecture, checkpoint_path(checkpoint), names, tau=tau, cutouts=cutouts)
         return io.NodeOutput(LoadedCLIPClassifier(clip, names, checkpoint, decode, vae, gradient))
 

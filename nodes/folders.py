@@ -32,3 +32,17 @@ def filename_list(name: str, extensions) -> list[str]:
         files, _dirs = folder_paths.recursive_search(base, excluded_dir_names=[".git"])
         found.update(folder_paths.filter_files_extensions(files, set(extensions)))
     return sorted(found)
+
+
+def file_fingerprint(name: str, filename: str) -> str:
+    """A loader node's fingerprint_inputs: ComfyUI runs the loader again when this value changes. It is the
+    resolved path with the file's size, modification time and inode, so a file replaced, rewritten or deleted
+    under a running server is read (and checked) again instead of ComfyUI handing on the object it cached."""
+    path = folder_paths.get_full_path(name, filename)
+    if path is None:
+        return f"missing:{filename}"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"unreadable:{path}:{e.errno}"
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"

@@ -19,7 +19,7 @@ from comfy_api.latest import io
 from safetensors import safe_open
 
 from ..guidance_core.errors import GuidanceConfigError
-from . import classifier_nodes
+from . import classifier_nodes, folders
 
 CATEGORY = "Guidance Lab/toy"
 TOY_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy_models")
@@ -111,6 +111,11 @@ class GuidanceLabToyModelLoader(io.ComfyNode):
                                    tooltip="A toy model file shipped in the pack's toy_models folder.")],
             outputs=[io.Model.Output(display_name="model"), ToyType.Output(display_name="toy_world")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, toy_model, **_):
+        """A toy model file rewritten under a running server is loaded again (folders.file_fingerprint)."""
+        return folders.file_fingerprint(TOY_FOLDER, toy_model)
 
     @classmethod
     def execute(cls, toy_model):

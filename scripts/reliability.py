@@ -1,8 +1,9 @@
 """Reliability of Guidance Lab in a real ComfyUI server (issue 16): soak, interrupts, files changed under the
 server, hostile requests, determinism. Localhost only; every request loop is bounded in count and time.
 
-    .venv/bin/python scripts/reliability.py           # full form, rewrites docs/RELIABILITY.md (atomically)
-    .venv/bin/python scripts/reliability.py --quick   # the CI slice (tests/test_reliability.py runs it)
+    .venv/bin/python -m scripts.reliability           # full form, rewrites docs/RELIABILITY.md (atomically)
+    .venv/bin/python -m scripts.reliability --quick   # the CI slice (tests/test_reliability.py runs it)
+    .venv/bin/python -m scripts.reliability --only hostile   # check 4 again, merged into the last full run's figures
 
 The servers run with `--base-directory` in a temporary folder (models/, input/, user/, custom_nodes/ there), so the
 shared ComfyUI tree is never written. Its custom_nodes/ links the pack, the demo nodes and this very file (as
@@ -23,20 +24,19 @@ import random
 import struct
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from devkit import comfy_host
+
 HERE = os.path.dirname(os.path.abspath(os.path.realpath(__file__)))
 ROOT = os.path.dirname(HERE)
 PROBE = "/gl_reliability"
 CLIP_ARCH = "GLTinyCLIP-reliability"
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
-VAE_DDCONFIG = {"double_z": True, "z_channels": 1, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+TINY_CLIP = comfy_host.tiny_clip_config(layers=1)
 CLIP_LABELS = ["a shoe", "a bag", "a shirt"]
 DATA_LABELS = ["dark", "light"]
 
@@ -150,25 +150,9 @@ def _probe_weights() -> list:
 
 
 def tiny_vae(seed: int = 0):
-    """ComfyUI's VAE (AutoencoderKL) at width 32, 2x scale, 1 latent channel (the toy world's), random weights,
-    built under inference mode as ComfyUI builds its VAEs."""
-    import torch
-
-    import comfy.ldm.models.autoencoder as AE
-    import comfy.sd
-
-    shapes = AE.AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=1).state_dict()
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in shapes.items():
-        if v.ndim > 1:
-            sd[k] = torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5
-        else:
-            sd[k] = torch.ones(v.shape) if ("norm" in k and k.endswith("weight")) else torch.zeros(v.shape)
-    with torch.inference_mode():
-        vae = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": VAE_DDCONFIG, "embed_dim": 1}})
-    vae.latent_channels, vae.downscale_ratio, vae.upscale_ratio = 1, 2, 2
-    return vae
+    """ComfyUI's VAE at width 32, 2x scale, 1 latent channel (the toy world's), random weights
+    (devkit.comfy_host.tiny_vae)."""
+    return comfy_host.tiny_vae(1, seed=seed)
 
 
 class GLReliabilityTinyVAE:
@@ -186,6 +170,206 @@ class GLReliabilityTinyVAE:
         return (tiny_vae(seed),)
 
 
+# ---------------------------------------------------------- probe: the pack's own check of each free-text input
+
+# The node (and the node after it, where the value only matters there) that reads each free-text input, run in the
+# server on ComfyUI's own node classes (NODE_CLASS_MAPPINGS) under inference mode, as ComfyUI's executor runs them.
+# An answer is: accepted; the pack's error (GuidanceConfigError, ClassifierFileError) whose message names the field
+# or the value (clear); the pack's error without it (unclear); any other exception (unexpected).
+PACK_ERRORS = ("GuidanceConfigError", "ClassifierFileError")
+FIELD_WORDS = {"target": ("target",), "clip_target": ("target",), "keyframes": ("keyframes",),
+               "clip_labels": ("label",), "dataset": ("dataset",), "output_name": ("output_name",),
+               "pag_blocks": ("block",)}
+_FIXTURES: dict = {}
+_AUDIT = {"on": False, "events": 0, "outside": {}, "roots": (), "installed": False}
+_AUDIT_BUSY = threading.local()
+_AUDIT_EVENTS = ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink",
+                 "os.link", "os.truncate", "os.chdir")
+
+
+def _node(node_id: str):
+    import nodes as comfy_nodes  # ComfyUI's nodes.py: the classes ComfyUI's executor runs
+
+    return comfy_nodes.NODE_CLASS_MAPPINGS[node_id]
+
+
+def _result(out):
+    return out.result if hasattr(out, "result") else out
+
+
+def _pack_module(node_id: str):
+    return sys.modules[_node(node_id).__module__]
+
+
+def _fixtures() -> dict:
+    """The objects the fuzzed nodes take besides the text (built once): the toy model, its conds, the toy classifier,
+    the tiny VAE and a CLIP classifier of the tiny random open_clip model, each from the pack's own loader node."""
+    if not _FIXTURES:
+        import torch
+
+        with torch.inference_mode():
+            model, world = _result(_node("GuidanceLabToyModelLoader").execute("fashion_diffusion.safetensors"))
+            vae = tiny_vae(0)
+            clip_args = dict(architecture=CLIP_ARCH, checkpoint="tiny_clip.safetensors", decode="vae",
+                             gradient="detached", cutouts=1, tau=0.0, vae=vae)
+            _FIXTURES.update(
+                model=model, vae=vae, clip_args=clip_args,
+                pos=_result(_node("GuidanceLabToyClass").execute(world, "Coat"))[0],
+                empty=_result(_node("GuidanceLabToyClass").execute(world, "empty"))[0],
+                classifier=_result(_node("GuidanceLabClassifierLoader").execute("toy_fashion_classifier.safetensors"))[0],
+                clip=_result(_node("GuidanceLabCLIPClassifierLoader").execute(labels="\n".join(CLIP_LABELS),
+                                                                               **clip_args))[0])
+    return _FIXTURES
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def _check_input(field: str, v: str) -> str | None:
+    """Run the pack's nodes on one value of `field`; None when accepted (an escape from ComfyUI's folders raises)."""
+    F = _fixtures()
+    guide = dict(scale=6.0, sigma_lo=0.0, sigma_hi=10000.0, every_n=1, rms_clamp=0.0, dtype="float32",
+                 allow_other_latent_format=False)
+    train = dict(steps=0, batch_size=8, lr=0.001, seed=0, resolution=32, sigma_distribution="log_uniform",
+                 class_balance=False, width=8)
+    if field in ("target", "clip_target"):
+        _node("GuidanceLabClassifierGuidance").execute(F["model"], F["classifier" if field == "target" else "clip"],
+                                                       target=v, **guide)
+    elif field == "keyframes":
+        d = _pack_module("GuidanceLabSchedule").SCHEDULE_DEFAULTS
+        _node("GuidanceLabSchedule").execute(**{**{k: d[k] for k in ("axis", "start", "end", "exponent", "sigma_lo",
+                                                                   "sigma_hi", "inside", "outside")},
+                                                "kind": "keyframes", "keyframes": v})
+    elif field == "clip_labels":  # the loader, then guidance naming the first label (as a user would)
+        clip = _result(_node("GuidanceLabCLIPClassifierLoader").execute(labels=v, **F["clip_args"]))[0]
+        _node("GuidanceLabClassifierGuidance").execute(F["model"], clip, target=clip.labels[0], **guide)
+    elif field in ("dataset", "output_name"):  # steps 0: every check of the node, no file written but the cache
+        ds, name = (v, "rel_fuzz") if field == "dataset" else ("rel_set", v)
+        _node("GuidanceLabTrainClassifier").execute(F["model"], F["vae"], dataset=ds, output_name=name, **train)
+        mod = _pack_module("GuidanceLabTrainClassifier")
+        import folder_paths
+
+        if field == "dataset" and not _inside(mod.resolve_dataset(v), folder_paths.get_input_directory()):
+            return f"accepted a dataset outside the input folder: {mod.resolve_dataset(v)}"
+        if field == "output_name" and not _inside(mod.output_path(v), folder_paths.get_folder_paths("classifiers")[0]):
+            return f"would write outside models/classifiers: {mod.output_path(v)}"
+    elif field == "pag_blocks":  # the term node, then the guider (which checks the blocks against the model)
+        terms = _result(_node("GuidanceLabPerturbedTerm").execute(mode="pag", blocks=v, weight=1.5, seg_sigma=10.0))[0]
+        _node("GuidanceLabCFGGuider").execute(F["model"], F["pos"], 3.0, 0.0, negative=F["empty"], terms=terms)
+    else:
+        raise KeyError(field)
+    return None
+
+
+def _names_it(field: str, v: str, message: str) -> bool:
+    """An error message is clear when it names the field or the value (or, for a long value, its start)."""
+    low, s = message.lower(), v.strip()
+    return any(w in low for w in FIELD_WORDS[field]) or bool(s) and (s[:40] in message or repr(s)[1:41] in message)
+
+
+def _check_batch(field: str, values: list) -> list:
+    """One answer per value: [outcome, seconds, exception type, message (cut)]; outcome one of accepted, clear,
+    unclear, unexpected, escape."""
+    import traceback
+
+    import torch
+
+    import comfy.utils
+
+    _fixtures()
+    rows = []
+    # no prompt runs meanwhile: the progress bars' global hook (it reports to a running prompt's client) is off
+    hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(None)
+    try:
+        for v in values:
+            rows.append(_check_one(field, v, traceback, torch))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(hook)
+    return rows
+
+
+def _check_one(field: str, v: str, traceback, torch) -> list:
+    t0 = time.perf_counter()
+    kind, msg = "", ""
+    try:
+        with torch.inference_mode():
+            escape = _check_input(field, v)
+        outcome, msg = ("escape", escape) if escape else ("accepted", "")
+    except Exception as e:  # the point of the probe: every exception type is classified, none escapes
+        kind, msg = type(e).__name__, str(e)
+        if kind in PACK_ERRORS:
+            outcome = "clear" if _names_it(field, v, msg) and "Traceback" not in msg else "unclear"
+        else:
+            outcome = "unexpected"
+            msg += " | " + " / ".join(traceback.format_exc().strip().splitlines()[-6:])
+    return [outcome, round(time.perf_counter() - t0, 4), kind, msg[:400]]
+
+
+def _audit_roots() -> tuple:
+    """ComfyUI's folders (base, models and every registered model folder, input, output, temp, user) and the code
+    the server runs (ComfyUI, custom nodes, the Python installation and its packages): the places a request may
+    make the server open."""
+    import site
+
+    import folder_paths
+
+    roots = {folder_paths.base_path, folder_paths.models_dir, folder_paths.get_input_directory(),
+             folder_paths.get_output_directory(), folder_paths.get_temp_directory(), folder_paths.get_user_directory(),
+             os.path.dirname(os.path.abspath(folder_paths.__file__)), sys.prefix, sys.base_prefix, sys.exec_prefix,
+             *site.getsitepackages(), "/dev", "/proc"}
+    for paths, _exts in folder_paths.folder_names_and_paths.values():
+        roots.update(paths)
+    for d in folder_paths.get_folder_paths("custom_nodes"):
+        roots.add(d)
+        for name in os.listdir(d):
+            roots.add(os.path.realpath(os.path.join(d, name)))
+    return tuple(sorted({os.path.realpath(r) for r in roots if r}))
+
+
+def _audit_hook(event: str, args) -> None:
+    """sys.addaudithook: every file the server process opens (or lists, creates, removes) while the audit is on;
+    those outside _audit_roots() are kept (path -> events)."""
+    if not _AUDIT["on"] or event not in _AUDIT_EVENTS or not args or getattr(_AUDIT_BUSY, "on", False):
+        return
+    path = args[0]
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str):  # a file descriptor
+        return
+    _AUDIT_BUSY.on = True  # the hook's own file system calls (this thread) are not audited
+    try:
+        _AUDIT["events"] += 1
+        real = os.path.realpath(path)
+        if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in _AUDIT["roots"]):
+            key = f"{event} {real}"
+            _AUDIT["outside"][key] = _AUDIT["outside"].get(key, 0) + 1
+    except Exception as e:  # an unusual path (NUL, encoding) is recorded as such
+        _AUDIT["outside"][f"{event} {path!r} (unresolvable: {type(e).__name__})"] = 1
+    finally:
+        _AUDIT_BUSY.on = False
+
+
+def _audit(on: bool, selftest: str | None = None) -> dict:
+    """Start (anew) or stop recording. `selftest`: a file outside ComfyUI's folders that the probe opens itself right
+    after the start; the answer says whether the hook saw it (then it is dropped from the record)."""
+    seen = None
+    if on:
+        if not _AUDIT["installed"]:
+            sys.addaudithook(_audit_hook)
+            _AUDIT["installed"] = True
+        _AUDIT.update(events=0, outside={}, roots=_audit_roots())
+    _AUDIT["on"] = on
+    if on and selftest:
+        with open(selftest, "rb"):
+            pass
+        seen = _AUDIT["outside"].pop(f"open {os.path.realpath(selftest)}", 0) > 0
+    return {"on": on, "events": _AUDIT["events"], "outside": dict(_AUDIT["outside"]), "roots": list(_AUDIT["roots"]),
+            "selftest_seen": seen}
+
+
 def _install_probe():
     from aiohttp import web
 
@@ -201,6 +385,22 @@ def _install_probe():
     @routes.get(PROBE + "/weights")
     async def weights(request):
         return web.json_response(_probe_weights())
+
+    @routes.post(PROBE + "/check_inputs")
+    async def check_inputs(request):
+        """{"input": a free-text input's name, "values": [...]} -> {"rows": one answer per value}."""
+        import asyncio
+
+        body = await request.json()
+        rows = await asyncio.get_running_loop().run_in_executor(None, _check_batch, body["input"], body["values"])
+        return web.json_response({"rows": rows})
+
+    @routes.post(PROBE + "/audit")
+    async def audit(request):
+        """{"on": true} starts recording the files the server opens (anew); {"on": false} stops; both answer what
+        was recorded."""
+        body = await request.json()
+        return web.json_response(_audit(bool(body.get("on")), body.get("selftest")))
 
     for cfg in sorted(glob.glob(os.path.join(folder_paths.models_dir, "guidance_clip_configs", "*.json"))):
         import open_clip
@@ -221,11 +421,8 @@ if _inside_comfyui():
 # ============================================================== client side: environment and servers
 
 def _client_imports():
-    sys.path.insert(0, HERE)
-    import comfy_server  # noqa: F401
-    import demo_prompts  # noqa: F401
-    import workflow_api  # noqa: F401
-    import workflow_run  # noqa: F401
+    """The dev kit the client side drives the servers with (fails early when not run from the repository root)."""
+    from devkit import comfy_server, demo_prompts, workflow_api, workflow_run  # noqa: F401
 
 
 class Env:
@@ -307,7 +504,7 @@ class Env:
 
 
 def start_server(env: Env, name: str):
-    from comfy_server import ComfyServer
+    from devkit.comfy_server import ComfyServer
 
     srv = ComfyServer(env.output, log_path=os.path.join(env.base, f"server-{name}.log"),
                       extra_args=["--base-directory", env.base])
@@ -366,7 +563,7 @@ def output_hashes(entry: dict, srv) -> list[str]:
     """sha256 of the pixels of every image the prompt saved (PNG metadata left out)."""
     from PIL import Image
 
-    from comfy_server import images_of
+    from devkit.comfy_server import images_of
 
     out = []
     for p in sorted(images_of(entry, srv.output_dir)):
@@ -487,7 +684,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     schema while a change is in progress) gets that input's default, as the frontend does when it loads the file."""
     import re
 
-    from workflow_api import WorkflowError, is_widget, ordered_inputs, ui_to_api
+    from devkit.workflow_api import WorkflowError, is_widget, ordered_inputs, ui_to_api
 
     wf = json.loads(json.dumps(workflow))
     for _ in range(20):
@@ -509,7 +706,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
 
 def fill_defaults(prompt: dict, object_info: dict) -> dict:
     """Required widget inputs a hand-built prompt lacks get their schema default (inputs added since it was written)."""
-    from workflow_api import is_widget, ordered_inputs
+    from devkit.workflow_api import is_widget, ordered_inputs
 
     for node in prompt.values():
         for name, spec, required in ordered_inputs(object_info.get(node["class_type"], {})):
@@ -532,7 +729,7 @@ def shrink(prompt: dict, batch: int = 2) -> dict:
 
 def shipped_workflows(object_info: dict) -> dict:
     """name -> function(seed) -> API prompt of every toy example workflow exactly as shipped (batch, steps)."""
-    from workflow_run import load, toy_workflow_names
+    from devkit.workflow_run import load, toy_workflow_names
 
     out = {}
     for name in toy_workflow_names():
@@ -544,8 +741,8 @@ def shipped_workflows(object_info: dict) -> dict:
 def specs(object_info: dict, quick: bool) -> dict:
     """name -> function(seed) -> API prompt. Together they use every node of the pack. The toy example workflows at
     batch 2 (the soak's load is the number of prompts, not their size); the quick form also at 6 steps."""
-    import demo_prompts as DP
-    from workflow_run import load, toy_workflow_names
+    from devkit import demo_prompts as DP
+    from devkit.workflow_run import load, toy_workflow_names
 
     steps = 6 if quick else None
     out = {}
@@ -871,7 +1068,7 @@ def fault_cases(env: Env) -> dict:
 
 
 def _fault_prompt(object_info, seed: int, steps: int = 3) -> dict:
-    from workflow_run import load
+    from devkit.workflow_run import load
 
     p = to_api(load("toy_classifier_guidance_ksampler"), object_info)
     for node in p.values():
@@ -983,7 +1180,7 @@ JSON_LEAF = None  # built lazily (hypothesis is a dev dependency)
 def _strategies(env: Env):
     from hypothesis import strategies as st
 
-    from workflow_api import input_type  # noqa: F401  (the converter is importable: scripts path set)
+    from devkit.workflow_api import input_type  # noqa: F401  (the converter is importable)
 
     leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
                      st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
@@ -1057,10 +1254,6 @@ def fuzz_routes(srv, env: Env, n: int, bound_s: float, log) -> dict:
     res = {"schedule": {"cases": 0, "max_s": 0.0, "statuses": {}}, "classifier_labels": {"cases": 0, "max_s": 0.0,
                                                                                           "statuses": {}}}
     failures = []
-    canary_labels = None
-    from safetensors import safe_open
-    with safe_open(os.path.join(env.outside, "canary.safetensors"), framework="pt") as f:
-        canary_labels = json.loads(f.metadata()["guidance_lab"])["labels"]
 
     def note(route, status, seconds, problems, case):
         r = res[route]
@@ -1103,14 +1296,139 @@ def fuzz_routes(srv, env: Env, n: int, bound_s: float, log) -> dict:
         status, text, sec = _request(srv, "POST", "/guidance_lab/schedule", raw)
         note("schedule", status, sec, _check_answer(status, text, sec, {200, 400}, bound_s), raw)
     log(f"fuzz routes: {res}")
-    del canary_labels
     return {"routes": res, "failures": failures}
+
+
+def _once_values(env: Env) -> tuple[dict, dict]:
+    """(values run once per input, in the quick form too: escapes from ComfyUI's folders; values that must be refused
+    with the pack's own error: a weight beyond float32, weights adding up to inf, a position outside [0, 1], NaN)."""
+    outside = os.path.join(env.outside, "canary_set")
+    extra = {"dataset": [outside, os.path.relpath(outside, env.input), "../" + os.path.basename(env.outside) + "/canary_set",
+                         "rel_set/../../" + os.path.basename(env.outside) + "/canary_set"],
+             "output_name": ["../../evil", "/tmp/evil", "a/b", ".hidden", "x" * 500],
+             "pag_blocks": ["middle." + "9" * 5000, "input.٣", "middle.0" + ",middle.0" * 2000]}
+    refuse = {"target": ["Bag:1e39", "Bag:1e308, Bag:1e308", "Bag:-3e16", "Bag:nan"],
+              "clip_target": ["a bag:-6.2834864816691596e+88", "a bag:inf"],
+              "keyframes": ["0:1e39", "2:1", "0:nan"], "dataset": extra["dataset"],
+              "output_name": extra["output_name"]}
+    return extra, refuse
+
+
+def fuzz_inputs_in_server(srv, env: Env, n: int, batch: int, bound_s: float, log) -> dict:
+    """Every free-text input of the pack, `n` hypothesis cases each (plus the once-run values), checked in the server
+    by the nodes that read it (the probe's /check_inputs, ComfyUI's own node classes; batches of `batch` values per
+    request): each value accepted or refused with the pack's error naming the field or the value, never another
+    exception, never a dataset or an output file outside ComfyUI's folders, each within bound_s seconds."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    S = _strategies(env)
+    extra, refuse = _once_values(env)
+    out, failures, refusal_failures = {}, [], []
+    for field in FIELD_WORDS:
+        row = {"cases": 0, "distinct": 0, "accepted": 0, "clear": 0, "unclear": 0, "unexpected": 0, "escape": 0,
+               "max_s": 0.0, "mean_ms": 0.0, "seconds": 0.0}
+        seen, buf, stop, shown = set(), [], [False], [0]
+        t0 = time.time()
+        t_end = t0 + max(120.0, n * 0.3)  # a time bound per input; the cases run are counted
+
+        def fail(text, field=field, shown=shown):
+            shown[0] += 1
+            if shown[0] <= 10:  # per input, so that one input cannot hide another's
+                failures.append(f"{field} {text}")
+
+        def flush(field=field, row=row, seen=seen, buf=buf, stop=stop, fail=fail):
+            if not buf:
+                return
+            body = json.dumps({"input": field, "values": buf}).encode()
+            try:
+                status, text, _sec = _request(srv, "POST", PROBE + "/check_inputs", body, timeout=bound_s * len(buf) + 60)
+            except OSError as e:  # no answer at all (URLError, timeout): the server hangs on this batch
+                status, text = None, repr(e)
+            if status != 200:
+                fail(f"batch of {len(buf)} values: no answer ({status}: {text[:300]}); values from {buf[0]!r:.100}")
+                stop[0] = True
+                buf.clear()
+                return
+            for v, (outcome, sec, kind, msg) in zip(buf, json.loads(text)["rows"]):
+                row["cases"] += 1
+                row[outcome] += 1
+                row["max_s"] = max(row["max_s"], sec)
+                row["mean_ms"] += 1000 * sec
+                seen.add(v)
+                if outcome in ("unclear", "unexpected", "escape"):
+                    fail(f"{v!r:.200}: {outcome}: {kind}: {msg[:300]}")
+                if sec > bound_s:
+                    fail(f"{v!r:.200}: {sec:.1f}s (bound {bound_s}s)")
+                if v in refuse.get(field, ()) and outcome == "accepted":
+                    refusal_failures.append(f"{field} {v!r:.200}: accepted; expected the pack's error")
+            buf.clear()
+
+        def add(v, buf=buf, stop=stop, flush=flush, t_end=t_end):
+            if not stop[0] and time.time() < t_end:
+                buf.append(v)
+                if len(buf) >= batch:
+                    flush()
+
+        for v in dict.fromkeys(extra.get(field, []) + refuse.get(field, [])):
+            add(v)
+
+        @settings(max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(st.one_of(S["text"], S["fields"][field]))
+        def fuzz(v):
+            add(v)
+
+        fuzz()
+        flush()
+        row["distinct"], row["seconds"] = len(seen), round(time.time() - t0, 1)
+        row["mean_ms"] = round(row["mean_ms"] / max(1, row["cases"]), 2)
+        out[field] = row
+        log(f"check inputs {field}: {row}")
+    return {"inputs": out, "failures": failures, "refusal_failures": refusal_failures, "batch": batch}
+
+
+def _arm_canaries(env: Env) -> dict:
+    """Every file outside ComfyUI's folders that the checks name (the canary classifier and dataset) gets an access
+    time of 1 s after the epoch: a read by any code (C and Rust readers too, which the audit hook does not see) sets
+    it anew (ext4 relatime). A control file shows whether this file system keeps access times."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(env.outside) for f in fs if f not in ("atime_control",)]
+    control = os.path.join(env.outside, "atime_control")
+    with open(control, "w") as f:
+        f.write("control")
+    for p in files + [control]:
+        os.utime(p, (1, os.stat(p).st_mtime))
+    with open(control) as f:
+        f.read()
+    return {"files": files, "atime_tracked": os.stat(control).st_atime > 1}
+
+
+def hostile(srv, env: Env, object_info: dict, cfg: dict, log) -> dict:
+    """Check 4: the routes, every free-text input in the server (its nodes) and through POST /prompt, with the
+    server's file opens audited and the canaries' access times watched."""
+    t0 = time.time()
+    canaries = _arm_canaries(env)
+    status, text, _ = _request(srv, "POST", PROBE + "/audit", json.dumps(
+        {"on": True, "selftest": os.path.join(env.outside, "atime_control")}).encode())
+    selftest = status == 200 and json.loads(text)["selftest_seen"]
+    res = {"fuzz_routes": fuzz_routes(srv, env, cfg["fuzz_routes"], cfg["bound_s"], log),
+           "fuzz_checks": fuzz_inputs_in_server(srv, env, cfg["fuzz_checks"], cfg["check_batch"], cfg["bound_s"], log),
+           "fuzz_inputs": fuzz_string_inputs(srv, env, object_info, cfg["fuzz_inputs"], cfg["bound_s"], log)}
+    status, text, _ = _request(srv, "POST", PROBE + "/audit", json.dumps({"on": False}).encode())
+    audit = json.loads(text) if status == 200 else {"events": 0, "outside": {f"audit answered {status}": 1}, "roots": []}
+    read = [os.path.relpath(p, os.path.dirname(env.outside)) for p in canaries["files"] if os.stat(p).st_atime > 1]
+    res["files_read"] = {"audited_events": audit["events"], "audit_selftest": selftest, "outside": audit["outside"],
+                         "roots": audit["roots"],
+                         "canaries": len(canaries["files"]), "canaries_read": read,
+                         "atime_tracked": canaries["atime_tracked"]}
+    res["hostile_seconds"] = round(time.time() - t0, 1)
+    log(f"files read: {res['files_read']}")
+    return res
 
 
 def _string_input_prompts(object_info):
     """input name -> (function(value, i) -> API prompt, the pack's error types accepted)."""
-    import demo_prompts as DP
-    from workflow_run import load
+    from devkit import demo_prompts as DP
+    from devkit.workflow_run import load
 
     target_p = to_api(load("toy_classifier_guidance_ksampler"), object_info)
 
@@ -1143,7 +1461,7 @@ def _string_input_prompts(object_info):
         return p
 
     def dataset(v, i):
-        p = train_prompt(i, steps=0, dataset=v, output_name=f"rel_fuzz")
+        p = train_prompt(i, steps=0, dataset=v, output_name="rel_fuzz")
         p["save_report"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": "rel/r"}}
         for k in ("guided", "ks", "decode", "save"):
             del p[k]
@@ -1165,9 +1483,6 @@ def _string_input_prompts(object_info):
     return {k: (lambda fn: lambda v, i: fill_defaults(fn(v, i), object_info))(fn) for k, fn in out.items()}
 
 
-PACK_ERRORS = ("GuidanceConfigError", "ClassifierFileError")
-
-
 def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float, log) -> dict:
     """Every free-text input of the pack through POST /prompt: a 200 or a 400 (ComfyUI's validation), never a 500;
     a prompt that runs either succeeds or stops with the pack's own error (a message naming the value), never
@@ -1178,20 +1493,11 @@ def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float,
     S = _strategies(env)
     builders = _string_input_prompts(object_info)
     out, failures, refusal_failures = {}, [], []
-    outside = os.path.join(env.outside, "canary_set")
-    extra = {"dataset": [outside, os.path.relpath(outside, env.input), "../" + os.path.basename(env.outside) + "/canary_set",
-                         "rel_set/../../" + os.path.basename(env.outside) + "/canary_set"],
-             "output_name": ["../../evil", "/tmp/evil", "a/b", ".hidden", "x" * 500]}
-    # values that must be refused with the pack's own error (a weight beyond float32, weights adding up to inf, a
-    # position outside [0, 1]); each runs once, in the quick form too
-    refuse = {"target": ["Bag:1e39", "Bag:1e308, Bag:1e308", "Bag:-3e16", "Bag:nan"],
-              "clip_target": ["a bag:-6.2834864816691596e+88", "a bag:inf"],
-              "keyframes": ["0:1e39", "2:1", "0:nan"], "dataset": extra["dataset"],
-              "output_name": extra["output_name"]}
+    extra, refuse = _once_values(env)
     for field, build in builders.items():
         row = {"cases": 0, "success": 0, "pack_error": 0, "refused_400": 0, "max_s": 0.0}
         out[field] = row
-        t_end = time.time() + max(60.0, n * 0.3)  # a time bound per input; the cases run are counted
+        t_end = time.time() + max(60.0, n * 1.0)  # a time bound per input; the cases run are counted
         counter = [0]
 
         def one(v, field=field, build=build, row=row):
@@ -1250,16 +1556,19 @@ def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float,
 
 # ============================================================== the whole run and the report
 
-FULL = dict(soak=300, seeds=[7, 8], interrupts=30, fuzz_routes=3000, fuzz_inputs=250, restart_names=None,
-            faults=None, bound_s=10.0)
-QUICK = dict(soak=24, seeds=[7], interrupts=3, fuzz_routes=300, fuzz_inputs=25,
+# fuzz_routes: hypothesis cases per route; fuzz_checks: per free-text input, checked in the server by its nodes
+# (check_batch values per request); fuzz_inputs: per free-text input, whole prompts through POST /prompt
+FULL = dict(soak=300, seeds=[7, 8], interrupts=30, fuzz_routes=3000, fuzz_checks=2500, check_batch=100,
+            fuzz_inputs=250, restart_names=None, faults=None, bound_s=10.0)
+QUICK = dict(soak=24, seeds=[7], interrupts=3, fuzz_routes=300, fuzz_checks=200, check_batch=50, fuzz_inputs=25,
              restart_names=["toy_cfg_guider_schedules", "clip_through_model"], faults=None, bound_s=10.0)
+CHECKS = ("soak", "interrupts", "files", "hostile", "determinism")
+FIGURES = os.path.join(ROOT, "docs", "reliability_figures.json")  # the last full run's figures, per check
 
 
 def run_all(base: str, quick: bool, log=print) -> dict:
     """Every check; returns the figures (and the failures of each section)."""
     _client_imports()
-    sys.path.insert(0, ROOT)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: oversubscribed threads slow everything
     cfg = QUICK if quick else FULL
     rng = random.Random(16)
@@ -1296,13 +1605,62 @@ def run_all(base: str, quick: bool, log=print) -> dict:
         res["soak"] = soak(srv, spec_fns, refs, cfg["seeds"], cfg["soak"], log, time_limit=3600)
         res["interrupts"] = interrupts(srv, env, spec_fns, refs, cfg["seeds"], cfg["interrupts"], rng, log)
         res["files"] = files_under_server(srv, env, object_info, spec_fns, refs, cfg["seeds"], cfg["faults"], log)
-        res["fuzz_routes"] = fuzz_routes(srv, env, cfg["fuzz_routes"], cfg["bound_s"], log)
-        res["fuzz_inputs"] = fuzz_string_inputs(srv, env, object_info, cfg["fuzz_inputs"], cfg["bound_s"], log)
+        res.update(hostile(srv, env, object_info, cfg, log))
         res["final_stats"] = stats(srv)
         res["alive_at_end"] = "system" in srv.get("/system_stats")
     finally:
         srv.stop()
     res["seconds"] = round(time.time() - t_start, 1)
+    res["provenance"] = {k: _provenance(res["mode"], "all five checks", t_start, res["seconds"]) for k in CHECKS}
+    return res
+
+
+def run_hostile(base: str, quick: bool, log=print) -> dict:
+    """Check 4 alone, in one server: the figures of res["fuzz_routes"], ["fuzz_checks"], ["fuzz_inputs"],
+    ["files_read"], to merge into a full run's (merge)."""
+    _client_imports()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = QUICK if quick else FULL
+    env = Env(base).build()
+    t_start = time.time()
+    srv = start_server(env, "hostile")
+    try:
+        res = hostile(srv, env, srv.get("/object_info"), cfg, log)
+        res["alive_after_hostile"] = "system" in srv.get("/system_stats")
+    finally:
+        srv.stop()
+    res["config_hostile"] = {k: cfg[k] for k in ("fuzz_routes", "fuzz_checks", "check_batch", "fuzz_inputs", "bound_s")}
+    res["mode_hostile"] = "quick" if quick else "full"
+    res["seconds_hostile_run"] = round(time.time() - t_start, 1)
+    res["provenance_hostile"] = _provenance(res["mode_hostile"], "check 4 alone (--only hostile)", t_start,
+                                            res["seconds_hostile_run"])
+    return res
+
+
+def _provenance(mode: str, run: str, t_start: float, seconds: float) -> dict:
+    """Where a check's figures come from: the run, when, on which commit (and whether the tree had local changes)."""
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"mode": mode, "run": run, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start)),
+            "seconds": seconds, "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+            "local_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def merge(stored: dict, part: dict) -> dict:
+    """A full run's figures with check 4's replaced by those of a later run of check 4 alone (run_hostile)."""
+    if stored.get("mode") != "full":
+        raise SystemExit(f"{FIGURES} holds a {stored.get('mode')} run; merge needs a full run's figures")
+    res = json.loads(json.dumps(stored))
+    for k in ("fuzz_routes", "fuzz_checks", "fuzz_inputs", "files_read", "hostile_seconds"):
+        res[k] = part[k]
+    res["config"].update(part["config_hostile"])
+    res["provenance"]["hostile"] = part["provenance_hostile"]
     return res
 
 
@@ -1330,42 +1688,84 @@ def failures(res: dict) -> dict:
     return {"soak": soak_f, "interrupts": list(res["interrupts"]["failures"]) + (
                 [] if res["interrupts"]["interrupted"] == res["interrupts"]["count"] else ["some runs finished before "
                                                                                           "their interrupt"]),
-            "files": files_f, "hostile": list(res["fuzz_routes"]["failures"]) + list(res["fuzz_inputs"]["failures"])
-            + list(res["fuzz_inputs"]["refusal_failures"]),
+            "files": files_f, "hostile": hostile_failures(res),
             "determinism": list(det["run_mismatches"]) + list(det["restart_mismatches"])}
+
+
+def hostile_failures(res: dict) -> list:
+    """Check 4 passes only when every route and every free-text input reached its number of cases (in the server
+    and through POST /prompt) with no problem, and no file outside ComfyUI's folders was opened or read."""
+    cfg, fr, fc, fi, rd = res["config"], res["fuzz_routes"], res["fuzz_checks"], res["fuzz_inputs"], res["files_read"]
+    out = list(fr["failures"]) + list(fc["failures"]) + list(fi["failures"]) + list(fc["refusal_failures"]) + list(
+        fi["refusal_failures"])
+    out += [f"route {k}: {v['cases']} cases of {cfg['fuzz_routes']}" for k, v in fr["routes"].items()
+            if v["cases"] < cfg["fuzz_routes"]]
+    out += [f"{k} (in the server): {v['cases']} cases of {cfg['fuzz_checks']}" for k, v in fc["inputs"].items()
+            if v["cases"] < cfg["fuzz_checks"]]
+    out += [f"{k} (POST /prompt): {v['cases']} cases of {cfg['fuzz_inputs']}" for k, v in fi["inputs"].items()
+            if v["cases"] < cfg["fuzz_inputs"]]
+    if set(fc["inputs"]) != set(fi["inputs"]):
+        out.append(f"inputs fuzzed in the server {sorted(fc['inputs'])} != through POST /prompt {sorted(fi['inputs'])}")
+    out += [f"opened outside ComfyUI's folders: {k} ({n}x)" for k, n in list(rd["outside"].items())[:10]]
+    out += [f"a canary outside ComfyUI's folders was read: {p}" for p in rd["canaries_read"]]
+    if not rd["audited_events"] or not rd["audit_selftest"]:
+        out.append("the audit hook did not see the server's file opens (or its own test open outside ComfyUI's "
+                   "folders): it did not work")
+    if not rd["atime_tracked"]:
+        out.append("this file system keeps no access times: reads of the canaries cannot be seen")
+    return out
 
 
 def report(res: dict) -> str:
     f = failures(res)
     s, it, fl, fr, fi, det = (res["soak"], res["interrupts"], res["files"], res["fuzz_routes"], res["fuzz_inputs"],
                               res["determinism"])
+    fc, rd, cfg, prov = res["fuzz_checks"], res["files_read"], res["config"], res["provenance"]
     ok = lambda k: "PASS" if not f[k] else "FAIL"  # noqa: E731
+
+    def measured(k):
+        p = prov[k]
+        return (f"{'full run' if p['run'] == 'all five checks' else 'check 4 alone'}, {p['started']}, commit "
+                f"`{p['commit']}`{' + local changes' if p['local_changes'] else ''}")
+
+    merged = prov["hostile"]["run"] != prov["soak"]["run"]
     L = ["# Reliability of Guidance Lab in a real ComfyUI server",
          "",
-         "Generated by `.venv/bin/python scripts/reliability.py` (issue 16); never hand-edited. "
+         "Generated by `.venv/bin/python -m scripts.reliability` (issue 16); never hand-edited. "
          f"Mode: **{res['mode']}**, {res['seconds'] / 60:.1f} minutes on this machine (CPU, "
-         "`OMP_NUM_THREADS=1`). The quick form of every check runs in CI (`tests/test_reliability.py`).",
+         f"`OMP_NUM_THREADS=1`), started {prov['soak']['started']}. The quick form of every check runs in CI "
+         "(`tests/test_reliability.py`). The raw figures are in `docs/reliability_figures.json`"
+         + (f"; check 4 was then run again alone (`python -m scripts.reliability --only hostile`, "
+            f"{prov['hostile']['seconds'] / 60:.1f} minutes, started {prov['hostile']['started']}, one fresh server) "
+            "and its figures replaced the full run's: the last column says where each row's figures come from."
+            if merged else "."),
          "",
-         "Two real servers (`scripts/comfy_server.py`, localhost, `--base-directory` in a temporary folder) with the "
+         "Two real servers (`devkit/comfy_server.py`, localhost, `--base-directory` in a temporary folder) with the "
          "pack, the demo nodes and a probe (this script loaded as a custom node: memory, models held, hooks, weight "
          "fingerprints; a tiny random VAE node). The first is the *fresh server* whose outputs are the references; the "
          "second (a restart) runs everything else. Every request loop is bounded in count and time.",
          "",
-         "| check | result | figures |", "|---|---|---|",
+         "| check | result | figures | measured |", "|---|---|---|---|",
          f"| 1. soak | {ok('soak')} | {s['prompts']} prompts in {s['seconds']} s; RSS {s['rss_warm_kb'] / 1024:.0f} MiB after "
          f"warm-up ({s['warm_prompts']} prompts) -> {s['rss_end_kb'] / 1024:.0f} MiB (**{s['rss_growth_pct']:+.2f}%**, bound < 5%); models held "
          f"{s['models_warm']} -> max {s['models_max']}, model patchers {s['patchers_warm']} -> max {s['patchers_max']}; {len(s['hooks_growing'])} growing hook/wrapper counts; "
-         f"{len(s['mismatches'])} outputs differing from a fresh server; {len(s['errors'])} errors |",
+         f"{len(s['mismatches'])} outputs differing from a fresh server; {len(s['errors'])} errors | {measured('soak')} |",
          f"| 2. interrupts | {ok('interrupts')} | {it['count']} interrupts ({it['interrupted']} landed mid-run) at a "
-         f"random step; {len(it['failures'])} failures |",
+         f"random step; {len(it['failures'])} failures | {measured('interrupts')} |",
          f"| 3. files changed under the server | {ok('files')} | {fl['count']} cases, each an error naming the file; "
-         f"pickle loaded: {fl['pickle_loaded']}; server serving afterwards: {fl['server_alive']} |",
+         f"pickle loaded: {fl['pickle_loaded']}; server serving afterwards: {fl['server_alive']} | {measured('files')} |",
          f"| 4. hostile requests | {ok('hostile')} | routes: "
          + ", ".join(f"{k} {v['cases']} cases (max {v['max_s']} s)" for k, v in fr["routes"].items())
-         + "; string inputs: " + ", ".join(f"{k} {v['cases']}" for k, v in fi["inputs"].items())
-         + f" cases; bound {res['config']['bound_s']} s per answer |",
+         + f" (each >= {cfg['fuzz_routes']}); every free-text input ({len(fc['inputs'])}) checked in the server by its "
+         f"nodes: {min(v['cases'] for v in fc['inputs'].values())} to {max(v['cases'] for v in fc['inputs'].values())} "
+         f"cases each (each >= {cfg['fuzz_checks']}; max {max(v['max_s'] for v in fc['inputs'].values())} s), and "
+         f"{min(v['cases'] for v in fi['inputs'].values())} to {max(v['cases'] for v in fi['inputs'].values())} whole "
+         f"prompts each through `POST /prompt` (each >= {cfg['fuzz_inputs']}); {len(rd['outside'])} files opened and "
+         f"{len(rd['canaries_read'])} canaries read outside ComfyUI's folders ({rd['audited_events']} opens audited); "
+         f"bound {cfg['bound_s']} s per answer | {measured('hostile')} |",
          f"| 5. determinism | {ok('determinism')} | {det['pairs']} (workflow, seed) pairs of {len(det['workflows'])} "
-         f"workflows: bit-identical across 2 runs and across a restart ({det['restart_checked']} compared) |",
+         f"workflows: bit-identical across 2 runs and across a restart ({det['restart_checked']} compared) | "
+         f"{measured('determinism')} |",
          "", "## 1. Soak", "",
          f"{s['prompts']} prompts through `POST /prompt`, cycling {s['cycle']} (workflow, seed) pairs: every toy example "
          "workflow, the demo CFG Patch / CFG Guider with terms, CLIP guidance (tiny random open_clip file, VAE decode; "
@@ -1406,16 +1806,47 @@ def report(res: dict) -> str:
     L += [f"| {r['case']} | {r['when']} | {r['seconds'] if r['seconds'] is not None else ''} | {_cell(r['error'])} |"
           for r in fl["rows"]]
     L += ["", "## 4. Hostile requests", "",
-          "hypothesis (derandomized, bounded count and time): JSON bodies of any shape for `POST /guidance_lab/schedule`, "
-          "names (traversal, absolute paths, NUL, encodings, a canary classifier outside ComfyUI's folders) for "
-          "`GET /guidance_lab/classifier_labels`, and text for every free-text input through `POST /prompt`. Pass: no "
-          "500, no traceback in any answer, no content of a file outside ComfyUI's folders, each answer within "
-          f"{res['config']['bound_s']} s; a prompt that runs succeeds or stops with the pack's own error.", "",
+          f"hypothesis (derandomized, bounded count and time; {res['hostile_seconds'] / 60:.1f} minutes in all): JSON "
+          "bodies of any shape for `POST /guidance_lab/schedule`, names (traversal, absolute paths, NUL, encodings, a "
+          "canary classifier outside ComfyUI's folders) for `GET /guidance_lab/classifier_labels`, and text for every "
+          "free-text input (any text, near-valid values with numbers and separators mutated, well-formed values, "
+          "traversal and absolute paths; values that must be refused and escapes run once each). Pass: no 500, no "
+          "traceback in any answer, no content of a file outside ComfyUI's folders, each answer within "
+          f"{cfg['bound_s']} s, and every route and input at its number of cases.", "",
           "| route | cases | statuses | max seconds |", "|---|---|---|---|"]
     L += [f"| {k} | {v['cases']} | {v['statuses']} | {v['max_s']} |" for k, v in fr["routes"].items()]
-    L += ["", "| string input | cases | success | pack error | refused (400) | max seconds |", "|---|---|---|---|---|---|"]
+    L += ["", "**Every free-text input, checked in the server by the nodes that read it.** The probe's "
+          f"`POST {PROBE}/check_inputs` takes a batch of values ({fc['batch']} per request) and runs, for each, "
+          "ComfyUI's own classes of the pack's nodes (`NODE_CLASS_MAPPINGS`, under inference mode as ComfyUI's "
+          "executor runs them) on the toy model, the toy classifier, the tiny CLIP classifier and the tiny VAE: "
+          "`target` and `clip_target` through Classifier Guidance; `keyframes` through Schedule; `clip_labels` "
+          "through Load CLIP Classifier, then Classifier Guidance naming the first label; `dataset` and "
+          "`output_name` through Train Classifier at steps 0 (every check of the node and the dataset scan, no "
+          "training; an accepted name must resolve inside ComfyUI's input folder / models/classifiers); "
+          "`pag_blocks` through Perturbed Term, then the CFG Guider, which checks the blocks against the model. "
+          "*Clear*: the pack's own error (GuidanceConfigError, ClassifierFileError) whose message names the field or "
+          "the value; *unclear*: the pack's error without it; *unexpected*: any other exception.", "",
+          "| string input | cases | distinct | accepted | clear error | unclear error | unexpected | escapes | mean ms "
+          "| max seconds | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    L += [f"| {k} | {v['cases']} | {v['distinct']} | {v['accepted']} | {v['clear']} | {v['unclear']} | "
+          f"{v['unexpected']} | {v['escape']} | {v['mean_ms']} | {v['max_s']} | {v['seconds']} |"
+          for k, v in fc["inputs"].items()]
+    L += ["", "**End to end: whole prompts through `POST /prompt`** (a workflow that uses the input, executed: a "
+          "prompt that runs succeeds or stops with the pack's own error, never another exception type; no dataset "
+          "read or classifier written outside ComfyUI's folders).", "",
+          "| string input | prompts | success | pack error | refused (400) | max seconds |", "|---|---|---|---|---|---|"]
     L += [f"| {k} | {v['cases']} | {v['success']} | {v['pack_error']} | {v['refused_400']} | {v['max_s']} |"
           for k, v in fi["inputs"].items()]
+    L += ["", f"**Files.** During the whole check an audit hook in the server (`sys.addaudithook`: open, listdir, "
+          "scandir, mkdir, rename, remove, ...; it saw its own test open of a file outside, "
+          f"{'yes' if rd['audit_selftest'] else 'NO'}) saw {rd['audited_events']} file-system events; "
+          f"{len(rd['outside'])} lay outside ComfyUI's folders and the code the server runs ("
+          + (", ".join(f"`{_cell(k)}` {n}x" for k, n in list(rd["outside"].items())[:10]) or "none")
+          + f"). The {rd['canaries']} canary files outside ComfyUI's folders (a valid classifier, a dataset) had their "
+          "access time set to 1 s after the epoch before the check, so that a read by any code (C and Rust readers "
+          "too, which the audit hook does not see) shows: "
+          + (f"read: {', '.join(rd['canaries_read'])}" if rd["canaries_read"] else "none was read")
+          + f" (this file system keeps access times: {rd['atime_tracked']})."]
     L += ["", "## 5. Determinism", "",
           f"Every (workflow, seed) ran twice in the fresh server (other prompts in between, so ComfyUI's cache does not "
           f"answer) and again after a restart: {len(det['run_mismatches'])} + {len(det['restart_mismatches'])} "
@@ -1433,7 +1864,10 @@ def report(res: dict) -> str:
           "- metadata of the wrong type (labels = 5, latent_channels = 'one') failed with a TypeError; a 10 MB label "
           "list or a 20 MB header was parsed in full; both are refused up front, naming the file and the limit;",
           "- a target weight beyond float32 ('a bag:-6.3e88') failed with a RuntimeError mid-node; target weights "
-          "are now limited to [-100, 100] with a message naming the label.", ""]
+          "are now limited to [-100, 100] with a message naming the label;",
+          "- a Perturbed Term `blocks` index of thousands of digits ('middle.' + 5000 digits) failed with Python's "
+          "int() ValueError (its 4300-digit limit) instead of the pack's message; now refused naming the item "
+          "(`guidance_core/perturb.parse_blocks`; found by the in-server fuzzing of check 4).", ""]
     if any(f.values()):
         L += ["## Failures (open)", "", "Not fixed here (the code concerned belongs to another part of the project); "
               "reported:", ""] + [f"- {k}: {_cell(x)}" for k, v in f.items() for x in v[:20]] + [""]
@@ -1461,17 +1895,42 @@ def write_atomic(path: str, text: str):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="the CI slice (does not rewrite docs/RELIABILITY.md)")
+    ap.add_argument("--only", choices=["hostile", "report"], default=None,
+                    help="hostile: run check 4 alone (one server) and merge its figures into those of the last full run "
+                         "(--figures), then rewrite the doc, which says which run each check's figures come from; "
+                         "with --quick: print its failures only. report: rewrite the doc from --figures, running nothing")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RELIABILITY.md"))
+    ap.add_argument("--figures", default=FIGURES, help="the figures of the last full run, per check (JSON)")
     ap.add_argument("--json", default=None, help="also write the raw figures here")
     args = ap.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.only and not args.quick and not os.path.exists(args.figures):
+        raise SystemExit(f"{args.figures} is missing: run the full form first (no --only)")
+    if args.only == "report":
+        with open(args.figures) as fh:
+            res = json.load(fh)
+        write_atomic(args.out, report(res))
+        print("wrote", args.out, "from", args.figures)
+        return 1 if any(failures(res).values()) else 0
     with tempfile.TemporaryDirectory(prefix="gl-reliability-") as tmp:
-        res = run_all(os.path.join(tmp, "base"), args.quick, log=lambda m: print(m, flush=True))
-    f = failures(res)
+        if args.only:
+            part = run_hostile(os.path.join(tmp, "base"), args.quick, log=log)
+        else:
+            res = run_all(os.path.join(tmp, "base"), args.quick, log=log)
+    if args.only and args.quick:
+        f = {"hostile": hostile_failures({**part, "config": part["config_hostile"]})}
+        res = part
+    else:
+        if args.only:
+            with open(args.figures) as fh:
+                res = merge(json.load(fh), part)
+        f = failures(res)
     if args.json:
         write_atomic(args.json, json.dumps(res, indent=1, default=str))
     if not args.quick:
+        write_atomic(args.figures, json.dumps(res, indent=1, default=str) + "\n")
         write_atomic(args.out, report(res))
-        print("wrote", args.out)
+        print("wrote", args.out, "and", args.figures)
     for k, v in f.items():
         print(f"{k}: {'PASS' if not v else 'FAIL'}", *v[:10], sep="\n  ")
     return 1 if any(f.values()) else 0

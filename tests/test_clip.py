@@ -13,32 +13,15 @@ import torch
 from devkit import comfy_host as H
 
 ARCH = "GLTinyCLIP-test"
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+TINY_CLIP = H.tiny_clip_config(layers=2)
 LABELS = ["a red car", "a blue car", "a green tree"]
 TARGET = 1
 H_FD = 0.3  # along a unit vector of 2048 entries (each ~0.007; x ~ 2): float32 rounding ~1e-7/h dominates below
 
 
 def small_vae(dtype=None):
-    """ComfyUI's VAE (comfy.sd.VAE -> AutoencoderKL) at width 32, 2x upscale, random weights, built under
-    inference mode as ComfyUI builds it."""
-    import comfy.ldm.models.autoencoder as AE
-    import comfy.sd
-
-    shapes = AE.AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4).state_dict()
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, v in shapes.items():
-        if v.ndim > 1:
-            sd[k] = torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5
-        else:
-            sd[k] = torch.ones(v.shape) if ("norm" in k and k.endswith("weight")) else torch.zeros(v.shape)
-    with torch.inference_mode():
-        return comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": VAE_DDCONFIG, "embed_dim": 4}}, dtype=dtype)
+    """ComfyUI's VAE at width 32, 2x upscale, 4 latent channels, random weights (devkit.comfy_host.tiny_vae)."""
+    return H.tiny_vae(4, seed=0, dtype=dtype)
 
 
 @pytest.fixture(scope="module")

@@ -219,3 +219,38 @@ def test_clip_checkpoint_list_filters_itself_when_the_key_accepts_anything(tmp_p
         assert inputs[1].options == ["a.safetensors"]
     finally:
         folder_paths.folder_names_and_paths[clip_nodes.FOLDER] = saved
+
+
+@pytest.mark.parametrize("node_id, input_name, module, folder", [
+    ("GuidanceLabClassifierLoader", "classifier_name", "nodes.classifier_nodes", "FOLDER"),
+    ("GuidanceLabCLIPClassifierLoader", "checkpoint", "nodes.clip_nodes", "FOLDER"),
+    ("GuidanceLabToyModelLoader", "toy_model", "nodes.toy_nodes", "TOY_FOLDER"),
+])
+def test_loaders_run_again_when_their_file_changes(tmp_path, node_id, input_name, module, folder):
+    """Issue 16: every file loader's fingerprint (what ComfyUI compares to decide whether to run it again) changes
+    when its file is rewritten, replaced or deleted under a running server, so the cached object is never handed on
+    for a file that is no longer there or no longer the same."""
+    H.boot()
+    import folder_paths
+
+    key = getattr(H.pack_module(module), folder)
+    cls = H.node(node_id)
+    paths = folder_paths.folder_names_and_paths[key][0]
+    paths.insert(0, str(tmp_path))
+    try:
+        f = tmp_path / "gl_fingerprint_probe.safetensors"
+        f.write_bytes(b"first")
+        name = f.name
+        first = cls.fingerprint_inputs(**{input_name: name})
+        assert str(f) in first and cls.fingerprint_inputs(**{input_name: name}) == first  # stable while unchanged
+        f.write_bytes(b"second version")  # rewritten in place
+        second = cls.fingerprint_inputs(**{input_name: name})
+        assert second != first
+        f.unlink()
+        (tmp_path / "other").write_bytes(b"second version")
+        os.replace(tmp_path / "other", f)  # replaced by another file of the same size
+        assert cls.fingerprint_inputs(**{input_name: name}) not in (first, second)
+        f.unlink()
+        assert cls.fingerprint_inputs(**{input_name: name}) == f"missing:{name}"
+    finally:
+        paths.remove(str(tmp_path))

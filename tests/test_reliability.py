@@ -8,18 +8,18 @@ import json
 import math
 import os
 import struct
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import comfy_host as H
+from devkit import comfy_host as H
 
-sys.path.insert(0, os.path.join(H.ROOT, "scripts"))
-import reliability as R  # noqa: E402
-from guidance_core import io as gio  # noqa: E402
+from guidance_core import io as gio
+from guidance_core import perturb
+from guidance_core.errors import GuidanceConfigError
+from scripts import reliability as R
 
 TOY_CLASSIFIER = os.path.join(H.ROOT, "toy_models", "classifiers", "toy_fashion_classifier.safetensors")
 
@@ -78,11 +78,41 @@ def test_hostile_requests(res):
     assert not routes["failures"] and not inputs["failures"], routes["failures"] + inputs["failures"]
 
 
+def test_every_string_input_checked_in_the_server_by_its_nodes(res):
+    """Each free-text input, QUICK["fuzz_checks"] hypothesis values through the nodes that read it (in the server):
+    accepted or the pack's error naming the field or the value; never another exception, never an escape."""
+    checks = res["fuzz_checks"]
+    assert set(checks["inputs"]) == set(res["fuzz_inputs"]["inputs"]) == set(R.FIELD_WORDS)
+    for name, row in checks["inputs"].items():
+        assert row["cases"] >= R.QUICK["fuzz_checks"] and row["distinct"] > row["cases"] // 2, (name, row)
+        assert row["accepted"] > 0 and row["clear"] > 0, (name, row)  # both paths reached
+        assert row["accepted"] + row["clear"] == row["cases"], (name, row)
+        assert row["max_s"] < R.QUICK["bound_s"], (name, row)
+    assert not checks["failures"] and not checks["refusal_failures"], checks["failures"] + checks["refusal_failures"]
+    assert not R.hostile_failures(res), R.hostile_failures(res)
+
+
+def test_no_file_outside_comfyui_folders_is_opened_or_read(res):
+    rd = res["files_read"]
+    assert rd["audit_selftest"] and rd["audited_events"] > 100, rd["audited_events"]
+    assert rd["atime_tracked"] and rd["canaries"] >= 3, rd
+    assert not rd["outside"] and not rd["canaries_read"], (rd["outside"], rd["canaries_read"])
+
+
+def test_block_index_of_thousands_of_digits_is_the_packs_error():
+    """'middle.' + 5000 digits failed with Python's int() ValueError (its 4300-digit limit) instead of the pack's
+    message (found by the in-server fuzzing of pag_blocks)."""
+    with pytest.raises(GuidanceConfigError, match=r"blocks item 0 'middle\.9+': an index of 5000 digits"):
+        perturb.parse_blocks("middle." + "9" * 5000, "pag")
+    assert perturb.parse_blocks("output.123456, input.4", "pag") == (("output", 123456), ("input", 4))
+
+
 
 def test_out_of_range_keyframe_values_are_refused(res):
     """A keyframe value outside the multiplier range (-100..100, the widgets' range) is refused: '0:1e39' sampled
     with a guidance scale of 1e39 and saved a wrong image before (found by this fuzzing)."""
     assert not res["fuzz_inputs"]["refusal_failures"], res["fuzz_inputs"]["refusal_failures"]
+    assert not res["fuzz_checks"]["refusal_failures"], res["fuzz_checks"]["refusal_failures"]
 
 
 # ---------------------------------------------------------------- 5. determinism
