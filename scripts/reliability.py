@@ -1167,9 +1167,88 @@ def files_under_server(srv, env: Env, object_info: dict, spec_fns: dict, refs: d
     if problems:
         failures.append(f"between prompts: {problems}")
     env.reset_fault_file()
+    clip_rows = clip_files_between_prompts(srv, env, log)
+    rows += clip_rows
+    failures += [f"CLIP {r['case']}: {r['problems']}" for r in clip_rows if r["problems"]]
     alive = "system" in srv.get("/system_stats")
     return {"count": len(rows), "rows": rows, "failures": failures, "pickle_loaded": os.path.exists(env.marker),
             "server_alive": alive}
+
+
+CLIP_FAULT = "rel_fault_clip.safetensors"
+
+
+def clip_fault_cases(env: Env) -> dict:
+    """name -> function() that changes models/guidance_clip/rel_fault_clip.safetensors (a copy of the tiny CLIP)."""
+    from safetensors.torch import load_file, save_file
+
+    src = os.path.join(env.models, "guidance_clip", "tiny_clip.safetensors")
+    path = os.path.join(env.models, "guidance_clip", CLIP_FAULT)
+    with open(src, "rb") as f:
+        good = f.read()
+
+    def put(data: bytes):
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def missing_tensor():
+        sd = load_file(src)
+        sd.pop(sorted(sd)[0])
+        save_file(sd, path)
+
+    return {
+        "reset": lambda: put(good),
+        "truncated": lambda: put(good[: len(good) // 3]),
+        "torch_zip_pickle": lambda: put(b"PK\x03\x04" + pickle.dumps(_PickleBomb(env.marker))),
+        "missing_tensor": missing_tensor,
+        "deleted": lambda: os.remove(path),
+    }
+
+
+def _clip_fault_prompt(seed: int) -> dict:
+    p = clip_prompt(seed, "detached", steps=3)
+    p["clip"]["inputs"]["checkpoint"] = CLIP_FAULT
+    return p
+
+
+def clip_files_between_prompts(srv, env: Env, log) -> list[dict]:
+    """The CLIP classifier's checkpoint changed between two prompts (the first one loaded and cached it): the second
+    must read it again and fail with an error naming the file (or be refused at queueing when the file is gone), and
+    once the good file is back the same prompt gives the first prompt's output again."""
+    cases = clip_fault_cases(env)
+    rows = []
+    for name in ("truncated", "torch_zip_pickle", "missing_tensor", "deleted"):
+        cases["reset"]()
+        problems = []
+        first = run(srv, _clip_fault_prompt(5))
+        if error_of(first):
+            problems.append(f"the good file failed: {str(error_of(first).get('exception_message'))[:200]}")
+        cases[name]()
+        status, body = srv.post_prompt(_clip_fault_prompt(5))
+        message = ""
+        if status == 200:
+            err = error_of(wait(srv, body["prompt_id"], 120))
+            message = str((err or {}).get("exception_message", ""))
+            if not err:
+                problems.append("no error: the changed file was not read again (ComfyUI's cache handed on the old "
+                                "CLIP classifier)")
+        else:
+            message = json.dumps(body)
+        if CLIP_FAULT not in message:
+            problems.append(f"the answer does not name the file: {message[:300]}")
+        if "Traceback" in message:
+            problems.append("traceback in the message")
+        if os.path.exists(env.marker):
+            problems.append("a pickle was loaded")
+        cases["reset"]()
+        again = run(srv, _clip_fault_prompt(5))
+        if error_of(again) or output_hashes(again, srv) != output_hashes(first, srv):
+            problems.append("the good file back did not give the first output again")
+        rows.append({"case": f"clip_{name}", "when": "between two prompts" + (" (refused at queueing)"
+                                                                               if status != 200 else ""),
+                     "error": message[:240], "seconds": None, "problems": problems})
+        log(f"CLIP fault {name}: {'ok' if not problems else problems} :: {message[:160]}")
+    return rows
 
 
 # ============================================================== 4. hostile requests
