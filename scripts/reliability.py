@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import random
+import re
 import struct
 import sys
 import tempfile
@@ -301,7 +302,7 @@ def _check_one(field: str, v: str, traceback, torch) -> list:
     except Exception as e:  # the point of the probe: every exception type is classified, none escapes
         kind, msg = type(e).__name__, str(e)
         if kind in PACK_ERRORS:
-            outcome = "clear" if _names_it(field, v, msg) and "Traceback" not in msg else "unclear"
+            outcome = "clear" if _names_it(field, v, msg) and not has_traceback(msg) else "unclear"
         else:
             outcome = "unexpected"
             msg += " | " + " / ".join(traceback.format_exc().strip().splitlines()[-6:])
@@ -1136,7 +1137,7 @@ def files_under_server(srv, env: Env, object_info: dict, spec_fns: dict, refs: d
                 message = str(err.get("exception_message", ""))
                 if "rel_fault" not in message:
                     problems.append(f"error does not name the file: {message[:300]}")
-                if "Traceback" in message:
+                if has_traceback(message):
                     problems.append("traceback in the message")
         seconds = round(time.time() - t0, 2)
         if os.path.exists(env.marker):
@@ -1236,7 +1237,7 @@ def clip_files_between_prompts(srv, env: Env, log) -> list[dict]:
             message = json.dumps(body)
         if CLIP_FAULT not in message:
             problems.append(f"the answer does not name the file: {message[:300]}")
-        if "Traceback" in message:
+        if has_traceback(message):
             problems.append("traceback in the message")
         if os.path.exists(env.marker):
             problems.append("a pickle was loaded")
@@ -1311,13 +1312,22 @@ def _strategies(env: Env):
             "text": st.one_of(st.sampled_from(evil), st.text(max_size=200), near, near, near)}
 
 
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*File \"[^\"]+\", line \d+", re.M)
+
+
+def has_traceback(text: str) -> bool:
+    """A Python traceback in an answer: its header or a frame line ('  File "...", line N'). Not the bare word: a
+    fuzzed request may hold the word "Traceback" itself, which an error naming the bad value echoes."""
+    return bool(TRACEBACK.search(text))
+
+
 def _check_answer(status: int, text: str, seconds: float, allowed: set, bound_s: float) -> list[str]:
     problems = []
     if status >= 500:
         problems.append(f"status {status}")
     elif status not in allowed:
         problems.append(f"unexpected status {status}")
-    if "Traceback" in text or 'File "/' in text:
+    if has_traceback(text):
         problems.append("traceback in the response")
     if seconds > bound_s:
         problems.append(f"answered in {seconds:.1f}s (bound {bound_s}s)")
@@ -1588,7 +1598,7 @@ def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float,
                 problems.append(f"status {status}")
             elif status == 400:
                 row["refused_400"] += 1
-                if "Traceback" in json.dumps(body):
+                if has_traceback(json.dumps(body)):
                     problems.append("traceback in the response")
             else:
                 entry = wait(srv, body["prompt_id"], bound_s + 60)
@@ -1601,7 +1611,7 @@ def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float,
                         problems.append("a file was written outside models/classifiers")
                 elif err.get("exception_type", "").split(".")[-1] in PACK_ERRORS:
                     row["pack_error"] += 1
-                    if "Traceback" in str(err.get("exception_message")):
+                    if has_traceback(str(err.get("exception_message"))):
                         problems.append("traceback in the message")
                 else:
                     problems.append(f"{err.get('exception_type')}: {str(err.get('exception_message'))[:200]}")

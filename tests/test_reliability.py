@@ -185,3 +185,18 @@ def test_io_refuses_oversized_headers_and_label_lists_unparsed(tmp_path):
     # a valid file still loads, with its 10 labels
     module, meta = gio.load_classifier(TOY_CLASSIFIER)
     assert len(meta["labels"]) == 10 and all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def test_traceback_detection_is_a_traceback_not_the_word():
+    """A Python traceback in an answer is a failure; a fuzzed request that holds the word "Traceback" and is echoed
+    by an error naming the bad value is not (found by the full run: a JSON key 'Traceback' sent to the schedule
+    route)."""
+    import traceback
+
+    try:
+        {}["missing"]
+    except KeyError:
+        real = traceback.format_exc()
+    assert R.has_traceback(real) and R.has_traceback(json.dumps({"error": real}))  # also JSON-escaped
+    assert not R.has_traceback("schedule field 'Traceback' is unknown; accepted: kind, axis, start")
+    assert not R.has_traceback('{"error": "kind=\'Traceback (most\' is not a schedule kind"}')
