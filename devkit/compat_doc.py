@@ -251,7 +251,10 @@ def assemble(blocks: dict, frontends: str | None) -> str:
               "with decode `linear` (the family's own latent_rgb_factors; on 5-D latents frame by frame, logits "
               "averaged over the frames); the trainer row runs Train Classifier (4 steps, 8 images, ComfyUI's VAE "
               "class at tiny width with the family's latent channels; the latent cache must equal the family's "
-              "`latent_format.process_in` of the VAE latents) and guides with the result. Exactness of classifier "
+              "`latent_format.process_in` of the VAE latents; on 5-D families an image is one frame, the cache "
+              "holds it as [B, C, H, W]) and guides with the result; on 5-D families the guided latent is the "
+              "family's own (a video of 2-3 frames is refused when sampling starts, a one-frame image is guided). "
+              "Exactness of classifier "
               "guidance under every family's model_sampling (the analytic Gaussian mixture, guided D = E[x0 | x, y] "
               "at every step) is `tests/test_family_exactness.py`.",
               "",

@@ -103,7 +103,7 @@ def row(area, item, check, route, status, detail="", value=None) -> dict:
 
 
 def error_text(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300].rstrip()  # a table cell keeps no trailing space
 
 
 def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False, model=None) -> dict:
@@ -641,7 +641,11 @@ def family_trainer_run(model, run):
                                     width=8)
         cache = DS.load_latent_cache(json.loads(report)["latent_cache"])[0]["latents"]
         items, _ = DS.scan_dataset(os.path.join(root, "input", "compat_data"))
-        want = fmt.process_in(TN.encode_dataset(vae, items, 32)[0].clone()).float()
+        raw = TN.encode_dataset(vae, items, 32)[0].clone()
+        if int(getattr(fmt, "latent_dimensions", 2)) == 3:  # an image as the sampler holds it: one frame
+            want = fmt.process_in(raw.unsqueeze(2) if raw.ndim == 4 else raw).float()[:, :, 0]
+        else:
+            want = fmt.process_in(raw).float()
         if cache.shape != want.shape or not torch.allclose(cache, want, rtol=1e-5, atol=1e-5):
             raise AssertionError(f"the latent cache is not {type(fmt).__name__}.process_in of the VAE latents")
     return family_guidance_run(PATCH, model, clf, TRAIN_LABELS[0], run)

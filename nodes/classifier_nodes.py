@@ -39,15 +39,26 @@ def latent_format_name(model_patcher) -> str:
 
 
 def require_image_latents(model_patcher, what: str) -> None:
-    """Noise-aware classifiers are 2-D image networks: refuse models whose latents have another number of
-    spatial dimensions (video [B, C, T, H, W], audio [B, C, L]) before anything runs."""
+    """Noise-aware classifiers are 2-D image networks. They read 4-D latents [B, C, H, W], and the one-frame latents
+    [B, C, 1, H, W] of models that sample images in a video latent layout (Qwen-Image, Cosmos-Predict2 text to image,
+    Wan at length 1): their frame count is checked when sampling starts (require_one_frame). Other layouts (audio
+    [B, C, L]) are refused here, before anything runs."""
     fmt = model_patcher.get_model_object("latent_format")
     dims = int(getattr(fmt, "latent_dimensions", 2))
-    if dims != 2:
-        kind = {3: "video (5-D latents [B, C, T, H, W])", 1: "audio (3-D latents [B, C, L])"}.get(dims, f"{dims}-D")
-        raise GuidanceConfigError(f"{what} works on image models (4-D latents [B, C, H, W]); this model "
-                                  f"({type(fmt).__name__} latents) is {kind}, which noise-aware classifiers "
-                                  "do not support")
+    if dims not in (2, 3):
+        kind = {1: "audio (3-D latents [B, C, L])"}.get(dims, f"{dims + 2}-D latents")
+        raise GuidanceConfigError(f"{what} works on image latents ([B, C, H, W], or one frame [B, C, 1, H, W]); "
+                                  f"this model ({type(fmt).__name__} latents) is {kind}, which noise-aware "
+                                  "classifiers do not support")
+
+
+def require_one_frame(shape, what: str) -> None:
+    """A 5-D latent [B, C, T, H, W] holds images for a noise-aware (2-D) classifier only when T = 1."""
+    if len(shape) == 5 and int(shape[2]) != 1:
+        raise GuidanceConfigError(f"{what} guides images: this latent {list(shape)} is a video of {int(shape[2])} "
+                                  "frames [B, C, T, H, W]; noise-aware classifiers are 2-D image networks and guide "
+                                  "one-frame latents (T = 1: Qwen-Image, Cosmos-Predict2 text to image, Wan with "
+                                  "length 1). For a video, use a CLIP classifier (it reads every frame)")
 
 
 def model_input_scaling(model_patcher) -> dict:
@@ -89,7 +100,14 @@ class LoadedClassifier:
 
     def classify(self, x_in, sigma):
         classifier_guidance.make_autograd_safe(self.module, x_in.device)
+        if x_in.ndim == 5:  # one frame [B, C, 1, H, W] of a 5-D model (checked when sampling started): the 2-D network
+            require_one_frame(x_in.shape, f"classifier {self.name!r}")  # reads [B, C, H, W]; the gradient keeps T = 1
+            x_in = x_in[:, :, 0]
         return self.module(x_in, sigma)
+
+    def check_latent(self, shape):
+        """When sampling starts: the latent must be an image (4-D, or 5-D with one frame)."""
+        require_one_frame(shape, f"classifier {self.name!r}")
 
     def bind(self, model_patcher, allow_other_latent_format: bool = False):
         self.check_model(model_patcher, allow_other_latent_format)
@@ -209,10 +227,14 @@ class ClassifierHook:
     def classify(self, x_in, sigma):
         return self._classify(x_in, sigma)
 
-    def check_run(self, batch: int, model_patcher=None):
-        """Before the first step: the target rows against the batch, and the classifier against the model that
-        actually samples (a model patch applied after this node may have changed its sampling or latent format)."""
-        classifier_guidance.batch_weights(self.guidance.weights, batch)
+    def check_run(self, shape, model_patcher=None):
+        """Before the first step: the target rows against the batch, the latent's layout (a noise-aware classifier
+        guides images: one frame of a 5-D latent at most), and the classifier against the model that actually
+        samples (a model patch applied after this node may have changed its sampling or latent format)."""
+        classifier_guidance.batch_weights(self.guidance.weights, int(shape[0]))
+        check_latent = getattr(self.loaded, "check_latent", None)
+        if check_latent is not None:
+            check_latent(tuple(shape))
         check = getattr(self.loaded, "check_model", None)
         if check is not None and model_patcher is not None:
             check(model_patcher, self.allow_other_latent_format)
@@ -231,7 +253,7 @@ class ClassifierHook:
                              denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None)
 
     def outer_sample(self, executor, noise, *args, **kwargs):
-        self.check_run(noise.shape[0], getattr(executor.class_obj, "model_patcher", None))  # before the first step
+        self.check_run(noise.shape, getattr(executor.class_obj, "model_patcher", None))  # before the first step
         return executor(noise, *args, **kwargs)
 
 
@@ -347,7 +369,7 @@ class GuidedSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        self.hook.check_run(noise.shape[0], getattr(model_wrap, "model_patcher", None))
+        self.hook.check_run(noise.shape, getattr(model_wrap, "model_patcher", None))
         comfy.model_management.load_models_gpu(self.hook.loaded.model_patchers())
         extra = dict(extra_args)
         mo = comfy.model_patcher.create_model_options_clone(extra.get("model_options", {}))

@@ -26,7 +26,7 @@ from ..guidance_core.errors import GuidanceConfigError
 from . import glue
 from . import types as sockets
 from .classifier_nodes import (FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling,
-                               require_image_latents)
+                               require_image_latents, require_one_frame)
 
 CATEGORY = "Guidance Lab/classifier"
 ENCODE_BATCH = 16
@@ -102,9 +102,20 @@ def cache_facts(model, label_names, resolution: int, dataset: str):
 
 def write_cache(path: str, model, raw_latents, labels, meta: dict, extra: dict):
     """Write a latent cache whose latents are in the sampler's space: the model's own latent_format.process_in
-    (ComfyUI's, per-channel formats included) applied to the VAE's latents. Returns those latents."""
+    (ComfyUI's, per-channel formats included) applied to the VAE's latents. Returns those latents, always 4-D
+    [N, C, H, W]: a model with 5-D latents (Qwen-Image, Cosmos-Predict2, Wan) samples an image as one frame
+    [N, C, 1, H, W], where process_in (per-channel statistics shaped for 5-D) is applied, then the frame axis dropped."""
+    fmt = model.get_model_object("latent_format")
+    raw = raw_latents.clone()
+    five_d = int(getattr(fmt, "latent_dimensions", 2)) == 3
+    if five_d and raw.ndim == 4:
+        raw = raw.unsqueeze(2)  # a 2-D VAE's latents, as the sampler would hold them
+    if raw.ndim == 5:
+        require_one_frame(raw.shape, "Train Classifier")
     with torch.inference_mode(False):
-        latents = model.get_model_object("latent_format").process_in(raw_latents.clone()).float()
+        latents = fmt.process_in(raw).float()
+    if latents.ndim == 5:
+        latents = latents[:, :, 0]
     datasets.save_latent_cache(path, latents, labels, meta, extra)
     return latents
 

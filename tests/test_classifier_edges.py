@@ -329,22 +329,61 @@ def test_steps_zero_classifier_gives_a_clear_message(env, playground):
         patch(playground["model"], None)
 
 
-# ---------------------------------------------------------------- video models (issue 13): refused before sampling
-def test_video_models_are_refused_by_classifier_guidance_and_training(env):
-    """Noise-aware classifiers are 2-D: on a video model (ComfyUI's Wan 2.1 at tiny width, 5-D latents) the
-    guidance nodes and Train Classifier refuse before anything runs, naming the latent kind."""
+# ---------------------------------------------------------------- 5-D models: one frame guided, a video refused
+def test_video_latents_are_refused_when_sampling_starts_and_one_frame_is_guided(env):
+    """Noise-aware classifiers are 2-D: on a model with 5-D latents (ComfyUI's Wan 2.1 at tiny width) the guidance
+    patch is accepted, a video latent (3 frames) is refused when sampling starts, before any step, naming its
+    shape, and an image (one frame [B, C, 1, H, W], as Qwen-Image and Cosmos-Predict2 sample) is guided."""
     from devkit import families
 
-    wan = families.model("Wan 2.1 (video, 5-D)")
+    name = "Wan 2.1 (video, 5-D)"
+    wan, fam = families.model(name), families.FAMILIES[name]
     errors = env["errors"]
     net_mod = H.pack_module("guidance_core.classifiers.noise_aware")
     with torch.inference_mode(False):
         net = net_mod.NoiseAwareClassifier(net_mod.ClassifierConfig(in_channels=16, num_classes=2, base_channels=16))
     clf = H.pack_module("nodes.classifier_nodes").LoadedClassifier(
         net, {"labels": ["a", "b"], "latent_channels": 16, "latent_format": "Wan21", "parameterization": "flow"}, "v")
-    with pytest.raises(errors.GuidanceConfigError, match=r"video \(5-D latents"):
-        patch(wan, clf, target="a")
-    with pytest.raises(errors.GuidanceConfigError, match=r"Train Classifier works on image models.*video"):
-        H.run_node("GuidanceLabTrainClassifier", model=wan, vae=None, dataset="none", output_name="x", steps=1,
-                   batch_size=2, lr=3e-4, seed=0, resolution=32, sigma_distribution="log_uniform",
-                   class_balance=True, width=16)
+    guided = patch(wan, clf, target="a", scale=10.0)
+    video = fam.latent(1)
+    assert video["samples"].shape[2] == 3
+    one_frame = {"samples": video["samples"][:, :, :1].clone()}
+
+    def run(model, latent):
+        with torch.inference_mode():
+            return H.run_node("KSampler", model=model, seed=3, steps=3, cfg=1.0, sampler_name="euler",
+                              scheduler="normal", positive=fam.cond(1), negative=fam.cond(2), latent_image=latent,
+                              denoise=1.0)[0]["samples"]
+
+    calls = H.RowCounter(wan)
+    try:
+        with pytest.raises(errors.GuidanceConfigError, match=r"classifier 'v' guides images: this latent "
+                                                             r"\[1, 16, 3, 8, 8\] is a video of 3 frames"):
+            run(guided, video)
+        assert calls.calls == []  # refused before the first model call
+        out, plain = run(guided, one_frame), run(wan, one_frame)
+    finally:
+        calls.close()
+    assert out.shape == plain.shape == (1, 16, 1, 8, 8) and torch.isfinite(out).all()
+    assert float((out - plain).abs().max()) > 0  # the guidance acted
+
+
+def test_train_cache_of_a_5d_model_holds_one_frame_as_an_image(env, tmp_path):
+    """Train Classifier on a model with 5-D latents: a video VAE's latents of an image [N, C, 1, h, w] (and a 2-D VAE's
+    [N, C, h, w]) are cached as [N, C, h, w] after the family's own process_in on the 5-D form (Wan 2.1's
+    per-channel statistics are shaped for 5-D); latents of several frames are refused."""
+    from devkit import families
+
+    wan = families.model("Wan 2.1 (video, 5-D)")
+    fmt = wan.get_model_object("latent_format")
+    TN = env["training_nodes"]
+    raw = torch.randn(3, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    want = fmt.process_in(raw.clone())[:, :, 0]
+    labels = torch.tensor([0, 1, 0])
+    for given in (raw, raw[:, :, 0]):
+        got = TN.write_cache(str(tmp_path / "c.safetensors"), wan, given, labels, {"labels": ["a", "b"]}, {})
+        assert got.shape == (3, 16, 4, 4) and torch.equal(got, want)
+    assert not torch.equal(want, raw[:, :, 0])  # process_in did act (per channel)
+    with pytest.raises(env["errors"].GuidanceConfigError, match=r"Train Classifier guides images: this latent "
+                                                                 r"\[3, 16, 2, 4, 4\] is a video of 2 frames"):
+        TN.write_cache(str(tmp_path / "d.safetensors"), wan, torch.randn(3, 16, 2, 4, 4), labels, {"labels": ["a", "b"]}, {})

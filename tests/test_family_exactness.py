@@ -13,10 +13,11 @@ scaling), and alpha(sigma) of x = alpha*x0 + sigma*eps is the model's own `noise
 
 - Image families (4-D latents): through both nodes, Classifier Guidance on KSampler and Classifier Guidance
   Sampler in SamplerCustomAdvanced.
-- Video families and families with 5-D latents [B, C, T, H, W] (Wan 2.1, Cosmos-Predict2, ...): the nodes
-  refuse noise-aware classifiers on 5-D latents before sampling (tested); exactness of the guidance math on
-  5-D latents is shown at the core level: guidance_core.classifier_guidance.ClassifierGuidance with the model's
-  input scaling, as a post-CFG function of ComfyUI's own KSampler on the 5-D mixture.
+- Families with 5-D latents [B, C, T, H, W] (Wan 2.1, Cosmos-Predict2, Qwen-Image, LTXV, HunyuanVideo): an image
+  is one frame [B, C, 1, H, W], which the 2-D classifier reads as [B, C, H, W]: exact through both nodes (tested).
+  A video (T > 1) is refused by the nodes when sampling starts, before any step (tested); exactness of the guidance
+  math on 5-D video latents is shown at the core level: guidance_core.classifier_guidance.ClassifierGuidance with
+  the model's input scaling, as a post-CFG function of ComfyUI's own KSampler on the 5-D mixture.
 Flow families: at sigma = 1 (alpha = 0) x holds no signal and sigma^2/alpha is undefined: that step is left
 unguided on purpose (checked: D = E[x0 | x] there); every other step is exact.
 """
@@ -87,11 +88,13 @@ def means_for(fmt) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
 
 
-def world(env, name):
+def world(env, name, means=None):
     """(the mixture as a ComfyUI model with the family's model_sampling and latent format, the mixture, the exact
-    posterior as a classifier, the model_sampling)."""
+    posterior as a classifier, the model_sampling). `means` (default means_for the family's latents) sets the
+    latent's shape; 5-D means with one frame [3, C, 1, H, W] give a classifier that reads [B, C, H, W], as a
+    noise-aware classifier trained on those images does."""
     ms, fmt = family_objects(name)
-    means = means_for(fmt)
+    means = means_for(fmt) if means is None else means
     flow = abs(float(true_alpha(ms, torch.tensor([0.5]))[0]) - 0.5) < 1e-6  # alpha = 1 - sigma
     model = env["demo"].gmm_model(means, TAU, PRIORS, "flow" if flow else "eps")
     model.add_object_patch("model_sampling", ms)
@@ -101,7 +104,8 @@ def world(env, name):
     meta = {"labels": LABELS, "latent_channels": int(fmt.latent_channels), "latent_format": type(fmt).__name__,
             "parameterization": H.pack_module("nodes.glue").parameterization_of(ms),
             "input_scaling": P.identify_input_scaling(ms.calculate_input)}  # as Train Classifier records it
-    clf = env["nodes"].LoadedClassifier(ModelSamplingPosterior(gmm, ms), meta, f"exact-gmm {name}")
+    read = env["gmm"].GaussianMixture(means[:, :, 0], TAU, PRIORS) if means.ndim == 5 and means.shape[2] == 1 else gmm
+    clf = env["nodes"].LoadedClassifier(ModelSamplingPosterior(read, ms), meta, f"exact-gmm {name}")
     return model, gmm, clf, ms
 
 
@@ -223,7 +227,11 @@ def test_the_families_cover_every_model_sampling_kind():
 
 @pytest.mark.parametrize("name", IMAGE)
 def test_both_nodes_give_the_class_conditional_at_every_step(env, name):
-    model, gmm, clf, ms = world(env, name)
+    both_nodes_exact(env, name)
+
+
+def both_nodes_exact(env, name, means=None):
+    model, gmm, clf, ms = world(env, name, means)
     min_alpha = env["G"].MIN_ALPHA
     means = gmm.means
     # Classifier Guidance (MODEL patch) under the stock KSampler
@@ -245,18 +253,32 @@ def test_both_nodes_give_the_class_conditional_at_every_step(env, name):
 
 
 @pytest.mark.parametrize("name", VIDEO)
-def test_5d_latents_exact_at_the_core_level_and_refused_by_the_nodes(env, name):
+def test_one_frame_of_5d_latents_exact_through_both_nodes(env, name):
+    """Models that sample images as one frame [B, C, 1, H, W] (Qwen-Image, Cosmos-Predict2; Wan, LTXV, HunyuanVideo
+    at length 1): the 2-D classifier reads the frame, and both nodes give D = E[x0 | x, y] at every step."""
+    means = means_for(family_objects(name)[1])[:, :, :1]
+    assert means.ndim == 5 and means.shape[2] == 1
+    both_nodes_exact(env, name, means)
+
+
+@pytest.mark.parametrize("name", VIDEO)
+def test_5d_video_latents_exact_at_the_core_level_and_refused_by_the_nodes(env, name):
     model, gmm, clf, ms = world(env, name)
     G, P, means = env["G"], env["P"], gmm.means
-    assert means.ndim == 5
-    # the nodes: refused before sampling (noise-aware classifiers are 2-D image networks)
+    assert means.ndim == 5 and means.shape[2] > 1
+    # the nodes: refused when sampling starts, before any step (noise-aware classifiers are 2-D image networks)
     err = env["errors"].GuidanceConfigError
-    with pytest.raises(err, match=r"works on image models \(4-D latents \[B, C, H, W\]\); this model .* is video "
-                                  r"\(5-D latents \[B, C, T, H, W\]\)"):
-        H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf, **guidance_args())
-    with pytest.raises(err, match=r"works on image models"):
-        H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **guidance_args(),
-                   sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0])
+    video = rf"guides images: this latent \[1, {means.shape[1]}, {means.shape[2]}, 4, 4\] is a video of {means.shape[2]} frames"
+    patched = H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf, **guidance_args())[0]
+    rec, seen = recorder(patched)
+    with pytest.raises(err, match=video):
+        ksample(rec, means)
+    assert seen == []
+    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **guidance_args(),
+                         sampler=recording_sampler(H.run_node("KSamplerSelect", sampler_name="euler")[0], seen))[0]
+    with pytest.raises(err, match=video):
+        custom_sample(model, wrapped, means)
+    assert seen == []
     # the core: D' = D + s*sigma^2/alpha*grad_x log p(y | c_in*x, sigma) on 5-D x, inside ComfyUI's KSampler
     scaling = P.identify_input_scaling(ms.calculate_input)
     assert scaling is not None
