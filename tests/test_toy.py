@@ -26,7 +26,7 @@ def sample(model, pos, neg, cfg, n=8, seed=1, steps=12):
 def test_shipped_weights_are_small_and_documented():
     assert os.path.getsize(WEIGHTS) < 15e6
     readme = open(os.path.join(H.ROOT, "toy_models", "README.md")).read()
-    assert "bench/toy/train_toy.py" in readme and "--seed" in readme
+    assert "python -m bench.toy.train_toy" in readme and "--seed" in readme
 
 
 def test_toy_nodes_sample_and_decode(toy):
