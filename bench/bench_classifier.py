@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from devkit import comfy_host as H
-from devkit.bench import write_section
+from devkit.bench import device_line, write_section
 
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
              "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
@@ -87,7 +86,7 @@ def main():
         base.append(run(model))
         guided.append(run(patched))
     b, g = statistics.median(base), statistics.median(guided)
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = device_line()
     table = "\n".join([
         f"SD1.5-architecture UNetModel (random weights, {'fp16' if cuda else 'fp32'}), latent 4x{args.latent}x{args.latent}, "
         f"batch 1, cfg 7 (2 rows/step), euler; classifier: NoiseAwareClassifier default config "

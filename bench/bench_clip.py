@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from devkit import comfy_host as H
-from devkit.bench import write_section
-from bench_classifier import sd15_model
+from devkit.bench import device_line, write_section
+from bench.bench_classifier import sd15_model
 
 LABELS = ["a photo of a red car", "a photo of a blue car", "a photo of a cat", "a photo of a dog"]
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
@@ -124,8 +123,7 @@ def main():
                    denoise=1.0)
     med = {k: statistics.median(v) for k, v in times.items()}
     px = args.latent * 8
-    n = torch.get_num_threads()
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.machine()}, {n} thread{'s' if n != 1 else ''})"
+    device = device_line()
     lines = [
         f"Per sampling step, added by the Classifier Guidance hook with a zero-shot CLIP classifier (ViT-B-32, "
         f"224 px, {len(LABELS)} labels), random weights; SD1.5-architecture UNetModel and ComfyUI's SD1.5 VAE "

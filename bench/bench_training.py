@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
-from devkit.bench import write_section
+from devkit.bench import device_line, write_section
 from guidance_core.training import NoiseSpec, TrainConfig, Trainer
 
 
@@ -50,7 +49,7 @@ def main():
     rows = []
     for shape in ((3, 32, 32), (4, 64, 64)):
         rows.append((shape, throughput(shape, args.steps, args.batch, device)))
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    name = device_line()
     lines = [f"NoiseAwareClassifier width 64 (channel_mult 1,2,2), batch {args.batch}, AdamW, {args.steps} timed steps "
              f"after warm-up. Device: {name}; torch {torch.__version__}.", "",
              "| latent shape | images / s |", "|---|---|"]

@@ -25,7 +25,8 @@ def device_line() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' if n != 1 else ''})"
 
 
 def write_section(key: str, title: str, body: str):

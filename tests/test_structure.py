@@ -4,8 +4,10 @@ place that must put ComfyUI itself on the path; guidance_core's docstring lists 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("guidance_core", "nodes", "devkit", "bench", "scripts", "tests")
@@ -94,6 +96,26 @@ def test_no_import_circle():
     assert sum(len(v) for v in graph.values()) > 100, "the walk found too few imports to mean anything"
     assert graph["bench.toy.tradeoff"] >= {"bench.toy.toy_report", "bench.toy.fashion", "devkit.comfy_host"}
     assert cycles(graph) == []
+
+
+def test_no_import_by_a_bare_sibling_name():
+    """Every import of a repository module names it from the root (devkit.comfy_host, bench.bench_classifier) or
+    relatively: a bare sibling name (`import comfy_host`, `from bench_classifier import ...`) only worked while
+    sys.path was edited, and fails when the file runs as a module (found: bench/bench_clip.py)."""
+    files = python_files()
+    tops = {m.split(".")[0] for m in files.values() if m}
+    leaves = {m.rsplit(".", 1)[-1] for m in files.values() if m} - tops - {"__init__"}
+    # names that are also the standard library's or an installed package's (io, types, ...) are those, not ours
+    leaves = {n for n in leaves if n not in sys.stdlib_module_names and importlib.util.find_spec(n) is None}
+    bare = []
+    for rel in files:
+        with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+            tree = ast.parse(f.read(), rel)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            bare += [f"{rel}: {n}" for n in names if n.split(".")[0] in leaves]
+    assert bare == []
 
 
 def test_cycle_finder_finds_a_circle():
