@@ -60,6 +60,16 @@ def _signature(cls) -> list:
     return list(inspect.signature(cls.__init__).parameters)
 
 
+def _flux_fields(params_cls, config: dict) -> dict:
+    """`config` plus the fields of this ComfyUI's Flux-type params dataclass (FluxParams, ChromaParams) that it
+    requires and `config` lacks, at the values ComfyUI's model detection gives a Flux.1 / Chroma checkpoint:
+    `txt_ids_dims` [] (no text position ids; newer ComfyUI), `vec_in_dim` None (Chroma has no pooled vector; a
+    field of ChromaParams on newer ComfyUI). Older versions declare neither and get neither."""
+    detected = {"txt_ids_dims": [], "vec_in_dim": None}
+    fields = {f.name for f in dataclasses.fields(params_cls)}
+    return {**config, **{k: v for k, v in detected.items() if k in fields and k not in config}}
+
+
 def _mask(tokens: int):
     """The text encoder's attention mask (integer ones, as ComfyUI's T5 / Gemma encoders return it)."""
     return torch.ones(1, tokens, dtype=torch.long)
@@ -131,10 +141,12 @@ def sd35():
 
 def flux_dev():
     """Flux.1 dev: guidance-distilled (a guidance embedding, no real CFG needed), flow with Flux's time shift."""
-    cfg = _config("Flux", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=8, context_in_dim=16,
-                               hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
-                               axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
-                               dtype=torch.float32))
+    import comfy.ldm.flux.model
+
+    cfg = _config("Flux", _flux_fields(comfy.ldm.flux.model.FluxParams, dict(
+        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=8, context_in_dim=16, hidden_size=32,
+        mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
+        qkv_bias=True, guidance_embed=True, dtype=torch.float32)))
     return _patcher(cfg.get_model({}, device="cpu"), 15)
 
 
@@ -164,10 +176,12 @@ def chroma():
     """Chroma: Flux's double/single stream blocks without the pooled vector, modulations from the distilled
     guidance approximator (in_dim 64 = timestep 16 + guidance 16 + index 32), flow with Flux's time shift
     (multiplier 1); 16-channel Flux latents packed 2x2 (in_channels 64); T5-only conditioning (no pooled output)."""
-    cfg = _config("Chroma", dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=16,
-                                 hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
-                                 axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=32,
-                                 hidden_dim=32, n_layers=1, dtype=torch.float32))
+    import comfy.ldm.chroma.model
+
+    cfg = _config("Chroma", _flux_fields(comfy.ldm.chroma.model.ChromaParams, dict(
+        image_model="chroma", in_channels=64, out_channels=64, context_in_dim=16, hidden_size=32, mlp_ratio=2.0,
+        num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True,
+        in_dim=64, out_dim=32, hidden_dim=32, n_layers=1, dtype=torch.float32)))
     return _patcher(cfg.get_model({}, device="cpu"), 18)
 
 
@@ -210,8 +224,9 @@ def hunyuan_video():
                                                  vec_in_dim=8, context_in_dim=16, hidden_size=32, mlp_ratio=2.0,
                                                  num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
                                                  theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True,
-                                                 byt5=False, meanflow=False, use_cond_type_embedding=False,
-                                                 vision_in_dim=None, dtype=torch.float32), fields))
+                                                 byt5=False, meanflow=False, meanflow_sum=False,
+                                                 use_cond_type_embedding=False, vision_in_dim=None,
+                                                 dtype=torch.float32), fields))
     return _patcher(cfg.get_model({}, device="cpu"), 22)
 
 
