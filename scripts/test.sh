@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Set everything up from nothing (CPU only) and run the whole test suite, on two ComfyUI versions:
+# Set everything up from nothing (CPU only) and run the whole test suite, on three ComfyUI versions:
 #   pass 0.3.75: every test file (tests/), on .comfyui
 #   pass 0.3.52: every file that runs ComfyUI (all but OLD_IGNORE below), on .comfyui-0.3.52, the lowest version
 #                pyproject's requires-comfyui accepts
+#   pass 0.33.0: the same files on .comfyui-0.33.0, a ComfyUI from this year (unpacked by set-up from
+#                ../shared/comfyui/comfyui-0.33.0.tar.xz or GL_COMFYUI_033_ARCHIVE; without it this pass is
+#                skipped, and said so)
 # Usage: bash scripts/test.sh [pytest args]   (e.g. -q, -k name, or test files to run only those)
-#   Test files given: only those, on 0.3.75 only. GL_PASSES="0.3.52" (or "0.3.75 0.3.52") picks the passes;
-#   a pass on 0.3.52 given test files runs those files.
+#   Test files given: only those, on 0.3.75 only. GL_PASSES="0.3.52" (or "0.3.75 0.33.0", ...) picks the passes;
+#   a pass on 0.3.52 or 0.33.0 given test files runs those files.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$(bash "$ROOT/scripts/setup.sh" | tail -n 1)"
 cd "$ROOT"
 OLD_VERSION=0.3.52
 OLD="$ROOT/.comfyui-$OLD_VERSION"
+NEW_VERSION=0.33.0
+NEW="$ROOT/.comfyui-$NEW_VERSION"
+HAVE_NEW=0
+if [ -f "$NEW/.guidance-lab-setup-v1" ]; then HAVE_NEW=1; fi  # set-up found the archive and finished that tree
 
 # The second pass runs, on 0.3.52, every test file that runs the pack's Python in ComfyUI: every node, KSampler + CFG
 # Patch and SamplerCustomAdvanced + CFG Guider with every term kind, classifier guidance patch and sampler wrapper,
@@ -25,24 +32,12 @@ OLD_IGNORE=(--ignore=tests/test_core_cfg.py --ignore=tests/test_core_classifier.
             --ignore=tests/test_cfg_property.py --ignore=tests/test_toy_tradeoff.py --ignore=tests/test_defaults.py
             --ignore=tests/test_shipping.py)
 
-# ComfyUI's own import check of each tree, with the pack loaded. $2: PYTHONPATH for that tree.
-import_check() {
-  local tree="$1" pypath="$2" log
-  echo "[test] ComfyUI import check (--quick-test-for-ci) with the pack loaded: $tree"
-  log="$(mktemp)"
-  (cd "$tree" && PYTHONPATH="$pypath" "$PY" main.py --cpu --quick-test-for-ci --database-url sqlite:///:memory: \
-     >"$log" 2>&1) || { cat "$log"; exit 1; }
-  if grep "IMPORT FAILED" "$log" | grep -q "guidance-lab"; then
-    grep "IMPORT FAILED" "$log"; echo "[test] the pack failed to import in ComfyUI ($tree)"; exit 1
-  fi
-  if grep -q "Guidance Lab: node .* is left out" "$log"; then
-    grep "Guidance Lab: node" "$log"; echo "[test] ComfyUI ($tree) left out a node of the pack"; exit 1
-  fi
-  grep -Eq "seconds: .*custom_nodes/guidance-lab$" "$log" || { cat "$log"; echo "[test] ComfyUI did not load the pack ($tree)"; exit 1; }
-  rm -f "$log"
-}
+# ComfyUI's own import check of each tree, with the pack loaded (scripts/import_check.py: its folder
+# custom_nodes/guidance-lab, matched exactly, must load; no node of the pack left out). $2: PYTHONPATH for that tree.
+import_check() { "$PY" -m scripts.import_check "$1" --pythonpath "$2" || exit 1; }
 import_check "$ROOT/.comfyui" ""
 import_check "$OLD" "$OLD/_pydeps"
+if [ $HAVE_NEW = 1 ]; then import_check "$NEW" "$NEW/_pydeps"; fi
 bash "$ROOT/scripts/install_apt.sh"  # chromium (tests/test_web.py) and dataset-fashion-mnist (toy benchmark)
 # the newest ComfyUI frontend on PyPI (when docs/COMPATIBILITY.md's Frontends table was made) beside the pinned one:
 # the browser tests run on both (devkit/frontends.py). Pinned here so CI stays reproducible: to move to a newer one,
@@ -56,7 +51,18 @@ paths=0
 for a in "$@"; do
   if [ -e "${a%%::*}" ]; then paths=1; fi
 done
-if [ $paths = 1 ]; then PASSES="${GL_PASSES:-0.3.75}"; else PASSES="${GL_PASSES:-0.3.75 $OLD_VERSION}"; fi
+if [ $HAVE_NEW = 1 ]; then ALL="0.3.75 $OLD_VERSION $NEW_VERSION"; else ALL="0.3.75 $OLD_VERSION"; fi
+if [ $paths = 1 ]; then PASSES="${GL_PASSES:-0.3.75}"; else PASSES="${GL_PASSES:-$ALL}"; fi
+if [ $HAVE_NEW = 0 ]; then
+  case " $PASSES " in
+    *" $NEW_VERSION "*) echo "[test] GL_PASSES asks for $NEW_VERSION, but set-up found no ComfyUI $NEW_VERSION archive" \
+                             "(../shared/comfyui/comfyui-$NEW_VERSION.tar.xz or GL_COMFYUI_033_ARCHIVE)"; exit 2 ;;
+  esac
+  if [ -z "${GL_PASSES:-}" ] && [ $paths = 0 ]; then
+    echo "[test] pass $NEW_VERSION skipped: no ComfyUI $NEW_VERSION archive (../shared/comfyui/comfyui-$NEW_VERSION.tar.xz," \
+         "or a path in GL_COMFYUI_033_ARCHIVE)"
+  fi
+fi
 
 rc=0
 for pass in $PASSES; do
@@ -70,7 +76,11 @@ for pass in $PASSES; do
       if [ $paths = 1 ]; then files=(); else files=(tests "${OLD_IGNORE[@]}"); fi
       echo "[test] running pytest on ComfyUI $OLD_VERSION ($OLD)"
       GL_BROWSER=0 GL_COMFYUI="$OLD" PYTHONPATH="$OLD/_pydeps" "$PY" -m pytest -c tests/pytest.ini "${files[@]}" "$@" || rc=1 ;;
-    *) echo "[test] GL_PASSES: unknown pass '$pass' (0.3.75 or $OLD_VERSION)"; exit 2 ;;
+    "$NEW_VERSION")
+      if [ $paths = 1 ]; then files=(); else files=(tests "${OLD_IGNORE[@]}"); fi
+      echo "[test] running pytest on ComfyUI $NEW_VERSION ($NEW)"
+      GL_BROWSER=0 GL_COMFYUI="$NEW" PYTHONPATH="$NEW/_pydeps" "$PY" -m pytest -c tests/pytest.ini "${files[@]}" "$@" || rc=1 ;;
+    *) echo "[test] GL_PASSES: unknown pass '$pass' (0.3.75, $OLD_VERSION or $NEW_VERSION)"; exit 2 ;;
   esac
   echo "[test] pass $pass took $(( $(date +%s) - t0 )) s"
 done
