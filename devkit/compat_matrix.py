@@ -31,6 +31,7 @@ import tempfile
 import torch
 
 from . import comfy_host as H
+from . import wan_vae
 from .cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
 
 from .compat_doc import (AREAS, CONDITIONING, FAMILIES, NODES, SAMPLERS, SCHEDULERS, STATUSES, TOL,  # noqa: F401
@@ -627,11 +628,20 @@ def tiny_vae(channels: int):
     return H.tiny_vae(channels, seed=channels)
 
 
+def family_vae(fmt):
+    """The VAE a family's trainer row encodes with: the real Wan 2.1 VAE (comfy.ldm.wan.vae.WanVAE, tiny width,
+    devkit.wan_vae) for families on Wan 2.1 latents (Wan 2.1, Cosmos-Predict2, Qwen-Image), which ComfyUI's
+    VAE.encode treats as a video VAE; ComfyUI's 2-D VAE class with the family's latent channels for the others."""
+    if type(fmt).__name__ == "Wan21":
+        return wan_vae.shared_wan21_vae()
+    return tiny_vae(int(fmt.latent_channels))
+
+
 def family_trainer_run(model, run):
     """Train Classifier on the family's latent format (its own VAE-latent channels; the cache must hold ComfyUI's
     latent_format.process_in of the VAE latents, per-channel formats included), then guide with the result."""
     fmt = model.get_model_object("latent_format")
-    vae = tiny_vae(int(fmt.latent_channels))
+    vae = family_vae(fmt)
     DS = H.pack_module("guidance_core.datasets")
     TN = H.pack_module("nodes.training_nodes")
     with H.user_folders(trainer_root()) as root:

@@ -63,8 +63,32 @@ def vae_identity(vae) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] if parts else "none"
 
 
+def encodes_batch_as_time(vae) -> bool:
+    """Whether ComfyUI's VAE.encode reads a stack of images [N, H, W, 3] as ONE N-frame video: a video VAE
+    (latent_dim 3) not flagged `not_video` (Wan 2.1 / 2.2, which Qwen-Image and Cosmos-Predict2 use too,
+    HunyuanVideo, LTXV, ...). Such a VAE compresses time (Wan: 1 + (N - 1) // 4 latent frames), so each still
+    image must reach it alone, as a one-frame video. ComfyUI 0.3.52 has no `not_video` flag: there every
+    latent_dim 3 VAE reads the batch as time."""
+    return int(getattr(vae, "latent_dim", 2)) == 3 and not getattr(vae, "not_video", False)
+
+
+def encode_images(vae, imgs) -> torch.Tensor:
+    """VAE latents of still images [N, H, W, 3] in [0, 1], one latent per image: [N, C, H', W'] from an image VAE,
+    [N, C, 1, H', W'] (one frame each) from a video VAE, which is given one image at a time (encodes_batch_as_time)."""
+    pixels = torch.from_numpy(np.stack(imgs))
+    if encodes_batch_as_time(vae):
+        out = torch.cat([vae.encode(pixels[i:i + 1]).float().cpu() for i in range(len(imgs))])
+    else:
+        out = vae.encode(pixels).float().cpu()
+    if out.shape[0] != len(imgs):
+        raise GuidanceConfigError(f"the VAE encoded {len(imgs)} images as a latent of shape {list(out.shape)} "
+                                  "(not one latent per image); connect the model's own image or video VAE")
+    return out
+
+
 def encode_dataset(vae, items, resolution: int, pbar=None):
-    """VAE latents of the readable images (ComfyUI's VAE.encode takes [B, H, W, 3] in [0, 1])."""
+    """VAE latents of the readable images (ComfyUI's VAE.encode takes [B, H, W, 3] in [0, 1]), in chunks of
+    ENCODE_BATCH images; the progress bar counts images."""
     latents, labels, skipped = [], [], []
     for start in range(0, len(items), ENCODE_BATCH):
         chunk = items[start:start + ENCODE_BATCH]
@@ -77,7 +101,7 @@ def encode_dataset(vae, items, resolution: int, pbar=None):
             imgs.append(arr)
             labs.append(label)
         if imgs:
-            latents.append(vae.encode(torch.from_numpy(np.stack(imgs))).float().cpu())
+            latents.append(encode_images(vae, imgs))
             labels += labs
         comfy.model_management.throw_exception_if_processing_interrupted()
         if pbar is not None:
@@ -112,6 +136,8 @@ def write_cache(path: str, model, raw_latents, labels, meta: dict, extra: dict):
         raw = raw.unsqueeze(2)  # a 2-D VAE's latents, as the sampler would hold them
     if raw.ndim == 5:
         require_one_frame(raw.shape, "Train Classifier")
+        if not five_d:
+            raw = raw[:, :, 0]  # a video VAE's one-frame latents for a model sampling [N, C, H, W]
     with torch.inference_mode(False):
         latents = fmt.process_in(raw).float()
     if latents.ndim == 5:
