@@ -66,7 +66,7 @@ def cpu_settings():
 def all_rows(quick: bool = False) -> list:
     with cpu_settings(), node_inputs_of_this_comfyui():
         return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + conditioning_rows()
-                + family_rows(quick))
+                + family_rows(quick) + attention_chain_rows())
 
 
 def inputs_this_comfyui_lacks() -> dict:
@@ -466,6 +466,118 @@ def conditioning_rows() -> list:
                 rows.append(measure((CONDITIONING, item, check, route),
                                     lambda: guided(route, m, CFG, cfg_settings, **kw), plain))
     return rows
+
+
+# ------------------------------------------------------------------ perturbed attention chained with SAG
+SAG_CHECK_STEPS, PAG_WEIGHT = 4, 3.0
+SDXL_MIDDLE_DEPTH = 10  # SDXL's middle block: one spatial transformer of 10 transformer blocks
+
+
+def float64(patcher):
+    """The network in float64: a reference that evaluates a perturbed row in a forward of its own (a batch of
+    another size) then agrees with a batched one to the sampler's float32 rounding."""
+    net = patcher.model.diffusion_model
+    net.to(torch.float64)
+    net.dtype = torch.float64
+    return patcher
+
+
+@functools.cache
+def middle_block_unets() -> dict:
+    """{label: (model, positive, negative, middle-block depth)}: ComfyUI's SDXL class at tiny width with SDXL's
+    middle block of 10 transformers, and the tiny SD1.5 (a middle block of 1), in float64."""
+    import comfy.model_base
+    from . import families as F
+
+    cfg = F._config("SDXL", dict(F.UNET_TINY, adm_in_channels=2816, num_classes="sequential",
+                                 transformer_depth_middle=SDXL_MIDDLE_DEPTH))
+    sdxl = float64(F._patcher(comfy.model_base.SDXL(cfg, device="cpu"), 12))
+    return {f"SDXL middle block ({SDXL_MIDDLE_DEPTH} transformers)":
+            (sdxl, F.FAMILIES["SDXL"].cond(1), F.FAMILIES["SDXL"].cond(2), SDXL_MIDDLE_DEPTH),
+            "SD1.5 middle block (1 transformer)":
+            (float64(F.sd15()), F.FAMILIES["SD1.5"].cond(1), F.FAMILIES["SD1.5"].cond(2), 1)}
+
+
+def sag(model):
+    """ComfyUI's Self-Attention Guidance: its attn1 patch under the 3-part key ("middle", 0, 0)."""
+    return apply_node("SelfAttentionGuidance", model)
+
+
+def pag_term(weight=PAG_WEIGHT):
+    return H.run_node("GuidanceLabPerturbedTerm", mode="pag", blocks="middle.0", weight=weight, seg_sigma=10.0)[0]
+
+
+def reference_pag(model, transformers, scale=PAG_WEIGHT):
+    """PAG as ComfyUI's PerturbedAttentionGuidance computes it (a post-CFG hook: the positive again, in a call of
+    its own, D += s (D_pos - D_pag)), with the identity attention set on each of `transformers` of the middle
+    block by its own 3-part key, which no other node's patch can shadow."""
+    import comfy.model_patcher
+    import comfy.samplers
+
+    def identity(q, k, v, extra_options, mask=None):
+        return v
+
+    def post_cfg(args):
+        opts = args["model_options"].copy()
+        for i in transformers:
+            opts = comfy.model_patcher.set_model_options_patch_replace(opts, identity, "attn1", "middle", 0, i)
+        (pag,) = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"], opts)
+        return args["denoised"] + (args["cond_denoised"] - pag) * scale
+
+    m = model.clone()
+    m.set_model_sampler_post_cfg_function(post_cfg)
+    return m
+
+
+def pag_then_sag(model, transformers):
+    """The right result of SAG + a PAG term on the middle block: the guided prediction with PAG perturbing
+    `transformers` of the block on the PAG rows, then SAG's post-CFG hook on it (SAG reads the real uncond and
+    its attention map, its own extra call unchanged)."""
+    return sag(reference_pag(model, transformers))
+
+
+def attention_chain_rows() -> list:
+    """SAG (its patch on the middle block's first transformer) with Guidance Lab's PAG term on the same block,
+    through the patch in either order and the guider: exact against PAG on every transformer of the block
+    followed by SAG. ComfyUI's own PerturbedAttentionGuidance with SAG: a limitation of ComfyUI's lookup."""
+    rows = []
+    steps = dict(steps=SAG_CHECK_STEPS)
+    for label, (m, pos, neg, depth) in middle_block_unets().items():
+        io = dict(pos=pos, neg=neg, **steps)
+        check = f"PAG term, {label}, SAG on its first: = PAG on every transformer, then SAG"
+        ref_k = functools.cache(lambda: ksample(pag_then_sag(m, range(depth)), CFG, **io))
+        ref_c = functools.cache(lambda: native(GUIDER, pag_then_sag(m, range(depth)), CFG, **io))
+        rows += [
+            measure((NODES, "SelfAttentionGuidance", check, "node → patch"),
+                    lambda: ksample(patch(sag(m), terms=pag_term()), CFG, **io), ref_k, exact=True, model=m),
+            measure((NODES, "SelfAttentionGuidance", check, "patch → node"),
+                    lambda: ksample(sag(patch(m, terms=pag_term())), CFG, **io), ref_k, exact=True, model=m),
+            measure((NODES, "SelfAttentionGuidance", check, "node → guider"),
+                    lambda: guided(GUIDER, sag(m), CFG, dict(terms=pag_term()), **io), ref_c, exact=True, model=m),
+        ]
+    return rows + [comfy_pag_with_sag_row()]
+
+
+def comfy_pag_with_sag_row() -> dict:
+    """ComfyUI's PerturbedAttentionGuidance + SAG (both ComfyUI's): PAG's patch ("middle", 0) loses to SAG's
+    ("middle", 0, 0) on the first transformer. Checked: equal to PAG on the other transformers (SDXL's middle
+    block), and to SAG alone where the block has one transformer (SD1.5)."""
+    key = (NODES, "PerturbedAttentionGuidance", "with SelfAttentionGuidance (both ComfyUI's)", "all")
+    (sdxl, pos, neg, depth), (sd15, pos15, neg15, _) = middle_block_unets().values()
+    comfy_pag = functools.partial(apply_node, "PerturbedAttentionGuidance")
+    with torch.inference_mode():
+        off = [float((ksample(comfy_pag(sag(sdxl)), CFG, pos=pos, neg=neg, steps=SAG_CHECK_STEPS)
+                      - ksample(reference_pag(sag(sdxl), range(1, depth)), CFG, pos=pos, neg=neg,
+                                steps=SAG_CHECK_STEPS)).abs().max()),
+               float((ksample(comfy_pag(sag(sd15)), CFG, pos=pos15, neg=neg15, steps=SAG_CHECK_STEPS)
+                      - ksample(sag(sd15), CFG, pos=pos15, neg=neg15, steps=SAG_CHECK_STEPS)).abs().max())]
+    if max(off) >= TOL:
+        return row(*key, "FAIL", f"listed as shadowed on the middle block's first transformer, but differs from that "
+                                 f"by {max(off):.2g}: ComfyUI's lookup changed, update this row", max(off))
+    return row(*key, "limitation", "ComfyUI looks up SAG's attn1 patch (middle, 0, transformer 0) before PAG's "
+               "(middle, 0): PAG does not act on the middle block's first transformer (SDXL: "
+               f"{depth - 1} of {depth} perturbed; SD1.5: none, PAG adds nothing); Guidance Lab's PAG term chains "
+               "with SAG exactly", max(off))
 
 
 # ------------------------------------------------------------------ model families

@@ -211,21 +211,19 @@ class CFGRuntime:
         alone = [k for k in batch if k in self.perturbed] if self.separate else []
         batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
-        opts = perturb_patches.patched_options(model_options, by_chunk, self.probe) if by_chunk else model_options
+        opts = (perturb_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
+                if by_chunk else model_options)
         try:
             preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts)))
         except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options)
         for k in alone:
-            opts = perturb_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True)
+            opts = perturb_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
+                                                  network=model.diffusion_model)
             preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
         for k in set(self.perturbed) & (set(batch) | set(alone)):
-            missed = [b for b in self.perturbed[k].blocks if self.probe.hits.get(b, 0) == 0]
-            if missed:
-                raise GuidanceConfigError(
-                    f"term {int(k[4:]) + 1} ({self.perturbed[k].mode}): block(s) {', '.join(f'{p}.{i}' for p, i in missed)} "
-                    f"never ran on its rows in {type(model.diffusion_model).__name__}: the model does not read that hook")
+            perturb_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
         for k in keys:
             if k in self.models:
                 preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)

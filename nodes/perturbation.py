@@ -4,10 +4,16 @@ only the rows of the perturbed terms' chunks (`cond_or_uncond`) and compute ever
 block does (or as the replace patch another node set there does).
 
 - PAG / SEG: `patches_replace["attn1"][(part, index)]` of ComfyUI's UNet transformer blocks, the hook ComfyUI's
-  PerturbedAttentionGuidance node uses;
+  PerturbedAttentionGuidance node uses. ComfyUI looks a transformer's attn1 patch up by the 3-part key
+  (part, index, transformer index) first: where another node set one (Self-Attention Guidance sets
+  ("middle", 0, 0)), the term's patch is set under that key too, wrapping it. The composition: the term's rows
+  are perturbed at every transformer of the block; every other row runs what it would run without the term
+  (the other node's patch, told exactly the chunks it gets, or the block's own attention with the layer's own
+  attention backend where ComfyUI has per-layer backends).
 - SLG: `patches_replace["dit"][("double_block" | "single_block", index)]`, the hook of SkipLayerGuidanceDiT.
 A block the model does not have would leave the term unperturbed: `check_blocks` refuses it before sampling,
-and `Probe` counts the hits of the first call as a backstop.
+and `Probe` records, per block, the transformers that ran on perturbed rows: `check_ran` refuses a block (or a
+transformer of it) that never did, as a backstop.
 """
 from __future__ import annotations
 
@@ -51,7 +57,8 @@ def available_blocks(diffusion_model, mode: str) -> list[tuple]:
 
 
 def check_blocks(model_patcher, perturbations) -> None:
-    """Refuse, before sampling, a perturbation whose blocks this model does not have."""
+    """Refuse, before sampling, a perturbation whose blocks this model does not have, or whose self-attention
+    layers under one hook key run different attention backends (the patch could not tell which to call)."""
     net = model_patcher.model.diffusion_model
     for term_no, pert in perturbations:
         have = available_blocks(net, pert.mode)
@@ -63,6 +70,51 @@ def check_blocks(model_patcher, perturbations) -> None:
                 f"term {term_no} ({pert.mode}): block(s) {', '.join(f'{p}.{i}' for p, i in missing)} not in this model "
                 f"({type(net).__name__}); its {kind}: {shown or 'none'}"
                 + (". PAG and SEG need a UNet; for DiT models use slg" if pert.mode != "slg" and not have else ""))
+        if pert.mode != "slg":
+            for part, idx in pert.blocks:
+                for t in range(transformer_count(net, part, idx)):
+                    attention_backend(net, part, idx, t)
+
+
+def _unet_block(network, part: str, idx: int):
+    return network.middle_block if part == "middle" else getattr(network, f"{part}_blocks")[idx]
+
+
+def self_attention_layers(network, part: str, idx: int, transformer: int) -> list:
+    """The self-attention layers (attn1) ComfyUI runs under the attn1 key (part, idx, transformer): the
+    transformer-th block of each spatial transformer in that UNet block (and of its temporal stack, for video
+    UNets, which ComfyUI calls under the same key)."""
+    out = []
+    for m in _unet_block(network, part, idx).modules():
+        for name in ("transformer_blocks", "time_stack"):
+            blocks = getattr(m, name, None)
+            if isinstance(blocks, torch.nn.ModuleList) and transformer < len(blocks):
+                out.append(blocks[transformer].attn1)
+    return out
+
+
+def transformer_count(network, part: str, idx: int) -> int:
+    """How many transformers of UNet block (part, idx) ComfyUI calls (block_index 0 .. n-1)."""
+    return max((len(m.transformer_blocks) for m in _unet_block(network, part, idx).modules()
+                if isinstance(getattr(m, "transformer_blocks", None), torch.nn.ModuleList)), default=0)
+
+
+def attention_backend(network, part: str, idx: int, transformer: int):
+    """The attention backend that block's own CrossAttention passes to optimized_attention (ComfyUI 0.38+:
+    `preferred_attention=self.comfy_attention`, a per-layer backend a checkpoint can set); None where this
+    ComfyUI's layers have none (0.3.x, 0.33) or the network is not known."""
+    if network is None:
+        return None
+    layers = self_attention_layers(network, part, idx, transformer)
+    backends = [getattr(layer, "comfy_attention", None) for layer in layers]
+    if not backends or backends[0] is None:
+        return None
+    if len({id(getattr(b, "function", None)) for b in backends}) > 1:
+        raise GuidanceConfigError(
+            f"block {part}.{idx}, transformer {transformer}: its self-attention layers run different attention "
+            "backends under one patch key (a spatial and a temporal layer); perturbed attention cannot call the "
+            "right one for each: perturb another block")
+    return backends[0]
 
 
 class NoRowIds(Exception):
@@ -86,54 +138,81 @@ def _takes_transformer_options(fn) -> bool:
     return any(p.name == "transformer_options" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def block_attention(q, k, v, extra_options):
+def block_attention(q, k, v, extra_options, backend=None):
     """What CrossAttention.forward computes between to_q/to_k/to_v and to_out: ComfyUI's optimized_attention
-    (ComfyUI 0.3.75 passes transformer_options on, for attention overrides; 0.3.52's functions take none)."""
+    (ComfyUI 0.3.75 passes transformer_options on, for attention overrides; 0.3.52's functions take none), with
+    the layer's own attention backend where this ComfyUI has one (`attention_backend`)."""
     fn = attention.optimized_attention
     kw = {"attn_precision": extra_options.get("attn_precision")}
     if _takes_transformer_options(fn):
         kw["transformer_options"] = extra_options
+    if backend is not None:
+        kw["preferred_attention"] = backend
     return fn(q, k, v, extra_options["n_heads"], **kw)
 
 
-def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
-    """attn1 replacement: perturbed chunks get PAG's identity (V) or SEG's blurred queries; the others the
-    block's own attention (or `prev`, another node's replacement)."""
+PER_CHUNK = ("cond_or_uncond", "uuids")  # transformer options ComfyUI gives one entry per chunk of the batch
+
+
+def chunk_options(extra_options: dict, first: int, stop: int, n_chunks: int) -> dict:
+    """The options of the chunks first..stop-1 alone: what ComfyUI gives a patch called on a batch of those
+    chunks (SAG finds the uncond's rows from cond_or_uncond)."""
+    out = dict(extra_options)
+    for name in PER_CHUNK:
+        value = extra_options.get(name)
+        if isinstance(value, (list, tuple)) and len(value) == n_chunks:
+            out[name] = list(value[first:stop])
+    return out
+
+
+def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False, network=None):
+    """attn1 replacement for UNet block `key` (at every transformer without a patch of its own, or at one
+    transformer where `prev`, another node's 3-part patch, sat): perturbed chunks get PAG's identity (V) or
+    SEG's blurred queries; the other chunks what they get without the term, `prev` (told their chunk ids) or
+    the block's own attention with its layer's backend."""
+    backends = {}
 
     def attend(q, k, v, extra_options):
         if prev is not None:
             return prev(q, k, v, extra_options)
-        return block_attention(q, k, v, extra_options)
+        t = extra_options.get("block_index", 0)
+        if t not in backends:
+            backends[t] = attention_backend(network, key[0], key[1], t)
+        return block_attention(q, k, v, extra_options, backends[t])
 
     def patch(q, k, v, extra_options, mask=None):
         ids = _chunk_ids(extra_options, whole) or [0]  # whole: the batch is one chunk of the term (id 0)
         mine = {c: p for c, p in by_chunk.items() if key in p.blocks}
         if not any(c in mine for c in ids):
             return attend(q, k, v, extra_options)
-        probe.hit(key)
+        probe.hit(key, extra_options.get("block_index"))
         if q.shape[0] % len(ids):
             raise GuidanceConfigError(f"block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {len(ids)} equal chunks")
         size = q.shape[0] // len(ids)
         outs, plain = [], []
 
+        def part(first, stop):  # rows and options of chunks first..stop-1
+            rows = slice(first * size, stop * size)
+            return rows, (extra_options if whole else chunk_options(extra_options, first, stop, len(ids)))
+
         def flush():
             if plain:
-                a, b = plain[0], plain[-1] + size
-                outs.append(attend(q[a:b], k[a:b], v[a:b], extra_options))
+                rows, opts = part(plain[0], plain[-1] + 1)
+                outs.append(attend(q[rows], k[rows], v[rows], opts))
                 plain.clear()
 
         for j, c in enumerate(ids):
-            rows = slice(j * size, (j + 1) * size)
             pert = mine.get(c)
             if pert is None:
-                plain.append(j * size)
+                plain.append(j)
                 continue
             flush()
+            rows, opts = part(j, j + 1)
             if pert.mode == "pag":
                 outs.append(v[rows])
             else:  # seg
                 h, w = extra_options["activations_shape"][-2:]
-                outs.append(attend(perturb.blur_queries(q[rows], h, w, pert.seg_sigma), k[rows], v[rows], extra_options))
+                outs.append(attend(perturb.blur_queries(q[rows], h, w, pert.seg_sigma), k[rows], v[rows], opts))
         flush()
         return torch.cat(outs)
 
@@ -169,18 +248,46 @@ def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
 
 
 class Probe:
-    """Counts how often each perturbed block ran on a perturbed row."""
+    """Counts how often each perturbed block ran on a perturbed row, and which of its transformers did."""
 
     def __init__(self):
         self.hits = {}
+        self.transformers = {}
 
-    def hit(self, key):
+    def hit(self, key, transformer=None):
         self.hits[key] = self.hits.get(key, 0) + 1
+        if transformer is not None:
+            self.transformers.setdefault(key, set()).add(transformer)
 
 
-def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bool = False) -> dict:
+def check_ran(probe: Probe, network, term_no: int, pert) -> None:
+    """Refuse a term whose perturbation did not act where it says, after the first call that had its rows: a
+    block that never ran on them (the model does not call that hook), or a UNet block some of whose
+    transformers ran something else on them (an attention patch set where the term could not wrap it)."""
+    missed = ", ".join(f"{p}.{i}" for p, i in pert.blocks if probe.hits.get((p, i), 0) == 0)
+    if missed:
+        raise GuidanceConfigError(
+            f"term {term_no} ({pert.mode}): block(s) {missed} never ran on its rows in {type(network).__name__}: the "
+            f"model does not call ComfyUI's '{'dit' if pert.mode == 'slg' else 'attn1'}' replace hook there; perturb "
+            "other blocks")
+    if pert.mode == "slg" or network is None:
+        return
+    for part, idx in pert.blocks:
+        skipped = sorted(set(range(transformer_count(network, part, idx))) - probe.transformers.get((part, idx), set()))
+        if skipped:
+            raise GuidanceConfigError(
+                f"term {term_no} ({pert.mode}): transformer(s) {', '.join(map(str, skipped))} of block {part}.{idx} "
+                "ran another attention patch on the term's rows instead of the perturbation (a patch set while the "
+                "model runs, e.g. by a model wrapper of another node); remove that node or perturb other blocks")
+
+
+def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bool = False, network=None) -> dict:
     """A copy of model_options whose blocks perturb the chunks in by_chunk ({cond index: Perturbation}); whole:
-    every row of every call (a call of one perturbed term's rows, by_chunk = {0: its Perturbation})."""
+    every row of every call (a call of one perturbed term's rows, by_chunk = {0: its Perturbation}). network:
+    the diffusion model, for the attention backend of each layer (ComfyUI 0.38+).
+
+    A UNet block's patch is set under its 2-part key (part, index) and under every 3-part key (part, index,
+    transformer) another node set for it, which ComfyUI looks up first; each wraps the patch it replaces."""
     opts = comfy.model_patcher.create_model_options_clone(model_options)
     blocks = {b: p.mode for p in by_chunk.values() for b in p.blocks}
     replace = opts.get("transformer_options", {}).get("patches_replace", {})
@@ -190,8 +297,10 @@ def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bo
             prev = replace.get("dit", {}).get(key)
             opts = comfy.model_patcher.set_model_options_patch_replace(
                 opts, _dit_patch(prev, by_chunk, (part, idx), probe, whole), "dit", DIT_KEYS[part], idx)
-        else:
-            prev = replace.get("attn1", {}).get((part, idx))
+            continue
+        attn1 = replace.get("attn1", {})
+        for t in [None] + [k[2] for k in attn1 if len(k) == 3 and tuple(k[:2]) == (part, idx)]:
+            prev = attn1.get((part, idx) if t is None else (part, idx, t))
             opts = comfy.model_patcher.set_model_options_patch_replace(
-                opts, _attn1_patch(prev, by_chunk, (part, idx), probe, whole), "attn1", part, idx)
+                opts, _attn1_patch(prev, by_chunk, (part, idx), probe, whole, network), "attn1", part, idx, t)
     return opts
