@@ -57,7 +57,7 @@ def chains(route, model, pos, neg) -> dict:
 def test_sag_and_pag_term_on_sdxl_middle_block_perturb_every_transformer(sdxl, route):
     """SAG + our PAG term on a middle block of 10 transformers (SAG's patch under ("middle", 0, 0)): equal to a
     reference perturbing all 10 on the PAG rows with SAG applied to the real uncond, in either chain order; the
-    reference that perturbs 9 (what ComfyUI's lookup gave the term before) is far from it."""
+    reference that perturbs 9 (the term shadowed by SAG on the first transformer) is far from it."""
     m, pos, neg = sdxl
     assert middle_depth(m) == SDXL_MIDDLE_DEPTH
     every = range(SDXL_MIDDLE_DEPTH)
@@ -72,8 +72,8 @@ def test_sag_and_pag_term_on_sdxl_middle_block_perturb_every_transformer(sdxl, r
 
 @pytest.mark.parametrize("route", ["patch", "guider"])
 def test_sag_and_pag_term_on_sd15_middle_block_run_exact(sd15, route):
-    """SD1.5's middle block has one transformer, the one SAG patches: the PAG term is neither refused (it used
-    to blame the model: 'does not read that hook') nor lost; equal to the direct reference."""
+    """SD1.5's middle block has one transformer, the one SAG patches: the PAG term is neither refused nor lost
+    there; equal to the direct reference."""
     m, pos, neg = sd15
     assert middle_depth(m) == 1
     ref = native(route, pag_then_sag(m, [0]), pos, neg)
