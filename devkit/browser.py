@@ -44,8 +44,17 @@ NEWER_FRONTEND_NOISE = [
 ]
 
 
+# One frontend's own console errors, by version. 1.49.6 (ComfyUI 0.33.0's pinned one) logs this from its settings
+# store while the page loads (a computed value reads app.rootGraph before the graph exists; seen with
+# --disable-all-custom-nodes on 0.33.0 too, with that stack), so it is the frontend's, not this pack's.
+VERSION_NOISE = {
+    "1.49.6": [re.compile(r"^ComfyApp graph accessed before initialization$")],
+}
+
+
 def frontend_noise(frontend):
-    return COMFY_NOISE + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
+    return (COMFY_NOISE + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
+            + VERSION_NOISE.get(frontend.version, []))
 
 
 class Page:

@@ -6,6 +6,9 @@ real ComfyUI server with the pack (/object_info), through devkit/workflow_builde
 
 The generated files are committed; tests/test_workflows.py checks that they are up to date, convert to
 valid API prompts, run (toy ones) and load in the frontend. Thumbnails: scripts/make_workflow_thumbnails.py.
+They are made on one ComfyUI, REFERENCE_COMFYUI (set-up's .comfyui): a node's output slots come from that
+version's /object_info, and other versions declare other ones for some core nodes (0.33's SaveImage passes its
+images on), so the files are written there only.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from devkit.workflow_builder import Graph
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "example_workflows")
 
+REFERENCE_COMFYUI = "0.3.75"  # the ComfyUI whose /object_info the committed files are made from
 TOY_MODEL = "fashion_diffusion.safetensors"
 TOY_WEAK_MODEL = "fashion_diffusion_weak.safetensors"
 TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
@@ -328,7 +332,13 @@ def main(argv=None):
             info = json.load(f)
     else:
         from devkit.comfy_server import ComfyServer
+        from devkit.compat_doc import comfyui_version_of_tree
 
+        version = comfyui_version_of_tree()
+        if version != REFERENCE_COMFYUI and not args.check:
+            print(f"the example workflows are made on ComfyUI {REFERENCE_COMFYUI} (REFERENCE_COMFYUI), this is "
+                  f"{version}: run without GL_COMFYUI (set-up's .comfyui), or with --check to compare only")
+            return 2
         with ComfyServer(tempfile.mkdtemp(prefix="make-workflows-")) as srv:
             info = srv.get("/object_info")
     stale = 0

@@ -863,8 +863,11 @@ def soak(srv, spec_fns: dict, refs: dict, seeds: list[int], n_prompts: int, log,
 # ============================================================== 2. interrupts
 
 def interrupt_at(srv, prompt: dict, step_of, timeout: float = 120.0) -> dict:
-    """Queue `prompt` and POST /interrupt once its progress reaches step_of(max) (watched on the websocket).
-    Returns {"entry", "step", "max", "interrupted"}."""
+    """Queue `prompt` and POST /interrupt once a progress report on the websocket is inside a progress bar, at or
+    past step_of(max) and before its end. ComfyUI (0.33 on) throttles a bar's reports to one per 100 ms but always
+    sends its first and its final one, so the first report past the target can be a bar's end (a dataset encoded
+    in one go): that is no point inside the run, and the interrupt waits for a report inside a later bar (the
+    training steps) instead. Returns {"entry", "step", "max", "interrupted"} (step < max when it was sent)."""
     import asyncio
 
     import aiohttp
@@ -890,7 +893,8 @@ def interrupt_at(srv, prompt: dict, step_of, timeout: float = 120.0) -> dict:
                     data = d.get("data", {})
                     if data.get("prompt_id") not in (None, pid):
                         continue
-                    if d["type"] == "progress" and data.get("value", 0) >= step_of(data.get("max", 1)):
+                    if d["type"] == "progress" and step_of(data.get("max", 1)) <= data.get("value", 0) < data.get(
+                            "max", 1):
                         hit = (data["value"], data["max"])
                         async with s.post(srv.url + "/interrupt", json={"prompt_id": pid}) as r:
                             await r.read()
@@ -994,6 +998,17 @@ def interrupts(srv, env: Env, spec_fns: dict, refs: dict, seeds: list[int], n: i
 
 
 # ============================================================== 3. files changed under the server
+
+def excerpt(message: str, needle: str, n: int = 240) -> str:
+    """At most about n characters of an error message for the report, around `needle` (the file's name) where
+    the message holds it: a long message (ComfyUI 0.33's validation errors quote the whole input first) keeps
+    the part that names the file."""
+    at = message.find(needle)
+    if len(message) <= n or at < 0 or at + len(needle) <= n:
+        return message[:n]
+    start = max(0, at - n // 2)
+    return "..." + message[start:start + n]
+
 
 def _safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
     raw = json.dumps(header).encode()
@@ -1146,8 +1161,8 @@ def files_under_server(srv, env: Env, object_info: dict, spec_fns: dict, refs: d
         ok = run(srv, spec_fns["toy_classifier_guidance_ksampler"](seeds[0]))
         if error_of(ok) or output_hashes(ok, srv) != refs[("toy_classifier_guidance_ksampler", seeds[0])]:
             problems.append("the server did not sample correctly afterwards")
-        rows.append({"case": name, "when": "queued, before execution", "error": message[:240], "seconds": seconds,
-                     "problems": problems})
+        rows.append({"case": name, "when": "queued, before execution", "error": excerpt(message, "rel_fault"),
+                     "seconds": seconds, "problems": problems})
         if problems:
             failures.append(f"{name}: {problems}")
         log(f"fault {name}: {'ok' if not problems else problems} :: {message[:160]}")
@@ -1163,8 +1178,8 @@ def files_under_server(srv, env: Env, object_info: dict, spec_fns: dict, refs: d
         problems.append(f"first run failed: {error_of(first).get('exception_message')}")
     if not err or "rel_fault" not in str(err.get("exception_message", "")):
         problems.append("the changed file was not read again (ComfyUI's cache handed on the old classifier)")
-    rows.append({"case": "nan_weights", "when": "between two prompts", "error": str((err or {}).get(
-        "exception_message", ""))[:240], "seconds": None, "problems": problems})
+    rows.append({"case": "nan_weights", "when": "between two prompts", "error": excerpt(str((err or {}).get(
+        "exception_message", "")), "rel_fault"), "seconds": None, "problems": problems})
     if problems:
         failures.append(f"between prompts: {problems}")
     env.reset_fault_file()
@@ -1247,7 +1262,7 @@ def clip_files_between_prompts(srv, env: Env, log) -> list[dict]:
             problems.append("the good file back did not give the first output again")
         rows.append({"case": f"clip_{name}", "when": "between two prompts" + (" (refused at queueing)"
                                                                                if status != 200 else ""),
-                     "error": message[:240], "seconds": None, "problems": problems})
+                     "error": excerpt(message, CLIP_FAULT), "seconds": None, "problems": problems})
         log(f"CLIP fault {name}: {'ok' if not problems else problems} :: {message[:160]}")
     return rows
 

@@ -28,6 +28,8 @@ if [ -f "$NEW/.guidance-lab-setup-v1" ]; then HAVE_NEW=1; fi  # set-up found the
 # ranges, the repository's files), the hypothesis sweep of the CFG settings and the toy tradeoff benchmark (the same
 # code paths as the node tests, many times over), and the browser cases (GL_BROWSER=0, tests/conftest.py): the
 # frontends are tested in the 0.3.75 pass, the pinned 1.32.9 and the newest one.
+# The third pass runs the same files on 0.33.0, with the browser cases on its own pinned frontend 1.49.6
+# (GL_BROWSER=pinned; the newest frontend is tested in the 0.3.75 pass).
 OLD_IGNORE=(--ignore=tests/test_core_cfg.py --ignore=tests/test_core_classifier.py --ignore=tests/test_schedules.py
             --ignore=tests/test_cfg_property.py --ignore=tests/test_toy_tradeoff.py --ignore=tests/test_defaults.py
             --ignore=tests/test_shipping.py)
@@ -79,7 +81,7 @@ for pass in $PASSES; do
     "$NEW_VERSION")
       if [ $paths = 1 ]; then files=(); else files=(tests "${OLD_IGNORE[@]}"); fi
       echo "[test] running pytest on ComfyUI $NEW_VERSION ($NEW)"
-      GL_BROWSER=0 GL_COMFYUI="$NEW" PYTHONPATH="$NEW/_pydeps" "$PY" -m pytest -c tests/pytest.ini "${files[@]}" "$@" || rc=1 ;;
+      GL_BROWSER=pinned GL_COMFYUI="$NEW" PYTHONPATH="$NEW/_pydeps" "$PY" -m pytest -c tests/pytest.ini "${files[@]}" "$@" || rc=1 ;;
     *) echo "[test] GL_PASSES: unknown pass '$pass' (0.3.75, $OLD_VERSION or $NEW_VERSION)"; exit 2 ;;
   esac
   echo "[test] pass $pass took $(( $(date +%s) - t0 )) s"

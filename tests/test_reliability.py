@@ -200,3 +200,13 @@ def test_traceback_detection_is_a_traceback_not_the_word():
     assert R.has_traceback(real) and R.has_traceback(json.dumps({"error": real}))  # also JSON-escaped
     assert not R.has_traceback("schedule field 'Traceback' is unknown; accepted: kind, axis, start")
     assert not R.has_traceback('{"error": "kind=\'Traceback (most\' is not a schedule kind"}')
+
+
+def test_the_reports_error_excerpt_keeps_the_file_name():
+    """The files check records an excerpt of each error; a long message whose file name comes late (ComfyUI 0.33's
+    validation errors quote the whole input first) keeps the part that names the file, a short one is whole."""
+    late = "Prompt outputs failed validation: " + "x" * 400 + " checkpoint 'rel_fault_clip.safetensors' not found"
+    cut = R.excerpt(late, R.CLIP_FAULT)
+    assert R.CLIP_FAULT in cut and len(cut) <= 243 and cut.startswith("...")
+    assert R.excerpt("cannot read rel_fault.safetensors", "rel_fault") == "cannot read rel_fault.safetensors"
+    assert R.excerpt("y" * 500, "rel_fault") == "y" * 240  # no file name to keep: the start
