@@ -11,7 +11,6 @@ evaluation; when every c_k is 0 only the positive prompt is evaluated.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -266,24 +265,18 @@ class StepPlan:
 
 @dataclass
 class StepContext:
+    """One model call: its sigma, the run's sigmas, the model's sigma range and the call's step, which
+    CFGCombiner.plan fills in (schedules.StepCounter: one definition for every sampler)."""
     sigma: float
     sample_sigmas: Sequence[float] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
-
-    def position(self) -> float | None:
-        """Fractional step index of this call's sigma within the run's sigmas (schedules.step_position); None
-        without the run's sigmas."""
-        if self.sample_sigmas is None or len(self.sample_sigmas) < 2:
-            return None
-        return S.step_position(self.sigma, self.sample_sigmas)
+    step: int | None = None
 
     def level(self) -> int | None:
-        """Index i of the schedule's noise level sigma_i this call belongs to: sigma_i >= sigma > sigma_{i+1}
-        (a multi-stage sampler's midpoint belongs to its step's level; a call at sigma_{i+1} to level i+1).
-        None without the run's sigmas."""
-        position = self.position()
-        return None if position is None else int(math.floor(position + 1e-6))
+        """The step i of the run this call is in (every call of a multi-stage sampler's step has the same i);
+        None without the run's sigmas or before plan()."""
+        return self.step
 
 
 class CFGCombiner:
@@ -313,9 +306,12 @@ class CFGCombiner:
             raise GuidanceConfigError(
                 f"zero_init_steps={post.zero_init_steps} is defined for flow models only (CFG-Zero*, Fan et al. 2025: "
                 f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0")
-        self._running = {}  # APG momentum: committed running average per noise level
-        self._last_sigma = None
-        self._stopped = {}  # adaptive schedules: term name -> noise level at which its criterion held
+        space_problem = P.rescale_space_problem(parameterization, post.rescale_space) if post.rescale_phi > 0 else None
+        if space_problem:
+            raise GuidanceConfigError(space_problem)
+        self._running = {}  # APG momentum: committed running average per step
+        self._steps = S.StepCounter()  # which step each call is in; restarts per-run state on a new run
+        self._stopped = {}  # adaptive schedules: term name -> step at which its criterion held
 
     def _term_ref(self, i: int, term: ExtraTerm) -> str:
         """The cond key of term i's reference (see ExtraTerm), checked against what is connected."""
@@ -338,30 +334,24 @@ class CFGCombiner:
         return ref
 
     # -- per-run state (APG momentum, adaptive schedules)
-    def reset(self):
+    def reset(self, sampler: str | None = None):
+        """A new sampling run of `sampler` (ComfyUI's sampler name, None = not known): per-run state restarts."""
         self._running = {}
-        self._last_sigma = None
+        self._steps.reset(sampler)
         self._stopped = {}
 
-    def _new_run(self, sigma: float):
-        """A sigma above the previous call's starts a new sampling run: per-run state restarts."""
-        if self._last_sigma is not None and sigma > self._last_sigma * (1 + 1e-6):
-            self._running = {}
-            self._stopped = {}
-        self._last_sigma = sigma
-
     def momentum_levels(self) -> list:
-        """Noise levels at which the APG momentum holds a committed value (one per step of the run)."""
+        """Steps at which the APG momentum holds a committed value (one per step of the run)."""
         return sorted(k for k in self._running if k is not None)
 
     def _schedule(self, sched: S.Schedule, ctx: StepContext, name: str = "") -> float:
         if sched.kind == "adaptive" and self._is_stopped(name, ctx.level()):
             return 0.0
-        return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max)
+        return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, ctx.level())
 
     def _is_stopped(self, name: str, level) -> bool:
-        """Adaptive guidance: off from the noise level after the one where its criterion held (a multi-stage
-        sampler's later calls in that step keep it)."""
+        """Adaptive guidance: off from the step after the one where its criterion held (every call of that
+        step keeps it, whichever sampler: StepCounter)."""
         if name not in self._stopped:
             return False
         at = self._stopped[name]
@@ -392,17 +382,20 @@ class CFGCombiner:
         return None
 
     def stopped(self) -> dict:
-        """Adaptive terms that stopped in this run: name -> noise level of the step where the criterion held."""
+        """Adaptive terms that stopped in this run: name -> the step where the criterion held."""
         return dict(self._stopped)
 
     def plan(self, ctx: StepContext, cond_scale: float | None = None) -> StepPlan:
         """Active terms at this step: those whose coefficient is not 0. The CFG scale s is config.cfg, or
-        cond_scale (the sampler's cfg) where config.cfg is None."""
+        cond_scale (the sampler's cfg) where config.cfg is None. Call once per model call, in order: it sets
+        ctx.step (schedules.StepCounter) and restarts the per-run state where the call starts a new run."""
         cfg = self.config
         s = cfg.cfg if cfg.cfg is not None else cond_scale
         if s is None:
             raise GuidanceConfigError("no CFG scale: the config has cfg=None and no cond_scale was given")
-        self._new_run(ctx.sigma)
+        ctx.step = self._steps.step_of(ctx.sigma, ctx.sample_sigmas)
+        if self._steps.started:  # this call starts a run (another run of the same node, or the first)
+            self._running, self._stopped = {}, {}
         active = []
         if self.baseline is not None:
             f = self._schedule(cfg.cfg_schedule, ctx, "cfg")
@@ -454,11 +447,12 @@ class CFGCombiner:
                 level: int | None = None) -> torch.Tensor:
         """D = D_pos + sum_k c_k (D_k - D_ref_k), then APG / CFG-Zero* / Perp-Neg on their terms
         and rescale on the result. `preds` maps cond keys to denoised predictions; the scale is
-        already in the plan's coefficients. `level` is the step's noise level (StepContext.level):
-        the APG momentum advances once per level, so a sampler that calls the model twice in a step
-        (heun, dpm_2) uses the previous step's momentum in both calls (the step's last call commits)."""
+        already in the plan's coefficients. `level` is the call's step (StepContext.level, set by plan()):
+        the APG momentum advances once per step, so every call of a multi-stage sampler's step reads the
+        momentum the previous step committed (heun: its corrector at sigma_{i+1} is in step i and reads step
+        i - 1's momentum, as its first call did), and the step's last call commits. Without the run's sigmas
+        (level None) the momentum advances per call and a new run needs reset()."""
         post = self.config.post
-        self._new_run(float(torch.as_tensor(sigma).max()))  # a new sampling run: momentum restarts
         d_pos = preds[POSITIVE]
         out = d_pos
         guidance_delta = None

@@ -42,7 +42,7 @@ import torch
 from .errors import GuidanceConfigError, require_finite
 from .parameterization import per_sample
 from .schedules import RANGES as SCHEDULE_RANGES
-from .schedules import SIGMA_NO_BOUND, in_window
+from .schedules import SIGMA_NO_BOUND, StepCounter, in_window
 
 SCALE_DEFAULT, SCALE_MAX = 1.0, 100.0
 # Defaults and ranges of the guidance settings: the node schemas read them here (one home).
@@ -60,7 +60,7 @@ class ClassifierGuidanceConfig:
     scale: float = SCALE_DEFAULT      # s; 0 = off (exactly the unguided output)
     sigma_lo: float = DEFAULTS["sigma_lo"]  # guide only for sigma_lo < sigma <= sigma_hi (schedules.in_window)
     sigma_hi: float = DEFAULTS["sigma_hi"]  # SIGMA_NO_BOUND (or inf) = no upper bound
-    every_n: int = DEFAULTS["every_n"]      # guide on every N-th step (step index from this run's sigmas)
+    every_n: int = DEFAULTS["every_n"]      # guide on steps 0, N, 2N, ... (schedules.StepCounter's steps)
     rms_clamp: float = DEFAULTS["rms_clamp"]  # clamp of the gradient's RMS per sample; 0 = off
     dtype: str = DEFAULTS["dtype"]          # compute dtype of the classifier forward/backward
 
@@ -185,14 +185,15 @@ class ClassifierGuidance:
         if self.wants not in WANTS:
             raise GuidanceConfigError(f"classifier wants={self.wants!r}; accepted: {', '.join(WANTS)}")
         self.warned = False
+        self.steps = StepCounter()  # which step each call is in; reset(sampler name) when a run starts
 
-    def active(self, sigma: float, step_index: float | None) -> bool:
+    def active(self, sigma: float, step: int | None) -> bool:
+        """Guided at this call: scale > 0, sigma in the window, and step i (StepCounter: every call of a
+        multi-stage sampler's step has the same i) with i % every_n == 0; every call without a step."""
         c = self.config
         if c.scale == 0 or not in_window(sigma, c.sigma_lo, c.sigma_hi):
             return False
-        if step_index is not None and c.every_n > 1 and int(math.floor(step_index + 1e-6)) % c.every_n != 0:
-            return False
-        return True
+        return step is None or step % c.every_n == 0
 
     def gradient(self, denoised, x, sigma, model_input, weights, denoise_fn=None) -> torch.Tensor:
         """g of the shift, per `wants`: grad_x log p(y|x, sigma) | grad_D log p(y|D) | grad_x log p(y|D(x))."""
@@ -207,10 +208,11 @@ class ClassifierGuidance:
         return log_prob_gradient(self.classifier, lambda xx: straight_through(denoised, denoise_fn(xx)), x, sigma,
                                  weights, dtype)
 
-    def __call__(self, denoised, x, sigma, alpha, model_input, step_index=None, denoise_fn=None):
-        """D' = D + s*(sigma^2/alpha)*g. denoise_fn(x) -> D(x) with gradients, for DENOISED_THROUGH_MODEL."""
+    def __call__(self, denoised, x, sigma, alpha, model_input, sample_sigmas=None, denoise_fn=None):
+        """D' = D + s*(sigma^2/alpha)*g. denoise_fn(x) -> D(x) with gradients, for DENOISED_THROUGH_MODEL.
+        sample_sigmas: this run's sigmas, for every_n (call once per model call, in order)."""
         sig = float(sigma.max())
-        if not self.active(sig, step_index) or float(alpha.min()) < MIN_ALPHA:
+        if not self.active(sig, self.steps.step_of(sig, sample_sigmas)) or float(alpha.min()) < MIN_ALPHA:
             return denoised
         w = batch_weights(self.weights, x.shape[0]).to(x.device)
         grad = self.gradient(denoised, x, sigma, model_input, w, denoise_fn)

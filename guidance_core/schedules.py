@@ -5,8 +5,9 @@ prediction beyond the unguided one). For standard CFG, D = D_pos + f*(s - 1)*(D_
 so f = 1 is plain CFG at scale s and f = 0 is no guidance (the negative is not evaluated).
 
 Position of a step, p in [0, 1]:
-  - axis "progress": p = i / (n - 1) for step i of this run's n steps (multi-stage samplers
-    that evaluate between two steps get a fractional i, interpolated in log sigma);
+  - axis "progress": p = i / (n - 1) for step i of this run's n steps; every model call of a step has
+    its step's i (see StepCounter for which step a call is in), so a multi-stage sampler's calls of one
+    step share one value;
   - axis "sigma": p = (log sigma_max - log sigma) / (log sigma_max - log sigma_min) over the
     model's whole noise range, so a schedule means the same at any denoise value.
 
@@ -169,44 +170,124 @@ def sigma_position(sigma: float, sigma_min: float, sigma_max: float) -> float:
     return (math.log(sigma_max) - math.log(sigma)) / (math.log(sigma_max) - math.log(sigma_min))
 
 
-def step_position(sigma: float, sample_sigmas: Sequence[float]) -> float:
-    """Fractional step index of `sigma` within this run's descending sigma list.
+# ---------------------------------------------------------------- which step a model call is in
+# k-diffusion samplers (ComfyUI's names) whose step i may call the model at the next steps' sigmas, and how far:
+# heun evaluates its corrector at sigma_{i+1}; heunpp2 at sigma_{i+1} and sigma_{i+2}; the ancestral 2-stage
+# samplers at the log-midpoint of sigma_i and sigma_down, which is sigma_{i+1} itself at eta = 1
+# (sigma_down = sigma_{i+1}^2 / sigma_i). Every other sampler's later calls of a step lie between sigma_i and
+# sigma_{i+1} (dpm_2, dpmpp_sde, seeds_2/3), at sigma_i again (sa_solver_pece) or it calls once per step.
+SAMPLER_REACH = {"heun": 1, "heunpp2": 2, "dpm_2_ancestral": 1, "dpm_2_ancestral_RF": 1, "dpmpp_2s_ancestral": 1,
+                 "dpmpp_2s_ancestral_RF": 1, "dpmpp_2s_ancestral_cfg_pp": 1}
+STEP_RTOL = 1e-5  # two sigmas within this relative distance are the same noise level (float32 rounding)
 
-    sample_sigmas has n+1 entries for n steps (the last is usually 0). sigma == sample_sigmas[i]
-    gives i; a sigma between two entries (multi-stage samplers) is interpolated in log sigma.
-    """
+
+def run_sigmas(sample_sigmas: Sequence[float] | None) -> list | None:
+    """This run's sigmas as floats, or None when there is no run (fewer than 2 entries: no step)."""
+    if sample_sigmas is None:
+        return None
     sig = [float(v) for v in sample_sigmas]
-    if len(sig) < 2:
-        raise GuidanceConfigError(f"sample_sigmas has {len(sig)} entries; a run needs at least 1 step (2 sigmas)")
-    if sigma >= sig[0]:
-        return 0.0
-    for i in range(len(sig) - 1):
-        a, b = sig[i], sig[i + 1]
-        if a >= sigma >= b:
-            if a == b:
-                return float(i)
-            if b > 0:
-                return i + (math.log(a) - math.log(sigma)) / (math.log(a) - math.log(b))
-            return i + (a - sigma) / a
-    return float(len(sig) - 1)
+    return sig if len(sig) >= 2 else None
 
 
-def progress(sigma: float, sample_sigmas: Sequence[float]) -> float:
-    """p = i / (n - 1) for the i-th of n steps (0 for a single step)."""
+def _along(sig: list) -> float:
+    """+1 for a run whose sigmas increase (FlipSigmas, inversion), -1 for the usual decreasing run."""
+    return 1.0 if sig[-1] > sig[0] else -1.0
+
+
+def _reached(sigma: float, target: float, d: float) -> bool:
+    """sigma is at `target` or beyond it in the run's direction d (within STEP_RTOL)."""
+    return d * (sigma - target) >= -STEP_RTOL * abs(target)
+
+
+def _beyond(sigma: float, other: float, d: float) -> bool:
+    """sigma lies strictly beyond `other` in the run's direction d (by more than STEP_RTOL)."""
+    return d * (sigma - other) > STEP_RTOL * max(abs(sigma), abs(other))
+
+
+def reached_step(sigma: float, sample_sigmas: Sequence[float]) -> int:
+    """The last step of the run whose sigma this call's sigma has reached: the largest j <= n - 1 with sigma
+    at sigma_j or beyond it in the run's direction (0 before sigma_0). For a sampler that calls the model once
+    per step this is the call's step; StepCounter gives it for every sampler."""
+    sig = run_sigmas(sample_sigmas)
+    if sig is None:
+        raise GuidanceConfigError(f"sample_sigmas has {len(sample_sigmas or ())} entries; a run needs at least 1 step "
+                                  "(2 sigmas)")
+    d = _along(sig)
+    j = 0
+    for i in range(1, len(sig) - 1):
+        if _reached(sigma, sig[i], d):
+            j = i
+    return j
+
+
+class StepCounter:
+    """Which step of a sampling run each model call is in: one definition for every sampler, used by
+    progress schedules, adaptive stops, APG momentum and the classifier's every_n.
+
+    The run's sigmas s_0 .. s_n (n steps, in the run's order: decreasing, or increasing for inverted runs) and
+    the sequence of calls decide. Step i's first call is at s_i; its later calls lie
+    between s_i and s_{i+1} (dpm_2's midpoint), at s_i again (sa_solver_pece), or, for a sampler that evaluates
+    ahead (SAMPLER_REACH r > 0: heun r = 1, heunpp2 r = 2), at s_{i+1} .. s_{i+r}. With j = reached_step(sigma)
+    for a call at sigma, k the step of the previous call, c the calls made in step k and sigma_p the previous
+    call's sigma, the call is
+      - the first call of the run (step j) when there is no previous call, the run's sigmas changed, or it is
+        back at s_0 after a call beyond it (a new run of the same sigmas);
+      - in step k when j == k, or when 0 < c <= r, it moves beyond sigma_p in the run's direction and j <= k + r
+        (heun: s_i, then s_{i+1} in step i; the next call at s_{i+1} again does not move on: step i + 1);
+      - else the first call of step max(j, k + 1) (capped at n - 1).
+    Whole steps, so a step's calls all see one schedule value, one adaptive state and one APG momentum.
+    Not covered (the calls alone cannot tell): a sampler not in SAMPLER_REACH that
+    evaluates at the next step's sigma within a step (it is assigned by sigma, r = 0: its call at s_{i+1} starts
+    step i + 1); s_churn > 0 (no ComfyUI node sets it: a step's first call above s_i); an ancestral 2-stage sampler
+    at eta > 1, whose steps with sigma_down = 0 make one call."""
+
+    def __init__(self, sampler: str | None = None):
+        self.reset(sampler)
+
+    def reset(self, sampler: str | None = None):
+        """A new run (or none yet) of `sampler` (ComfyUI's sampler name; None = not known)."""
+        self.reach = SAMPLER_REACH.get(sampler, 0) if sampler else 0
+        self.sigmas, self.step, self.calls, self.last = None, None, 0, None
+        self.started = False  # whether the latest call started a run
+
+    def step_of(self, sigma: float, sample_sigmas: Sequence[float] | None) -> int | None:
+        """The step of this call (see the class docstring); None without the run's sigmas. Call once per model
+        call, in order."""
+        sig = run_sigmas(sample_sigmas)
+        if sig is None:
+            self.started = False
+            return None
+        d, j = _along(sig), reached_step(sigma, sig)
+        restart = (self.step is None or sig != self.sigmas
+                   or not _beyond(sigma, sig[0], d) and _beyond(self.last, sig[0], d))  # back at s_0
+        self.started = restart
+        if restart:
+            self.sigmas, self.step, self.calls = sig, j, 0
+        elif not (j == self.step or (0 < self.calls <= self.reach and j <= self.step + self.reach
+                                     and _beyond(sigma, self.last, d))):
+            self.step, self.calls = min(max(j, self.step + 1), len(sig) - 2), 0
+        self.calls += 1
+        self.last = sigma
+        return self.step
+
+
+def progress(step: int, sample_sigmas: Sequence[float]) -> float:
+    """p = i / (n - 1) for step i of n (0 for a single step)."""
     n = len(sample_sigmas) - 1
     if n < 1:
         raise GuidanceConfigError(f"steps={n}; a schedule needs at least 1 step")
     if n == 1:
         return 0.0
-    return min(step_position(sigma, sample_sigmas) / (n - 1), 1.0)
+    return min(max(step / (n - 1), 0.0), 1.0)
 
 
 def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = None,
-          sigma_min: float | None = None, sigma_max: float | None = None) -> float:
-    """The multiplier f at noise level `sigma`.
+          sigma_min: float | None = None, sigma_max: float | None = None, step: int | None = None) -> float:
+    """The multiplier f at noise level `sigma`, in step `step` of the run.
 
-    sample_sigmas (this run's sigmas) is needed for axis "progress"; sigma_min/sigma_max
-    (the model's full range) for axis "sigma". Interval schedules need neither.
+    sample_sigmas (this run's sigmas) is needed for axis "progress", with the call's step (StepCounter;
+    without it, reached_step(sigma), right for one call per step); sigma_min/sigma_max (the model's full
+    range) for axis "sigma". Interval schedules need neither.
     """
     if s.kind == "interval":
         return s.inside if in_window(sigma, s.sigma_lo, s.sigma_hi) else s.outside
@@ -219,7 +300,7 @@ def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = Non
     else:
         if sample_sigmas is None:
             raise GuidanceConfigError("axis='progress' needs this run's sample_sigmas")
-        p = progress(sigma, sample_sigmas)
+        p = progress(reached_step(sigma, sample_sigmas) if step is None else step, sample_sigmas)
     return _shape(s, p)
 
 
@@ -233,7 +314,7 @@ def step_values(s: Schedule, sample_sigmas: Sequence[float], sigma_min: float | 
         sigma_min = min(v for v in sig if v > 0) if any(v > 0 for v in sig) else 1e-3
     if sigma_max is None:
         sigma_max = max(sig)
-    out = [value(s, v, sig, sigma_min, sigma_max) for v in sig[:-1]]
+    out = [value(s, v, sig, sigma_min, sigma_max, step=i) for i, v in enumerate(sig[:-1])]
     for i, v in enumerate(out):
         if not math.isfinite(v):
             raise GuidanceConfigError(f"schedule gives {v} at step {i}; check start/end/keyframes")

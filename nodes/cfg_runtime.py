@@ -135,7 +135,7 @@ class CFGRuntime:
                 f"the CFG Patch (Guidance Lab) drives ComfyUI's CFGGuider (KSampler, CFGGuider node); this model went "
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
                 "the CFG Guider (Guidance Lab)")
-        self.combiner.reset()
+        self.combiner.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         self.probe = perturb_patches.Probe()
         self._pre_run = set()
         if own:

@@ -243,17 +243,18 @@ class ClassifierHook:
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
         ms = model.model_sampling
         param = glue.parameterization_of(ms)
-        step = glue.step_context(sigma, args["model_options"], ms).position()
+        run_sigmas = glue.step_context(sigma, args["model_options"], ms).sample_sigmas
         through = self.guidance.wants == classifier_guidance.DENOISED_THROUGH_MODEL
         if self.input_scaling is not None:
             model_input = lambda xx: parameterization.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
         else:
             model_input = lambda xx: ms.calculate_input(sigma, xx)  # noqa: E731
-        return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), model_input, step,
+        return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), model_input, run_sigmas,
                              denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None)
 
     def outer_sample(self, executor, noise, *args, **kwargs):
         self.check_run(noise.shape, getattr(executor.class_obj, "model_patcher", None))  # before the first step
+        self.guidance.steps.reset(glue.sampler_name(args[1] if len(args) > 1 else kwargs.get("sampler")))
         return executor(noise, *args, **kwargs)
 
 
@@ -370,6 +371,7 @@ class GuidedSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         self.hook.check_run(noise.shape, getattr(model_wrap, "model_patcher", None))
+        self.hook.guidance.steps.reset(glue.sampler_name(self.inner))
         comfy.model_management.load_models_gpu(self.hook.loaded.model_patchers())
         extra = dict(extra_args)
         mo = comfy.model_patcher.create_model_options_clone(extra.get("model_options", {}))

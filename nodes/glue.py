@@ -36,6 +36,21 @@ def step_context(sigma: torch.Tensor, model_options: dict, model_sampling) -> cf
                          sigma_min=float(model_sampling.sigma_min), sigma_max=float(model_sampling.sigma_max))
 
 
+def sampler_name(sampler) -> str | None:
+    """ComfyUI's name of a SAMPLER's k-diffusion function (KSAMPLER of sample_heun -> 'heun'), looking through
+    samplers that wrap another (an `inner` attribute); None for any other sampler. The step counter
+    (schedules.StepCounter) reads it to know which samplers evaluate the model ahead of their step."""
+    for _ in range(8):  # wrappers of wrappers, never a cycle
+        if sampler is None:
+            return None
+        fn = getattr(sampler, "sampler_function", None)
+        if fn is not None:
+            name = getattr(fn, "__name__", "")
+            return name[len("sample_"):] if name.startswith("sample_") else None
+        sampler = getattr(sampler, "inner", None)
+    return None
+
+
 def alpha_of(param: str, sigma: torch.Tensor) -> torch.Tensor:
     return parameterization.alpha_for(param, sigma)
 

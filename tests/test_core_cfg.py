@@ -244,33 +244,27 @@ def test_zero_init_and_eps_rescale_refused_where_undefined():
         _combiner(cfg=5.0, post=C.PostProcess(rescale_phi=0.5, rescale_space="eps"), param="flow")
 
 
-def test_apg_momentum_advances_once_per_noise_level():
-    """heun calls the model at sigma_0, sigma_1 (corrector), sigma_1, sigma_2 ...; euler at sigma_0, sigma_1, ...
-    With the same predictions at each level the committed momentum must be the same."""
+def test_apg_momentum_advances_once_per_step():
+    """heun calls the model at sigma_0, sigma_1 (step 0's corrector), sigma_1, sigma_2 (step 1's) ...; both calls of
+    a step read the momentum the previous step committed, and the step's last call commits its own."""
     sig = [3.0, 2.0, 1.0, 0.0]
-    comb_e, comb_h = (_combiner(cfg=3.0, post=C.PostProcess(apg=True, apg_momentum=-0.5, apg_norm_threshold=0.0,
-                                                              apg_eta=1.0)) for _ in range(2))
+    comb = _combiner(cfg=3.0, post=C.PostProcess(apg=True, apg_momentum=-0.5, apg_norm_threshold=0.0, apg_eta=1.0))
+    comb.reset("heun")
     g = torch.Generator().manual_seed(0)
-    preds = {s: {"positive": torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64),
-                 "negative": torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64)} for s in sig[:3]}
+    calls = [3.0, 2.0, 2.0, 1.0, 1.0]
+    preds = [{k: torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64) for k in ("positive", "negative")}
+             for _ in calls]
     x = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
-
-    def call(comb, s, p):
+    outs = []
+    for s, p in zip(calls, preds):
         ctx = C.StepContext(sigma=s, sample_sigmas=sig)
-        return comb.combine(comb.plan(ctx), p, x, t(s), t(1.0), ctx.level())
-
-    outs_e = [call(comb_e, s, preds[s]) for s in sig[:3]]
-    junk = {k: v * 10 for k, v in preds[sig[1]].items()}  # a corrector call whose value the next call overwrites
-    call(comb_h, sig[0], preds[sig[0]])
-    call(comb_h, sig[1], junk)
-    outs_h = [call(comb_h, sig[1], preds[sig[1]]), call(comb_h, sig[2], preds[sig[2]])]
-    assert comb_h.momentum_levels() == comb_e.momentum_levels() == [0, 1, 2]
-    for a, b in zip(outs_e[1:], outs_h):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # by hand: level 1 uses level 0's running delta
-    d0 = preds[3.0]["positive"] - preds[3.0]["negative"]
-    d1 = preds[2.0]["positive"] - preds[2.0]["negative"] - 0.5 * d0
-    torch.testing.assert_close(outs_e[1], preds[2.0]["positive"] + 2.0 * d1, rtol=1e-12, atol=1e-12)
+        outs.append(comb.combine(comb.plan(ctx), p, x, t(s), t(1.0), ctx.level()))
+    assert comb.momentum_levels() == [0, 1, 2]
+    delta = [p["positive"] - p["negative"] for p in preds]
+    # by hand: step 0 (calls 0, 1) has no momentum before it; step 1 (calls 2, 3) reads step 0's last call's delta
+    for i, before in ((0, None), (1, None), (2, delta[1]), (3, delta[1]), (4, delta[3] - 0.5 * delta[1])):
+        want = delta[i] if before is None else delta[i] - 0.5 * before
+        torch.testing.assert_close(outs[i], preds[i]["positive"] + 2.0 * want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad, field", [

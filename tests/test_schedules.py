@@ -93,11 +93,12 @@ def test_formulas_by_hand():
     assert S.step_values(lin, sig[2:], 0.5, 8.0) == pytest.approx([0.5, 0.75, 1], abs=1e-12)  # denoise < 1: same meaning
 
 
-def test_multistage_sampler_positions_interpolate_in_log_sigma():
+def test_a_steps_calls_share_its_progress():
+    """A multi-stage sampler's call between two steps' sigmas is in its step (schedules.StepCounter): p = i / (n - 1)."""
     sig = [4.0, 1.0, 0.0]
-    assert S.step_position(2.0, sig) == pytest.approx(0.5)
-    assert S.step_position(0.5, sig) == pytest.approx(1.5)
-    assert S.progress(4.0, sig) == 0.0 and S.progress(1.0, sig) == 1.0
+    counter = S.StepCounter("dpm_2")
+    assert [counter.step_of(s, sig) for s in (4.0, 2.0, 1.0)] == [0, 0, 1]
+    assert S.progress(0, sig) == 0.0 and S.progress(1, sig) == 1.0
 
 
 @pytest.mark.parametrize("kw, field", [
@@ -124,7 +125,7 @@ def test_no_steps_is_an_error():
     with pytest.raises(GuidanceConfigError, match="steps=0"):
         S.step_values(S.Schedule(kind="linear"), [1.0])
     with pytest.raises(GuidanceConfigError, match="steps=0"):
-        S.progress(1.0, [1.0])
+        S.progress(0, [1.0])
 
 
 def test_parse_keyframes():
