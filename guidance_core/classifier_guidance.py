@@ -1,11 +1,12 @@
 """Classifier guidance with a noise-aware classifier (Dhariwal & Nichol 2021, arXiv 2105.05233).
 
-In ComfyUI's sampling space x = alpha*x0 + sigma*eps, Tweedie's formula gives
-    E[x0 | x] = (x + sigma^2 * grad_x log p(x)) / alpha,
+In ComfyUI's sampling space x = alpha*x0 + c*sigma*eps, Tweedie's formula gives
+    E[x0 | x] = (x + c^2 sigma^2 * grad_x log p(x)) / alpha,
 and Bayes gives grad_x log p(x | y) = grad_x log p(x) + grad_x log p(y | x, sigma). Hence the
 class-conditional denoised prediction is the unconditional one shifted along the classifier's
 gradient (guided-diffusion's `condition_score`, written for D instead of eps):
-    D' = D + s * (sigma^2 / alpha) * grad_x log p(y | x, sigma)
+    D' = D + s * (c^2 sigma^2 / alpha) * grad_x log p(y | x, sigma)
+for x = alpha*x0 + c*sigma*eps (c: the model's noise coefficient, 1 unless ComfyUI's noise_scale says otherwise),
 with s = 1 exactly Bayes, s > 1 sharper (the paper's "classifier scale"). Every k-diffusion-style
 sampler consumes D, so this one shift serves all samplers.
 
@@ -167,10 +168,13 @@ def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
 
 
 def shift_denoised(denoised: torch.Tensor, grad: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor,
-                   scale: float) -> torch.Tensor:
-    """D' = D + s * (sigma^2 / alpha) * g   (Dhariwal & Nichol 2021, score form in D-space)."""
+                   scale: float, noise: float = 1.0) -> torch.Tensor:
+    """D' = D + s * (c^2 sigma^2 / alpha) * g   (Dhariwal & Nichol 2021, score form in D-space), for
+    x = alpha*x0 + c*sigma*eps: Tweedie's formula E[x0 | x, y] = (x + c^2 sigma^2 grad log p(x, y)) / alpha makes
+    the class-conditional D the unconditional one plus (c^2 sigma^2 / alpha) grad_x log p(y | x). c is the model's
+    noise coefficient (ComfyUI's noise_scale; 1 for every model without one)."""
     sigma, alpha = per_sample(sigma, denoised), per_sample(alpha, denoised)
-    return denoised + scale * (sigma ** 2 / alpha) * grad.to(denoised)
+    return denoised + scale * (noise ** 2 * sigma ** 2 / alpha) * grad.to(denoised)
 
 
 class ClassifierGuidance:
@@ -208,9 +212,10 @@ class ClassifierGuidance:
         return log_prob_gradient(self.classifier, lambda xx: straight_through(denoised, denoise_fn(xx)), x, sigma,
                                  weights, dtype)
 
-    def __call__(self, denoised, x, sigma, alpha, model_input, sample_sigmas=None, denoise_fn=None):
-        """D' = D + s*(sigma^2/alpha)*g. denoise_fn(x) -> D(x) with gradients, for DENOISED_THROUGH_MODEL.
-        sample_sigmas: this run's sigmas, for every_n (call once per model call, in order)."""
+    def __call__(self, denoised, x, sigma, alpha, model_input, sample_sigmas=None, denoise_fn=None, noise: float = 1.0):
+        """D' = D + s*(c^2 sigma^2/alpha)*g, c = `noise` (x = alpha*x0 + c*sigma*eps, see shift_denoised).
+        denoise_fn(x) -> D(x) with gradients, for DENOISED_THROUGH_MODEL. sample_sigmas: this run's sigmas,
+        for every_n (call once per model call, in order)."""
         sig = float(sigma.max())
         if not self.active(sig, self.steps.step_of(sig, sample_sigmas)) or float(alpha.min()) < MIN_ALPHA:
             return denoised
@@ -223,7 +228,7 @@ class ClassifierGuidance:
                 self.warned = True
             return denoised
         grad = clamp_rms(grad, self.config.rms_clamp)
-        return shift_denoised(denoised, grad, sigma, alpha, self.config.scale)
+        return shift_denoised(denoised, grad, sigma, alpha, self.config.scale, noise)
 
 
 def make_autograd_safe(module: torch.nn.Module, device: torch.device | None = None) -> torch.nn.Module:

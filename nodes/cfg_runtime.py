@@ -166,6 +166,8 @@ class CFGRuntime:
                                       "set zero_init_steps to 0")
         sampler = executor.class_obj
         ms = guider.inner_model.model_sampling
+        # the start noise is solved from noise_scaling = A*n + B*z: only a known form with A = c*sigma > 0 has one
+        glue.guidable_form(ms, f"zero_init_steps={k} (CFG-Zero* zero-init)")
         latent = latent_image if latent_image is not None else torch.zeros_like(noise)
         x_start = ms.noise_scaling(sigmas[0], noise, latent, sampler.max_denoise(guider, sigmas))
         if k >= len(sigmas) - 1:

@@ -63,9 +63,9 @@ def require_one_frame(shape, what: str) -> None:
 
 def model_input_scaling(model_patcher) -> dict:
     """The model's input scaling c_in(sigma)*x (parameterization.INPUT_SCALINGS), found by asking its own
-    model_sampling.calculate_input; refused when it is none of the known ones."""
+    model_sampling.calculate_input (glue.sampling_form); refused when it is none of the known ones."""
     ms = glue.model_sampling_of(model_patcher)
-    found = parameterization.identify_input_scaling(ms.calculate_input)
+    found = glue.sampling_form(ms).input_scaling
     if found is None:
         raise GuidanceConfigError(f"the model's input scaling ({type(ms).__name__}.calculate_input) is none of "
                                   "x/sqrt(sigma^2 + sigma_data^2), x, x/(1 + sigma); noise-aware classifiers cannot be "
@@ -128,10 +128,15 @@ class LoadedClassifier:
                                       f"classifier trained for this model, or set allow_other_latent_format = true "
                                       "if you know the two spaces are the same")
         trained = self.meta.get("parameterization", "eps")
-        model_param = glue.parameterization_of(glue.model_sampling_of(model_patcher))
-        if (trained == "flow") != (model_param == "flow"):
+        form = glue.guidable_form(glue.model_sampling_of(model_patcher), f"classifier {self.name!r}")
+        if (trained == "flow") != (form.parameterization == "flow"):
             raise GuidanceConfigError(f"classifier {self.name!r} was trained for {trained} models, the model is "
-                                      f"{model_param}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
+                                      f"{form.parameterization}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
+        trained_noise = float(self.meta.get("noise_scale", 1.0))
+        if not math.isclose(trained_noise, form.noise, rel_tol=1e-4):
+            raise GuidanceConfigError(f"classifier {self.name!r} was trained on noise of scale {trained_noise:g} "
+                                      f"(noise_scale), the model's sampling is {form.describe()}: their noisy inputs "
+                                      "differ; use a classifier trained for this model's noise_scale")
         model_scaling = model_input_scaling(model_patcher)
         if not parameterization.same_input_scaling(self.input_scaling, model_scaling):
             raise GuidanceConfigError(f"classifier {self.name!r} was trained on inputs "
@@ -207,7 +212,8 @@ def differentiable_denoised(args: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 class ClassifierHook:
-    """Post-CFG hook: D' = D + s*(sigma^2/alpha)*g, g the classifier's gradient (grad_x log p(y|x, sigma)
+    """Post-CFG hook: D' = D + s*(c^2 sigma^2/alpha)*g (alpha and c from the model's sampling form, probed), g the
+    classifier's gradient (grad_x log p(y|x, sigma)
     for noise-aware classifiers, which read the input scaling recorded in their file, the one they were
     trained on; for classifiers of the denoised prediction see guidance_core.classifier_guidance). Used by
     the MODEL patch and by the SAMPLER wrapper (one code path)."""
@@ -229,9 +235,12 @@ class ClassifierHook:
 
     def check_run(self, shape, model_patcher=None):
         """Before the first step: the target rows against the batch, the latent's layout (a noise-aware classifier
-        guides images: one frame of a 5-D latent at most), and the classifier against the model that actually
-        samples (a model patch applied after this node may have changed its sampling or latent format)."""
+        guides images: one frame of a 5-D latent at most), the model's sampling form and the classifier against the
+        model that actually samples (a model patch applied after this node may have changed its sampling or
+        latent format)."""
         classifier_guidance.batch_weights(self.guidance.weights, int(shape[0]))
+        if model_patcher is not None:
+            glue.guidable_form(glue.model_sampling_of(model_patcher), "classifier guidance")
         check_latent = getattr(self.loaded, "check_latent", None)
         if check_latent is not None:
             check_latent(tuple(shape))
@@ -242,15 +251,16 @@ class ClassifierHook:
     def __call__(self, args):
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
         ms = model.model_sampling
-        param = glue.parameterization_of(ms)
+        form = glue.guidable_form(ms, "classifier guidance")  # checked before sampling (check_run): never raises here
         run_sigmas = glue.step_context(sigma, args["model_options"], ms).sample_sigmas
         through = self.guidance.wants == classifier_guidance.DENOISED_THROUGH_MODEL
         if self.input_scaling is not None:
             model_input = lambda xx: parameterization.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
         else:
             model_input = lambda xx: ms.calculate_input(sigma, xx)  # noqa: E731
-        return self.guidance(denoised, x, sigma, glue.alpha_of(param, sigma), model_input, run_sigmas,
-                             denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None)
+        return self.guidance(denoised, x, sigma, form.alpha(sigma), model_input, run_sigmas,
+                             denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None,
+                             noise=form.noise)
 
     def outer_sample(self, executor, noise, *args, **kwargs):
         self.check_run(noise.shape, getattr(executor.class_obj, "model_patcher", None))  # before the first step
@@ -289,6 +299,7 @@ def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_cla
     if classifier is None:
         raise GuidanceConfigError("classifier is None (nothing came from the node connected to 'classifier'); connect "
                                   "Load Classifier, Train Classifier (steps > 0) or Load CLIP Classifier")
+    glue.guidable_form(glue.model_sampling_of(model), "classifier guidance")
     if isinstance(classifier, LoadedClassifier):  # validates the classifier against this model
         classify = classifier.bind(model, allow_other_latent_format=allow_other_latent_format)
     else:
@@ -341,7 +352,8 @@ class GuidanceLabClassifierGuidance(io.ComfyNode):
             display_name="Classifier Guidance (Guidance Lab)",
             category=CATEGORY,
             description="MODEL patch for the stock KSampler: shifts the denoised prediction along the classifier's "
-                        "gradient, D' = D + s*sigma^2/alpha*grad log p(y|x,sigma) (Dhariwal & Nichol 2021); with a CLIP "
+                        "gradient, D' = D + s*c^2*sigma^2/alpha*grad log p(y|x,sigma) (Dhariwal & Nichol 2021; c the model's "
+                        "noise_scale, usually 1); with a CLIP "
                         "classifier, the gradient of log p(y|image(D)). A post-CFG hook: stacks with other patches and "
                         "with the CFG Guider.",
             inputs=[io.Model.Input("model", tooltip="The diffusion model (cloned; the input stays unchanged)."),

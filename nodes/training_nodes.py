@@ -116,7 +116,8 @@ def cache_facts(model, label_names, resolution: int, dataset: str):
     (parameterization, input scaling, sigma range, its discrete sigma table when it has one), as the trainer reads them."""
     ms = glue.model_sampling_of(model)
     meta = {"labels": list(label_names), "latent_format": latent_format_name(model),
-            "parameterization": glue.parameterization_of(ms), "input_scaling": model_input_scaling(model),
+            "parameterization": glue.trainable_parameterization(ms, "Train Classifier"),
+            "input_scaling": model_input_scaling(model),
             "sigma_min": float(ms.sigma_min), "sigma_max": float(ms.sigma_max), "resolution": resolution,
             "dataset": dataset}
     sigma_table = getattr(ms, "sigmas", None)
