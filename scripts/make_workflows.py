@@ -335,9 +335,10 @@ def main(argv=None):
         from devkit.compat_doc import comfyui_version_of_tree
 
         version = comfyui_version_of_tree()
-        if version != REFERENCE_COMFYUI and not args.check:
+        if version != REFERENCE_COMFYUI:
             print(f"the example workflows are made on ComfyUI {REFERENCE_COMFYUI} (REFERENCE_COMFYUI), this is "
-                  f"{version}: run without GL_COMFYUI (set-up's .comfyui), or with --check to compare only")
+                  f"{version}: run without GL_COMFYUI (set-up's .comfyui); tests/test_workflows.py compares them "
+                  f"with what other versions make")
             return 2
         with ComfyServer(tempfile.mkdtemp(prefix="make-workflows-")) as srv:
             info = srv.get("/object_info")
