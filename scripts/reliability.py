@@ -447,12 +447,13 @@ class Env:
         from PIL import Image
         from safetensors.torch import save_file
 
+        from devkit.comfy_server import PACKS
+
         for d in (self.classifiers, os.path.join(self.models, "guidance_clip"),
                   os.path.join(self.models, "guidance_clip_configs"), self.input, self.user, self.output,
                   os.path.join(self.base, "custom_nodes"), self.outside):
             os.makedirs(d, exist_ok=True)
-        links = {"guidance-lab": ROOT, "guidance-lab-demo": os.path.join(ROOT, "scripts", "demo_nodes"),
-                 "gl_reliability_probe.py": os.path.join(HERE, "reliability.py")}
+        links = {**PACKS, "gl_reliability_probe.py": os.path.join(HERE, "reliability.py")}
         for name, src in links.items():
             dst = os.path.join(self.base, "custom_nodes", name)
             if not os.path.lexists(dst):
