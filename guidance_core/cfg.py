@@ -293,6 +293,9 @@ class CFGCombiner:
         self.has_negative, self.has_empty = has_negative, has_empty
         self.parameterization = parameterization
         self.baseline = EMPTY if has_empty else (NEGATIVE if has_negative else None)
+        # ComfyUI's uncond slot (the second of the pair its hooks get, index 1 of `cond_or_uncond` that other nodes'
+        # attention patches read as the negative prompt): the user's negative where one is connected
+        self.uncond_slot = NEGATIVE if has_negative else self.baseline
         post = config.post
         if post.perp_neg and not (has_negative and has_empty):
             raise GuidanceConfigError("perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off")
@@ -417,9 +420,10 @@ class CFGCombiner:
         return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]))
 
     def evaluation_order(self, keys) -> list:
-        """Cond keys in batch order: positive first, the baseline second (ComfyUI's uncond slot: index 1 of
-        `cond_or_uncond`, which other nodes' attention patches read), then the rest, each once."""
-        order = [POSITIVE] + ([self.baseline] if self.baseline in keys else []) + list(keys)
+        """Cond keys in batch order: positive first, the uncond slot second (the negative where connected, else
+        the baseline: index 1 of `cond_or_uncond`, which other nodes' attention patches read as the negative),
+        then the rest, each once."""
+        order = [POSITIVE] + ([self.uncond_slot] if self.uncond_slot in keys else []) + list(keys)
         return list(dict.fromkeys(order))
 
     @staticmethod

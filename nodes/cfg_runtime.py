@@ -9,7 +9,11 @@ Both install the same wrappers on a clone of the model (`CFGRuntime.install`):
 
 Contract with other nodes' hooks (what ComfyUI's own sampling_function would give them if the KSampler's
 cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
-- pre-CFG hooks: [cond, uncond] = the real positive and baseline predictions with cond_scale s'; on a step
+- ComfyUI's uncond slot (the second of every pair below, index 1 of `cond_or_uncond` for attention patches such as
+  NAGuidance's and SAG's, the second of the [cond, uncond-or-None] pair another node's sampler_calc_cond_batch_function
+  gets) holds the user's negative prompt where one is connected, else the baseline; never the empty prompt of
+  three-way CFG or a term;
+- pre-CFG hooks: [cond, uncond] = the real positive and uncond-slot predictions with cond_scale s'; on a step
   where the guidance term is off, ComfyUI's cfg 1 form: uncond cond None, an all-zero uncond output,
   cond_scale 1 (unless a node set disable_cfg1_optimization, e.g. the CFG++ samplers: then the real
   baseline at cond_scale 1, as ComfyUI does);
@@ -35,6 +39,7 @@ from ..guidance_core import perturb
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
 from . import perturbation as perturb_patches
+from . import shared_network
 
 MARK = "guidance_lab_cfg_patch"
 EMPTY_KEY = "guidance_lab_empty"
@@ -95,17 +100,12 @@ class CFGRuntime:
         self.empty = tag_negative(empty) if empty is not None else None
         self.terms = tuple(terms)
         self.perturbed = {f"term{i}": t.perturbation for i, t in enumerate(self.terms) if t.perturbation is not None}
-        self.models, self.aliases = {}, {}
+        self.models = {}  # model terms by cond key; how each runs is decided per run, for the model sampled (bind)
         for i, t in enumerate(self.terms):
-            if t.model is None:
-                continue
-            check_same_family(model_patcher, t.model, i + 1)
-            if t.conditioning is None and model_patcher is not None and t.model.clone_has_same_weights(model_patcher):
-                self.aliases[f"term{i}"] = cfg_core.POSITIVE  # same weights, same input: the positive's prediction
-                if combiner.term_refs[i] == cfg_core.POSITIVE:
-                    combiner.null_terms.add(i)  # D_pos - D_pos: the term is exactly 0
-            else:
+            if t.model is not None:
+                check_same_family(model_patcher, t.model, i + 1)
                 self.models[f"term{i}"] = t.model
+        self.aliases, self.shared = {}, {}  # set by bind()
         if model_patcher is not None:
             perturb_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
         self.probe = perturb_patches.Probe()
@@ -122,10 +122,30 @@ class CFGRuntime:
         model_patcher.model_options[MARK] = True
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, MARK, self.outer_sample)
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, MARK, self.sampler_sample)
-        live = [m for k, m in self.models.items() if self.terms[int(k[4:])].term.weight != 0]
-        if live:  # ComfyUI's model management loads (and offloads) them with the sampled model
-            model_patcher.set_additional_models(MARK, live)
+        self.bind(model_patcher)
         return model_patcher
+
+    def bind(self, sampled):
+        """How each model term runs with the model `sampled` (the one a run samples, which a LoRA or another patch
+        node after the CFG Patch may have changed): a term with the sampled model's very weights and the positive
+        prompt is the positive's prediction (no row); a term on the sampled model's network with other weights
+        (a clone with another LoRA, without it, at another strength) swaps its weights in for its own calls
+        (shared_network); any other MODEL is its own network, loaded and offloaded by ComfyUI with the sampled one."""
+        self.aliases, self.shared = {}, {}
+        self.combiner.null_terms = set()
+        separate = []
+        for key, other in self.models.items():
+            i = int(key[4:])
+            if other.model is not sampled.model:
+                if self.terms[i].term.weight != 0:
+                    separate.append(other)
+            elif self.terms[i].conditioning is None and shared_network.same_weights(other, sampled):
+                self.aliases[key] = cfg_core.POSITIVE  # same weights, same input: the positive's prediction
+                if self.combiner.term_refs[i] == cfg_core.POSITIVE:
+                    self.combiner.null_terms.add(i)  # D_pos - D_pos: the term is exactly 0
+            else:
+                self.shared[key] = shared_network.SharedNetwork(sampled, other, i + 1)
+        sampled.set_additional_models(MARK, separate)  # ComfyUI's model management loads (and offloads) them
 
     def outer_sample(self, executor, *args, **kwargs):
         guider = executor.class_obj
@@ -138,6 +158,7 @@ class CFGRuntime:
         self.combiner.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         self.probe = perturb_patches.Probe()
         self._pre_run = set()
+        self.bind(guider.model_patcher)
         if own:
             return executor(*args, **kwargs)
         if self.empty is not None:
@@ -187,19 +208,20 @@ class CFGRuntime:
         plan = comb.plan(ctx, cond_scale)
         scale = comb.step_scale(plan, cond_scale)
         # hooks see an uncond on a guided step, and at scale 1 where a node asked ComfyUI for one
-        # (disable_cfg1_optimization: CFG++ samplers, SAG), as ComfyUI's sampling_function does
-        wants_uncond = scale != 1.0 or model_options.get("disable_cfg1_optimization", False)
-        base = comb.baseline if wants_uncond else None
-        keys = comb.evaluation_order(plan.needed + ([base] if base else []))
+        # (disable_cfg1_optimization: CFG++ samplers, SAG, NAGuidance), as ComfyUI's sampling_function does; the
+        # uncond they see is ComfyUI's uncond slot: the user's negative where connected, else the baseline
+        uncond = comb.uncond_slot if scale != 1.0 or model_options.get("disable_cfg1_optimization", False) else None
+        keys = comb.evaluation_order(plan.needed + ([uncond] if uncond else []))
         preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options)
         comb.observe(plan, preds, x, ctx)
-        conds_pair = [conds[POSITIVE_KEY], conds[cond_key(base)] if base else None]
-        out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[cfg_core.POSITIVE], preds[base] if base else torch.zeros_like(x)],
+        conds_pair = [conds[POSITIVE_KEY], conds[cond_key(uncond)] if uncond else None]
+        out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[cfg_core.POSITIVE], preds[uncond] if uncond else torch.zeros_like(x)],
                                      scale, x, timestep, model_options)
         preds[cfg_core.POSITIVE] = out_pair[0]
-        if base:
-            preds[base] = out_pair[1]
-        if comb.is_plain(plan):
+        if uncond:
+            preds[uncond] = out_pair[1]
+        # ComfyUI's own cfg_function where the step is its CFG on that very pair
+        if comb.is_plain(plan) and (not plan.active or uncond == comb.baseline):
             return comfy.samplers.cfg_function(model, out_pair[0], out_pair[1], scale, x, timestep,
                                                model_options=model_options, cond=conds_pair[0], uncond=conds_pair[1])
         alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
@@ -210,13 +232,16 @@ class CFGRuntime:
         """Predictions of `keys`: prompt and perturbed rows in one batched call of the sampled model (the
         perturbation on its own rows), each model term in one call of its model, aliases copied."""
         batch = [k for k in keys if k not in self.models and k not in self.aliases]
-        alone = [k for k in batch if k in self.perturbed] if self.separate else []
+        # another node's sampler_calc_cond_batch_function calls the model its own way: perturbed rows go alone
+        own_batching = "sampler_calc_cond_batch_function" in model_options
+        alone = [k for k in batch if k in self.perturbed] if self.separate or own_batching else []
         batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
         opts = (perturb_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
                 if by_chunk else model_options)
+        paired = len(batch) > 1 and batch[1] == self.combiner.uncond_slot
         try:
-            preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts)))
+            preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired)))
         except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options)
@@ -227,11 +252,14 @@ class CFGRuntime:
         for k in set(self.perturbed) & (set(batch) | set(alone)):
             perturb_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
         for k in keys:
-            if k in self.models:
-                preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
-            elif k in self.aliases:
+            if k in self.aliases:
                 preds[k] = preds[self.aliases[k]] if self.aliases[k] in preds else evaluate(
                     model, [conds[POSITIVE_KEY]], x, timestep, model_options)[0]
+            elif k in self.shared:
+                with self.shared[k].active():
+                    preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
+            elif k in self.models:
+                preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
         return preds
 
     def evaluate_other(self, other, cond_list, x, timestep, model_options):
@@ -267,13 +295,21 @@ def check_same_family(model_patcher, other, term_no: int) -> None:
                                       "less trained version of the same architecture)")
 
 
-def evaluate(model, cond_lists, x, timestep, model_options):
-    """ComfyUI's batched evaluation (calc_cond_batch: context windows, hooks, areas, ControlNet), or another
-    node's sampler_calc_cond_batch_function where one is set, as sampling_function does."""
+def evaluate(model, cond_lists, x, timestep, model_options, paired: bool = False):
+    """ComfyUI's batched evaluation (calc_cond_batch: context windows, hooks, areas, ControlNet) of the cond lists,
+    in one batch. Where another node set a sampler_calc_cond_batch_function (SkipLayerGuidanceDiTSimple...), it gets
+    what ComfyUI's sampling_function gives it, exactly [cond, uncond-or-None]: the first two lists as that pair when
+    `paired` (the second is ComfyUI's uncond slot), every other list as [cond, None]."""
     fn = model_options.get("sampler_calc_cond_batch_function")
-    if fn is not None:
-        return fn({"conds": cond_lists, "input": x, "sigma": timestep, "model": model, "model_options": model_options})
-    return comfy.samplers.calc_cond_batch(model, cond_lists, x, timestep, model_options)
+    if fn is None:
+        return comfy.samplers.calc_cond_batch(model, cond_lists, x, timestep, model_options)
+
+    def call(pair):
+        return fn({"conds": pair, "input": x, "sigma": timestep, "model": model, "model_options": model_options})
+
+    first = 2 if paired and len(cond_lists) > 1 else 0
+    out = list(call(list(cond_lists[:2]))) if first else []
+    return out + [call([c, None])[0] for c in cond_lists[first:]]
 
 
 def run_pre_cfg_hooks(model, conds_pair, out_pair, cond_scale, x, timestep, model_options):

@@ -89,10 +89,12 @@ def test_post_cfg_hooks_see_the_real_uncond_with_three_way(models):
     ref_parts = []
     r = models["eps"].clone()
     r.set_model_sampler_post_cfg_function(lambda a: (ref_parts.append(a["cond_denoised"].clone()), a["denoised"])[1])
-    custom_sample(r, native_guider(r, 1.0, pos=EMPTY), steps=1)  # D_empty at the same x
+    custom_sample(r, native_guider(r, 1.0, pos=NEG), steps=1)  # D_neg at the same x
     uncond, scale, _ = seen[0]
     assert scale == 5.0
-    torch.testing.assert_close(uncond, ref_parts[0], rtol=1e-4, atol=1e-4)  # the real baseline (batched), not a fold
+    # ComfyUI's uncond slot holds the user's negative (as with ComfyUI's own guiders; SAG, CFG++ and NAG read it):
+    # its real prediction (batched), not a fold and not the empty prompt's
+    torch.testing.assert_close(uncond, ref_parts[0], rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ defect 11: fold near cfg 1
