@@ -66,8 +66,9 @@ def cpu_settings():
 
 def all_rows(quick: bool = False) -> list:
     with cpu_settings(), node_inputs_of_this_comfyui():
-        return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + conditioning_rows()
-                + family_rows(quick) + sampling_form_rows() + attention_chain_rows() + step_rows())
+        return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + chain_rows() + model_term_rows()
+                + conditioning_rows() + family_rows(quick) + sampling_form_rows() + attention_chain_rows()
+                + step_rows())
 
 
 def inputs_this_comfyui_lacks() -> dict:
@@ -373,6 +374,106 @@ def guider_rows() -> list:
                             lambda: custom_sample(pm, H.run_node(node_id, model=pm, **inputs)[0]),
                             refuse=True))
     return rows
+
+
+# ------------------------------------------------------------------ nodes that touch the same step (0.33's and DiT ones)
+CHAIN_ABSENT = "this ComfyUI has no {node} (added in ComfyUI 0.33)"
+
+
+def absent_row(key, node_id):
+    """A node this ComfyUI does not have: nothing to chain with."""
+    return row(*key, "limitation", CHAIN_ABSENT.format(node=node_id))
+
+
+def chain_rows() -> list:
+    """Nodes whose hooks read ComfyUI's uncond slot or its batched call, chained with ours: SkipLayerGuidanceDiTSimple
+    on a DiT (its sampler_calc_cond_batch_function gets exactly [cond, uncond-or-None]), NAGuidance (its attention
+    patch reads the uncond slot as the negative prompt), CFGOverride (sets the guider's cfg per step); two-way exact
+    against ComfyUI's own result at cfg 4 and 1, three-way finite (exact against the formula in
+    tests/test_guidance_node_chains.py)."""
+    from . import families as F
+
+    fam = F.FAMILIES["SD3.5 (MMDiT, flow)"]
+    dit = F.model("SD3.5 (MMDiT, flow)")
+    dit_io = {"pos": fam.cond(1), "neg": fam.cond(2), "latent": fam.latent(1), "steps": 4}
+    nodes = {  # node_id: (model, inputs, run arguments, item)
+        "SkipLayerGuidanceDiTSimple": (dit, dict(double_layers="0", single_layers="", start_percent=0.0,
+                                                 end_percent=1.0), dit_io, "SkipLayerGuidanceDiTSimple (SD3.5)"),
+        "NAGuidance": (eps_model(), dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5), {}, "NAGuidance"),
+        "CFGOverride": (eps_model(), dict(cfg=1.5, start_percent=0.5, end_percent=1.0), {}, "CFGOverride"),
+    }
+    rows = []
+    for node_id, (m, inputs, io, item) in nodes.items():
+        if node_id not in H.boot().NODE_CLASS_MAPPINGS:
+            rows.append(absent_row((NODES, item, "chained with the patch and the guider", "all"), node_id))
+            continue
+        node = functools.partial(lambda n, i, model: H.run_node(n, model=model, **i)[0], node_id, inputs)
+        run = {k: v for k, v in io.items() if k not in ("pos", "neg")}
+        pn = {k: v for k, v in io.items() if k in ("pos", "neg")}
+        for cfg in (4.0, 1.0):
+            ref_k = functools.cache(lambda: ksample(node(m), cfg, **pn, **run))
+            check = f"two-way at cfg {cfg:g} = ComfyUI's"
+            rows += [
+                measure((NODES, item, check, "node → patch"), lambda: ksample(patch(node(m)), cfg, **pn, **run),
+                        ref_k, exact=True, model=m),
+                measure((NODES, item, check, "patch → node"), lambda: ksample(node(patch(m)), cfg, **pn, **run),
+                        ref_k, exact=True, model=m),
+                measure((NODES, item, check, "node → guider"), lambda: guided(GUIDER, node(m), cfg, **pn, **run),
+                        lambda: native(GUIDER, node(m), cfg, **pn, **run), exact=True, model=m),
+            ]
+        three = dict(empty=fam.cond(3) if m is dit else EMPTY, neg_scale=2.0)
+        rows.append(measure((NODES, item, "three-way (empty, neg_scale 2) at cfg 4", "node → patch"),
+                            lambda: ksample(patch(node(m), **three), 4.0, **pn, **run),
+                            lambda: ksample(node(m), 4.0, **pn, **run), model=m))
+    return rows + dual_model_rows()
+
+
+def dual_model_rows() -> list:
+    key = (NODES, "DualModelGuider", "the patched model as its model", "patch → guider")
+    if "DualModelGuider" not in H.boot().NODE_CLASS_MAPPINGS:
+        return [absent_row(key, "DualModelGuider")]
+    m, other = eps_model(), H.tiny_model("eps", seed=8)
+    guider = functools.partial(H.run_node, "DualModelGuider", positive=POS, cfg=4.0, negative=NEG)
+    return [measure(key, lambda: custom_sample(m, guider(model=patch(m), model_negative=other)[0]), refuse=True),
+            row(NODES, "DualModelGuider", "the patched model as its model_negative", "patch → guider", "limitation",
+                "ComfyUI runs the negative model with the positive model's options: the patch there is never called "
+                "(put it on `model`, or use the CFG Guider with a model term)")]
+
+
+# ------------------------------------------------------------------ model terms (autoguidance) by how the weak model is made
+def model_term_rows() -> list:
+    """A model term made as users make weak models, equal to the same weights on a network of their own: another
+    LoRA on the sampled checkpoint, the checkpoint without the sampled LoRA, a LoRA downstream of the patch; a
+    separate checkpoint in another precision (finite: it differs from float32 by rounding only)."""
+    from .lora import lora_state_dict, with_lora
+
+    def build():
+        return H.tiny_model("eps", seed=4)
+
+    lora = lora_state_dict(build())
+
+    def term(model):
+        return H.run_node("GuidanceLabModelTerm", model=model, weight=1.5)[0]
+
+    def f64(p):  # the same checkpoint in another precision (float64: the CPU runs it without casting ops)
+        p.model.diffusion_model.to(torch.float64)
+        p.model.diffusion_model.dtype = torch.float64
+        return p
+
+    net = build()
+    cases = {  # item: (run, reference with separate networks or None)
+        "LoRA clone (sampled + LoRA)": (lambda: ksample(patch(net, terms=term(with_lora(net, lora))), 3.0),
+                                        lambda: ksample(patch(build(), terms=term(with_lora(build(), lora))), 3.0)),
+        "LoRA clone (sampled - its LoRA)": (
+            lambda: ksample(patch(with_lora(net, lora), terms=term(net)), 3.0),
+            lambda: ksample(patch(with_lora(build(), lora), terms=term(build())), 3.0)),
+        "LoRA downstream of the patch": (lambda: ksample(with_lora(patch(net, terms=term(net)), lora), 3.0),
+                                         lambda: ksample(with_lora(patch(net, terms=term(build())), lora), 3.0)),
+        "separate checkpoint in float64": (lambda: ksample(patch(net, terms=term(f64(build()))), 3.0),
+                                           lambda: ksample(patch(net, terms=term(build())), 3.0)),
+    }
+    return [measure((NODES, "Model Term (Guidance Lab)", item, PATCH), run, ref, exact="LoRA" in item, model=net)
+            for item, (run, ref) in cases.items()]
 
 
 # ------------------------------------------------------------------ conditioning features

@@ -207,7 +207,8 @@ def test_combiner_plans_and_skips_zero_weights():
     off = S.Schedule(kind="interval", sigma_lo=1.5, sigma_hi=3.0)
     assert _combiner(cfg=7.0, cfg_schedule=off).plan(ctx).needed == ["positive"]
     comb = _combiner(cfg=7.0, neg_scale=2.0, has_empty=True, terms=(C.ExtraTerm(0.0), C.ExtraTerm(1.5)))
-    assert comb.plan(ctx).needed == ["positive", "empty", "negative", "term1"]
+    # the negative second: ComfyUI's uncond slot, which other nodes' attention patches (NAGuidance, SAG) read
+    assert comb.plan(ctx).needed == ["positive", "negative", "empty", "term1"]
 
 
 def test_combiner_three_way_and_terms_values():
