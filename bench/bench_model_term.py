@@ -43,10 +43,10 @@ def run(model, steps, latent):
 
 def peak_rss_mb(case: str, args) -> float:
     """ru_maxrss of a fresh process that builds the case and samples once (MB)."""
-    code = ("import json,resource,sys; sys.path.insert(0, sys.argv[1]); from bench import bench_model_term as B; "
-            "print(json.dumps(B.one_case(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))")
-    out = subprocess.run([sys.executable, "-c", code, ROOT, case, str(args.width), str(args.latent), str(args.steps)],
-                         capture_output=True, text=True, check=True, timeout=1800)
+    code = ("import json, sys; from bench import bench_model_term as B; "
+            "print(json.dumps(B.one_case(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))")
+    out = subprocess.run([sys.executable, "-c", code, case, str(args.width), str(args.latent), str(args.steps)],
+                         cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800)  # -c: cwd on sys.path
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -501,15 +501,11 @@ def tiny_lora_hooks():
     import folder_paths
     import safetensors.torch
 
+    from .lora import lora_state_dict
+
     folder = tempfile.mkdtemp(prefix="guidance-lab-compat-")
     atexit.register(shutil.rmtree, folder, True)
-    g = torch.Generator().manual_seed(2)
-    lora = {}
-    for name, w in eps_model().model.diffusion_model.state_dict().items():
-        if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
-            base = "diffusion_model." + name[:-len(".weight")]
-            lora[base + ".lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.3
-            lora[base + ".lora_down.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.3
+    lora = lora_state_dict(eps_model(), rank=4, seed=2, gain=0.3, suffixes=(".attn2.to_k.weight", ".attn2.to_v.weight"))
     safetensors.torch.save_file(lora, os.path.join(folder, "compat_lora.safetensors"))
     folder_paths.add_model_folder_path("loras", folder)
     hooks = H.run_node("CreateHookLora", lora_name="compat_lora.safetensors", strength_model=1.0, strength_clip=0.0)[0]

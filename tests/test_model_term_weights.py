@@ -89,8 +89,7 @@ def test_lora_downstream_of_the_patch_keeps_the_term(world):
 
 
 FRESH = r"""
-import json, sys, torch
-sys.path.insert(0, sys.argv[1])
+import json, torch
 from devkit import comfy_host as H
 from devkit.cfg_helpers import ksample, patch
 from devkit.lora import lora_state_dict, with_lora
@@ -109,7 +108,8 @@ def test_fresh_processes_give_the_same_result():
     results = []
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        run = subprocess.run([sys.executable, "-c", FRESH, ROOT], env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run([sys.executable, "-c", FRESH], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)  # -c: the repository root (cwd) on sys.path
         assert run.returncode == 0, run.stderr[-3000:]
         results.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert all(r["diff"] <= 1e-5 for r in results), results
