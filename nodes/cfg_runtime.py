@@ -278,16 +278,18 @@ class CFGRuntime:
 
 def check_same_family(model_patcher, other, term_no: int) -> None:
     """A model term's MODEL must read the same latents and conditioning as the sampled model: the same
-    model class (conditioning), latent format and parameterization."""
+    model class (conditioning), latent format, parameterization and noise coefficient (noise_scale: x is
+    alpha*x0 + c*sigma*eps for both, or the term reads another input than the sampled model)."""
     if model_patcher is None:
         return
     if not hasattr(other, "model") or not hasattr(other, "clone_has_same_weights"):
         raise GuidanceConfigError(f"term {term_no}: the model term needs a MODEL, got {type(other).__name__}")
     a, b = model_patcher.model, other.model
+    form_a, form_b = (glue.sampling_form(glue.model_sampling_of(p)) for p in (model_patcher, other))
     facts = [("model class", type(a).__name__, type(b).__name__),
              ("latent format", type(a.latent_format).__name__, type(b.latent_format).__name__),
-             ("parameterization", glue.parameterization_of(glue.model_sampling_of(model_patcher)),
-              glue.parameterization_of(glue.model_sampling_of(other)))]
+             ("parameterization", form_a.parameterization, form_b.parameterization),
+             ("noise_scale", f"{form_a.noise:g}", f"{form_b.noise:g}")]
     for what, mine, theirs in facts:
         if mine != theirs:
             raise GuidanceConfigError(f"term {term_no}: the model term's MODEL has {what} {theirs}, the sampled model "

@@ -235,6 +235,10 @@ def test_model_term_of_another_family_is_refused(models):
         patch(models["eps"], terms=model_term(models["flow"], 1.0))
     with pytest.raises(GuidanceConfigError, match=r"model class"):
         our_guider(models["eps"], 5.0, terms=model_term(H.tiny_model("eps", family="refiner"), 1.0))
+    from devkit.sampling_forms import noise_scaled  # the same flow model with ModelNoiseScale 8 (HiDream-O1)
+
+    with pytest.raises(GuidanceConfigError, match=r"noise_scale 8, the sampled model 1"):
+        patch(models["flow"], terms=model_term(noise_scaled(models["flow"], 8.0), 1.0))
 
 
 # ------------------------------------------------------------------ references
