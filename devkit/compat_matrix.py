@@ -393,17 +393,21 @@ def chain_rows() -> list:
     tests/test_guidance_node_chains.py)."""
     from . import families as F
 
-    fam = F.FAMILIES["SD3.5 (MMDiT, flow)"]
-    dit = F.model("SD3.5 (MMDiT, flow)")
-    dit_io = {"pos": fam.cond(1), "neg": fam.cond(2), "latent": fam.latent(1), "steps": 4}
-    nodes = {  # node_id: (model, inputs, run arguments, item)
-        "SkipLayerGuidanceDiTSimple": (dit, dict(double_layers="0", single_layers="", start_percent=0.0,
-                                                 end_percent=1.0), dit_io, "SkipLayerGuidanceDiTSimple (SD3.5)"),
-        "NAGuidance": (eps_model(), dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5), {}, "NAGuidance"),
-        "CFGOverride": (eps_model(), dict(cfg=1.5, start_percent=0.5, end_percent=1.0), {}, "CFGOverride"),
+    def family(name):  # (model, run arguments with the prompts, its empty prompt)
+        fam = F.FAMILIES[name]
+        return F.model(name), {"pos": fam.cond(1), "neg": fam.cond(2), "latent": fam.latent(1), "steps": 4}, fam.cond(3)
+
+    unet = (eps_model(), {}, EMPTY)
+    nodes = {  # node_id: ((model, run arguments, empty), inputs, item)
+        "SkipLayerGuidanceDiTSimple": (family("SD3.5 (MMDiT, flow)"), dict(double_layers="0", single_layers="",
+                                       start_percent=0.0, end_percent=1.0), "SkipLayerGuidanceDiTSimple (SD3.5)"),
+        "NAGuidance": (unet, dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5), "NAGuidance"),
+        "CFGOverride": (unet, dict(cfg=1.5, start_percent=0.5, end_percent=1.0), "CFGOverride"),
+        "LTXVSpatioTemporalGuidance": (family("LTXV (video, 5-D, 128 channels)"), dict(scale=1.0, blocks="0", start_percent=0.0,
+                                       end_percent=1.0), "LTXVSpatioTemporalGuidance (LTXV)"),
     }
     rows = []
-    for node_id, (m, inputs, io, item) in nodes.items():
+    for node_id, ((m, io, empty), inputs, item) in nodes.items():
         if node_id not in H.boot().NODE_CLASS_MAPPINGS:
             rows.append(absent_row((NODES, item, "chained with the patch and the guider", "all"), node_id))
             continue
@@ -421,7 +425,7 @@ def chain_rows() -> list:
                 measure((NODES, item, check, "node → guider"), lambda: guided(GUIDER, node(m), cfg, **pn, **run),
                         lambda: native(GUIDER, node(m), cfg, **pn, **run), exact=True, model=m),
             ]
-        three = dict(empty=fam.cond(3) if m is dit else EMPTY, neg_scale=2.0)
+        three = dict(empty=empty, neg_scale=2.0)
         rows.append(measure((NODES, item, "three-way (empty, neg_scale 2) at cfg 4", "node → patch"),
                             lambda: ksample(patch(node(m), **three), 4.0, **pn, **run),
                             lambda: ksample(node(m), 4.0, **pn, **run), model=m))
@@ -429,15 +433,26 @@ def chain_rows() -> list:
 
 
 def dual_model_rows() -> list:
+    """0.33's guiders of their own with the patched model: refused before sampling (the patch drives CFGGuider)."""
+    m = eps_model()
+    rows = []
+    key = (NODES, "LTXVDualCFGGuider", "the patched model in this guider", "patch → guider")
+    if "LTXVDualCFGGuider" not in H.boot().NODE_CLASS_MAPPINGS:
+        rows.append(absent_row(key, "LTXVDualCFGGuider"))
+    else:
+        guider = functools.partial(H.run_node, "LTXVDualCFGGuider", positive=POS, negative=NEG, video_cfg=3.0,
+                                   audio_cfg=7.0)
+        rows.append(measure(key, lambda: custom_sample(m, guider(model=patch(m))[0]), refuse=True))
     key = (NODES, "DualModelGuider", "the patched model as its model", "patch → guider")
     if "DualModelGuider" not in H.boot().NODE_CLASS_MAPPINGS:
-        return [absent_row(key, "DualModelGuider")]
-    m, other = eps_model(), H.tiny_model("eps", seed=8)
+        return rows + [absent_row(key, "DualModelGuider")]
+    other = H.tiny_model("eps", seed=8)
     guider = functools.partial(H.run_node, "DualModelGuider", positive=POS, cfg=4.0, negative=NEG)
-    return [measure(key, lambda: custom_sample(m, guider(model=patch(m), model_negative=other)[0]), refuse=True),
-            row(NODES, "DualModelGuider", "the patched model as its model_negative", "patch → guider", "limitation",
-                "ComfyUI runs the negative model with the positive model's options: the patch there is never called "
-                "(put it on `model`, or use the CFG Guider with a model term)")]
+    return rows + [
+        measure(key, lambda: custom_sample(m, guider(model=patch(m), model_negative=other)[0]), refuse=True),
+        row(NODES, "DualModelGuider", "the patched model as its model_negative", "patch → guider", "limitation",
+            "ComfyUI runs the negative model with the positive model's options: the patch there is never called "
+            "(put it on `model`, or use the CFG Guider with a model term)")]
 
 
 # ------------------------------------------------------------------ model terms (autoguidance) by how the weak model is made
