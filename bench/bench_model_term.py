@@ -41,8 +41,9 @@ def run(model, steps, latent):
                positive=H.cond(1), negative=H.cond(2), latent_image=latent, denoise=1.0)
 
 
-def peak_rss_mb(case: str, args) -> float:
-    """ru_maxrss of a fresh process that builds the case and samples once (MB)."""
+def memory_mb(case: str, args) -> dict:
+    """Memory of a fresh process that builds the case and samples once (MB): peak RSS, the RSS the case added after
+    ComfyUI's start-up, and the bytes of the distinct networks' weights."""
     code = ("import json, sys; from bench import bench_model_term as B; "
             "print(json.dumps(B.one_case(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))")
     out = subprocess.run([sys.executable, "-c", code, case, str(args.width), str(args.latent), str(args.steps)],
@@ -50,14 +51,23 @@ def peak_rss_mb(case: str, args) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def one_case(case: str, width: int, latent: int, steps: int) -> float:
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def one_case(case: str, width: int, latent: int, steps: int) -> dict:
     H.boot()
     import comfy.utils
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    model, _ = build(case, width)
+    before = rss_mb()
+    model, nets = build(case, width)
     run(model, steps, H.empty_latent(1, latent))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    weights = sum(p.numel() * p.element_size() for n in {id(n.model): n for n in nets}.values()
+                  for p in n.model.diffusion_model.parameters())
+    return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "added": rss_mb() - before,
+            "weights": weights / 2**20}
 
 
 def main():
@@ -79,20 +89,24 @@ def main():
         shape[case] = (len(calls) / args.steps, sum(calls) / args.steps)
     med = bench.interleaved_medians({c: (lambda m=m: run(m, args.steps, latent)) for c, (m, _) in built.items()},
                                     args.repeats)
-    rss = {case: peak_rss_mb(case, args) for case in CASES}
+    mem = {case: memory_mb(case, args) for case in CASES}
     base = med[CASES[1]]
     lines = [
         f"Model: ComfyUI UNetModel, model_channels={args.width}, channel_mult [1,2], eps, random weights; a rank-4 LoRA "
         f"on every attention projection; latent 4x{args.latent}x{args.latent}, batch 1, KSampler euler, {args.steps} "
         f"steps, cfg 1, model term weight 1; {args.repeats} interleaved repeats, medians. Peak RSS: each case alone "
-        f"in a fresh process. Device: {bench.device_line()}; torch {torch.__version__}.",
+        f"in a fresh process: its peak, the RSS it added after ComfyUI's start-up (models built, one run), and the "
+        f"weights of its distinct networks. Device: {bench.device_line()}; torch {torch.__version__}.",
         "",
-        "| run | model calls / step | rows / step | median s / run | ratio to the separate network | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| run | model calls / step | rows / step | median s / run | ratio to the separate network | peak RSS MB "
+        "| RSS added MB | network weights MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         calls, rows = shape[case]
-        lines.append(f"| {case} | {calls:g} | {rows:g} | {med[case]:.4f} | {med[case] / base:.3f} | {rss[case]:.0f} |")
+        m = mem[case]
+        lines.append(f"| {case} | {calls:g} | {rows:g} | {med[case]:.4f} | {med[case] / base:.3f} | {m['peak']:.0f} "
+                     f"| {m['added']:.0f} | {m['weights']:.1f} |")
     table = "\n".join(lines)
     print(table)
     if not args.no_write:

@@ -45,6 +45,12 @@ def node(node_id):
     return boot().NODE_CLASS_MAPPINGS[node_id]
 
 
+def declared_inputs(node_id) -> set:
+    """The input names the running ComfyUI's node declares (required and optional)."""
+    declared = node(node_id).INPUT_TYPES()
+    return {n for part in ("required", "optional") for n in declared.get(part, {})}
+
+
 def run_node(node_id, **inputs):
     """Execute a node class as ComfyUI does (V3: classmethod execute -> NodeOutput; V1: FUNCTION)."""
     cls = node(node_id)

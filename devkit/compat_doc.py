@@ -14,6 +14,8 @@ import re
 
 from . import ROOT
 DOC = os.path.join(ROOT, "docs", "COMPATIBILITY.md")
+# the ComfyUI whose section holds the full matrix: the one set-up installs as .comfyui (the others: the quick slice)
+FULL_MATRIX_COMFYUI = "0.3.75"
 TOL = 1e-5
 STATUSES = ("exact", "finite", "refused", "limitation", "FAIL")
 SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES = ("Samplers", "Schedulers", "ComfyUI guidance nodes",
@@ -92,7 +94,7 @@ def render_section(run: dict) -> str:
         counts[r["area"]][r["status"]] += 1
     scope = (" The quick slice is what CI reruns: one sampler of each kind, three schedulers, every guidance node "
              "and conditioning feature, every model family without its per-schedule-kind rows; the full matrix of "
-             "the newest version has every row." if run["quick"] else "")
+             f"ComfyUI {FULL_MATRIX_COMFYUI} has every row." if run["quick"] else "")
     lines = [f"<!-- comfyui {run['comfyui']} {json.dumps(meta, sort_keys=True)} -->",
              f"## ComfyUI {run['comfyui']}", "",
              f"Generated from real runs inside ComfyUI {run['comfyui']}, {how_made(run)}.{scope}", "",
@@ -211,8 +213,8 @@ def assemble(blocks: dict, frontends: str | None) -> str:
         "Generated from real runs; do not edit by hand. Each ComfyUI version's section is written by "
         "`scripts/compat_matrix.py` run on that ComfyUI (`GL_COMFYUI`, see `docs/DEVELOPING.md`): the full matrix, "
         "or the quick slice with `--quick --write-section`; the Frontends table by `scripts/compat_frontends.py`. "
-        "`tests/test_compatibility.py` reruns the quick slice on the ComfyUI under test in CI (both passes of "
-        "`scripts/test.sh`) and fails when that version's section is missing or disagrees with it; "
+        "`tests/test_compatibility.py` reruns the quick slice on the ComfyUI under test in CI (every pass of "
+        "`scripts/test.sh`, on each ComfyUI) and fails when that version's section is missing or disagrees with it; "
         "`tests/test_compat_versions.py` checks the tables below against the sections and the installed frontends.",
         "",
         "## ComfyUI versions",

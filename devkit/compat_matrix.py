@@ -78,8 +78,7 @@ def inputs_this_comfyui_lacks() -> dict:
     for node_id, inputs in NODE_INPUTS.items():
         if node_id not in H.boot().NODE_CLASS_MAPPINGS:
             continue  # a missing node: the matrix's own row says so
-        declared = H.node(node_id).INPUT_TYPES()
-        missing = set(inputs) - {n for part in ("required", "optional") for n in declared.get(part, {})}
+        missing = set(inputs) - H.declared_inputs(node_id)
         if missing:
             lacks[node_id] = sorted(missing)
     return lacks

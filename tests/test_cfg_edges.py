@@ -126,10 +126,12 @@ def test_rescale_in_eps_space_on_flow_is_refused(models):
 # ------------------------------------------------------------------ defect 9: context windows
 def context_windows(model, length=8):
     """ComfyUI's context windows over the latent's height (dim 2): a 16-row latent in windows of 8 rows, 4
-    overlapping; the cond lists are rebuilt per window, as for video frames."""
+    overlapping; the cond lists are rebuilt per window, as for video frames. FreeNoise (an input since ComfyUI
+    0.33) off: the windows alone."""
+    extra = {"freenoise": False} if "freenoise" in H.declared_inputs("ContextWindowsManual") else {}
     return H.run_node("ContextWindowsManual", model=model, context_length=length, context_overlap=4,
                       context_schedule="standard_uniform", context_stride=1, closed_loop=False,
-                      fuse_method="pyramid", dim=2)[0]
+                      fuse_method="pyramid", dim=2, **extra)[0]
 
 
 def test_patch_and_guider_work_under_context_windows(models):

@@ -27,8 +27,8 @@ def test_document_is_what_its_blocks_assemble_to(doc_text):
 def test_comfyui_versions_table(doc_text):
     secs = D.sections(doc_text)
     assert len(secs) >= 2, f"sections for ComfyUI {sorted(secs)} only; issue 13 needs 0.3.75 and 0.3.52"
-    newest = D.versions(doc_text)[0]
-    assert not secs[newest][0]["quick"], f"the ComfyUI {newest} section must hold the full matrix"
+    full = sorted(v for v, (meta, _) in secs.items() if not meta["quick"])
+    assert full == [D.FULL_MATRIX_COMFYUI], f"full matrices: {full}; the ComfyUI {D.FULL_MATRIX_COMFYUI} section must hold it"
     here = D.comfyui_version_of_tree()
     assert here in secs, f"no section for the ComfyUI under test ({here})"
     table = D.table_rows(doc_text.split("## ComfyUI versions", 1)[1].split("## Frontends", 1)[0].splitlines())

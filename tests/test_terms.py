@@ -176,7 +176,13 @@ def test_slg_term_equals_comfyui_skip_layer_guidance(family, double, single):
         slg = H.run_node("SkipLayerGuidanceDiT", rescaling_scale=0.0, **kw)[0]
     except TypeError:  # ComfyUI 0.3.52's node has no rescaling_scale (0 = none, the same)
         slg = H.run_node("SkipLayerGuidanceDiT", **kw)[0]
-    ref = ksample(slg, 4.0, steps=4, pos=pos, neg=neg, latent=lat)
+    try:
+        ref = ksample(slg, 4.0, steps=4, pos=pos, neg=neg, latent=lat)
+    except Exception as e:  # noqa: BLE001  (comfy_kitchen's own exception class, absent before ComfyUI 0.33)
+        if type(e).__name__ != "NoCapableBackendError":
+            raise
+        pytest.skip(f"this ComfyUI's Flux rope (comfy_kitchen) refuses float64 ({e}); the float64 comparison runs on "
+                    "ComfyUI 0.3.75 and 0.3.52")
     blocks = ", ".join([f"double.{double}"] * bool(double) + [f"single.{single}"] * bool(single))
     terms = perturbed("slg", 3.0, blocks=blocks)
     out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=terms), 4.0, steps=4, pos=pos, neg=neg, latent=lat))
