@@ -60,5 +60,10 @@ def test_document_rows_are_well_formed(doc_text):
         for r in doc_rows:
             assert r["status"] in M.STATUSES, (version, r)
             assert r["status"] != "FAIL", (version, r)
-            if r["status"] == "exact" and "model calls" not in r["detail"]:  # the interval rows count calls
-                assert float(r["detail"]) < M.TOL, (version, r)
+            if r["status"] == "exact":  # the max abs difference, or what a structural check counted
+                try:
+                    diff = float(r["detail"])
+                except ValueError:  # rows per model call, step scales, momentum steps: said in words
+                    assert r["detail"].strip(), (version, r)
+                else:
+                    assert diff < M.TOL, (version, r)
