@@ -15,10 +15,10 @@ cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
   three-way CFG or a term;
 - pre-CFG hooks: [cond, uncond] = the real positive and uncond-slot predictions with cond_scale s'; on a step
   where the guidance term is off, ComfyUI's cfg 1 form: uncond cond None, an all-zero uncond output,
-  cond_scale 1 (unless a node set disable_cfg1_optimization, e.g. the CFG++ samplers: then the real
-  baseline at cond_scale 1, as ComfyUI does);
-- a plain step (one guidance term, no post-processing) goes through ComfyUI's own cfg_function with the
-  real pair at s' (bit-exact with native CFG at that scale);
+  cond_scale 1 (unless a node set disable_cfg1_optimization, e.g. the CFG++ samplers, NAGuidance: then the
+  real uncond-slot prediction at cond_scale 1, as ComfyUI does);
+- a plain step (one guidance term against the uncond slot, no post-processing) goes through ComfyUI's own
+  cfg_function with the real pair at s' (bit-exact with native CFG at that scale);
 - any other step (three-way, terms, post-processing): the combined D; a sampler_cfg_function of another
   node (the single slot, e.g. RescaleCFG) gets (cond, uncond') with uncond' + s'(cond - uncond') = D in
   float64 (at s' = 1: (D, zeros)); post-CFG hooks get denoised = that result and the real pair.
