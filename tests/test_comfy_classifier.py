@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from devkit import comfy_host as H
+from devkit.sampling_forms import classifier_patch as patch, guidance_args
 
 LABELS = ["a", "b", "c"]
 TAU = 0.3
@@ -42,16 +43,6 @@ def empty(batch=1):
 
 def latent(batch):
     return {"samples": torch.zeros(batch, 4, 4, 4)}
-
-
-def guidance_args(**kw):
-    args = dict(target="b", scale=1.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0, dtype="float32")
-    args.update(kw)
-    return args
-
-
-def patch(model, clf, **kw):
-    return H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf, **guidance_args(**kw))[0]
 
 
 def ksample(model, batch=1, steps=20, sampler="euler", seed=3, denoise=1.0, cfg=1.0, pos=None, neg=None,
