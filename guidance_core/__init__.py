@@ -10,6 +10,7 @@ Modules:
   preview              the sigmas of the frontend's schedule plot (a typical run without a model)
   cfg                  classifier-free guidance combiners, extra terms and post-processing
   perturb              perturbed-self terms: PAG, SEG, skip-layer guidance (the math; the patches are in nodes/)
+  nag                  normalized attention guidance: NAG on attention outputs, its two forms' settings
   classifier_guidance  classifier guidance D' = D + s * sigma^2 / alpha * grad log p(y | x, sigma); targets
   classifiers          the noise-aware latent classifier (classifiers.noise_aware) and zero-shot CLIP (classifiers.clip)
   datasets             labeled image folders and the latent cache

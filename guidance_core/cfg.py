@@ -30,7 +30,7 @@ APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
 # Accepted ranges (inclusive) of the post-processing settings; the node schema reads them, PostProcess checks them.
 POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
                "apg_momentum": (-0.99, 0.99), "apg_norm_threshold": (0.0, 1000.0)}
-TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0}  # ComfyUI's PAG scale is 3
+TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0, "nag": 4.0}  # ComfyUI's PAG scale is 3; NAG's 5 = 1 + 4
 RESCALE_SPACES = ("auto",) + P.SPACES
 POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
 
@@ -151,19 +151,21 @@ def zero_init_start_noise(x_start: torch.Tensor, scaled_zero: torch.Tensor, scal
 
 
 # ---------------------------------------------------------------- configuration
-TERM_KINDS = ("prompt", "perturbed", "model")
+TERM_KINDS = ("prompt", "perturbed", "model", "nag")
 REFERENCES = ("auto", POSITIVE, NEGATIVE, EMPTY)  # and "term N" (1-based) for another term
 
 
 @dataclass(frozen=True)
 class ExtraTerm:
-    """One term with weight w (negative = "not") and its own schedule f, of one of three kinds:
+    """One term with weight w (negative = "not") and its own schedule f, of one of four kinds:
     - prompt: D += w f (D_term - D_ref); reference auto = the baseline (composable diffusion);
     - perturbed: the model itself with part of the network perturbed (PAG, SEG, SLG; see perturb.py),
       D += w f (D_ref - D_term); reference auto = positive (Ahn et al. 2024, eq. 8);
     - model: another model (a weaker one: autoguidance, Karras et al. 2024, arXiv 2406.02507, eq. 2),
       D += w f (D_ref - D_term); reference auto = positive. With cfg 1, w = Karras's w - 1:
-      D = D_bad + w_K (D_good - D_bad).
+      D = D_bad + w_K (D_good - D_bad);
+    - nag: normalized attention guidance (nag.py) inside the positive row's forward, phi = w f: it changes D_pos
+      itself (every term that reads D_pos reads the NAG one); reference auto = positive, the only row it acts on.
     reference: "auto", "positive", "negative", "empty" or "term N" (another term's prediction, 1-based)."""
     weight: float
     schedule: S.Schedule = S.CONSTANT_ONE
@@ -174,6 +176,12 @@ class ExtraTerm:
         require_finite("term weight", self.weight)
         if self.kind not in TERM_KINDS:
             raise GuidanceConfigError(f"term kind={self.kind!r}; accepted: {', '.join(TERM_KINDS)}")
+        if self.kind == "nag" and self.schedule.kind == "adaptive":
+            raise GuidanceConfigError("a nag term with an adaptive schedule: its stop criterion compares a term's prediction "
+                                      "with its reference, and NAG has no prediction of its own; use another schedule kind")
+        if self.kind == "nag" and self.reference not in ("auto", POSITIVE):
+            raise GuidanceConfigError(f"nag term reference={self.reference!r}; NAG acts on the positive prompt's row: "
+                                      "use auto or positive")
         if self.reference not in REFERENCES and not re.fullmatch(r"term [1-9][0-9]*", self.reference):
             raise GuidanceConfigError(f"term reference={self.reference!r}; accepted: {', '.join(REFERENCES)} or "
                                       "'term N' (another term, 1-based)")
@@ -253,11 +261,19 @@ class ActiveTerm(NamedTuple):
     name: str = ""
 
 
+class NAGStep(NamedTuple):
+    """The NAG term of this step: its index and NAG's s = 1 + phi, phi = w f (nag.nag_attention)."""
+    index: int
+    scale: float
+
+
 @dataclass
 class StepPlan:
-    """What one step needs: its active terms and the cond keys to evaluate (positive first)."""
+    """What one step needs: its active terms, the cond keys to evaluate (positive first) and the NAG term acting
+    inside the positive row's forward (None where none is active)."""
     active: list[ActiveTerm]
     needed: list[str]
+    nag: NAGStep | None = None
 
     def guidance(self) -> ActiveTerm | None:
         return next((t for t in self.active if t.role is Role.GUIDANCE), None)
@@ -300,6 +316,10 @@ class CFGCombiner:
         if post.perp_neg and not (has_negative and has_empty):
             raise GuidanceConfigError("perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off")
         self.term_refs = [self._term_ref(i, t) for i, t in enumerate(config.terms)]
+        nag_terms = [i + 1 for i, t in enumerate(config.terms) if t.kind == "nag"]
+        if len(nag_terms) > 1:
+            raise GuidanceConfigError(f"terms {', '.join(map(str, nag_terms))} are all NAG terms; one NAG term acts on "
+                                      "the positive row: keep one (its negative prompt can be a combined conditioning)")
         self.null_terms = set()  # terms known to be exactly 0 (D_term is D_ref itself): never active
         if post.rescale_phi > 0 and post.rescale_space == "eps" and parameterization == "flow":
             raise GuidanceConfigError(
@@ -409,15 +429,18 @@ class CFGCombiner:
             c = -cfg.neg_scale * self._schedule(cfg.neg_schedule, ctx, "neg")
             if c != 0.0:
                 active.append(ActiveTerm(NEGATIVE, EMPTY, c, Role.NEGATIVE, "neg"))
+        nag = None
         for i, t in enumerate(cfg.terms):
             if i in self.null_terms:
                 continue
             c = t.weight * self._schedule(t.schedule, ctx, f"term{i}")
-            if c != 0.0:
+            if t.kind == "nag":
+                nag = NAGStep(i, 1.0 + c) if c != 0.0 else None
+            elif c != 0.0:
                 own, ref = f"term{i}", self.term_refs[i]
                 active.append(ActiveTerm(ref, own, c, Role.TERM, own) if t.moves_away
                               else ActiveTerm(own, ref, c, Role.TERM, own))
-        return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]))
+        return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]), nag=nag)
 
     def evaluation_order(self, keys) -> list:
         """Cond keys in batch order: positive first, the uncond slot second (the negative where connected, else

@@ -7,6 +7,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance_core import cfg as cfg_core
+from ..guidance_core import nag as nag_core
 from ..guidance_core import perturb
 from ..guidance_core import schedules
 from ..guidance_core.errors import require_finite
@@ -192,6 +193,44 @@ class GuidanceLabModelTerm(io.ComfyNode):
         return io.NodeOutput(_append_term(terms, conditioning, "model", weight, reference, schedule, model=model))
 
 
+class GuidanceLabNAGTerm(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="GuidanceLabNAGTerm",
+            display_name="NAG Term (Normalized Attention Guidance)",
+            category=CATEGORY,
+            description="A negative prompt that works at cfg 1 (guidance-distilled models): normalized attention guidance "
+                        "(Chen et al. 2025) inside the positive prompt's forward: Z~ = Z+ + w (Z+ - Z-), its L1 norm capped "
+                        "at tau |Z+|, blended by alpha. Paper form: the negative prompt enters the cross-attention of the "
+                        "positive row only (no extra row; UNets). ComfyUI form: the same as ComfyUI's NAGuidance node "
+                        "(a full row of the negative prompt; UNets, Flux, Chroma).",
+            inputs=[
+                io.Combo.Input("form", options=list(nag_core.FORMS), default="paper",
+                               tooltip="paper: cross-attention of the positive row with the negative prompt's keys and values "
+                                       "(UNet: SD1.5, SDXL), about the cost of one row; comfyui: ComfyUI's NAGuidance "
+                                       "(self-attention outputs of a full negative row; UNet, Flux, Chroma), two rows."),
+                _weight_input("nag", "phi, the extrapolation away from the negative prompt (ComfyUI's nag_scale - 1: "
+                                     "NAGuidance's 5 is 4); 0 = off (nothing evaluated)."),
+                io.Float.Input("tau", default=nag_core.TAU_DEFAULT, min=nag_core.TAU_RANGE[0], max=nag_core.TAU_RANGE[1],
+                               step=0.01, tooltip="Cap of |Z~| / |Z+| per token (L1). The paper: 2.5; ComfyUI's node: 1.5."),
+                io.Float.Input("alpha", default=nag_core.ALPHA_DEFAULT, min=0.0, max=1.0, step=0.01,
+                               tooltip="Blend of the normalized features into the positive's; 0 = off. The paper: 0.25 "
+                                       "(Flux, SD3.5), 0.5 for some models; ComfyUI's node: 0.5."),
+                io.Combo.Input("reference", options=["auto", cfg_core.POSITIVE], default="auto",
+                               tooltip="The row NAG acts on: the positive prompt (auto)."),
+                *_term_tail("The negative prompt NAG steers away from; none = the sampler's negative prompt."),
+            ],
+            outputs=[sockets.Terms.Output(display_name="terms")],
+        )
+
+    @classmethod
+    def execute(cls, form, weight, tau, alpha, reference="auto", schedule=None, conditioning=None, terms=None):
+        settings = nag_core.NAGSettings(form=form, tau=tau, alpha=alpha)
+        return io.NodeOutput(_append_term(terms, conditioning, "nag", weight if alpha > 0 else 0.0, reference, schedule,
+                                          nag=settings))
+
+
 class GuidanceLabPostProcess(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -353,5 +392,6 @@ class GuidanceLabCFGPatch(io.ComfyNode):
         return io.NodeOutput(runtime.install(model.clone()))
 
 
-CFG_NODES = [GuidanceLabSchedule, GuidanceLabTerm, GuidanceLabPerturbedTerm, GuidanceLabModelTerm, GuidanceLabPostProcess,
+CFG_NODES = [GuidanceLabSchedule, GuidanceLabTerm, GuidanceLabPerturbedTerm, GuidanceLabModelTerm, GuidanceLabNAGTerm,
+             GuidanceLabPostProcess,
              GuidanceLabCFGGuider, GuidanceLabCFGPatch]

@@ -35,9 +35,10 @@ import comfy.sampler_helpers
 import comfy.samplers
 
 from ..guidance_core import cfg as cfg_core
+from ..guidance_core import nag as nag_core
 from ..guidance_core import perturb
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue
+from . import glue, nag_patches
 from . import perturbation as perturb_patches
 from . import shared_network
 
@@ -52,19 +53,26 @@ def term_key(i: int) -> str:
 
 
 class TermSpec(NamedTuple):
-    """One entry of a GUIDANCE_TERMS list: the term's conditioning (None = the positive prompt), its weights
-    and kind (cfg.ExtraTerm), and for a perturbed term its Perturbation, for a model term its MODEL."""
+    """One entry of a GUIDANCE_TERMS list: the term's conditioning (None = the positive prompt; for a NAG term the
+    negative prompt), its weights and kind (cfg.ExtraTerm), and for a perturbed term its Perturbation, for a model
+    term its MODEL, for a NAG term its NAGSettings."""
     conditioning: Any
     term: cfg_core.ExtraTerm
     perturbation: perturb.Perturbation | None = None
     model: Any = None
+    nag: nag_core.NAGSettings | None = None
 
 
 def term_conds(terms, positive) -> dict:
     """The guider cond of each term, keyed by term_key: its own conditioning, else the positive; a negative
-    prompt weight tags it as ComfyUI's guiders tag negatives."""
+    prompt weight tags it as ComfyUI's guiders tag negatives. A NAG term without a conditioning has no cond of its
+    own (it reads the negative prompt); with one, that is its negative prompt."""
     out = {}
     for i, t in enumerate(terms):
+        if t.term.kind == "nag":
+            if t.conditioning is not None:
+                out[term_key(i)] = tag_negative(t.conditioning)
+            continue
         c = t.conditioning if t.conditioning is not None else positive
         out[term_key(i)] = tag_negative(c) if t.term.kind == "prompt" and t.term.weight < 0 else c
     return out
@@ -106,11 +114,26 @@ class CFGRuntime:
                 check_same_family(model_patcher, t.model, i + 1)
                 self.models[f"term{i}"] = t.model
         self.aliases, self.shared = {}, {}  # set by bind()
+        self.nag = self._nag_source(model_patcher)
         if model_patcher is not None:
             perturb_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
         self.probe = perturb_patches.Probe()
         self._pre_run = set()
         self.separate = False  # perturbed rows in calls of their own (perturb_patches.NoRowIds), found at the first call
+
+    def _nag_source(self, model_patcher):
+        """(settings, cond key of its negative prompt) of the NAG term, checked against the model; None without."""
+        for i, t in enumerate(self.terms):
+            if t.term.kind != "nag":
+                continue
+            settings = t.nag or nag_core.NAGSettings()
+            if model_patcher is not None:
+                nag_patches.check_supported(model_patcher, settings, i + 1)
+            if t.conditioning is None and not self.combiner.has_negative:
+                raise GuidanceConfigError(f"term {i + 1} (nag) has no conditioning and no negative prompt is connected: "
+                                          "connect its conditioning (the prompt to steer away from) or a negative")
+            return settings, (f"term{i}" if t.conditioning is not None else cfg_core.NEGATIVE)
+        return None
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone() deep-copies model_options: every clone keeps talking to this one runtime.
@@ -164,10 +187,9 @@ class CFGRuntime:
         if self.empty is not None:
             guider.conds[EMPTY_KEY] = [c.copy() for c in comfy.sampler_helpers.convert_cond(self.empty)]
         own_conds = term_conds(self.terms, None)  # None where a term runs with the KSampler's positive prompt
-        for i, t in enumerate(self.terms):
-            cond = own_conds[term_key(i)]
-            guider.conds[term_key(i)] = [c.copy() for c in (comfy.sampler_helpers.convert_cond(cond) if cond is not None
-                                                            else guider.conds[POSITIVE_KEY])]
+        for key, cond in own_conds.items():
+            guider.conds[key] = [c.copy() for c in (comfy.sampler_helpers.convert_cond(cond) if cond is not None
+                                                    else guider.conds[POSITIVE_KEY])]
         guider.predict_noise = lambda x, timestep, model_options={}, seed=None: self.predict(  # noqa: B006
             guider.inner_model, guider.conds, guider.cfg, x, timestep, model_options)
         try:
@@ -210,9 +232,12 @@ class CFGRuntime:
         # hooks see an uncond on a guided step, and at scale 1 where a node asked ComfyUI for one
         # (disable_cfg1_optimization: CFG++ samplers, SAG, NAGuidance), as ComfyUI's sampling_function does; the
         # uncond they see is ComfyUI's uncond slot: the user's negative where connected, else the baseline
-        uncond = comb.uncond_slot if scale != 1.0 or model_options.get("disable_cfg1_optimization", False) else None
-        keys = comb.evaluation_order(plan.needed + ([uncond] if uncond else []))
-        preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options)
+        # the comfyui form of NAG reads the uncond slot's row as NAGuidance does (which also asks for an uncond at cfg 1)
+        nag_rows = [self.nag[1]] if plan.nag and self.nag[0].form == "comfyui" else []
+        asked = model_options.get("disable_cfg1_optimization", False) or comb.uncond_slot in nag_rows
+        uncond = comb.uncond_slot if scale != 1.0 or asked else None
+        keys = comb.evaluation_order(plan.needed + ([uncond] if uncond else []) + nag_rows)
+        preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options, plan.nag)
         comb.observe(plan, preds, x, ctx)
         conds_pair = [conds[POSITIVE_KEY], conds[cond_key(uncond)] if uncond else None]
         out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[cfg_core.POSITIVE], preds[uncond] if uncond else torch.zeros_like(x)],
@@ -228,9 +253,10 @@ class CFGRuntime:
         guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level())
         return cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options)
 
-    def evaluate_terms(self, model, conds, keys, x, timestep, model_options) -> dict:
+    def evaluate_terms(self, model, conds, keys, x, timestep, model_options, nag=None) -> dict:
         """Predictions of `keys`: prompt and perturbed rows in one batched call of the sampled model (the
-        perturbation on its own rows), each model term in one call of its model, aliases copied."""
+        perturbation on its own rows, NAG (a cfg.NAGStep) on the positive's), each model term in one call of its
+        model, aliases copied."""
         batch = [k for k in keys if k not in self.models and k not in self.aliases]
         # another node's sampler_calc_cond_batch_function calls the model its own way: perturbed rows go alone
         own_batching = "sampler_calc_cond_batch_function" in model_options
@@ -240,8 +266,9 @@ class CFGRuntime:
         opts = (perturb_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
                 if by_chunk else model_options)
         paired = len(batch) > 1 and batch[1] == self.combiner.uncond_slot
+        first = self.nag_options(model, conds, batch, opts, nag) if nag else None
         try:
-            preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired)))
+            preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first)))
         except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options)
@@ -251,6 +278,8 @@ class CFGRuntime:
             preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
         for k in set(self.perturbed) & (set(batch) | set(alone)):
             perturb_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
+        if nag:
+            nag_patches.check_ran(self.nag_probe, model.diffusion_model, nag.index + 1, self.nag[0])
         for k in keys:
             if k in self.aliases:
                 preds[k] = preds[self.aliases[k]] if self.aliases[k] in preds else evaluate(
@@ -261,6 +290,17 @@ class CFGRuntime:
             elif k in self.models:
                 preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
         return preds
+
+    def nag_options(self, model, conds, batch, opts, nag) -> dict:
+        """The batch's model options with the NAG term at this step's s on the positive rows (chunk 0)."""
+        settings, source = self.nag
+        self.nag_probe = nag_patches.Probe()
+        if settings.form == "comfyui":
+            return nag_patches.patched_options(opts, model.diffusion_model, settings, nag.scale, self.nag_probe,
+                                               neg_chunk=batch.index(source))
+        context = nag_patches.negative_context(conds[cond_key(source)], nag.index + 1)
+        return nag_patches.patched_options(opts, model.diffusion_model, settings, nag.scale, self.nag_probe,
+                                           neg_context=context)
 
     def evaluate_other(self, other, cond_list, x, timestep, model_options):
         """A model term: ComfyUI's batched evaluation on the other MODEL, with its own patches and options, at
@@ -297,21 +337,22 @@ def check_same_family(model_patcher, other, term_no: int) -> None:
                                       "less trained version of the same architecture)")
 
 
-def evaluate(model, cond_lists, x, timestep, model_options, paired: bool = False):
+def evaluate(model, cond_lists, x, timestep, model_options, paired: bool = False, first_options=None):
     """ComfyUI's batched evaluation (calc_cond_batch: context windows, hooks, areas, ControlNet) of the cond lists,
     in one batch. Where another node set a sampler_calc_cond_batch_function (SkipLayerGuidanceDiTSimple...), it gets
     what ComfyUI's sampling_function gives it, exactly [cond, uncond-or-None]: the first two lists as that pair when
-    `paired` (the second is ComfyUI's uncond slot), every other list as [cond, None]."""
+    `paired` (the second is ComfyUI's uncond slot), every other list as [cond, None]. first_options: the options of
+    the call holding the first list (the positive), e.g. with NAG's patches; every other call gets model_options."""
     fn = model_options.get("sampler_calc_cond_batch_function")
     if fn is None:
-        return comfy.samplers.calc_cond_batch(model, cond_lists, x, timestep, model_options)
+        return comfy.samplers.calc_cond_batch(model, cond_lists, x, timestep, first_options or model_options)
 
-    def call(pair):
-        return fn({"conds": pair, "input": x, "sigma": timestep, "model": model, "model_options": model_options})
+    def call(pair, opts=model_options):
+        return fn({"conds": pair, "input": x, "sigma": timestep, "model": model, "model_options": opts})
 
-    first = 2 if paired and len(cond_lists) > 1 else 0
-    out = list(call(list(cond_lists[:2]))) if first else []
-    return out + [call([c, None])[0] for c in cond_lists[first:]]
+    first = 2 if paired and len(cond_lists) > 1 else 1
+    out = list(call(list(cond_lists[:2]) if first == 2 else [cond_lists[0], None], first_options or model_options))
+    return out[:first] + [call([c, None])[0] for c in cond_lists[first:]]
 
 
 def run_pre_cfg_hooks(model, conds_pair, out_pair, cond_scale, x, timestep, model_options):

@@ -80,16 +80,18 @@ def _unet_block(network, part: str, idx: int):
     return network.middle_block if part == "middle" else getattr(network, f"{part}_blocks")[idx]
 
 
-def self_attention_layers(network, part: str, idx: int, transformer: int) -> list:
-    """The self-attention layers (attn1) ComfyUI runs under the attn1 key (part, idx, transformer): the
-    transformer-th block of each spatial transformer in that UNet block (and of its temporal stack, for video
-    UNets, which ComfyUI calls under the same key)."""
+def self_attention_layers(network, part: str, idx: int, transformer: int, attr: str = "attn1") -> list:
+    """The self-attention layers (attn1; attr="attn2": the cross-attention layers) ComfyUI runs under the key
+    (part, idx, transformer): the transformer-th block of each spatial transformer in that UNet block (and of its
+    temporal stack, for video UNets, which ComfyUI calls under the same key)."""
     out = []
     for m in _unet_block(network, part, idx).modules():
         for name in ("transformer_blocks", "time_stack"):
             blocks = getattr(m, name, None)
             if isinstance(blocks, torch.nn.ModuleList) and transformer < len(blocks):
-                out.append(blocks[transformer].attn1)
+                layer = getattr(blocks[transformer], attr, None)
+                if layer is not None:
+                    out.append(layer)
     return out
 
 
@@ -99,21 +101,20 @@ def transformer_count(network, part: str, idx: int) -> int:
                 if isinstance(getattr(m, "transformer_blocks", None), torch.nn.ModuleList)), default=0)
 
 
-def attention_backend(network, part: str, idx: int, transformer: int):
+def attention_backend(network, part: str, idx: int, transformer: int, attr: str = "attn1"):
     """The attention backend that block's own CrossAttention passes to optimized_attention (ComfyUI 0.38+:
     `preferred_attention=self.comfy_attention`, a per-layer backend a checkpoint can set); None where this
     ComfyUI's layers have none (0.3.x, 0.33) or the network is not known."""
     if network is None:
         return None
-    layers = self_attention_layers(network, part, idx, transformer)
+    layers = self_attention_layers(network, part, idx, transformer, attr)
     backends = [getattr(layer, "comfy_attention", None) for layer in layers]
     if not backends or backends[0] is None:
         return None
     if len({id(getattr(b, "function", None)) for b in backends}) > 1:
         raise GuidanceConfigError(
-            f"block {part}.{idx}, transformer {transformer}: its self-attention layers run different attention "
-            "backends under one patch key (a spatial and a temporal layer); perturbed attention cannot call the "
-            "right one for each: perturb another block")
+            f"block {part}.{idx}, transformer {transformer}: its {attr} layers run different attention backends under "
+            "one patch key (a spatial and a temporal layer); a patch there cannot call the right one for each")
     return backends[0]
 
 

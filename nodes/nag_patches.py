@@ -1,0 +1,184 @@
+"""NAG terms in ComfyUI (formula and forms in guidance_core/nag.py): per step, a copy of the model options carries
+the patches that apply NAG to the positive prompt's rows (chunk 0 of the batch: the runtime evaluates the positive
+first) and leave every other row as it is.
+
+- paper form (UNet cross-attention: SD1.5, SDXL, the toy model): `patches_replace["attn2"][(part, index)]` of every
+  UNet block with a transformer; the patch computes the block's own attention for every row, and for the positive
+  rows also Z- = Attn(Q, to_k(c-), to_v(c-)) with the negative prompt's context c-, then NAG before the output
+  projection. Cost per cross-attention layer: the key/value projections of the negative prompt's tokens and one
+  attention of the positive rows' queries over them; no row of the negative prompt.
+- comfyui form: `transformer_patches["attn1_output_patch"]`, the hook ComfyUI's NAGuidance sets, with the same
+  arithmetic, on the rows of the positive (chunk 0) and of the NAG negative prompt (its chunk in the batch), wherever
+  the network's blocks call that hook (UNet transformers; Flux and Chroma double and single blocks on ComfyUI 0.33).
+  On joint-attention blocks (an `img_slice`) NAGuidance also writes the guided image features into the negative
+  rows; this form does the same, so a workflow moves from NAGuidance without its images changing.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+import comfy.model_patcher
+
+from ..guidance_core import nag as nag_core
+from ..guidance_core.errors import GuidanceConfigError
+from . import perturbation as perturb_patches
+
+POSITIVE_CHUNK = 0  # the runtime's batch order: the positive prompt first
+
+
+@functools.lru_cache(maxsize=256)
+def _reads_attn1_output_patch(cls) -> bool:
+    try:
+        return "attn1_output_patch" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def comfyui_form_blocks(network) -> int:
+    """How many blocks of this network call ComfyUI's attn1_output_patch hook (where NAGuidance acts)."""
+    return sum(1 for m in network.modules() if _reads_attn1_output_patch(type(m)))
+
+
+def cross_attention_keys(network) -> list[tuple]:
+    """(part, index, transformer) of every UNet transformer with a cross-attention layer (attn2)."""
+    keys = []
+    for part, idx in perturb_patches.available_blocks(network, "pag"):
+        for t in range(perturb_patches.transformer_count(network, part, idx)):
+            if perturb_patches.self_attention_layers(network, part, idx, t, "attn2"):
+                keys.append((part, idx, t))
+    return keys
+
+
+def check_supported(model_patcher, settings: nag_core.NAGSettings, term_no: int) -> None:
+    """Refuse, before sampling, a NAG term whose form this model's network does not have a place for."""
+    net = model_patcher.model.diffusion_model
+    name = type(net).__name__
+    if settings.form == "comfyui":
+        if comfyui_form_blocks(net) == 0:
+            raise GuidanceConfigError(
+                f"term {term_no} (nag, form comfyui): {name}'s blocks do not call ComfyUI's attn1_output_patch hook in "
+                "this ComfyUI, so ComfyUI's NAGuidance has no effect on this model (it only doubles the rows); use "
+                "form paper where this model has one, or a CFG term")
+        return
+    keys = cross_attention_keys(net)
+    if not keys:
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form paper): the paper form acts on UNet cross-attention (SD1.5, SDXL, the toy model) "
+            f"and {name} has none; on Flux and Chroma use form comfyui (ComfyUI's NAGuidance)")
+    for part, idx, t in keys:
+        if len(perturb_patches.self_attention_layers(net, part, idx, t, "attn2")) > 1:
+            raise GuidanceConfigError(
+                f"term {term_no} (nag, form paper): block {part}.{idx} runs several cross-attention layers under one "
+                "patch key (a spatial and a temporal transformer); the paper form cannot tell them apart on this model")
+    other = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    if other:
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form paper): another node set cross-attention replace patches on this model "
+            f"({', '.join('.'.join(map(str, k)) for k in list(other)[:4])}; e.g. IPAdapter); the paper form replaces "
+            "cross-attention too: use form comfyui, or NAG without that node")
+
+
+class Probe:
+    """Counts the calls in which NAG acted on positive rows (a backstop: a hook never reached is an error)."""
+
+    def __init__(self):
+        self.hits = 0
+
+
+def _chunk_rows(n_rows: int, ids, chunk) -> slice:
+    size = n_rows // len(ids)
+    j = ids.index(chunk)
+    return slice(j * size, (j + 1) * size)
+
+
+def _attn2_patch(network, key, neg_context, scale, settings, probe):
+    """Cross-attention of UNet block `key`: every row as the block computes it; the positive rows with NAG
+    against Attn(Q, to_k(c-), to_v(c-))."""
+    backends = {}
+
+    def patch(q, k, v, extra_options):
+        t = extra_options.get("block_index", 0)
+        if t not in backends:
+            backends[t] = perturb_patches.attention_backend(network, key[0], key[1], t, "attn2")
+        z = perturb_patches.block_attention(q, k, v, extra_options, backends[t])
+        ids = list(extra_options.get("cond_or_uncond") or ())
+        if POSITIVE_CHUNK not in ids:
+            return z
+        rows = _chunk_rows(q.shape[0], ids, POSITIVE_CHUNK)
+        layer = perturb_patches.self_attention_layers(network, key[0], key[1], t, "attn2")[0]
+        ctx = neg_context.to(device=q.device, dtype=q.dtype)
+        n = rows.stop - rows.start
+        if ctx.shape[0] != n:
+            ctx = ctx[:1].expand(n, *ctx.shape[1:]) if ctx.shape[0] == 1 else None
+            if ctx is None:
+                raise GuidanceConfigError(f"nag: the negative prompt's batch of {neg_context.shape[0]} does not match "
+                                          f"the {n} rows of the positive; use a batch of 1 or {n}")
+        z_neg = perturb_patches.block_attention(q[rows], layer.to_k(ctx), layer.to_v(ctx), extra_options, backends[t])
+        z = z.clone()
+        z[rows] = nag_core.nag_attention(z[rows], z_neg, scale, settings.tau, settings.alpha)
+        probe.hits += 1
+        return z
+
+    return patch
+
+
+def _attn1_output_patch(neg_chunk: int, scale, settings, probe):
+    """ComfyUI's NAGuidance patch with the NAG negative at chunk `neg_chunk` (NAGuidance: always chunk 1)."""
+
+    def patch(out, extra_options):
+        ids = list(extra_options.get("cond_or_uncond") or ())
+        if POSITIVE_CHUNK not in ids or neg_chunk not in ids:
+            return out
+        probe.hits += 1
+        img = extra_options.get("img_slice")
+        view = out[:, img[0]:img[1]] if img is not None else out
+        pos = _chunk_rows(out.shape[0], ids, POSITIVE_CHUNK)
+        neg = _chunk_rows(out.shape[0], ids, neg_chunk)
+        z = nag_core.nag_attention(view[pos], view[neg], scale, settings.tau, settings.alpha)
+        if img is not None:  # as NAGuidance: the guided image features go to the negative rows too
+            out[neg, img[0]:img[1]] = z
+            out[pos, img[0]:img[1]] = z
+        else:
+            out[pos] = z
+        return out
+
+    return patch
+
+
+def negative_context(cond_list, term_no: int) -> torch.Tensor:
+    """The cross-attention context of the NAG negative prompt, from ComfyUI's processed conds."""
+    if len(cond_list) != 1:
+        raise GuidanceConfigError(f"term {term_no} (nag, form paper): its negative prompt has {len(cond_list)} entries "
+                                  "(areas, masks or timestep ranges); the paper form takes a single prompt")
+    c = cond_list[0].get("model_conds", {}).get("c_crossattn")
+    if c is None:
+        raise GuidanceConfigError(f"term {term_no} (nag, form paper): its negative prompt has no cross-attention "
+                                  "context for this model")
+    return c.cond
+
+
+def patched_options(model_options: dict, network, settings, scale: float, probe: Probe, neg_context=None,
+                    neg_chunk: int | None = None) -> dict:
+    """A copy of model_options with NAG at s = `scale` on the positive rows: the paper form's attn2 patches (with
+    the negative prompt's context) or the comfyui form's attn1 output patch (with the negative prompt's chunk)."""
+    opts = comfy.model_patcher.create_model_options_clone(model_options)
+    if settings.form == "comfyui":
+        patches = opts.setdefault("transformer_options", {}).setdefault("patches", {})
+        patches["attn1_output_patch"] = list(patches.get("attn1_output_patch", [])) + [
+            _attn1_output_patch(neg_chunk, scale, settings, probe)]
+        return opts
+    for part, idx in dict.fromkeys((p, i) for p, i, _ in cross_attention_keys(network)):
+        opts = comfy.model_patcher.set_model_options_patch_replace(
+            opts, _attn2_patch(network, (part, idx), neg_context, scale, settings, probe), "attn2", part, idx)
+    return opts
+
+
+def check_ran(probe: Probe, network, term_no: int, settings) -> None:
+    if probe.hits == 0:
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form {settings.form}): NAG never reached the positive prompt's rows in "
+            f"{type(network).__name__} (another node runs the model's batches its own way, or the model does not call "
+            "the hook); remove that node or use the other form")
