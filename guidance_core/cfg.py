@@ -26,6 +26,7 @@ from .errors import GuidanceConfigError, require_finite
 CFG_DEFAULT, CFG_MIN, CFG_MAX = 7.0, 0.0, 100.0
 NEG_SCALE_DEFAULT = 6.0
 TERM_WEIGHT_RANGE = (-100.0, 100.0)
+MAX_RATIO_MAX = 10.0
 APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
 # Accepted ranges (inclusive) of the post-processing settings; the node schema reads them, PostProcess checks them.
 POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
@@ -121,6 +122,20 @@ def apg_delta(delta: torch.Tensor, d_pos: torch.Tensor, eta: float, norm_thresho
     return perp + eta * par, running
 
 
+def cap_push(push: torch.Tensor, d_pos: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """A term's push capped relative to the prediction it moves, per sample (the autoguidance packs' "max ratio"):
+        push *= min(1, max_ratio * ||D_pos|| / ||push||)      (L2 over all dims but the batch; 0 = no cap)
+    A cap at or above the push leaves it bit for bit as it is."""
+    if max_ratio <= 0:
+        return push
+    n_push = push.norm(p=2, dim=_dims(push), keepdim=True)
+    limit = max_ratio * d_pos.norm(p=2, dim=_dims(d_pos), keepdim=True)
+    over = n_push > limit
+    if not bool(over.any()):
+        return push
+    return torch.where(over, push * (limit / n_push.clamp(min=1e-30)), push)
+
+
 def perp_neg_delta(d_neg_delta: torch.Tensor, d_pos_delta: torch.Tensor) -> torch.Tensor:
     """Perp-Neg (Armandpour et al. 2023, arXiv 2304.04968): keep only the part of
     d- = D_neg - D_empty orthogonal to d+ = D_pos - D_empty, per sample:
@@ -171,9 +186,15 @@ class ExtraTerm:
     schedule: S.Schedule = S.CONSTANT_ONE
     kind: str = "prompt"
     reference: str = "auto"
+    max_ratio: float = 0.0  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push); 0 = none
 
     def __post_init__(self):
         require_finite("term weight", self.weight)
+        if not 0.0 <= require_finite("term max_ratio", self.max_ratio) <= MAX_RATIO_MAX:
+            raise GuidanceConfigError(f"term max_ratio={self.max_ratio}; use a value in [0, {MAX_RATIO_MAX:g}] (the push's "
+                                      "largest size relative to the prediction; 0 = no cap)")
+        if self.kind == "nag" and self.max_ratio:
+            raise GuidanceConfigError("a nag term has no push of its own to cap (NAG caps itself: tau); set max_ratio 0")
         if self.kind not in TERM_KINDS:
             raise GuidanceConfigError(f"term kind={self.kind!r}; accepted: {', '.join(TERM_KINDS)}")
         if self.kind == "nag" and self.schedule.kind == "adaptive":
@@ -259,6 +280,7 @@ class ActiveTerm(NamedTuple):
     coef: float
     role: Role
     name: str = ""
+    max_ratio: float = 0.0  # the term's cap (cap_push); 0 = none
 
 
 class NAGStep(NamedTuple):
@@ -438,8 +460,8 @@ class CFGCombiner:
                 nag = NAGStep(i, 1.0 + c) if c != 0.0 else None
             elif c != 0.0:
                 own, ref = f"term{i}", self.term_refs[i]
-                active.append(ActiveTerm(ref, own, c, Role.TERM, own) if t.moves_away
-                              else ActiveTerm(own, ref, c, Role.TERM, own))
+                active.append(ActiveTerm(ref, own, c, Role.TERM, own, t.max_ratio) if t.moves_away
+                              else ActiveTerm(own, ref, c, Role.TERM, own, t.max_ratio))
         return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]), nag=nag)
 
     def evaluation_order(self, keys) -> list:
@@ -500,6 +522,9 @@ class CFGCombiner:
                 delta = preds[term.key] - d_ref
                 if term.role is Role.NEGATIVE and post.perp_neg:
                     delta = perp_neg_delta(delta, guidance_delta)
+            if term.max_ratio > 0:
+                out = out + cap_push(term.coef * delta, d_pos, term.max_ratio)
+                continue
             out = out + term.coef * delta
         if post.rescale_phi > 0 and plan.active:
             space = P.default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space

@@ -4,10 +4,11 @@ import logging
 from .cfg_nodes import CFG_NODES
 from .classifier_nodes import CLASSIFIER_NODES
 from .clip_nodes import CLIP_NODES
+from .distilled import DISTILLED_NODES
 from .toy_nodes import TOY_NODES
 from .training_nodes import TRAINING_NODES
 
-NODES = [*CFG_NODES, *CLASSIFIER_NODES, *CLIP_NODES, *TRAINING_NODES, *TOY_NODES]
+NODES = [*CFG_NODES, *DISTILLED_NODES, *CLASSIFIER_NODES, *CLIP_NODES, *TRAINING_NODES, *TOY_NODES]
 
 
 def loadable(nodes) -> list:

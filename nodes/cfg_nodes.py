@@ -102,11 +102,12 @@ class GuidanceLabTerm(io.ComfyNode):
         return io.NodeOutput(_append_term(terms, conditioning, "prompt", weight, reference, schedule))
 
 
-def _append_term(terms, conditioning, kind, weight, reference, schedule, **spec) -> tuple:
+def _append_term(terms, conditioning, kind, weight, reference, schedule, max_ratio=0.0, **spec) -> tuple:
     """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.TermSpec); a term's own conditioning is checked here."""
     if conditioning is not None:
         glue.conditioning_batch(conditioning, "term conditioning")
-    term = cfg_core.ExtraTerm(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference)
+    term = cfg_core.ExtraTerm(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference,
+                              max_ratio=max_ratio)
     return tuple(terms or ()) + (cfg_runtime.TermSpec(conditioning, term, **spec),)
 
 
@@ -184,13 +185,17 @@ class GuidanceLabModelTerm(io.ComfyNode):
                 _weight_input("model", "w; Karras et al.'s guidance weight minus 1 (their best: w_K about 2-3); 0 = off."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the guiding model runs with; none = the positive prompt."),
+                io.Float.Input("max_ratio", default=0.0, min=0.0, max=cfg_core.MAX_RATIO_MAX, step=0.01, optional=True,
+                               tooltip="Cap of the term's push per sample: |w * schedule * (D_reference - D_model)| at most "
+                                       "max_ratio * |D_positive| (L2); 0 = no cap. Keeps a strong weight from overcooking."),
             ],
             outputs=[sockets.Terms.Output(display_name="terms")],
         )
 
     @classmethod
-    def execute(cls, model, weight, reference="auto", schedule=None, conditioning=None, terms=None):
-        return io.NodeOutput(_append_term(terms, conditioning, "model", weight, reference, schedule, model=model))
+    def execute(cls, model, weight, reference="auto", schedule=None, conditioning=None, terms=None, max_ratio=0.0):
+        return io.NodeOutput(_append_term(terms, conditioning, "model", weight, reference, schedule, max_ratio,
+                                          model=model))
 
 
 class GuidanceLabNAGTerm(io.ComfyNode):

@@ -294,3 +294,16 @@ def test_space_roundtrip_all_parameterizations():
     # eps space is the noise: x = alpha x0 + sigma eps
     eps = P.to_space("eps", d, x, t(0.5), t(0.5))
     np.testing.assert_allclose((0.5 * d + 0.5 * eps).numpy(), x.numpy(), rtol=1e-12)
+
+
+def test_cap_push_per_sample():
+    """cap_push: each sample's push scaled to at most r |D_pos| (L2), samples under the cap bit for bit unchanged."""
+    from guidance_core.cfg import cap_push
+
+    d_pos = torch.ones(2, 3, 4, 4)
+    push = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 5.0)])
+    out = cap_push(push, d_pos, 0.5)
+    assert torch.equal(out[0], push[0])
+    torch.testing.assert_close(out[1].norm(), 0.5 * d_pos[1].norm())
+    torch.testing.assert_close(out[1] / out[1].norm(), push[1] / push[1].norm())
+    assert cap_push(push, d_pos, 0.0) is push

@@ -236,6 +236,27 @@ def test_autoguidance_is_karras_formula(models, kind):
     assert rows_bad == [1] * 4
 
 
+@pytest.mark.parametrize("kind", ["eps", "flow"])
+def test_model_term_push_cap(models, kind):
+    """max_ratio r: the push P = w (D_good - D_bad) becomes P min(1, r |D_good| / |P|) per sample (one step, D read
+    from separate runs); r above the push's size is bit for bit the uncapped run; a cap that bites changes the result."""
+    good, bad = models[kind], H.tiny_model(kind, seed=21)
+    w = 3.0
+    d_good, _ = one_step(good, our_guider(good, 1.0, negative=None))
+    d_bad, _ = one_step(bad, our_guider(bad, 1.0, negative=None))
+    push = w * (d_good - d_bad)
+    size = float(push.norm() / d_good.norm())
+    uncapped, _ = one_step(good, our_guider(good, 1.0, negative=None, terms=model_term(bad, w)))
+    loose, _ = one_step(good, our_guider(good, 1.0, negative=None, terms=model_term(bad, w, max_ratio=size * 1.01)))
+    assert torch.equal(loose, uncapped)
+    r = size / 2
+    capped, _ = one_step(good, our_guider(good, 1.0, negative=None, terms=model_term(bad, w, max_ratio=r)))
+    torch.testing.assert_close(capped, d_good + push * (r * d_good.norm() / push.norm()), **TOL)
+    assert float((capped - d_good).norm() / d_good.norm()) == pytest.approx(r, rel=1e-4)
+    with pytest.raises(GuidanceConfigError, match=r"max_ratio=-1"):
+        model_term(bad, w, max_ratio=-1.0)
+
+
 def test_model_term_of_another_family_is_refused(models):
     with pytest.raises(GuidanceConfigError, match=r"parameterization flow, the sampled model eps"):
         patch(models["eps"], terms=model_term(models["flow"], 1.0))
