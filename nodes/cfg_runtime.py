@@ -115,6 +115,7 @@ class CFGRuntime:
                 self.models[f"term{i}"] = t.model
         self.aliases, self.shared = {}, {}  # set by bind()
         self.nag = self._nag_source(model_patcher)
+        self.nag_cache = None  # the paper form's nag_patches.PaperCache of a run
         if model_patcher is not None:
             perturb_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
         self.probe = perturb_patches.Probe()
@@ -181,6 +182,7 @@ class CFGRuntime:
         self.combiner.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         self.probe = perturb_patches.Probe()
         self._pre_run = set()
+        self.nag_cache = None
         self.bind(guider.model_patcher)
         if own:
             return executor(*args, **kwargs)
@@ -296,10 +298,12 @@ class CFGRuntime:
         settings, source = self.nag
         self.nag_probe = nag_patches.Probe()
         if settings.form == "comfyui":
-            return nag_patches.patched_options(opts, model.diffusion_model, settings, nag.scale, self.nag_probe,
+            return nag_patches.patched_options(opts, None, settings, nag.scale, self.nag_probe,
                                                neg_chunk=batch.index(source))
+        if self.nag_cache is None or self.nag_cache.network is not model.diffusion_model:
+            self.nag_cache = nag_patches.PaperCache(model.diffusion_model)
         context = nag_patches.negative_context(conds[cond_key(source)], nag.index + 1)
-        return nag_patches.patched_options(opts, model.diffusion_model, settings, nag.scale, self.nag_probe,
+        return nag_patches.patched_options(opts, self.nag_cache, settings, nag.scale, self.nag_probe,
                                            neg_context=context)
 
     def evaluate_other(self, other, cond_list, x, timestep, model_options):

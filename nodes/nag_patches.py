@@ -88,35 +88,55 @@ class Probe:
         self.hits = 0
 
 
+class PaperCache:
+    """What the paper form's patches reuse through a run: the network's cross-attention keys and layers, and each
+    layer's keys and values of the negative prompt (they depend on neither x nor sigma)."""
+
+    def __init__(self, network):
+        self.network = network
+        self.keys = cross_attention_keys(network)
+        self.layers = {k: perturb_patches.self_attention_layers(network, *k, "attn2")[0] for k in self.keys}
+        self.kv, self.context = {}, None
+
+    def negative_kv(self, key, context, rows: int, like: torch.Tensor):
+        """to_k(c-), to_v(c-) of layer `key` for `rows` rows, in the dtype and device of `like`."""
+        if self.context is not context:
+            self.kv, self.context = {}, context
+        slot = (key, rows, like.dtype, like.device)
+        if slot not in self.kv:
+            ctx = context.to(device=like.device, dtype=like.dtype)
+            if ctx.shape[0] != rows:
+                if ctx.shape[0] != 1:
+                    raise GuidanceConfigError(f"nag: the negative prompt's batch of {ctx.shape[0]} does not match the "
+                                              f"{rows} rows of the positive; use a batch of 1 or {rows}")
+                ctx = ctx.expand(rows, *ctx.shape[1:])
+            layer = self.layers[key]
+            self.kv[slot] = (layer.to_k(ctx), layer.to_v(ctx))
+        return self.kv[slot]
+
+
 def _chunk_rows(n_rows: int, ids, chunk) -> slice:
     size = n_rows // len(ids)
     j = ids.index(chunk)
     return slice(j * size, (j + 1) * size)
 
 
-def _attn2_patch(network, key, neg_context, scale, settings, probe):
-    """Cross-attention of UNet block `key`: every row as the block computes it; the positive rows with NAG
+def _attn2_patch(cache: PaperCache, block, neg_context, scale, settings, probe):
+    """Cross-attention of UNet block `block`: every row as the block computes it; the positive rows with NAG
     against Attn(Q, to_k(c-), to_v(c-))."""
     backends = {}
 
     def patch(q, k, v, extra_options):
         t = extra_options.get("block_index", 0)
         if t not in backends:
-            backends[t] = perturb_patches.attention_backend(network, key[0], key[1], t, "attn2")
+            backends[t] = perturb_patches.attention_backend(cache.network, block[0], block[1], t, "attn2")
         z = perturb_patches.block_attention(q, k, v, extra_options, backends[t])
         ids = list(extra_options.get("cond_or_uncond") or ())
         if POSITIVE_CHUNK not in ids:
             return z
         rows = _chunk_rows(q.shape[0], ids, POSITIVE_CHUNK)
-        layer = perturb_patches.self_attention_layers(network, key[0], key[1], t, "attn2")[0]
-        ctx = neg_context.to(device=q.device, dtype=q.dtype)
-        n = rows.stop - rows.start
-        if ctx.shape[0] != n:
-            ctx = ctx[:1].expand(n, *ctx.shape[1:]) if ctx.shape[0] == 1 else None
-            if ctx is None:
-                raise GuidanceConfigError(f"nag: the negative prompt's batch of {neg_context.shape[0]} does not match "
-                                          f"the {n} rows of the positive; use a batch of 1 or {n}")
-        z_neg = perturb_patches.block_attention(q[rows], layer.to_k(ctx), layer.to_v(ctx), extra_options, backends[t])
+        k_neg, v_neg = cache.negative_kv((*block, t), neg_context, rows.stop - rows.start, q)
+        z_neg = perturb_patches.block_attention(q[rows], k_neg, v_neg, extra_options, backends[t])
         z = z.clone()
         z[rows] = nag_core.nag_attention(z[rows], z_neg, scale, settings.tau, settings.alpha)
         probe.hits += 1
@@ -160,19 +180,20 @@ def negative_context(cond_list, term_no: int) -> torch.Tensor:
     return c.cond
 
 
-def patched_options(model_options: dict, network, settings, scale: float, probe: Probe, neg_context=None,
-                    neg_chunk: int | None = None) -> dict:
+def patched_options(model_options: dict, cache: PaperCache | None, settings, scale: float, probe: Probe,
+                    neg_context=None, neg_chunk: int | None = None) -> dict:
     """A copy of model_options with NAG at s = `scale` on the positive rows: the paper form's attn2 patches (with
-    the negative prompt's context) or the comfyui form's attn1 output patch (with the negative prompt's chunk)."""
+    the negative prompt's context and the run's PaperCache) or the comfyui form's attn1 output patch (with the
+    negative prompt's chunk)."""
     opts = comfy.model_patcher.create_model_options_clone(model_options)
     if settings.form == "comfyui":
         patches = opts.setdefault("transformer_options", {}).setdefault("patches", {})
         patches["attn1_output_patch"] = list(patches.get("attn1_output_patch", [])) + [
             _attn1_output_patch(neg_chunk, scale, settings, probe)]
         return opts
-    for part, idx in dict.fromkeys((p, i) for p, i, _ in cross_attention_keys(network)):
+    for part, idx in dict.fromkeys((p, i) for p, i, _ in cache.keys):
         opts = comfy.model_patcher.set_model_options_patch_replace(
-            opts, _attn2_patch(network, (part, idx), neg_context, scale, settings, probe), "attn2", part, idx)
+            opts, _attn2_patch(cache, (part, idx), neg_context, scale, settings, probe), "attn2", part, idx)
     return opts
 
 
