@@ -67,7 +67,7 @@ def cpu_settings():
 def all_rows(quick: bool = False) -> list:
     with cpu_settings(), node_inputs_of_this_comfyui():
         return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + chain_rows() + model_term_rows()
-                + conditioning_rows() + family_rows(quick) + sampling_form_rows() + attention_chain_rows()
+                + conditioning_rows() + family_rows(quick) + nag_rows() + sampling_form_rows() + attention_chain_rows()
                 + step_rows())
 
 
@@ -758,6 +758,49 @@ def family_rows(quick: bool = False) -> list:
         for route in (PATCH, GUIDER):
             rows.append(clip_row(area_key("CLIP guidance (linear decode, scale 10)", route), m, run, plain))
         rows.append(measure(area_key(TRAINER_CHECK, PATCH), lambda: family_trainer_run(m, run), plain, model=m))
+    return rows
+
+
+def nag_rows() -> list:
+    """NAG terms and the Distilled Guidance Schedule on every family, through the patch (KSampler): the paper form at
+    cfg 1 exact against a direct implementation of the formula (devkit/nag_reference.py) where the family has UNet
+    cross-attention, refused elsewhere; the comfyui form at cfg 1 and 4 exact against ComfyUI's NAGuidance where this
+    ComfyUI has it, finite where it has not, refused where the family's blocks never call NAGuidance's hook; a
+    constant distilled guidance schedule exact against FluxGuidance where the family has a guidance input, refused
+    elsewhere."""
+    from . import families as F
+    from .nag_reference import reference_model
+
+    have_nag = "NAGuidance" in H.boot().NODE_CLASS_MAPPINGS
+    nag_patches = H.pack_module("nodes.nag_patches")
+    rows = []
+    for name, fam in F.FAMILIES.items():
+        m = F.model(name)
+        pos, neg, lat = fam.cond(1), fam.cond(2), fam.latent(1)
+        run = dict(pos=pos, neg=neg, latent=lat, steps=4)
+
+        def term(form, m=m):
+            return H.run_node("GuidanceLabNAGTerm", form=form, weight=4.0, tau=2.5, alpha=0.5)[0]
+
+        key = functools.partial(lambda check: (FAMILIES, name, check, PATCH))
+        # float64 where the form applies (a softmax written out against ComfyUI's attention: float32 rounding apart)
+        m64 = float64(fam.build()) if nag_patches.cross_attention_keys(m.model.diffusion_model) else m
+        rows.append(measure(key("NAG term, paper form, cfg 1 = the formula"),
+                            lambda: ksample(patch(m64, terms=term("paper")), 1.0, **run),
+                            lambda: ksample(reference_model(m64, neg[0][0], 4.0, 2.5, 0.5), 1.0, **run), exact=True,
+                            model=m64))
+        for cfg in (1.0, 4.0):
+            comfy_nag = lambda: ksample(H.run_node("NAGuidance", model=m, nag_scale=5.0, nag_alpha=0.5,  # noqa: E731
+                                                   nag_tau=2.5)[0], cfg, **run)
+            plain = lambda: ksample(m, cfg, **run)  # noqa: E731
+            check = f"NAG term, comfyui form, cfg {cfg:g}" + (" = NAGuidance" if have_nag else "")
+            rows.append(measure(key(check), lambda: ksample(patch(m, terms=term("comfyui")), cfg, **run),
+                                comfy_nag if have_nag else plain, exact=have_nag, model=m))
+        g = H.run_node("FluxGuidance", conditioning=pos, guidance=2.5)[0] if "FluxGuidance" in H.boot().NODE_CLASS_MAPPINGS else pos
+        rows.append(measure(key("Distilled Guidance Schedule, constant = FluxGuidance"),
+                            lambda: ksample(H.run_node("GuidanceLabDistilledGuidance", model=m, guidance=2.5)[0], 1.0,
+                                            **run),
+                            lambda: ksample(m, 1.0, **dict(run, pos=g)), exact=True, model=m))
     return rows
 
 

@@ -9,6 +9,7 @@ import torch
 from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import NEG, POS, custom_sample, ksample, our_guider, patch
+from devkit.nag_reference import direct_nag, reference_model
 
 
 def nag_core():
@@ -29,13 +30,6 @@ def have(node_id: str) -> bool:
 
 
 # ------------------------------------------------------------------ the formula
-def direct_nag(z_pos, z_neg, phi, tau, alpha):
-    """The paper's eq. 5-7 as written: Z~ = Z+ + phi (Z+ - Z-); Z^ = Z~ min(r, tau) / r, r = |Z~|_1 / |Z+|_1; blend."""
-    z_t = z_pos + phi * (z_pos - z_neg)
-    r = z_t.abs().sum(-1, keepdim=True) / z_pos.abs().sum(-1, keepdim=True)
-    return alpha * (z_t * torch.clamp(r, max=tau) / r) + (1 - alpha) * z_pos
-
-
 @pytest.mark.parametrize("phi,tau,alpha", [(4.0, 2.5, 0.25), (4.0, 1.5, 0.5), (0.5, 10.0, 1.0), (9.0, 1.0, 0.7)])
 def test_core_formula_equals_the_papers_equations(phi, tau, alpha):
     g = torch.Generator().manual_seed(0)
@@ -66,49 +60,6 @@ def test_settings_are_validated():
 @pytest.fixture(scope="module")
 def unet():
     return H.tiny_model("eps", seed=3)
-
-
-def manual_attention(q, k, v, heads):
-    b, n, d = q.shape
-    dh = d // heads
-    split = lambda t: t.view(t.shape[0], -1, heads, dh).transpose(1, 2)  # noqa: E731
-    w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(dh), dim=-1)
-    return (w @ split(v)).transpose(1, 2).reshape(b, n, d)
-
-
-def reference_model(model, neg_context, phi, tau, alpha):
-    """A clone whose every cross-attention computes the paper's NAG directly on the positive rows (chunk 0): Z+ from
-    the batch's own keys, Z- from the negative context through the layer's to_k / to_v, both by a softmax written
-    here; the formula of direct_nag. The layers are found by walking the network, not through the pack."""
-    ref = model.clone()
-    net = model.model.diffusion_model
-    layers = {}
-    for part, blocks in (("input", net.input_blocks), ("output", net.output_blocks), ("middle", [net.middle_block])):
-        for i, block in enumerate(blocks):
-            tbs = [m for m in block.modules() if m.__class__.__name__ == "BasicTransformerBlock"]
-            for t, tb in enumerate(tbs):
-                layers[(part, i, t)] = tb.attn2
-
-    def make(part, i):
-        def attn2(q, k, v, extra):
-            heads = extra["n_heads"]
-            z = manual_attention(q, k, v, heads)
-            ids = list(extra["cond_or_uncond"])
-            if 0 not in ids:
-                return z
-            size = q.shape[0] // len(ids)
-            rows = slice(ids.index(0) * size, (ids.index(0) + 1) * size)
-            layer = layers[(part, i, extra.get("block_index", 0))]
-            ctx = neg_context.expand(size, *neg_context.shape[1:])
-            z_neg = manual_attention(q[rows], layer.to_k(ctx), layer.to_v(ctx), heads)
-            z = z.clone()
-            z[rows] = direct_nag(z[rows], z_neg, phi, tau, alpha)
-            return z
-        return attn2
-
-    for part, i, _ in layers:
-        ref.set_model_attn2_replace(make(part, i), part, i)
-    return ref
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
