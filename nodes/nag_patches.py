@@ -201,5 +201,8 @@ def check_ran(probe: Probe, network, term_no: int, settings) -> None:
     if probe.hits == 0:
         raise GuidanceConfigError(
             f"term {term_no} (nag, form {settings.form}): NAG never reached the positive prompt's rows in "
-            f"{type(network).__name__} (another node runs the model's batches its own way, or the model does not call "
-            "the hook); remove that node or use the other form")
+            f"{type(network).__name__}: "
+            + ("the positive and the negative prompt ran in separate model calls (ComfyUI splits a batch that does not "
+               "fit in memory; ComfyUI's NAGuidance then silently does nothing); use the paper form or a smaller batch"
+               if settings.form == "comfyui" else "another node runs the model's batches its own way; remove that node")
+            + ", or the model does not call the hook")

@@ -146,6 +146,25 @@ def toy_autoguidance(g: Graph, name: str):
     toy_save(g, sca["output"], name, col=4)
 
 
+def toy_nag_ksampler(g: Graph, name: str):
+    """Stock KSampler at cfg 1 + CFG Patch with a NAG term: a negative prompt where CFG is off."""
+    toy, latent = toy_base(g, (
+        "## A negative prompt at CFG 1: normalized attention guidance (NAG)\n\n"
+        "Guidance-distilled models (Flux dev, Lightning/turbo LoRAs) sample at **cfg 1**, where ComfyUI never runs the "
+        "negative prompt. A **NAG Term** (Chen et al. 2025) makes it work inside attention: the positive row's "
+        "cross-attention is pushed away from the negative prompt's (paper form: no extra row, one model row per "
+        "step). Here the positive is the **empty** prompt (any class) and the negative **Trouser**: "
+        "trousers become rare. Set the term's weight to 0 to compare."))
+    pos = g.add("GuidanceLabToyClass", col=1, title="Positive: empty prompt", toy_world=toy["toy_world"], label="empty")
+    neg = g.add("GuidanceLabToyClass", col=1, title="Negative: Trouser", toy_world=toy["toy_world"], label="Trouser")
+    nag = g.add("GuidanceLabNAGTerm", col=2, form="paper", weight=4.0, tau=2.5, alpha=0.5)
+    patch = g.add("GuidanceLabCFGPatch", col=3, model=toy["model"], neg_scale=0.0, terms=nag["terms"])
+    ks = g.add("KSampler", col=4, model=patch["model"], seed=SEED, steps=TOY_STEPS, cfg=1.0, sampler_name="euler",
+               scheduler="normal", positive=pos["conditioning"], negative=neg["conditioning"],
+               latent_image=latent["LATENT"], denoise=1.0)
+    toy_save(g, ks["LATENT"], name, col=4)
+
+
 def toy_classifier_ksampler(g: Graph, name: str):
     """Classifier guidance (MODEL patch) with the toy world's noise-aware classifier, no prompt."""
     toy, latent = toy_base(g, (
@@ -299,6 +318,7 @@ WORKFLOWS = {
     "toy_classifier_guidance_sampler": toy_classifier_sampler,
     "toy_pag_ksampler": toy_pag_ksampler,
     "toy_autoguidance_guider": toy_autoguidance,
+    "toy_nag_ksampler": toy_nag_ksampler,
     "sd15_cfg_three_way_ksampler": sd15_cfg_ksampler,
     "sd15_cfg_three_way_guider": sd15_cfg_guider,
     "sd15_classifier_guidance": sd15_classifier,
