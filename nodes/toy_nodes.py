@@ -1,7 +1,12 @@
 """The toy world (category "Guidance Lab/toy"): a small class-conditional diffusion model trained by
 this project on Fashion-MNIST (ComfyUI's own UNetModel at small width, eps-prediction on ComfyUI's
 discrete schedule, 1x32x32 images), its class conditionings and a decoder to IMAGE. Weights ship
-in toy_models/ (made by bench/toy/train_toy.py; command and seed in toy_models/README.md)."""
+in toy_models/ (made by bench/toy/train_toy.py; command and seed in toy_models/README.md).
+
+A guidance-distilled student of the toy model (bench/toy/train_distilled.py; Meng et al. 2023) takes the CFG
+scale as an input, as Flux dev does: the value travels in the CONDITIONING as "guidance" (ComfyUI's FluxGuidance
+node sets it), reaches the UNet as the forward kwarg `guidance` (one value per batch row) and is embedded
+(sinusoidal, then the UNet's own label_emb / y path) into the timestep embedding. One model call per step."""
 from __future__ import annotations
 
 import json
@@ -9,12 +14,15 @@ import os
 
 import torch
 
+import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 import folder_paths
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from comfy_api.latest import io
 from safetensors import safe_open
 
@@ -34,6 +42,14 @@ TOY_UNET = dict(image_size=32, in_channels=1, out_channels=1, model_channels=32,
                 transformer_depth=[0, 0, 1], transformer_depth_output=[0, 0, 0, 0, 1, 1],
                 transformer_depth_middle=1, context_dim=CONTEXT_DIM, use_linear_in_transformer=True,
                 adm_in_channels=None, legacy=False)
+# The guidance-distilled student: TOY_UNET plus an MLP (label_emb, "sequential") from the guidance scale's sinusoidal
+# embedding (GUIDANCE_DIM wide, of g * GUIDANCE_FACTOR, as Flux's guidance_in embeds g * 1000 at width 256; at width 32
+# a factor of 100 keeps half the frequencies smooth over g in [1, 6]) into the timestep embedding.
+GUIDANCE_DIM = 32
+GUIDANCE_FACTOR = 100.0
+DEFAULT_GUIDANCE = 3.0  # the student's scale when the conditioning carries none (ComfyUI's cfg convention)
+STUDENT_VARIANT = "guidance_distilled"  # metadata "variant" of a student file
+TOY_STUDENT_UNET = dict(TOY_UNET, num_classes="sequential", adm_in_channels=GUIDANCE_DIM)
 
 # The pack's own toy_models/ folders, registered so files resolve through ComfyUI's folder registry:
 # the diffusion model in its own folder, the toy world's noise-aware classifier as one more path of
@@ -56,8 +72,46 @@ class ToyConfig(comfy.supported_models_base.BASE):
     sampling_settings = {}
 
 
-def build_toy_model(dtype=torch.float32, device="cpu"):
-    """ComfyUI BaseModel (eps, discrete SD-style schedule) around the toy UNetModel."""
+def guidance_embedding(guidance, batch: int):
+    """[batch, GUIDANCE_DIM] sinusoidal embedding of the guidance scale (one value, or one per row)."""
+    g = guidance.float().reshape(-1)
+    if g.numel() == 1:
+        g = g.expand(batch)
+    if g.numel() != batch:
+        raise GuidanceConfigError(f"guidance has {g.numel()} values for a batch of {batch}; accepted: 1 or {batch}")
+    return timestep_embedding(g * GUIDANCE_FACTOR, GUIDANCE_DIM)
+
+
+class GuidanceToyUNet(UNetModel):
+    """The toy UNetModel with the CFG scale as an input: forward kwarg `guidance` (a tensor, one value per batch
+    row, as ComfyUI hands Flux its guidance), embedded through the UNet's y path. Without one, DEFAULT_GUIDANCE."""
+
+    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, guidance=None,
+                **kwargs):
+        if guidance is None:
+            guidance = torch.full((1,), DEFAULT_GUIDANCE)
+        y = guidance_embedding(guidance.to(x.device), x.shape[0]).to(x.dtype)
+        return super().forward(x, timesteps, context=context, y=y, control=control,
+                               transformer_options={} if transformer_options is None else transformer_options, **kwargs)
+
+
+class GuidanceToyModel(comfy.model_base.BaseModel):
+    """BaseModel of the student: the conditioning's "guidance" (FluxGuidance) reaches the UNet as a cond, as in
+    comfy.model_base.Flux; DEFAULT_GUIDANCE where the conditioning has none."""
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        out["guidance"] = comfy.conds.CONDRegular(torch.FloatTensor([kwargs.get("guidance", DEFAULT_GUIDANCE)]))
+        return out
+
+
+def build_toy_model(dtype=torch.float32, device="cpu", student: bool = False):
+    """ComfyUI BaseModel (eps, discrete SD-style schedule) around the toy UNetModel; student = the
+    guidance-distilled variant (GuidanceToyModel around GuidanceToyUNet)."""
+    if student:
+        cfg = ToyConfig(dict(TOY_STUDENT_UNET, dtype=dtype))
+        return GuidanceToyModel(cfg, model_type=comfy.model_base.ModelType.EPS, device=device,
+                                unet_model=GuidanceToyUNet)
     cfg = ToyConfig(dict(TOY_UNET, dtype=dtype))
     return comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.EPS, device=device)
 
@@ -75,7 +129,11 @@ def load_toy(path: str):
             state = {k: f.get_tensor(k).float() for k in f.keys()}
         if "class_embedding.weight" not in state:
             raise GuidanceConfigError(f"{os.path.basename(path)} is not a Guidance Lab toy model file")
-        model = build_toy_model()
+        variant = meta.get("variant")
+        if variant not in (None, STUDENT_VARIANT):
+            raise GuidanceConfigError(f"{os.path.basename(path)}: toy model variant {variant!r} unknown; accepted: "
+                                      f"none (the toy model) or {STUDENT_VARIANT!r}")
+        model = build_toy_model(student=variant == STUDENT_VARIANT)
         unet_state = {k[len("diffusion_model."):]: v for k, v in state.items() if k.startswith("diffusion_model.")}
         model.diffusion_model.load_state_dict(unet_state, strict=True)
     dev = comfy.model_management.get_torch_device()

@@ -140,7 +140,7 @@ def _terms_text(v) -> str:
 def table(results) -> str:
     rows = ["| group | point | w | classifier scale | terms | prompt | schedule (mean f) | sampler | steps | accuracy | "
             "FD | precision | recall | model rows / step | seconds |", "|" + "---|" * 15]
-    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "pag", "adaptive"]
+    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "pag", "adaptive", "distilled"]
     pts = sorted((v for v in results.values() if isinstance(v, dict) and "group" in v),
                  key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v.get("auto", 0), v.get("pag", 0),
                                 v.get("adaptive") or 0, v["steps"], v["sampler"]))
@@ -186,3 +186,65 @@ def write_all(results, directions, out_dir):
             + "\n\nWhat the numbers say, and why a **no** is not a bug: README, section \"The guidance tradeoff, "
               "measured\".\n")
     write_section("toy-tradeoff", "Guidance tradeoff on the toy world (Fashion-MNIST)", body)
+
+
+def distilled_pairs(data) -> list:
+    """(student, teacher) results of the distilled comparison, by scale: the student at g next to the teacher's
+    CFG at cfg = g (the point cfg_w{g - 1}; None where it was not run)."""
+    by = {v["name"]: v for v in data.values() if isinstance(v, dict) and "name" in v}
+    return [(v, by.get(f"cfg_w{v['guidance'] - 1:g}")) for v in sorted(group(data, "distilled"),
+                                                                        key=lambda v: v["guidance"])]
+
+
+def within_tolerance(student, teacher, tolerance) -> bool:
+    return all(abs(student[k] - teacher[k]) <= tol for k, tol in tolerance.items())
+
+
+def distilled_body(data) -> str:
+    """The "toy-distilled" section of docs/BENCHMARKS.md from docs/toy_distilled.json."""
+    c, tol = data["_config"], data["tolerance"]
+    rows_txt = lambda v: "-" if v.get("rows_per_step") is None else f"{v['rows_per_step']:.2f}"  # noqa: E731
+    rows = [("| g = cfg | accuracy student / teacher (diff) | FD student / teacher (diff) | precision student / teacher "
+             "| recall student / teacher | model rows / step student / teacher | within tolerance |"), "|" + "---|" * 7]
+    verdicts = []
+    for s, t in distilled_pairs(data):
+        if t is None:
+            rows.append(f"| {s['guidance']:g} | {s['accuracy']:.3f} / - | {s['fd']:.2f} / - | {s['precision']:.3f} / - "
+                        f"| {s['recall']:.3f} / - | {rows_txt(s)} / - | (no teacher point) |")
+            continue
+        ok = within_tolerance(s, t, tol)
+        verdicts.append(ok)
+        rows.append(f"| {s['guidance']:g} | {s['accuracy']:.3f} / {t['accuracy']:.3f} ({s['accuracy'] - t['accuracy']:+.3f}) "
+                    f"| {s['fd']:.2f} / {t['fd']:.2f} ({s['fd'] - t['fd']:+.2f}) | {s['precision']:.3f} / "
+                    f"{t['precision']:.3f} | {s['recall']:.3f} / {t['recall']:.3f} | {rows_txt(s)} / {rows_txt(t)} | "
+                    f"{'yes' if ok else '**no**'} |")
+    summary = (f"{sum(verdicts)} of {len(verdicts)} scales within tolerance" if verdicts else "no pair measured")
+    out = [(s, t) for s, t in distilled_pairs(data) if t is not None and not within_tolerance(s, t, tol)]
+    better = [f"{s['guidance']:g}" for s, t in out if s["accuracy"] > t["accuracy"] and s["fd"] < t["fd"]]
+    if better:
+        summary += (f"; at g = {', '.join(better)} the student misses it on the better side: higher accuracy and "
+                    f"lower FD than its teacher's CFG")
+    return (f"`bench/toy/tradeoff.py --distilled`: the guidance-distilled student "
+            f"(`toy_models/diffusion/fashion_diffusion_distilled.safetensors`, Meng et al. 2023 stage 1; made as "
+            f"toy_models/README.md says) at the embedded scale g, one model call per step (ComfyUI's FluxGuidance "
+            f"puts g in the conditioning, BasicGuider, euler, 20 steps, scheduler `normal`), next to its teacher "
+            f"(`fashion_diffusion.safetensors`) with CFG at cfg = g (the tradeoff section's cfg_w points, w = g - 1, "
+            f"the same seeds). N = {c['n']} per point ({c['n'] // 10} per class); metrics by the independent "
+            f"evaluation classifier as in the tradeoff section. Tolerance (fixed before the run): accuracy within "
+            f"{tol['accuracy']:g}, FD within {tol['fd']:g} of the teacher's. Model rows per step are counted on the "
+            f"real forwards (\"-\": a point kept from a run that did not count them; CFG runs the conditional and "
+            f"the unconditional row, 2). Raw numbers: `docs/toy_distilled.json`.\n\n" + "\n".join(rows)
+            + f"\n\nResult: {summary}.\n")
+
+
+def write_distilled(results, names, tolerance):
+    """docs/toy_distilled.json (the student's points and their teacher's, with the tolerance) and its section."""
+    import json
+
+    from devkit.bench import write_section
+    from guidance_core.io import atomic_bytes
+
+    data = {"_config": results["_config"], "tolerance": dict(tolerance),
+            **{k: results[k] for k in names if k in results}}
+    atomic_bytes(os.path.join(ROOT, "docs", "toy_distilled.json"), json.dumps(data, indent=1).encode())
+    write_section("toy-distilled", "Guidance-distilled toy student vs its teacher's CFG (issue 21)", distilled_body(data))

@@ -19,22 +19,28 @@ Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + 
                the batch (Castillo et al. 2023; on the toy model the batch minimum of cos is above 0.99 at every step
                and does not rise monotonically, so the paper's 0.99 would stop at once);
                model rows per sample and step are counted on the real forwards
+  distilled    (--distilled, issue 21) the guidance-distilled student (fashion_diffusion_distilled.safetensors) at
+               g = 1.5, 3, 5, one model call per step (the scale in the conditioning by ComfyUI's FluxGuidance,
+               BasicGuider), next to its teacher's CFG at cfg = g (the cfg_w points; kept where a results file has them)
 Metrics, by the independent evaluation classifier (bench/toy/eval_classifier.py, clean images only):
 intended-class accuracy, Frechet distance of its 128-d features to the 10k test set, precision and
 recall with k = 3 (bench/toy/metrics.py).
 
     .venv/bin/python -m bench.toy.tradeoff                 # full: N = 1000 per point (~1.5 h on 2 quiet CPU cores)
     .venv/bin/python -m bench.toy.tradeoff --quick         # N = 64, 6 points (CI, ~2 min)
+    .venv/bin/python -m bench.toy.tradeoff --distilled --reuse docs/toy_tradeoff.json   # student vs teacher
 
 Writes OUT/results.json (resumable: finished points are kept), OUT/samples/*.safetensors, and in full
 mode docs/images/toy_tradeoff.png, docs/images/toy_samples.png, docs/toy_tradeoff.json and the
-"toy-tradeoff" section of docs/BENCHMARKS.md.
+"toy-tradeoff" section of docs/BENCHMARKS.md; in --distilled mode docs/toy_distilled.json and the
+"toy-distilled" section.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -46,6 +52,10 @@ from devkit import comfy_host as H
 TOY_MODEL = "fashion_diffusion.safetensors"
 TOY_WEAK_MODEL = "fashion_diffusion_weak.safetensors"  # the guiding model of autoguidance
 TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
+TOY_STUDENT = "fashion_diffusion_distilled.safetensors"  # the guidance-distilled student (issue 21)
+# The student matches its teacher when, at the same scale (student g = teacher cfg) and seeds, its intended-class
+# accuracy is within 0.02 and its Frechet distance within 1.0 of the teacher's CFG (fixed before the N = 1000 run).
+DISTILLED_TOLERANCE = {"accuracy": 0.02, "fd": 1.0}
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class Point:
     auto: float = 0.0          # autoguidance: model-term weight with the weak toy model (Karras's w = 1 + auto)
     pag: float = 0.0           # perturbed-attention (PAG, middle block) term weight
     adaptive: float | None = None  # adaptive CFG: stop the uncond once cos(eps_c, eps_u) >= this threshold
+    guidance: float = 0.0      # the distilled student at this embedded CFG scale (FluxGuidance); 0 = the teacher
 
 
 def full_points() -> list[Point]:
@@ -88,6 +99,15 @@ def terms_points() -> list[Point]:
     return [auto(1), pag(3), adaptive(0.9999), auto(2), adaptive(0.9995), adaptive(0.999), auto(0.5), pag(1), pag(1, w=2)]
 
 
+def distilled_points() -> list[Point]:
+    """Issue 21: the guidance-distilled student at g = 1.5, 3, 5, each next to its teacher's CFG at cfg = g
+    (w = g - 1: the cfg sweep's points of the same names)."""
+    pts = []
+    for g in (1.5, 3.0, 5.0):
+        pts += [Point(f"distilled_g{g:g}", "distilled", guidance=g), Point(f"cfg_w{g - 1:g}", "cfg", w=g - 1)]
+    return pts
+
+
 def quick_points(steps: int = 20) -> list[Point]:
     pts = [Point(f"cfg_w{w:g}", "cfg", w=w, steps=steps) for w in (0, 2, 8)]
     pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False, steps=steps) for s in (0, 10, 30)]
@@ -106,7 +126,8 @@ class World:
             self.classifier = H.run_node("GuidanceLabClassifierLoader", classifier_name=TOY_CLASSIFIER)[0]
             self.weak = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_WEAK_MODEL)[0]
         self.labels = self.world.labels
-        self.rows = 0  # model rows (batch entries of every forward, both models) sampled so far
+        self.student = None  # (MODEL, TOY WORLD) of the distilled student, loaded by its first point
+        self.rows = 0  # model rows (batch entries of every forward, all models) sampled so far
 
     def terms(self, p: Point):
         """GUIDANCE_TERMS of the point: a model term (autoguidance) and/or a PAG term; None without."""
@@ -143,10 +164,12 @@ class World:
 
         S = H.pack_module("guidance_core.schedules")
         with torch.inference_mode():
-            pos = H.run_node("GuidanceLabToyClass", toy_world=self.world, label=label if p.conditional else "empty",
+            if p.guidance and self.student is None:
+                self.student = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_STUDENT)
+            model, world = self.student if p.guidance else (self.model, self.world)
+            pos = H.run_node("GuidanceLabToyClass", toy_world=world, label=label if p.conditional else "empty",
                              batch=n)[0]
-            empty = H.run_node("GuidanceLabToyClass", toy_world=self.world, label="empty", batch=n)[0]
-            model = self.model
+            empty = H.run_node("GuidanceLabToyClass", toy_world=world, label="empty", batch=n)[0]
             if p.scale > 0:
                 model = H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=self.classifier,
                                    target=label, scale=p.scale, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
@@ -154,13 +177,17 @@ class World:
             sigmas = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=p.steps, denoise=1.0)[0]
             sched = self.schedule(p, sigmas)
             mean_f = 1.0 if sched is None else sum(S.step_values(sched, [float(v) for v in sigmas])) / p.steps
-            guider = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty, cfg=1.0 + p.w,
-                                neg_scale=0.0, cfg_schedule=sched, terms=self.terms(p))[0]
+            if p.guidance:  # the student: the scale in the conditioning, one model call per step (as Flux dev)
+                pos = H.run_node("FluxGuidance", conditioning=pos, guidance=p.guidance)[0]
+                guider = H.run_node("BasicGuider", model=model, conditioning=pos)[0]
+            else:
+                guider = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty, cfg=1.0 + p.w,
+                                    neg_scale=0.0, cfg_schedule=sched, terms=self.terms(p))[0]
             sampler = H.run_node("KSamplerSelect", sampler_name=p.sampler)[0]
             noise = H.run_node("RandomNoise", noise_seed=seed)[0]
             latent = {"samples": torch.zeros(n, 1, 32, 32)}
             was, comfy.utils.PROGRESS_BAR_ENABLED = comfy.utils.PROGRESS_BAR_ENABLED, False  # run() shows one bar
-            counters = [H.RowCounter(self.model), H.RowCounter(self.weak)]
+            counters = [H.RowCounter(m) for m in (self.model, self.weak, *(self.student or ())[:1])]
             try:
                 out = H.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                                  latent_image=latent)[0]
@@ -318,6 +345,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-only", action="store_true", help="sample and store the points, score nothing")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--distilled", action="store_true",
+                    help="the distilled student next to its teacher's CFG (issue 21); writes docs/toy_distilled.json")
+    ap.add_argument("--reuse", default=None,
+                    help="a results file (e.g. docs/toy_tradeoff.json) that seeds OUT/results.json when OUT has none: "
+                         "its points of the same N are kept, not sampled again")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -325,12 +357,20 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     n = args.n or (64 if args.quick else 1000)
     out = args.out or os.path.join(ROOT, "out", "toy", "tradeoff_quick" if args.quick else "tradeoff")
-    points = quick_points() if args.quick else full_points()
+    points = quick_points() if args.quick else distilled_points() if args.distilled else full_points()
     if args.only:
         keep = set(args.only.split(","))
         points = [p for p in points if p.name in keep or p.group in keep]
+    if args.reuse and not os.path.exists(os.path.join(out, "results.json")):
+        os.makedirs(out, exist_ok=True)
+        shutil.copyfile(args.reuse, os.path.join(out, "results.json"))
     results = run(points, n, out, args.seed, args.sample_only)
     if args.sample_only:
+        return results, {}
+    if args.distilled:
+        from bench.toy import toy_report
+
+        toy_report.write_distilled(results, [p.name for p in points], DISTILLED_TOLERANCE)
         return results, {}
     d = directions(results)
     print(json.dumps(d, indent=1))

@@ -31,6 +31,20 @@ def init_weights(module):
                 base.reset_parameters(m)
 
 
+def optimizer_step(opt, loss, params, ema_params, ema: float):
+    """One AdamW step on loss (gradient norm clipped to 1), then the EMA copies (ema_params, in the order of params)
+    move towards the weights by 1 - ema."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    with torch.no_grad():
+        for e, p in zip(ema_params, params):
+            e.lerp_(p, 1 - ema)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6000)
@@ -82,13 +96,9 @@ def main():
         x_in = (x0 + s * eps) / torch.sqrt(1 + s ** 2)
         out = unet(x_in, t.float(), context=emb(y)[:, None])
         loss = torch.nn.functional.mse_loss(out, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            for e, p in zip(list(ema_unet.parameters()) + (list(ema_emb.parameters()) if emb.weight.requires_grad else []), params):
-                e.lerp_(p, 1 - args.ema)
+        optimizer_step(opt, loss, params,
+                       list(ema_unet.parameters()) + (list(ema_emb.parameters()) if emb.weight.requires_grad else []),
+                       args.ema)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
