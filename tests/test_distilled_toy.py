@@ -137,8 +137,9 @@ def test_distilled_table_is_the_results_file():
     with open(os.path.join(H.ROOT, "docs", "toy_distilled.json")) as f:
         data = json.load(f)
     assert data["tolerance"] == tradeoff.DISTILLED_TOLERANCE
-    names = [p.name for p in tradeoff.distilled_points()]
-    assert {k for k in data if not k.startswith("_") and k != "tolerance"} == set(names)
+    names = {p.name for p in tradeoff.distilled_points()}
+    optional = {p.name for p in tradeoff.distilled_schedule_points()}  # --distilled-schedules
+    assert names <= {k for k in data if not k.startswith("_") and k != "tolerance"} <= names | optional
     pairs = toy_report.distilled_pairs(data)
     assert [s["guidance"] for s, _ in pairs] == [1.5, 3.0, 5.0] and all(t is not None for _, t in pairs)
     assert all(s["n"] == t["n"] == data["_config"]["n"] == 1000 for s, t in pairs)

@@ -234,7 +234,25 @@ def distilled_body(data) -> str:
             f"{tol['accuracy']:g}, FD within {tol['fd']:g} of the teacher's. Model rows per step are counted on the "
             f"real forwards (\"-\": a point kept from a run that did not count them; CFG runs the conditional and "
             f"the unconditional row, 2). Raw numbers: `docs/toy_distilled.json`.\n\n" + "\n".join(rows)
-            + f"\n\nResult: {summary}.\n")
+            + f"\n\nResult: {summary}.\n" + schedule_rows(data))
+
+
+def schedule_rows(data) -> str:
+    """The student with its embedded scale following a schedule (mean multiplier 1) against the constant g."""
+    sched = sorted(group(data, "distilled_schedule"), key=lambda v: v["name"])
+    const = {v["guidance"]: v for v in group(data, "distilled")}
+    if not sched:
+        return ""
+    lines = ["", "The embedded scale per step (the pack's **Distilled Guidance Schedule**, g · f(step) with mean f = 1: "
+             "linear_down 2 → 0, interval = 2 on the middle half of the steps, 0 outside) against the constant g:", "",
+             "| point | g | schedule | accuracy | FD | precision | recall | rows / step |", "|---|---|---|---|---|---|---|---|"]
+    for v in [const.get(3.0)] + sched:
+        if v is None:
+            continue
+        rows = "-" if v.get("rows_per_step") is None else f"{v['rows_per_step']:.2f}"
+        lines.append(f"| {v['name']} | {v['guidance']:g} | {v.get('schedule', 'constant')} | {v['accuracy']:.3f} | "
+                     f"{v['fd']:.2f} | {v['precision']:.3f} | {v['recall']:.3f} | {rows} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_distilled(results, names, tolerance):

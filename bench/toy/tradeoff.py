@@ -108,6 +108,12 @@ def distilled_points() -> list[Point]:
     return pts
 
 
+def distilled_schedule_points() -> list[Point]:
+    """The student's embedded scale per step (the Distilled Guidance Schedule, mean multiplier 1) against the constant
+    g = 3 (--distilled-schedules)."""
+    return [Point(f"distilled_g3_{k}", "distilled_schedule", guidance=3.0, schedule=k) for k in ("linear_down", "interval")]
+
+
 def quick_points(steps: int = 20) -> list[Point]:
     pts = [Point(f"cfg_w{w:g}", "cfg", w=w, steps=steps) for w in (0, 2, 8)]
     pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False, steps=steps) for s in (0, 10, 30)]
@@ -178,6 +184,8 @@ class World:
             sched = self.schedule(p, sigmas)
             mean_f = 1.0 if sched is None else sum(S.step_values(sched, [float(v) for v in sigmas])) / p.steps
             if p.guidance:  # the student: the scale in the conditioning, one model call per step (as Flux dev)
+                if sched is not None:  # per step: g * f(step) (the pack's Distilled Guidance Schedule)
+                    model = H.run_node("GuidanceLabDistilledGuidance", model=model, guidance=p.guidance, schedule=sched)[0]
                 pos = H.run_node("FluxGuidance", conditioning=pos, guidance=p.guidance)[0]
                 guider = H.run_node("BasicGuider", model=model, conditioning=pos)[0]
             else:
@@ -347,6 +355,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--distilled", action="store_true",
                     help="the distilled student next to its teacher's CFG (issue 21); writes docs/toy_distilled.json")
+    ap.add_argument("--distilled-schedules", action="store_true",
+                    help="--distilled plus the student with its scale on a schedule against the constant g = 3")
     ap.add_argument("--reuse", default=None,
                     help="a results file (e.g. docs/toy_tradeoff.json) that seeds OUT/results.json when OUT has none: "
                          "its points of the same N are kept, not sampled again")
@@ -358,6 +368,8 @@ def main(argv=None):
     n = args.n or (64 if args.quick else 1000)
     out = args.out or os.path.join(ROOT, "out", "toy", "tradeoff_quick" if args.quick else "tradeoff")
     points = quick_points() if args.quick else distilled_points() if args.distilled else full_points()
+    if args.distilled_schedules:
+        points = distilled_points() + distilled_schedule_points()
     if args.only:
         keep = set(args.only.split(","))
         points = [p for p in points if p.name in keep or p.group in keep]
@@ -367,7 +379,7 @@ def main(argv=None):
     results = run(points, n, out, args.seed, args.sample_only)
     if args.sample_only:
         return results, {}
-    if args.distilled:
+    if args.distilled or args.distilled_schedules:
         from bench.toy import toy_report
 
         toy_report.write_distilled(results, [p.name for p in points], DISTILLED_TOLERANCE)
