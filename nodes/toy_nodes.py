@@ -37,7 +37,7 @@ TOY_FOLDER = "guidance_lab_toy"
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
 CONTEXT_DIM = 32
-TOY_UNET = dict(image_size=32, in_channels=1, out_channels=1, model_channels=32, num_res_blocks=1,
+TOY_UNET = dict(image_size=32, in_channels=1, out_channels=1, model_channels=32, num_res_blocks=[1, 1, 1],
                 channel_mult=[1, 2, 2], num_head_channels=32, use_spatial_transformer=True,
                 transformer_depth=[0, 0, 1], transformer_depth_output=[0, 0, 0, 0, 1, 1],
                 transformer_depth_middle=1, context_dim=CONTEXT_DIM, use_linear_in_transformer=True,

@@ -51,3 +51,16 @@ def test_unknown_label_is_refused(toy):
     errors = H.pack_module("guidance_core.errors")
     with pytest.raises(errors.GuidanceConfigError, match="unknown"):
         H.run_node("GuidanceLabToyClass", toy_world=toy[1], label="Hat", batch=1)
+
+
+def test_comfyuis_lora_loader_applies_to_the_toy_model():
+    """LoraLoaderModelOnly's code (comfy.sd.load_lora_for_models) on the toy model: its LoRA key map reads the UNet's
+    num_res_blocks per level (an int there raised TypeError); every key of a LoRA on its attention layers is patched."""
+    import torch
+    from devkit.lora import lora_state_dict, with_lora
+
+    with torch.inference_mode():
+        model = H.run_node("GuidanceLabToyModelLoader", toy_model="fashion_diffusion.safetensors")[0]
+    lora = lora_state_dict(model, rank=2, suffixes=(".to_q.weight", ".to_k.weight", ".to_v.weight"))
+    clone = with_lora(model, lora, 1.0)
+    assert clone.model is model.model and len(clone.patches) == len(lora) // 2

@@ -131,7 +131,8 @@ def sample_grid(out_dir, names, labels, n, per_class=5, zoom=2) -> Image.Image:
 
 
 def _terms_text(v) -> str:
-    parts = [f"autoguidance {v['auto']:g}" for _ in [0] if v.get("auto")]
+    parts = [f"autoguidance {v['auto']:g}" + (" (weak model as a LoRA)" if v.get("auto_lora") else "")
+             for _ in [0] if v.get("auto")]
     parts += [f"PAG {v['pag']:g}" for _ in [0] if v.get("pag")]
     parts += [f"adaptive cos >= {v['adaptive']:g}" for _ in [0] if v.get("adaptive") is not None]
     return ", ".join(parts) or "-"
@@ -140,7 +141,8 @@ def _terms_text(v) -> str:
 def table(results) -> str:
     rows = ["| group | point | w | classifier scale | terms | prompt | schedule (mean f) | sampler | steps | accuracy | "
             "FD | precision | recall | model rows / step | seconds |", "|" + "---|" * 15]
-    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "pag", "adaptive", "distilled"]
+    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "autoguidance_lora", "pag",
+             "adaptive", "distilled", "distilled_schedule"]
     pts = sorted((v for v in results.values() if isinstance(v, dict) and "group" in v),
                  key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v.get("auto", 0), v.get("pag", 0),
                                 v.get("adaptive") or 0, v["steps"], v["sampler"]))

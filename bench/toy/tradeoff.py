@@ -14,6 +14,9 @@ Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + 
   sampler      w = 2 with euler / dpmpp_2m at 20 and 50 steps
   autoguidance model term with the weak toy model (toy_models/diffusion/fashion_diffusion_weak.safetensors),
                weight 0.5, 1, 2 (Karras's w = 1.5, 2, 3), no CFG (Karras et al. 2024)
+  autoguidance_lora  the same, the weak model given as a LoRA of the shipped model (issue 22:
+               bench/toy/weights/fashion_weak_lora.safetensors, made by bench/toy/make_weak_lora.py) through
+               ComfyUI's LoRA loader: the model term is a clone sharing the sampled model's network
   pag          PAG term (middle block) weight 1, 3 without CFG, and 1 with CFG w = 2 (Ahn et al. 2024)
   adaptive     CFG w = 2 whose uncond stops once cos(eps_c, eps_u) >= 0.999 / 0.9995 / 0.9999 for every sample of
                the batch (Castillo et al. 2023; on the toy model the batch minimum of cos is above 0.99 at every step
@@ -56,6 +59,7 @@ TOY_STUDENT = "fashion_diffusion_distilled.safetensors"  # the guidance-distille
 # The student matches its teacher when, at the same scale (student g = teacher cfg) and seeds, its intended-class
 # accuracy is within 0.02 and its Frechet distance within 1.0 of the teacher's CFG (fixed before the N = 1000 run).
 DISTILLED_TOLERANCE = {"accuracy": 0.02, "fd": 1.0}
+TOY_WEAK_LORA = os.path.join(HERE, "weights", "fashion_weak_lora.safetensors")  # the weak model as a LoRA (issue 22)
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,19 @@ class Point:
     sampler: str = "euler"
     steps: int = 20
     auto: float = 0.0          # autoguidance: model-term weight with the weak toy model (Karras's w = 1 + auto)
+    auto_lora: bool = False    # the weak model as the LoRA clone of the shipped model (TOY_WEAK_LORA)
     pag: float = 0.0           # perturbed-attention (PAG, middle block) term weight
     adaptive: float | None = None  # adaptive CFG: stop the uncond once cos(eps_c, eps_u) >= this threshold
     guidance: float = 0.0      # the distilled student at this embedded CFG scale (FluxGuidance); 0 = the teacher
+
+
+def fields(p: Point) -> dict:
+    """The point's fields as stored with its samples; auto_lora only where set, so samples stored before the field
+    existed still match their point (resumable)."""
+    d = asdict(p)
+    if not d["auto_lora"]:
+        del d["auto_lora"]
+    return d
 
 
 def full_points() -> list[Point]:
@@ -87,7 +101,13 @@ def full_points() -> list[Point]:
     pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False) for s in (20, 40, 5, 15)]
     pts += [Point("cfg_w6", "cfg", w=6)]
     pts += terms_points()
+    pts += lora_points()
     return pts
+
+
+def lora_points() -> list[Point]:
+    """Issue 22: autoguidance with the weak model as a LoRA of the shipped model, at the weights of auto_*."""
+    return [Point(f"auto_lora_{a:g}", "autoguidance_lora", auto=a, auto_lora=True) for a in (1, 2, 0.5)]
 
 
 def terms_points() -> list[Point]:
@@ -133,17 +153,30 @@ class World:
             self.weak = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_WEAK_MODEL)[0]
         self.labels = self.world.labels
         self.student = None  # (MODEL, TOY WORLD) of the distilled student, loaded by its first point
+        self._weak_lora = None
         self.rows = 0  # model rows (batch entries of every forward, all models) sampled so far
 
     def terms(self, p: Point):
         """GUIDANCE_TERMS of the point: a model term (autoguidance) and/or a PAG term; None without."""
         terms = None
         if p.auto:
-            terms = H.run_node("GuidanceLabModelTerm", model=self.weak, weight=p.auto, terms=terms)[0]
+            guide = self.weak_lora() if p.auto_lora else self.weak
+            terms = H.run_node("GuidanceLabModelTerm", model=guide, weight=p.auto, terms=terms)[0]
         if p.pag:
             terms = H.run_node("GuidanceLabPerturbedTerm", mode="pag", blocks="middle.0", weight=p.pag, seg_sigma=10.0,
                                terms=terms)[0]
         return terms
+
+    def weak_lora(self):
+        """The shipped model + the weak-model LoRA at strength 1, by ComfyUI's LoRA loader (a clone of self.model,
+        sharing its network)."""
+        if self._weak_lora is None:
+            from safetensors.torch import load_file
+
+            from bench.toy.make_weak_lora import lora_clone
+
+            self._weak_lora = lora_clone(self.model, load_file(TOY_WEAK_LORA), 1.0)
+        return self._weak_lora
 
     def schedule(self, p: Point, sigmas):
         """GuidanceLabSchedule with mean multiplier 1 over this run's steps (None = constant 1)."""
@@ -262,7 +295,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
             with safe_open(spath, framework="pt") as f:
                 meta = json.loads((f.metadata() or {}).get("point", "{}"))
                 x = f.get_tensor("x")
-        if meta.get("n") != n or meta.get("point") != asdict(p):
+        if meta.get("n") != n or meta.get("point") != fields(p):
             world = world or World()
             t0 = time.time()
             parts, mean_f, rows0 = [], 1.0, world.rows
@@ -270,7 +303,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
                 x_k, mean_f = world.sample(p, world.labels[k], c, seed + k)
                 parts.append(x_k)
             x = torch.cat(parts)
-            meta = {"n": n, "point": asdict(p), "mean_multiplier": round(mean_f, 4),
+            meta = {"n": n, "point": fields(p), "mean_multiplier": round(mean_f, 4),
                     "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
                     "rows_per_step": round((world.rows - rows0) / (n * p.steps), 3)}
             atomic_save({"x": x.half().contiguous()}, spath, {"point": json.dumps(meta)})
@@ -278,7 +311,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
         if sample_only:
             continue
         r = evaluate_point(x.float(), labels, ev, real_feats, real_subset)
-        r.update(asdict(p), n=n, mean_multiplier=meta["mean_multiplier"], seconds=meta["seconds"],
+        r.update(fields(p), n=n, mean_multiplier=meta["mean_multiplier"], seconds=meta["seconds"],
                  torch_threads=meta.get("torch_threads"), rows_per_step=meta.get("rows_per_step"))
         results[p.name] = r
         log(f"{p.name}: acc {r['accuracy']:.3f}  FD {r['fd']:.2f}  precision {r['precision']:.3f}  "
@@ -384,7 +417,9 @@ def main(argv=None):
 
         toy_report.write_distilled(results, [p.name for p in points], DISTILLED_TOLERANCE)
         return results, {}
-    d = directions(results)
+    groups = {v.get("group") for v in results.values() if isinstance(v, dict)}
+    # the directions need the CFG and classifier sweeps (absent from a run of, e.g., --only autoguidance_lora)
+    d = directions(results) if {"cfg", "cls_uncond"} <= groups else {}
     print(json.dumps(d, indent=1))
     if not args.quick and not args.only:
         from bench.toy import toy_report
