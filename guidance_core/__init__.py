@@ -2,7 +2,8 @@
 
 Pure torch / numpy / safetensors / PIL. This package never imports ComfyUI (comfy, nodes,
 folder_paths, server), so it can be used from diffusers or plain torch code as well.
-tests/test_shipping.py holds this list equal to the package's modules.
+tests/test_structure.py holds this list equal to the package's modules and checks that no module of the core
+imports ComfyUI.
 
 Modules:
   parameterization     x = alpha*x0 + sigma*eps conversions (eps / v / flow), D <-> prediction spaces; per_sample

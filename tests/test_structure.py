@@ -139,3 +139,22 @@ def test_core_docstring_lists_every_module():
     have |= {n for n in os.listdir(core) if os.path.isfile(os.path.join(core, n, "__init__.py"))}
     listed = set(re.findall(r"^  (\w+)\s{2,}", guidance_core.__doc__, re.M))
     assert listed == have
+
+
+COMFYUI_MODULES = ("comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution")
+
+
+def test_the_core_imports_no_comfyui():
+    """Every module of guidance_core, imported in a fresh interpreter, pulls in no module of ComfyUI (directly or
+    through another module): the core stays usable from plain torch and diffusers."""
+    import subprocess
+
+    code = ("import importlib, pkgutil, sys, guidance_core\n"
+            "for m in pkgutil.walk_packages(guidance_core.__path__, 'guidance_core.'):\n"
+            "    importlib.import_module(m.name)\n"
+            f"bad = sorted(n for n in sys.modules if n.split('.')[0] in {COMFYUI_MODULES!r})\n"
+            "print(len([n for n in sys.modules if n.startswith('guidance_core')]), bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, bad = out.stdout.strip().split(" ", 1)
+    assert int(count) >= 15 and bad == "[]", out.stdout
