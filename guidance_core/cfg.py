@@ -26,7 +26,9 @@ from .errors import GuidanceConfigError, require_finite
 CFG_DEFAULT, CFG_MIN, CFG_MAX = 7.0, 0.0, 100.0
 NEG_SCALE_DEFAULT = 6.0
 TERM_WEIGHT_RANGE = (-100.0, 100.0)
-MAX_RATIO_MAX = 10.0
+MAX_RATIO_DEFAULT, MAX_RATIO_MAX = 0.0, 10.0  # a term's push cap (cap_push); 0 = none
+# the guidance input of guidance-distilled models (Flux dev's embedded scale, FluxGuidance's value and range)
+DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE = 3.5, (0.0, 100.0)
 APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
 # Accepted ranges (inclusive) of the post-processing settings; the node schema reads them, PostProcess checks them.
 POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
@@ -186,7 +188,7 @@ class ExtraTerm:
     schedule: S.Schedule = S.CONSTANT_ONE
     kind: str = "prompt"
     reference: str = "auto"
-    max_ratio: float = 0.0  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push); 0 = none
+    max_ratio: float = MAX_RATIO_DEFAULT  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push)
 
     def __post_init__(self):
         require_finite("term weight", self.weight)

@@ -28,6 +28,7 @@ from .errors import GuidanceConfigError, require_finite
 FORMS = ("paper", "comfyui")
 NORM_EPS = 1e-6
 TAU_RANGE = (1.0, 10.0)          # ComfyUI's NAGuidance accepts [1, 10]
+ALPHA_RANGE = (0.0, 1.0)
 TAU_DEFAULT, ALPHA_DEFAULT = 2.5, 0.25  # the paper's settings for Flux and SD3.5 (sec. 5)
 
 
@@ -44,7 +45,7 @@ class NAGSettings:
         if not TAU_RANGE[0] <= require_finite("nag tau", self.tau) <= TAU_RANGE[1]:
             raise GuidanceConfigError(f"nag tau={self.tau}; use a value in [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}] "
                                       "(the cap of |Z~| / |Z+|)")
-        if not 0.0 <= require_finite("nag alpha", self.alpha) <= 1.0:
+        if not ALPHA_RANGE[0] <= require_finite("nag alpha", self.alpha) <= ALPHA_RANGE[1]:
             raise GuidanceConfigError(f"nag alpha={self.alpha}; use a value in [0, 1] (0 = no effect, 1 = full)")
 
 

@@ -185,7 +185,8 @@ class GuidanceLabModelTerm(io.ComfyNode):
                 _weight_input("model", "w; Karras et al.'s guidance weight minus 1 (their best: w_K about 2-3); 0 = off."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the guiding model runs with; none = the positive prompt."),
-                io.Float.Input("max_ratio", default=0.0, min=0.0, max=cfg_core.MAX_RATIO_MAX, step=0.01, optional=True,
+                io.Float.Input("max_ratio", default=cfg_core.MAX_RATIO_DEFAULT, min=0.0, max=cfg_core.MAX_RATIO_MAX, step=0.01,
+                               optional=True,
                                tooltip="Cap of the term's push per sample: |w * schedule * (D_reference - D_model)| at most "
                                        "max_ratio * |D_positive| (L2); 0 = no cap. Keeps a strong weight from overcooking."),
             ],
@@ -193,7 +194,8 @@ class GuidanceLabModelTerm(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, weight, reference="auto", schedule=None, conditioning=None, terms=None, max_ratio=0.0):
+    def execute(cls, model, weight, reference="auto", schedule=None, conditioning=None, terms=None,
+                max_ratio=cfg_core.MAX_RATIO_DEFAULT):
         return io.NodeOutput(_append_term(terms, conditioning, "model", weight, reference, schedule, max_ratio,
                                           model=model))
 
@@ -219,7 +221,8 @@ class GuidanceLabNAGTerm(io.ComfyNode):
                                      "NAGuidance's 5 is 4); 0 = off (nothing evaluated)."),
                 io.Float.Input("tau", default=nag_core.TAU_DEFAULT, min=nag_core.TAU_RANGE[0], max=nag_core.TAU_RANGE[1],
                                step=0.01, tooltip="Cap of |Z~| / |Z+| per token (L1). The paper: 2.5; ComfyUI's node: 1.5."),
-                io.Float.Input("alpha", default=nag_core.ALPHA_DEFAULT, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("alpha", default=nag_core.ALPHA_DEFAULT, min=nag_core.ALPHA_RANGE[0], max=nag_core.ALPHA_RANGE[1],
+                               step=0.01,
                                tooltip="Blend of the normalized features into the positive's; 0 = off. The paper: 0.25 "
                                        "(Flux, SD3.5), 0.5 for some models; ComfyUI's node: 0.5."),
                 io.Combo.Input("reference", options=["auto", cfg_core.POSITIVE], default="auto",

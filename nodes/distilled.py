@@ -18,12 +18,12 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from ..guidance_core import schedules
+from ..guidance_core.cfg import DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE as GUIDANCE_RANGE
 from ..guidance_core.errors import GuidanceConfigError, require_finite
 from . import glue
 from . import types as sockets
 
 MARK = "guidance_lab_distilled_guidance"
-GUIDANCE_RANGE = (0.0, 100.0)  # FluxGuidance's
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,7 +93,8 @@ class GuidanceLabDistilledGuidance(io.ComfyNode):
                         "step, as without it.",
             inputs=[
                 io.Model.Input("model", tooltip="A guidance-distilled model (its guidance embedding is the input)."),
-                io.Float.Input("guidance", default=3.5, min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1], step=0.1,
+                io.Float.Input("guidance", default=DISTILLED_GUIDANCE_DEFAULT, min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1],
+                               step=0.1,
                                tooltip="The distilled guidance value g at schedule 1 (FluxGuidance's 'guidance'; Flux dev's "
                                        "default 3.5)."),
                 sockets.Schedule.Input("schedule", optional=True,

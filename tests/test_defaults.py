@@ -9,6 +9,7 @@ C = H.pack_module("guidance_core.cfg")
 S = H.pack_module("guidance_core.schedules")
 PT = H.pack_module("guidance_core.perturb")
 G = H.pack_module("guidance_core.classifier_guidance")
+NAG = H.pack_module("guidance_core.nag")
 
 
 def _post(name):
@@ -26,6 +27,11 @@ HOMES = {
     ("GuidanceLabPerturbedTerm", "weight"): (C.TERM_WEIGHT_DEFAULTS["perturbed"], *C.TERM_WEIGHT_RANGE),
     ("GuidanceLabPerturbedTerm", "seg_sigma"): (PT.SEG_SIGMA_DEFAULT, *PT.SEG_SIGMA_RANGE),
     ("GuidanceLabModelTerm", "weight"): (C.TERM_WEIGHT_DEFAULTS["model"], *C.TERM_WEIGHT_RANGE),
+    ("GuidanceLabModelTerm", "max_ratio"): (C.MAX_RATIO_DEFAULT, 0.0, C.MAX_RATIO_MAX),
+    ("GuidanceLabNAGTerm", "weight"): (C.TERM_WEIGHT_DEFAULTS["nag"], *C.TERM_WEIGHT_RANGE),
+    ("GuidanceLabNAGTerm", "tau"): (NAG.TAU_DEFAULT, *NAG.TAU_RANGE),
+    ("GuidanceLabNAGTerm", "alpha"): (NAG.ALPHA_DEFAULT, *NAG.ALPHA_RANGE),
+    ("GuidanceLabDistilledGuidance", "guidance"): (C.DISTILLED_GUIDANCE_DEFAULT, *C.DISTILLED_GUIDANCE_RANGE),
     **{("GuidanceLabPostProcess", k): _post(k) for k in C.POST_RANGES},
     ("GuidanceLabCFGGuider", "cfg"): (C.CFG_DEFAULT, C.CFG_MIN, C.CFG_MAX),
     ("GuidanceLabCFGGuider", "neg_scale"): (C.NEG_SCALE_DEFAULT, -C.CFG_MAX, C.CFG_MAX),
