@@ -246,7 +246,8 @@ def schedule_rows(data) -> str:
     if not sched:
         return ""
     lines = ["", "The embedded scale per step (the pack's **Distilled Guidance Schedule**, g · f(step) with mean f = 1: "
-             "linear_down 2 → 0, interval = 2 on the middle half of the steps, 0 outside) against the constant g:", "",
+             "linear_down 2 → 0, interval = 2 on the middle half of the steps, 0 outside) against the constant g (made by "
+             "`.venv/bin/python -m bench.toy.tradeoff --distilled-schedules --reuse docs/toy_distilled.json`):", "",
              "| point | g | schedule | accuracy | FD | precision | recall | rows / step |", "|---|---|---|---|---|---|---|---|"]
     for v in [const.get(3.0)] + sched:
         if v is None:
@@ -254,6 +255,13 @@ def schedule_rows(data) -> str:
         rows = "-" if v.get("rows_per_step") is None else f"{v['rows_per_step']:.2f}"
         lines.append(f"| {v['name']} | {v['guidance']:g} | {v.get('schedule', 'constant')} | {v['accuracy']:.3f} | "
                      f"{v['fd']:.2f} | {v['precision']:.3f} | {v['recall']:.3f} | {rows} |")
+    base = const.get(3.0)
+    if base is not None:
+        diffs = "; ".join(f"{v['schedule']}: accuracy {v['accuracy'] - base['accuracy']:+.3f}, FD {v['fd'] - base['fd']:+.2f}, "
+                          f"recall {v['recall'] - base['recall']:+.3f}" for v in sched)
+        lines += ["", f"Against the constant g = 3 at the same seeds and one model row per step: {diffs}. The student was "
+                  "trained on g in [1, 6]: where g · f(step) falls below 1 (f < 1/3, e.g. the interval's 0 outside it) "
+                  "it runs outside that range, so those steps extrapolate."]
     return "\n".join(lines) + "\n"
 
 
