@@ -664,6 +664,23 @@ def terms_prompt(seed: int, steps: int = 6, blocks: str = "") -> dict:
     return _custom_sampling(p, seed, steps, ["ksel", 0], cfg=3.0, prefix="rel/terms", terms=["mterm", 0])
 
 
+def distilled_prompt(seed: int, steps: int = 6) -> dict:
+    """The distilled toy student at cfg 1 on the stock KSampler: its embedded scale on a Distilled Guidance Schedule
+    and a NAG term (paper form) against the negative prompt."""
+    p = {"model": {"class_type": "GuidanceLabToyModelLoader",
+                   "inputs": {"toy_model": "fashion_diffusion_distilled.safetensors"}}}
+    p["pos"] = {"class_type": "GuidanceLabToyClass", "inputs": {"toy_world": ["model", 1], "label": "empty", "batch": 1}}
+    p["neg"] = {"class_type": "GuidanceLabToyClass", "inputs": {"toy_world": ["model", 1], "label": "Trouser", "batch": 1}}
+    p["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 2}}
+    p["sched"] = {"class_type": "GuidanceLabSchedule", "inputs": {"kind": "linear", "start": 1.5, "end": 0.5}}
+    p["dg"] = {"class_type": "GuidanceLabDistilledGuidance", "inputs": {"model": ["model", 0], "guidance": 3.0,
+                                                                          "schedule": ["sched", 0]}}
+    p["nag"] = {"class_type": "GuidanceLabNAGTerm", "inputs": {"form": "paper", "weight": 4.0, "tau": 2.5, "alpha": 0.25}}
+    p["patch"] = {"class_type": "GuidanceLabCFGPatch", "inputs": {"model": ["dg", 0], "neg_scale": 0.0, "terms": ["nag", 0]}}
+    p["ks"] = _ksampler(["patch", 0], ["pos", 0], ["neg", 0], ["latent", 0], steps, seed)
+    return _toy_tail(p, ["ks", 0], "rel/distilled")
+
+
 def train_prompt(seed: int, steps: int = 12, dataset: str = "rel_set", output_name: str = "rel_trained",
                  target: str = "light", sample_steps: int = 4) -> dict:
     """Train Classifier (tiny dataset, tiny VAE) -> its classifier guides the toy model on the stock KSampler."""
@@ -755,6 +772,7 @@ def specs(object_info: dict, quick: bool) -> dict:
     out["demo_guider_terms"] = lambda seed: set_steps(DP.guider(prefix="rel/demo_terms", seed=seed, cfg=1.0,
                                                                 terms=[("cross", 1.0)]), steps)
     out["toy_perturbed_and_model_terms"] = lambda seed: terms_prompt(seed)
+    out["toy_distilled_nag"] = lambda seed: distilled_prompt(seed)
     out["clip_detached"] = lambda seed: clip_prompt(seed, "detached")
     out["clip_through_model"] = lambda seed: clip_prompt(seed, "through_model", route="sampler")
     out["train_classifier"] = lambda seed: train_prompt(seed)
