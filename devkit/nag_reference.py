@@ -39,15 +39,14 @@ def reference_model(model, neg_context, phi, tau, alpha):
             heads = extra["n_heads"]
             z = manual_attention(q, k, v, heads)
             ids = list(extra["cond_or_uncond"])
-            if 0 not in ids:
-                return z
             size = q.shape[0] // len(ids)
-            rows = slice(ids.index(0) * size, (ids.index(0) + 1) * size)
             layer = layers[(part, i, extra.get("block_index", 0))]
             ctx = neg_context.to(q.dtype).expand(size, *neg_context.shape[1:])
-            z_neg = manual_attention(q[rows], layer.to_k(ctx), layer.to_v(ctx), heads)
             z = z.clone()
-            z[rows] = direct_nag(z[rows], z_neg, phi, tau, alpha)
+            for j in [j for j, c in enumerate(ids) if c == 0]:  # every chunk of the positive prompt
+                rows = slice(j * size, (j + 1) * size)
+                z_neg = manual_attention(q[rows], layer.to_k(ctx), layer.to_v(ctx), heads)
+                z[rows] = direct_nag(z[rows], z_neg, phi, tau, alpha)
             return z
         return attn2
 

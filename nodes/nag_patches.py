@@ -132,13 +132,16 @@ def _attn2_patch(cache: PaperCache, block, neg_context, scale, settings, probe):
             backends[t] = perturb_patches.attention_backend(cache.network, block[0], block[1], t, "attn2")
         z = perturb_patches.block_attention(q, k, v, extra_options, backends[t])
         ids = list(extra_options.get("cond_or_uncond") or ())
-        if POSITIVE_CHUNK not in ids:
+        mine = [j for j, c in enumerate(ids) if c == POSITIVE_CHUNK]  # every entry of the positive (combined prompts)
+        if not mine:
             return z
-        rows = _chunk_rows(q.shape[0], ids, POSITIVE_CHUNK)
-        k_neg, v_neg = cache.negative_kv((*block, t), neg_context, rows.stop - rows.start, q)
-        z_neg = perturb_patches.block_attention(q[rows], k_neg, v_neg, extra_options, backends[t])
+        size = q.shape[0] // len(ids)
+        k_neg, v_neg = cache.negative_kv((*block, t), neg_context, size, q)
         z = z.clone()
-        z[rows] = nag_core.nag_attention(z[rows], z_neg, scale, settings.tau, settings.alpha)
+        for j in mine:
+            rows = slice(j * size, (j + 1) * size)
+            z_neg = perturb_patches.block_attention(q[rows], k_neg, v_neg, extra_options, backends[t])
+            z[rows] = nag_core.nag_attention(z[rows], z_neg, scale, settings.tau, settings.alpha)
         probe.hits += 1
         return z
 

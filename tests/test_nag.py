@@ -78,6 +78,16 @@ def test_paper_form_equals_the_formula_on_the_cross_attention(unet, cfg, phi, ta
     assert float((got - ksample(unet, cfg, steps=4)).abs().max()) > 1e-3
 
 
+def test_paper_form_acts_on_every_entry_of_a_combined_positive(unet):
+    """A positive made of two prompts (ConditioningCombine: two entries, batched as two chunks of the positive): NAG on
+    both, as the direct implementation does, at cfg 1 and 3."""
+    pos = H.run_node("ConditioningCombine", conditioning_1=POS, conditioning_2=H.cond(9))[0]
+    for cfg in (1.0, 3.0):
+        want = ksample(reference_model(unet, NEG[0][0], 4.0, 2.5, 0.5), cfg, steps=3, pos=pos)
+        got = ksample(patch(unet, terms=nag_term(weight=4.0, tau=2.5, alpha=0.5)), cfg, steps=3, pos=pos)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def count_rows(model, run):
     counter = H.RowCounter(model)
     try:
