@@ -273,7 +273,7 @@ class CFGRuntime:
             preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first)))
         except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
-            return self.evaluate_terms(model, conds, keys, x, timestep, model_options)
+            return self.evaluate_terms(model, conds, keys, x, timestep, model_options, nag)
         for k in alone:
             opts = perturb_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
                                                   network=model.diffusion_model)
