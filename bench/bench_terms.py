@@ -18,11 +18,6 @@ from devkit import bench
 
 
 
-def ksampler_run(model, cfg, steps, latent, pos, neg):
-    H.run_node("KSampler", model=model, seed=1, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal",
-               positive=pos, negative=neg, latent_image=latent, denoise=1.0)
-
-
 def main():
     args = bench.tiny_unet_parser(__doc__.split("\n")[0], repeats=7).parse_args()
 
@@ -45,16 +40,9 @@ def main():
         "Guidance Lab SEG term (w 3, sigma 10) + CFG 5, batched": H.run_node("GuidanceLabCFGPatch", model=model,
                                                                              neg_scale=0.0, terms=seg_term)[0],
     }
-    shape = {}
-    for name, m in cases.items():  # warm-up, and the rows of each forward
-        counter = H.RowCounter(m)
-        ksampler_run(m, 5.0, args.steps, latent, pos, neg)
-        counter.close()
-        calls = [r for r, _ in counter.calls]
-        shape[name] = (len(calls) / args.steps, sum(calls) / args.steps)
-    runs = {name: (lambda m=m: ksampler_run(m, 5.0, args.steps, latent, pos, neg)) for name, m in cases.items()}
-    med = bench.interleaved_medians(runs, args.repeats)
-    base = med["ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5"]
+    measured = bench.ksampler_cases({name: (m, 5.0) for name, m in cases.items()}, args.steps, args.repeats, latent,
+                                    pos, neg)
+    base = measured["ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5"][2]
     device = bench.device_line()
     lines = [
         f"Model: ComfyUI UNetModel, model_channels={args.width}, channel_mult [1,2], eps, random weights; latent "
@@ -64,9 +52,8 @@ def main():
         "| run | model calls / step | rows / step | median s / run | ratio to ComfyUI's PAG node |",
         "|---|---|---|---|---|",
     ]
-    for name in cases:
-        calls, rows = shape[name]
-        lines.append(f"| {name} | {calls:g} | {rows:g} | {med[name]:.4f} | {med[name] / base:.3f} |")
+    for name, (calls, rows, med) in measured.items():
+        lines.append(f"| {name} | {calls:g} | {rows:g} | {med:.4f} | {med / base:.3f} |")
     table = "\n".join(lines)
     print(table)
     if not args.no_write:

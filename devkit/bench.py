@@ -71,3 +71,30 @@ def interleaved_medians(cases: dict, repeats: int) -> dict:
         for name, fn in cases.items():
             times[name].append(timed(fn))
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def ksampler_run(model, cfg, steps, latent, pos, neg):
+    """One stock KSampler run (euler, normal, seed 1, full denoise)."""
+    from . import comfy_host as H
+
+    H.run_node("KSampler", model=model, seed=1, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal",
+               positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+
+
+def ksampler_cases(cases: dict, steps: int, repeats: int, latent, pos, neg) -> dict:
+    """{name: (model calls per step, rows per step, median s per run)} of KSampler runs, cases {name: (MODEL, cfg)}:
+    one counted run of each (the rows of every forward, and the warm-up), then interleaved_medians."""
+    from . import comfy_host as H
+
+    shape = {}
+    for name, (model, cfg) in cases.items():
+        counter = H.RowCounter(model)
+        try:
+            ksampler_run(model, cfg, steps, latent, pos, neg)
+        finally:
+            counter.close()
+        calls = [r for r, _ in counter.calls]
+        shape[name] = (len(calls) / steps, sum(calls) / steps)
+    runs = {name: (lambda m=m, cfg=cfg: ksampler_run(m, cfg, steps, latent, pos, neg)) for name, (m, cfg) in cases.items()}
+    med = interleaved_medians(runs, repeats)
+    return {name: (*shape[name], med[name]) for name in cases}

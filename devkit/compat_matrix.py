@@ -764,12 +764,13 @@ def family_rows(quick: bool = False) -> list:
 def nag_rows() -> list:
     """NAG terms and the Distilled Guidance Schedule on every family, through the patch (KSampler): the paper form at
     cfg 1 exact against a direct implementation of the formula (devkit/nag_reference.py) where the family has UNet
-    cross-attention, refused elsewhere; the comfyui form at cfg 1 and 4 exact against ComfyUI's NAGuidance where this
+    cross-attention or Wan's text cross-attention (there also at cfg 4: a batch with the negative's rows), refused
+    elsewhere; the comfyui form at cfg 1 and 4 exact against ComfyUI's NAGuidance where this
     ComfyUI has it, finite where it has not, refused where the family's blocks never call NAGuidance's hook; a
     constant distilled guidance schedule exact against FluxGuidance where the family has a guidance input, refused
     elsewhere."""
     from . import families as F
-    from .nag_reference import reference_model
+    from .nag_reference import reference_model, reference_wan
 
     have_nag = "NAGuidance" in H.boot().NODE_CLASS_MAPPINGS
     nag_patches = H.pack_module("nodes.nag_patches")
@@ -784,11 +785,15 @@ def nag_rows() -> list:
 
         key = functools.partial(lambda check: (FAMILIES, name, check, PATCH))
         # float64 where the form applies (a softmax written out against ComfyUI's attention: float32 rounding apart)
-        m64 = float64(fam.build()) if nag_patches.cross_attention_keys(m.model.diffusion_model) else m
-        rows.append(measure(key("NAG term, paper form, cfg 1 = the formula"),
-                            lambda: ksample(patch(m64, terms=term("paper")), 1.0, **run),
-                            lambda: ksample(reference_model(m64, neg[0][0], 4.0, 2.5, 0.5), 1.0, **run), exact=True,
-                            model=m64))
+        unet = bool(nag_patches.cross_attention_keys(m.model.diffusion_model))
+        dit = bool(nag_patches.dit_cross_attention(m.model.diffusion_model))
+        m64 = float64(fam.build()) if unet else m  # Wan casts its input to float32: float32 there
+        reference = reference_model if unet else reference_wan
+        for cfg in (1.0, 4.0) if dit else (1.0,):
+            rows.append(measure(key(f"NAG term, paper form, cfg {cfg:g} = the formula"),
+                                lambda: ksample(patch(m64, terms=term("paper")), cfg, **run),
+                                lambda: ksample(reference(m64, neg[0][0], 4.0, 2.5, 0.5), cfg, **run), exact=True,
+                                model=m64))
         for cfg in (1.0, 4.0):
             comfy_nag = lambda: ksample(H.run_node("NAGuidance", model=m, nag_scale=5.0, nag_alpha=0.5,  # noqa: E731
                                                    nag_tau=2.5)[0], cfg, **run)

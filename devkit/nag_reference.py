@@ -53,3 +53,31 @@ def reference_model(model, neg_context, phi, tau, alpha):
     for part, i, _ in layers:
         ref.set_model_attn2_replace(make(part, i), part, i)
     return ref
+
+
+def reference_wan(model, neg_context, phi, tau, alpha):
+    """A clone of a Wan text-to-video model whose every block's cross-attention computes, by a softmax written here,
+    Z = Attn(Q, K, V) for every row and, for the positive rows (chunk 0), the paper's NAG against
+    Z- = Attn(Q, norm_k(k(E c-)), v(E c-)) with E the network's text embedding; then the output projection."""
+    ref = model.clone()
+    net = model.model.diffusion_model
+
+    def make(layer):
+        def forward(x, context, transformer_options={}, **kwargs):  # noqa: B006
+            heads = layer.num_heads
+            q = layer.norm_q(layer.q(x))
+            z = manual_attention(q, layer.norm_k(layer.k(context)), layer.v(context), heads)
+            ids = list(transformer_options["cond_or_uncond"])
+            size = x.shape[0] // len(ids)
+            ctx = net.text_embedding(neg_context.to(x.dtype).expand(size, *neg_context.shape[1:]))
+            k_neg, v_neg = layer.norm_k(layer.k(ctx)), layer.v(ctx)
+            z = z.clone()
+            for j in [j for j, c in enumerate(ids) if c == 0]:
+                rows = slice(j * size, (j + 1) * size)
+                z[rows] = direct_nag(z[rows], manual_attention(q[rows], k_neg, v_neg, heads), phi, tau, alpha)
+            return layer.o(z)
+        return forward
+
+    for i, block in enumerate(net.blocks):
+        ref.add_object_patch(f"diffusion_model.blocks.{i}.cross_attn.forward", make(block.cross_attn))
+    return ref

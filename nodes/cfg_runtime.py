@@ -144,6 +144,8 @@ class CFGRuntime:
     def install(self, model_patcher):
         """Add the runtime's wrappers to `model_patcher` (a clone the caller owns) and mark it."""
         model_patcher.model_options[MARK] = True
+        if self.nag is not None and self.nag[0].form == "paper":
+            nag_patches.install_dit_patches(model_patcher)  # a DiT's cross-attention (none on a UNet)
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, MARK, self.outer_sample)
         model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, MARK, self.sampler_sample)
         self.bind(model_patcher)

@@ -9,9 +9,6 @@ steps for multi-stage samplers), restarted per run by an OUTER_SAMPLE wrapper.
 """
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 
 import comfy.patcher_extension
@@ -26,19 +23,13 @@ from . import types as sockets
 MARK = "guidance_lab_distilled_guidance"
 
 
-@functools.lru_cache(maxsize=64)
-def _reads_guidance(cls) -> bool:
-    try:
-        return '"guidance"' in inspect.getsource(cls.extra_conds)
-    except (OSError, TypeError, AttributeError):
-        return False
-
-
 def check_guidance_input(model_patcher) -> None:
     """Refuse a model that has no guidance input (not guidance-distilled, or Flux schnell's switched-off embedding)."""
     base = model_patcher.model
     params = getattr(base.diffusion_model, "params", None)
-    if not _reads_guidance(type(base)) or getattr(params, "guidance_embed", True) is False:
+    extra_conds = getattr(type(base), "extra_conds", None)
+    reads = extra_conds is not None and glue.source_mentions(extra_conds, '"guidance"')
+    if not reads or getattr(params, "guidance_embed", True) is False:
         raise GuidanceConfigError(
             f"{type(base).__name__} has no distilled-guidance input (a guidance embedding as in Flux dev or HunyuanVideo); "
             "for this model use the CFG Guider or CFG Patch (a cfg schedule), or a NAG term at cfg 1")

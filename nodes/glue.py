@@ -5,6 +5,9 @@ one code path computes every guided prediction.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from ..guidance_core import cfg as cfg_core
@@ -142,3 +145,13 @@ def check_batches(named_conds: dict) -> None:
         listing = ", ".join(f"{n}={b}" for n, b in sizes.items())
         raise GuidanceConfigError(f"conditioning batch sizes do not match ({listing}); "
                                   "each must be 1 or the same batch size")
+
+
+@functools.lru_cache(maxsize=256)
+def source_mentions(function, text: str) -> bool:
+    """Whether the source of `function` (a ComfyUI method: which hooks it calls, which inputs it reads) contains
+    `text`; False where the source cannot be read (a compiled or C function)."""
+    try:
+        return text in inspect.getsource(function)
+    except (OSError, TypeError):
+        return False

@@ -7,6 +7,13 @@ first) and leave every other row as it is.
   rows also Z- = Attn(Q, to_k(c-), to_v(c-)) with the negative prompt's context c-, then NAG before the output
   projection. Cost per cross-attention layer: the key/value projections of the negative prompt's tokens and one
   attention of the positive rows' queries over them; no row of the negative prompt.
+- paper form on a DiT with a cross-attention of its own (Wan 2.x text-to-video: WanT2VCrossAttention): an object
+  patch of each block's cross-attention `forward` (so another node's block replace patches, e.g. SLG, still work),
+  inert unless the step's transformer_options carry this term (TRANSFORMER_KEY). For the positive rows it computes
+  the layer's Q, K, V as the layer does, Z+ = Attn(Q, K, V) and Z- = Attn(Q, norm_k(k(c-)), v(c-)) with c- the
+  negative prompt through the network's text embedding, then NAG and the output projection; the other rows run the
+  layer's own forward. Cost per block: one attention of the positive rows' queries over the negative's text tokens
+  (the negative's keys and values are computed once per run); no row of the negative prompt.
 - comfyui form: `transformer_patches["attn1_output_patch"]`, the hook ComfyUI's NAGuidance sets, with the same
   arithmetic, on the rows of the positive (chunk 0) and of the NAG negative prompt (its chunk in the batch), wherever
   the network's blocks call that hook (UNet transformers; Flux and Chroma double and single blocks on ComfyUI 0.33).
@@ -20,26 +27,22 @@ import inspect
 
 import torch
 
+import comfy.ldm.modules.attention
 import comfy.model_patcher
 
 from ..guidance_core import nag as nag_core
 from ..guidance_core.errors import GuidanceConfigError
+from . import glue
 from . import perturbation as perturb_patches
 
 POSITIVE_CHUNK = 0  # the runtime's batch order: the positive prompt first
-
-
-@functools.lru_cache(maxsize=256)
-def _reads_attn1_output_patch(cls) -> bool:
-    try:
-        return "attn1_output_patch" in inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return False
+TRANSFORMER_KEY = "guidance_lab_nag"  # transformer_options entry with the step's NagCall (the DiT paper form)
+DIT_CROSS_ATTENTION = ("WanT2VCrossAttention",)  # classes whose forward the DiT paper form reimplements
 
 
 def comfyui_form_blocks(network) -> int:
     """How many blocks of this network call ComfyUI's attn1_output_patch hook (where NAGuidance acts)."""
-    return sum(1 for m in network.modules() if _reads_attn1_output_patch(type(m)))
+    return sum(1 for m in network.modules() if glue.source_mentions(type(m).forward, "attn1_output_patch"))
 
 
 def cross_attention_keys(network) -> list[tuple]:
@@ -64,10 +67,14 @@ def check_supported(model_patcher, settings: nag_core.NAGSettings, term_no: int)
                 "form paper where this model has one, or a CFG term")
         return
     keys = cross_attention_keys(net)
+    if not keys and dit_cross_attention(net):
+        check_dit_cross_attention(net, term_no)
+        return
     if not keys:
         raise GuidanceConfigError(
-            f"term {term_no} (nag, form paper): the paper form acts on UNet cross-attention (SD1.5, SDXL, the toy model) "
-            f"and {name} has none; on Flux and Chroma use form comfyui (ComfyUI's NAGuidance)")
+            f"term {term_no} (nag, form paper): the paper form acts on cross-attention (UNets: SD1.5, SDXL, the toy "
+            f"model; DiTs: Wan 2.x text-to-video) and {name} has none (its text enters through joint attention); on "
+            "Flux and Chroma use form comfyui (ComfyUI's NAGuidance)")
     for part, idx, t in keys:
         if len(perturb_patches.self_attention_layers(net, part, idx, t, "attn2")) > 1:
             raise GuidanceConfigError(
@@ -89,20 +96,35 @@ class Probe:
 
 
 class PaperCache:
-    """What the paper form's patches reuse through a run: the network's cross-attention keys and layers, and each
-    layer's keys and values of the negative prompt (they depend on neither x nor sigma)."""
+    """What the paper form's patches reuse through a run: the network's cross-attention layers (UNet attn2 by
+    (part, index, transformer); a DiT's by object patch name), and each layer's keys and values of the negative prompt
+    (they depend on neither x nor sigma; on a DiT the context first goes through the network's text embedding)."""
 
     def __init__(self, network):
         self.network = network
         self.keys = cross_attention_keys(network)
-        self.layers = {k: perturb_patches.self_attention_layers(network, *k, "attn2")[0] for k in self.keys}
+        if self.keys:
+            self.layers = {k: perturb_patches.self_attention_layers(network, *k, "attn2")[0] for k in self.keys}
+        else:
+            self.layers = dict(dit_cross_attention(network))
         self.kv, self.context = {}, None
 
+    def _keys_values(self, layer, ctx):
+        if self.keys:
+            return layer.to_k(ctx), layer.to_v(ctx)
+        return layer.norm_k(layer.k(ctx)), layer.v(ctx)
+
     def negative_kv(self, key, context, rows: int, like: torch.Tensor):
-        """to_k(c-), to_v(c-) of layer `key` for `rows` rows, in the dtype and device of `like`."""
+        """The keys and values of layer `key` for the negative context, `rows` rows, in the dtype and device of `like`."""
         if self.context is not context:
             self.kv, self.context = {}, context
         slot = (key, rows, like.dtype, like.device)
+        if slot not in self.kv:
+            self.kv[slot] = self._keys_values(self.layers[key], self._context(context, rows, like))
+        return self.kv[slot]
+
+    def _context(self, context, rows: int, like: torch.Tensor):
+        slot = ("context", rows, like.dtype, like.device)
         if slot not in self.kv:
             ctx = context.to(device=like.device, dtype=like.dtype)
             if ctx.shape[0] != rows:
@@ -110,8 +132,7 @@ class PaperCache:
                     raise GuidanceConfigError(f"nag: the negative prompt's batch of {ctx.shape[0]} does not match the "
                                               f"{rows} rows of the positive; use a batch of 1 or {rows}")
                 ctx = ctx.expand(rows, *ctx.shape[1:])
-            layer = self.layers[key]
-            self.kv[slot] = (layer.to_k(ctx), layer.to_v(ctx))
+            self.kv[slot] = ctx if self.keys else self.network.text_embedding(ctx)
         return self.kv[slot]
 
 
@@ -171,6 +192,77 @@ def _attn1_output_patch(neg_chunk: int, scale, settings, probe):
     return patch
 
 
+# ------------------------------------------------------------------ paper form on a DiT's cross-attention (Wan)
+def dit_cross_attention(network) -> list[tuple[str, torch.nn.Module]]:
+    """(object patch name, layer) of every block's text cross-attention of a DiT that has one (Wan 2.x)."""
+    blocks = getattr(network, "blocks", None)
+    if blocks is None or not hasattr(network, "text_embedding"):
+        return []
+    return [(f"diffusion_model.blocks.{i}.cross_attn", b.cross_attn) for i, b in enumerate(blocks)
+            if type(getattr(b, "cross_attn", None)).__name__ in DIT_CROSS_ATTENTION]
+
+
+def check_dit_cross_attention(network, term_no: int) -> None:
+    """Refuse the DiT paper form where this ComfyUI does not hand the batch's rows to the cross-attention."""
+    layers = dit_cross_attention(network)
+    if len(layers) != len(network.blocks):
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form paper): some blocks of {type(network).__name__} have another cross-attention "
+            "than Wan's text-to-video one (image-to-video adds CLIP image tokens); the paper form covers text-to-video")
+    forward = type(layers[0][1]).forward
+    if "transformer_options" not in inspect.signature(forward).parameters:
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form paper): in this ComfyUI, {type(layers[0][1]).__name__} does not receive the "
+            "batch's transformer_options, so the paper form cannot tell the positive rows (ComfyUI 0.3.75 and newer "
+            "pass them): update ComfyUI")
+
+
+def install_dit_patches(model_patcher) -> None:
+    """Object patches of each block's cross-attention forward (inert without the step's TRANSFORMER_KEY)."""
+    for name, layer in dit_cross_attention(model_patcher.model.diffusion_model):
+        model_patcher.add_object_patch(f"{name}.forward", _dit_cross_attention_forward(layer, name))
+
+
+class NagCall:
+    """What one step's DiT cross-attention patches read from transformer_options."""
+
+    def __init__(self, cache: "PaperCache", context, scale: float, settings, probe: Probe):
+        self.cache, self.context, self.scale, self.settings, self.probe = cache, context, scale, settings, probe
+
+
+def _dit_cross_attention_forward(layer, name: str):
+    """WanT2VCrossAttention.forward with NAG on the positive rows (the layer's own forward for the other rows)."""
+    own = type(layer).forward
+
+    def forward(x, context, transformer_options={}, **kwargs):  # noqa: B006 (the signature of the layer it patches)
+        call = transformer_options.get(TRANSFORMER_KEY)
+        ids = list(transformer_options.get("cond_or_uncond") or ())
+        mine = [j for j, c in enumerate(ids) if c == POSITIVE_CHUNK] if call is not None else []
+        if not mine:
+            return own(layer, x, context, transformer_options=transformer_options, **kwargs)
+        size = x.shape[0] // len(ids)
+        k_neg, v_neg = call.cache.negative_kv(name, call.context, size, x)
+        out = own(layer, x, context, transformer_options=transformer_options, **kwargs) if len(mine) < len(ids) else None
+        guided = []
+        for j in mine:
+            rows = slice(j * size, (j + 1) * size)
+            q = layer.norm_q(layer.q(x[rows]))
+            attend = functools.partial(comfy.ldm.modules.attention.optimized_attention, q, heads=layer.num_heads,
+                                       transformer_options=transformer_options)
+            z_pos = attend(layer.norm_k(layer.k(context[rows])), layer.v(context[rows]))
+            z = nag_core.nag_attention(z_pos, attend(k_neg, v_neg), call.scale, call.settings.tau, call.settings.alpha)
+            guided.append((rows, layer.o(z)))
+        call.probe.hits += 1
+        if out is None:  # every row is the positive's (cfg 1): no row runs twice
+            return torch.cat([g for _, g in guided])
+        out = out.clone()
+        for rows, g in guided:
+            out[rows] = g
+        return out
+
+    return forward
+
+
 def negative_context(cond_list, term_no: int) -> torch.Tensor:
     """The cross-attention context of the NAG negative prompt, from ComfyUI's processed conds."""
     if len(cond_list) != 1:
@@ -193,6 +285,9 @@ def patched_options(model_options: dict, cache: PaperCache | None, settings, sca
         patches = opts.setdefault("transformer_options", {}).setdefault("patches", {})
         patches["attn1_output_patch"] = list(patches.get("attn1_output_patch", [])) + [
             _attn1_output_patch(neg_chunk, scale, settings, probe)]
+        return opts
+    if not cache.keys:  # a DiT's cross-attention: its object patches (install_dit_patches) read this call
+        opts.setdefault("transformer_options", {})[TRANSFORMER_KEY] = NagCall(cache, neg_context, scale, settings, probe)
         return opts
     for part, idx in dict.fromkeys((p, i) for p, i, _ in cache.keys):
         opts = comfy.model_patcher.set_model_options_patch_replace(

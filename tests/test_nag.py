@@ -9,7 +9,7 @@ import torch
 from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import NEG, POS, custom_sample, ksample, our_guider, patch
-from devkit.nag_reference import direct_nag, reference_model
+from devkit.nag_reference import direct_nag, reference_model, reference_wan
 
 
 def nag_core():
@@ -156,17 +156,90 @@ def test_comfyui_form_equals_nagaidance(family, cfg):
 @pytest.mark.parametrize("family", ["SD3.5 (MMDiT, flow)", "Wan 2.1 (video, 5-D)"])
 def test_where_nagaidance_does_nothing_the_comfyui_form_is_refused(family):
     """On these families ComfyUI's NAGuidance changes nothing (their blocks never call attn1_output_patch): our comfyui
-    form is refused before sampling, naming the model and the way out; the paper form too (no UNet cross-attention)."""
+    form is refused before sampling, naming the model and the way out; on SD3.5 the paper form too (joint attention,
+    no cross-attention; Wan's paper form: test_paper_form_on_wan_*)."""
     model, fam = F.model(family), F.FAMILIES[family]
     pos, neg, lat = fam.cond(1), fam.cond(2), fam.latent(1)
     plain = ksample(model, 1.0, steps=2, pos=pos, neg=neg, latent=lat)
     # NAGuidance's only effect here: a row of the negative, and u + 1 (c - u) for c at cfg 1 (rounding)
     torch.testing.assert_close(ksample(comfy_nag(model, 5.0, 0.5, 1.5), 1.0, steps=2, pos=pos, neg=neg, latent=lat), plain,
                                rtol=1e-5, atol=1e-5)
-    for form in ("comfyui", "paper"):
+    for form in ("comfyui", "paper") if family.startswith("SD3.5") else ("comfyui",):
         with pytest.raises(errors().GuidanceConfigError) as e:
             patch(model, terms=nag_term(form))
         assert type(model.model.diffusion_model).__name__ in str(e.value) and f"form {form}" in str(e.value)
+
+
+# ------------------------------------------------------------------ paper form on Wan's cross-attention
+WAN = "Wan 2.1 (video, 5-D)"
+
+
+def wan_passes_rows() -> bool:
+    """Whether this ComfyUI hands transformer_options (the batch's rows) to Wan's cross-attention (0.3.75 and newer)."""
+    import inspect
+    return "transformer_options" in inspect.signature(H.boot().comfy.ldm.wan.model.WanT2VCrossAttention.forward).parameters
+
+
+@pytest.fixture(scope="module")
+def wan():
+    if not wan_passes_rows():
+        pytest.skip("this ComfyUI's Wan cross-attention gets no transformer_options (refusal: test_paper_form_on_wan_"
+                    "is_refused_where_comfyui_hides_the_rows)")
+    return F.model(WAN)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+@pytest.mark.parametrize("phi,tau,alpha", [(4.0, 2.5, 0.25), (2.0, 1.5, 0.8)])
+def test_paper_form_on_wan_equals_the_formula_on_its_cross_attention(wan, cfg, phi, tau, alpha):
+    """Wan 2.1 (5-D latents): KSampler through the CFG Patch and the guider with the term's own conditioning, against a
+    clone whose cross-attention computes the paper's NAG directly; NAG acts."""
+    fam = F.FAMILIES[WAN]
+    pos, neg, other, lat = fam.cond(1), fam.cond(2), fam.cond(3), fam.latent(1)
+    want = ksample(reference_wan(wan, neg[0][0], phi, tau, alpha), cfg, steps=3, pos=pos, neg=neg, latent=lat)
+    got = ksample(patch(wan, terms=nag_term(weight=phi, tau=tau, alpha=alpha)), cfg, steps=3, pos=pos, neg=neg, latent=lat)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want_g = custom_sample(wan, our_guider(reference_wan(wan, other[0][0], phi, tau, alpha), cfg, positive=pos,
+                                           negative=neg), steps=3, latent=lat)
+    got_g = custom_sample(wan, our_guider(wan, cfg, positive=pos, negative=neg,
+                                          terms=nag_term(weight=phi, tau=tau, alpha=alpha, conditioning=other)),
+                          steps=3, latent=lat)
+    torch.testing.assert_close(got_g, want_g, rtol=1e-5, atol=1e-5)
+    assert float((got - ksample(wan, cfg, steps=3, pos=pos, neg=neg, latent=lat)).abs().max()) > 1e-4
+
+
+def test_paper_form_on_wan_runs_one_row_and_is_off_bit_identical(wan):
+    """At cfg 1 one row per step (no row of the negative prompt); phi = 0 is the run without the term, bit for bit."""
+    fam = F.FAMILIES[WAN]
+    pos, neg, lat = fam.cond(1), fam.cond(2), fam.latent(1)
+    m = patch(wan, terms=nag_term())
+    assert count_rows(wan, lambda: ksample(m, 1.0, steps=3, pos=pos, neg=neg, latent=lat)) == [1, 1, 1]
+    assert count_rows(wan, lambda: ksample(m, 4.0, steps=3, pos=pos, neg=neg, latent=lat)) == [2, 2, 2]
+    for cfg in (1.0, 4.0):
+        base = ksample(patch(wan), cfg, steps=3, pos=pos, neg=neg, latent=lat)
+        off = ksample(patch(wan, terms=nag_term(weight=0.0)), cfg, steps=3, pos=pos, neg=neg, latent=lat)
+        assert torch.equal(off, base)  # the object patches are in place and inert without the step's NAG
+
+
+def test_paper_form_on_wan_with_an_slg_term_in_the_same_batch(wan):
+    """NAG (paper form) and an SLG term on Wan at cfg 4: the skip-layer rows run in the positive's batch through the
+    block replace patch, NAG stays on the positive rows: equal to the direct implementation with the same SLG term."""
+    fam = F.FAMILIES[WAN]
+    pos, neg, lat = fam.cond(1), fam.cond(2), fam.latent(1)
+    slg = H.run_node("GuidanceLabPerturbedTerm", mode="slg", blocks="double.0", weight=2.0, seg_sigma=10.0)[0]
+    both = H.run_node("GuidanceLabNAGTerm", form="paper", weight=4.0, tau=2.5, alpha=0.5, conditioning=None, terms=slg,
+                      schedule=None)[0]
+    want = ksample(patch(reference_wan(wan, neg[0][0], 4.0, 2.5, 0.5), terms=slg), 4.0, steps=3, pos=pos, neg=neg,
+                   latent=lat)
+    got = ksample(patch(wan, terms=both), 4.0, steps=3, pos=pos, neg=neg, latent=lat)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert float((got - ksample(patch(wan, terms=slg), 4.0, steps=3, pos=pos, neg=neg, latent=lat)).abs().max()) > 1e-4
+
+
+def test_paper_form_on_wan_is_refused_where_comfyui_hides_the_rows():
+    if wan_passes_rows():
+        pytest.skip("this ComfyUI hands transformer_options to Wan's cross-attention")
+    with pytest.raises(errors().GuidanceConfigError, match="transformer_options"):
+        patch(F.model(WAN), terms=nag_term("paper"))
 
 
 def test_paper_form_on_a_dit_is_refused_before_sampling():
