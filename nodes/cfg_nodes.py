@@ -210,12 +210,12 @@ class GuidanceLabNAGTerm(io.ComfyNode):
             description="A negative prompt that works at cfg 1 (guidance-distilled models): normalized attention guidance "
                         "(Chen et al. 2025) inside the positive prompt's forward: Z~ = Z+ + w (Z+ - Z-), its L1 norm capped "
                         "at tau |Z+|, blended by alpha. Paper form: the negative prompt enters the cross-attention of the "
-                        "positive row only (no extra row; UNets). ComfyUI form: the same as ComfyUI's NAGuidance node "
+                        "positive row only (no extra row; UNets, Wan). ComfyUI form: the same as ComfyUI's NAGuidance node "
                         "(a full row of the negative prompt; UNets, Flux, Chroma).",
             inputs=[
                 io.Combo.Input("form", options=list(nag_core.FORMS), default="paper",
                                tooltip="paper: cross-attention of the positive row with the negative prompt's keys and values "
-                                       "(UNet: SD1.5, SDXL), about the cost of one row; comfyui: ComfyUI's NAGuidance "
+                                       "(UNet: SD1.5, SDXL; Wan 2.x), about the cost of one row; comfyui: ComfyUI's NAGuidance "
                                        "(self-attention outputs of a full negative row; UNet, Flux, Chroma), two rows."),
                 _weight_input("nag", "phi, the extrapolation away from the negative prompt (ComfyUI's nag_scale - 1: "
                                      "NAGuidance's 5 is 4); 0 = off (nothing evaluated)."),
