@@ -158,3 +158,19 @@ def test_the_core_imports_no_comfyui():
     assert out.returncode == 0, out.stderr[-2000:]
     count, bad = out.stdout.strip().split(" ", 1)
     assert int(count) >= 15 and bad == "[]", out.stdout
+
+
+RELIABILITY_MAX_LINES = 800
+
+
+def test_reliability_modules_stay_small():
+    """The reliability checks are a package split along their checks (devkit/reliability/): no module of it grows
+    past RELIABILITY_MAX_LINES lines (scripts/reliability.py was one file of 2,080)."""
+    folder = os.path.join(ROOT, "devkit", "reliability")
+    sizes = {}
+    for fn in sorted(os.listdir(folder)):
+        if fn.endswith(".py"):
+            with open(os.path.join(folder, fn), encoding="utf-8") as f:
+                sizes[fn] = len(f.read().splitlines())
+    assert len(sizes) >= 8, sizes
+    assert {fn: n for fn, n in sizes.items() if n > RELIABILITY_MAX_LINES} == {}, sizes
