@@ -12,7 +12,7 @@ import sys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from scripts.make_icon import ROOT, SS, trajectory
+from scripts.make_icon import ROOT, SS, save, trajectory
 
 OUT = os.path.join(ROOT, "docs", "images", "banner.png")
 SIZE = (1280, 320)
@@ -52,9 +52,7 @@ def draw(size: tuple[int, int] = SIZE) -> Image.Image:
 
 
 def main(out: str = OUT) -> str:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    draw().save(out, optimize=True)
-    return out
+    return save(draw(), out)
 
 
 if __name__ == "__main__":
