@@ -29,7 +29,7 @@ from devkit.comfy_server import ComfyServer
 MAX_BYTES = 100_000
 CELL = 128  # px per image in the grid (the toy images are 128 px: Toy Decode upscale 4)
 GRAPH_WIDTH = 960  # px of a graph thumbnail
-MARGIN = (100, 110)  # canvas px left of and above the graph (room for the frontend's menus)
+MARGIN = (100, 160)  # canvas px left of and above the graph (room for the frontend's menus and queue bar)
 IMAGES = os.path.join(ROOT, "docs", "images")
 
 
