@@ -52,10 +52,15 @@ def draw(size: int = SIZE) -> Image.Image:
     return img.resize((size, size), Image.LANCZOS)
 
 
-def main(out: str = OUT) -> str:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    draw().save(out, optimize=True)
+def save(img: Image.Image, out: str) -> str:
+    """Write `img` as an optimized PNG at `out` (its folder made); returns `out`."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    img.save(out, optimize=True)
     return out
+
+
+def main(out: str = OUT) -> str:
+    return save(draw(), out)
 
 
 if __name__ == "__main__":

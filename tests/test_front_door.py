@@ -4,7 +4,9 @@ fails exactly when the pack's own folder fails to import in ComfyUI, naming that
 name starts with the pack's, such as the demo nodes without the dev kit on PYTHONPATH, is another pack)."""
 from __future__ import annotations
 
+import glob
 import os
+import re
 
 import pytest
 
@@ -139,3 +141,87 @@ def test_leftovers_name_what_is_not_comfyuis_or_set_ups(tmp_path, kind):
 def test_the_leftover_check_passes_on_this_checkout(capsys):
     """Every ComfyUI tree set-up made here holds nothing but ComfyUI's files and the pack's link."""
     assert check_leftovers.main() == 0, capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the README as a front page, and the docs it links
+README = os.path.join(ROOT, "README.md")
+# where the README's former sections live now (issue 25): each is linked from the README
+MOVED_DOCS = ["docs/GUIDE.md", "docs/MATH.md", "docs/BENCHMARKS.md", "docs/COMPATIBILITY.md", "docs/RELIABILITY.md",
+              "docs/DEVELOPING.md"]
+MARKDOWN = ["README.md", "example_workflows/README.md", *MOVED_DOCS]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _read(rel: str) -> str:
+    with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+        return f.read()
+
+
+def _help_pages() -> list[str]:
+    return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "web", "docs", "*.md")))
+
+
+def test_readme_is_a_front_page():
+    """At most 150 lines; a picture of a real graph in the frontend; one node-table row per node, linking its help
+    page; every doc the README's former sections moved to is linked; the two commands in a bash block."""
+    text = _read("README.md")
+    assert len(text.splitlines()) <= 150, len(text.splitlines())
+    pictures = re.findall(r"!\[[^\]]+\]\((docs/images/graph_[^)]+\.png)\)", text)
+    assert pictures, "no picture of a graph (docs/images/graph_*.png)"
+    from PIL import Image
+
+    for rel in pictures:
+        with Image.open(os.path.join(ROOT, rel)) as im:
+            assert im.format == "PNG" and im.width >= 1000, (rel, im.size)
+    pages = _help_pages()
+    assert len(pages) >= 17, pages
+    for node_id in pages:
+        rows = [ln for ln in text.splitlines() if ln.startswith("|") and f"`{node_id}`" in ln
+                and f"](web/docs/{node_id}.md)" in ln]
+        assert len(rows) == 1, (node_id, rows)
+    links = set(LINK.findall(text))
+    assert [d for d in MOVED_DOCS if d not in links] == []
+    block = re.search(r"```bash\n(.*?)```", text[text.index("## Quick start"):], re.S)
+    assert block and "bash scripts/run.sh" in block[1] and "bash scripts/test.sh" in block[1]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_in_the_readme_and_docs_resolve():
+    """Every relative link (and image) of the README, the docs it links and the example workflows' README names a
+    file of this repository, and an anchor names a heading of that file."""
+    bad = []
+    for rel in MARKDOWN:
+        for target in LINK.findall(_read(rel)):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(ROOT, os.path.dirname(rel), path)) if path else \
+                os.path.join(ROOT, rel)
+            if not os.path.exists(full):
+                bad.append(f"{rel}: {target} (no such file)")
+            elif anchor and full.endswith(".md"):
+                with open(full, encoding="utf-8") as f:
+                    slugs = {_slug(m) for m in re.findall(r"(?m)^#+ (.+)$", f.read())}
+                if anchor not in slugs:
+                    bad.append(f"{rel}: {target} (no such heading)")
+    assert bad == []
+
+
+def test_commands_in_the_readme_and_docs_name_real_files():
+    """Every `python -m MODULE` (also torchrun's `-m`) and `bash scripts/X.sh` the README and the docs give names a
+    module or script of this repository (a moved or renamed one fails here)."""
+    bad = []
+    for rel in MARKDOWN:
+        text = _read(rel)
+        for module in set(re.findall(r"-m ((?:bench|scripts|devkit|guidance_core|nodes)(?:\.\w+)+)", text)):
+            base = os.path.join(ROOT, *module.split("."))
+            if not (os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__main__.py"))):
+                bad.append(f"{rel}: python -m {module}")
+        for script in set(re.findall(r"bash (scripts/[\w.-]+\.sh)", text)):
+            if not os.path.isfile(os.path.join(ROOT, script)):
+                bad.append(f"{rel}: bash {script}")
+    assert bad == []

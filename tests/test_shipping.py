@@ -1,6 +1,7 @@
 """What users install stays clean for the registry: no eval/exec/subprocess/os.system/os.environ
 in shipped files, the test/bench/script trees are in .comfyignore, pyproject is complete, and the
-registry's own publish check (`comfy node validate`, from comfy-cli) passes offline."""
+registry's own publish check (`comfy node validate`, from comfy-cli) passes offline, and the zip the registry
+publishes (`comfy node pack`: git-tracked files less .comfyignore) loads every node in a real ComfyUI."""
 import ast
 import fnmatch
 import os
@@ -101,6 +102,48 @@ def test_pyproject_urls_and_icon():
         assert im.format == "PNG" and im.width <= 800 and im.height <= 400, (im.format, im.size)
 
 
+def raw_file_of(url: str, repo: str) -> str:
+    """The repository path a raw.githubusercontent.com URL of `repo`'s main branch names."""
+    prefix = f"{RAW}{repo[len('https://github.com/'):]}/main/"
+    assert url.startswith(prefix), url
+    return url[len(prefix):]
+
+
+def test_pyproject_banner_is_drawn_by_its_script(tmp_path):
+    """The registry's Banner is a wide PNG shipped in this repository, and scripts/make_banner.py draws exactly it."""
+    from PIL import Image
+
+    from scripts import make_banner
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    rel = raw_file_of(meta["tool"]["comfy"]["Banner"], meta["project"]["urls"]["Repository"])
+    with Image.open(os.path.join(ROOT, rel)) as im:
+        assert im.format == "PNG" and im.width >= 3 * im.height, (im.format, im.size)
+    again = make_banner.main(str(tmp_path / "banner.png"))
+    with Image.open(os.path.join(ROOT, rel)) as a, Image.open(again) as b:
+        assert a.size == b.size and a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
+
+
+def test_pyproject_os_accelerator_and_frontend_range():
+    """The registry's OS and accelerator classifiers are ones it accepts, and the supported frontend range (a
+    comfyui-frontend-package dependency, which comfy-cli turns into that field and drops from the dependencies)
+    includes every frontend the browser tests pass on and leaves out 0.3.52's 1.25.10, which they do not drive."""
+    from comfy_cli.registry.config_parser import extract_node_configuration
+    from packaging.specifiers import SpecifierSet
+
+    config = extract_node_configuration(os.path.join(ROOT, "pyproject.toml"))
+    proj = config.project
+    assert proj.supported_os == ["OS Independent"], proj.supported_os
+    assert "GPU :: NVIDIA CUDA" in proj.supported_accelerators, proj.supported_accelerators
+    assert not any(d.startswith("comfyui-frontend-package") for d in proj.dependencies), proj.dependencies
+    frontends = SpecifierSet(proj.supported_comfyui_frontend_version)
+    assert all(v in frontends for v in ("1.32.9", "1.49.6", "1.58.1")), frontends
+    assert "1.25.10" not in frontends, frontends
+    assert proj.supported_comfyui_version == ">=0.3.52"
+    assert config.tool_comfy.banner_url and config.tool_comfy.icon
+
+
 def comfy_validate(cwd, tmp_path):
     """`comfy node validate` (comfy-cli, requirements-dev.txt) as the registry runs it before publishing:
     offline and non-interactive (no tracking prompt, no update check, a throw-away config home)."""
@@ -134,3 +177,41 @@ def test_comfy_node_validate_catches_problems(tmp_path):
     (pack / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', 'version = ""', text))
     rc, out = comfy_validate(str(pack), tmp_path)
     assert rc != 0 and "version is empty" in out, out
+
+
+# ---------------------------------------------------------------- the registry's zip
+
+def test_registry_zip_loads_every_node(tmp_path):
+    """The archive `comfy node pack` makes (comfy-cli's own zip_files: the git-tracked files, less .comfyignore),
+    unpacked as the only copy of the pack in a ComfyUI's custom_nodes, loads every node that has a help page; the
+    trees .comfyignore names are not in it."""
+    import glob
+    import zipfile
+
+    from devkit.comfy_server import ComfyServer
+
+    archive = tmp_path / "node.zip"
+    zip_it = "import sys; from comfy_cli.file_utils import zip_files; zip_files(sys.argv[1])"
+    p = subprocess.run([sys.executable, "-c", zip_it, str(archive)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert p.returncode == 0 and archive.exists(), p.stdout + p.stderr
+    base = tmp_path / "comfy"
+    pack = base / "custom_nodes" / "guidance-lab"
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        z.extractall(pack)
+    assert "__init__.py" in names and "pyproject.toml" in names and "README.md" in names
+    assert not [n for n in names if n.split("/")[0] in ("tests", "bench", "scripts", "devkit", ".ci")]
+    want = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "web", "docs", "*.md")))
+    assert len(want) >= 17, want
+    srv = ComfyServer(str(tmp_path / "out"), extra_args=["--base-directory", str(base)]).start()
+    try:
+        info = srv.get("/object_info")
+    finally:
+        srv.stop()
+    with open(srv.log_path) as f:
+        log = f.read()
+    assert [n for n in want if n not in info] == [], log[-4000:]
+    assert all(info[n]["python_module"] == "custom_nodes.guidance-lab" for n in want)
+    loaded = [ln for ln in log.splitlines() if "seconds" in ln and "guidance-lab" in ln and "demo" not in ln]
+    assert loaded and all(str(pack) in ln and "IMPORT FAILED" not in ln for ln in loaded), loaded

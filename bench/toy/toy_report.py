@@ -185,8 +185,8 @@ def write_all(results, directions, out_dir):
             f"`docs/images/toy_terms_samples.png`.\n\n{table(results)}\n\n"
             "Directions (the papers' claims, checked on these numbers):\n\n"
             + "\n".join(f"- {k}: {'yes' if v else '**no**'}" for k, v in directions.items())
-            + "\n\nWhat the numbers say, and why a **no** is not a bug: README, section \"The guidance tradeoff, "
-              "measured\".\n")
+            + "\n\nWhat the numbers say, and why a **no** is not a bug: the section \"The guidance tradeoff, "
+              "measured\" above.\n")
     write_section("toy-tradeoff", "Guidance tradeoff on the toy world (Fashion-MNIST)", body)
 
 
