@@ -18,6 +18,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
+from . import guidance_filters
 from . import parameterization as P
 from . import schedules as S
 from .errors import GuidanceConfigError, require_finite
@@ -32,7 +33,14 @@ DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE = 3.5, (0.0, 100.0)
 APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
 # Accepted ranges (inclusive) of the post-processing settings; the node schema reads them, PostProcess checks them.
 POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
-               "apg_momentum": (-0.99, 0.99), "apg_norm_threshold": (0.0, 1000.0)}
+               "apg_momentum": (-0.99, 0.99), "apg_norm_threshold": (0.0, 1000.0),
+               "fresca_low": (0.0, 10.0), "fresca_high": (0.0, 10.0), "fresca_cutoff": (1, 10000),  # ComfyUI's FreSca
+               "fdg_low": (0.0, 10.0), "fdg_high": (0.0, 10.0), "mambo_alpha": (0.0, 100.0),
+               "dyn_mimic_scale": (0.0, 100.0), "dyn_percentile": (0.0, 1.0), "dyn_phi": (0.0, 1.0)}
+FRESCA_HIGH_DEFAULT, FRESCA_CUTOFF_DEFAULT = 1.25, 20  # ComfyUI's FreSca node (its scale_low default is 1)
+FDG_LOW_DEFAULT, FDG_HIGH_DEFAULT = 0.5, 1.0  # diffusers' guidance_scales [10, 5]: the low band at half the scale
+MAMBO_ALPHA_DEFAULT = 8.0  # diffusers' MagnitudeAwareGuidance
+DYN_MIMIC_DEFAULT, DYN_PERCENTILE_DEFAULT = 7.0, 1.0  # sd-dynamic-thresholding's node
 TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0, "nag": 4.0}  # ComfyUI's PAG scale is 3; NAG's 5 = 1 + 4
 RESCALE_SPACES = ("auto",) + P.SPACES
 POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
@@ -233,16 +241,38 @@ class PostProcess:
     apg_momentum: float = APG_MOMENTUM_DEFAULT
     apg_norm_threshold: float = APG_NORM_DEFAULT
     perp_neg: bool = False              # Perp-Neg projection of the negative term
+    # the guidance term's reshapers (guidance_core/guidance_filters.py); each default is off
+    tcfg: bool = False                  # Kwon et al. tangential damping of the reference
+    fresca: bool = False                # Huang et al. frequency scaling of delta (FFT)
+    fresca_low: float = 1.0
+    fresca_high: float = FRESCA_HIGH_DEFAULT
+    fresca_cutoff: int = FRESCA_CUTOFF_DEFAULT
+    fdg: bool = False                   # Sadat et al. frequency-decoupled guidance (Laplacian pyramid)
+    fdg_low: float = FDG_LOW_DEFAULT
+    fdg_high: float = FDG_HIGH_DEFAULT
+    mambo_alpha: float = 0.0            # MaMBo-G damping of the coefficient; 0 = off
+    dyn_thresh: str = "off"             # dynamic thresholding of the result: off, mimic, imagen
+    dyn_mimic_scale: float = DYN_MIMIC_DEFAULT
+    dyn_percentile: float = DYN_PERCENTILE_DEFAULT
+    dyn_phi: float = 1.0
 
     def __post_init__(self):
         if self.rescale_space not in RESCALE_SPACES:
             raise GuidanceConfigError(f"rescale_space={self.rescale_space!r}; accepted: {', '.join(RESCALE_SPACES)}")
-        if int(self.zero_init_steps) != self.zero_init_steps:
-            raise GuidanceConfigError(f"zero_init_steps={self.zero_init_steps}; use a whole number (0 = off)")
+        if self.dyn_thresh not in guidance_filters.DYN_THRESH_MODES:
+            raise GuidanceConfigError(f"dyn_thresh={self.dyn_thresh!r}; accepted: {', '.join(guidance_filters.DYN_THRESH_MODES)}")
+        for name in ("zero_init_steps", "fresca_cutoff"):
+            if int(getattr(self, name)) != getattr(self, name):
+                raise GuidanceConfigError(f"{name}={getattr(self, name)}; use a whole number")
         for name, (lo, hi) in POST_RANGES.items():
             v = require_finite(name, getattr(self, name))
             if not lo <= v <= hi:
                 raise GuidanceConfigError(f"{name}={v}; use a value in [{lo:g}, {hi:g}]")
+
+    @property
+    def reshapes(self) -> bool:
+        """Whether a reshaper of guidance_filters is on."""
+        return (self.tcfg or self.fresca or self.fdg or self.mambo_alpha > 0 or self.dyn_thresh != "off")
 
     @classmethod
     def default(cls, name: str):
@@ -490,31 +520,50 @@ class CFGCombiner:
         post = self.config.post
         if not plan.active:
             return True
-        if post.apg or post.cfg_zero_star or post.rescale_phi > 0 or len(plan.active) != 1:
+        if post.apg or post.cfg_zero_star or post.rescale_phi > 0 or len(plan.active) != 1 or post.reshapes:
             return False
         return plan.active[0].role is Role.GUIDANCE
 
     def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha,
-                level: int | None = None) -> torch.Tensor:
+                level: int | None = None, x_skip: torch.Tensor | None = None) -> torch.Tensor:
         """D = D_pos + sum_k c_k (D_k - D_ref_k), then APG / CFG-Zero* / Perp-Neg on their terms
         and rescale on the result. `preds` maps cond keys to denoised predictions; the scale is
         already in the plan's coefficients. `level` is the call's step (StepContext.level, set by plan()):
         the APG momentum advances once per step, so every call of a multi-stage sampler's step reads the
         momentum the previous step committed (heun: its corrector at sigma_{i+1} is in step i and reads step
         i - 1's momentum, as its first call did), and the step's last call commits. Without the run's sigmas
-        (level None) the momentum advances per call and a new run needs reset()."""
+        (level None) the momentum advances per call and a new run needs reset().
+
+        The guidance term's reshapers, in this order (each reads what the one before gave): TCFG and CFG-Zero* on
+        the reference (TCFG as ComfyUI runs it, a pre-CFG hook, before the scale that CFG-Zero* fits), then the
+        MaMBo-G coefficient (from the step's delta as it enters), FreSca and FDG on delta (linear filters of the
+        whole step from the reference, as their references apply them: D_ref + s delta'), APG (projection and
+        momentum of the filtered delta); after the sum, rescale, then dynamic thresholding (it
+        bounds the final prediction, as in Imagen). x_skip = a x of D = a x + b F (MaMBo-G; x where None)."""
         post = self.config.post
         d_pos = preds[POSITIVE]
         out = d_pos
-        guidance_delta = None
+        guidance_delta = guidance = None
         if post.perp_neg and EMPTY in preds:
             guidance_delta = d_pos - preds[EMPTY]
         for term in plan.active:
             d_ref = preds[term.ref]
+            coef = term.coef
             if term.role is Role.GUIDANCE:
+                if post.tcfg:
+                    d_ref = guidance_filters.tcfg_reference(d_pos, d_ref, x)
                 if post.cfg_zero_star:
                     d_ref = cfg_zero_star_uncond(d_pos, d_ref, x)
                 delta = d_pos - d_ref
+                if post.mambo_alpha > 0:
+                    coef = coef * guidance_filters.mambo_factor(delta, d_ref, x if x_skip is None else x_skip, post.mambo_alpha)
+                raw = delta
+                if post.fresca:
+                    delta = guidance_filters.fresca(delta, post.fresca_low, post.fresca_high, post.fresca_cutoff)
+                if post.fdg:
+                    delta = guidance_filters.fdg(delta, post.fdg_low, post.fdg_high)
+                if delta is not raw:  # a filter reshapes the whole step from the reference: D = D_ref + (c + 1) delta'
+                    out = out + (delta - raw)
                 if post.apg:
                     delta, running = apg_delta(delta, d_pos, post.apg_eta, post.apg_norm_threshold,
                                                self._momentum_before(level), post.apg_momentum)
@@ -525,12 +574,24 @@ class CFGCombiner:
                 if term.role is Role.NEGATIVE and post.perp_neg:
                     delta = perp_neg_delta(delta, guidance_delta)
             if term.max_ratio > 0:
-                out = out + cap_push(term.coef * delta, d_pos, term.max_ratio)
+                out = out + cap_push(coef * delta, d_pos, term.max_ratio)
                 continue
-            out = out + term.coef * delta
+            out = out + coef * delta
+            if term.role is Role.GUIDANCE:
+                guidance = (coef, delta)
+        summed = out
         if post.rescale_phi > 0 and plan.active:
             space = P.default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
             out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
+        plain_mimic = (guidance is not None and isinstance(guidance[0], float) and post.dyn_percentile == 1.0
+                       and post.dyn_mimic_scale - 1.0 == guidance[0])
+        if post.dyn_thresh == "mimic" and guidance is not None and not plain_mimic:
+            coef, delta = guidance  # the same step (before rescale) with the guidance term at the mimic scale m
+            out = guidance_filters.dynamic_threshold_mimic(out, summed + (post.dyn_mimic_scale - 1.0 - coef) * delta, x,
+                                             post.dyn_percentile, post.dyn_phi)
+        elif post.dyn_thresh == "imagen" and plan.active:
+            thresholded = guidance_filters.dynamic_threshold_imagen(out, post.dyn_percentile)
+            out = thresholded if post.dyn_phi == 1.0 else thresholded * post.dyn_phi + out * (1.0 - post.dyn_phi)
         return out
 
     def _momentum_before(self, level):

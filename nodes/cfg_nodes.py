@@ -7,6 +7,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..guidance_core import cfg as cfg_core
+from ..guidance_core import guidance_filters
 from ..guidance_core import nag as nag_core
 from ..guidance_core import perturb
 from ..guidance_core import schedules
@@ -239,6 +240,45 @@ class GuidanceLabNAGTerm(io.ComfyNode):
                                           nag=settings))
 
 
+def _post_float(name: str, step: float, tooltip: str):
+    """An optional float input of PostProcess `name` (optional: prompts made before it existed still validate)."""
+    return io.Float.Input(name, default=cfg_core.PostProcess.default(name), min=POST[name][0], max=POST[name][1],
+                          step=step, optional=True, tooltip=tooltip)
+
+
+def _reshaper_inputs() -> list:
+    """The guidance term's reshapers (guidance_core/guidance_filters.py), applied in the order the help page gives."""
+    return [
+        io.Boolean.Input("tcfg", default=False, optional=True,
+                         tooltip="TCFG tangential damping (Kwon et al. 2025): the reference's score keeps only its part "
+                                 "along the positive's; as ComfyUI's TCFG node. Off = plain."),
+        io.Boolean.Input("fresca", default=False, optional=True,
+                         tooltip="FreSca (Huang et al. 2025): scale the guidance's low and high spatial frequencies "
+                                 "(FFT); as ComfyUI's FreSca node."),
+        _post_float("fresca_low", 0.01, "FreSca: factor of the low frequencies of the guidance (1 = unchanged)."),
+        _post_float("fresca_high", 0.01, "FreSca: factor of the high frequencies of the guidance (1 = unchanged)."),
+        io.Int.Input("fresca_cutoff", default=cfg_core.PostProcess.default("fresca_cutoff"),
+                     min=POST["fresca_cutoff"][0], max=POST["fresca_cutoff"][1], optional=True,
+                     tooltip="FreSca: half-width, in frequency indices, of the centred low-frequency block."),
+        io.Boolean.Input("fdg", default=False, optional=True,
+                         tooltip="FDG frequency-decoupled guidance (Sadat et al. 2025): the guidance's low and high "
+                                 "bands of a Laplacian pyramid at their own factors; as diffusers' guider."),
+        _post_float("fdg_low", 0.05, "FDG: factor of the low band (the scale there is cfg x this); the paper keeps "
+                                     "it below the high band's."),
+        _post_float("fdg_high", 0.05, "FDG: factor of the high band (detail); equal factors of 1 = plain CFG."),
+        _post_float("mambo_alpha", 0.5, "MaMBo-G: damp the CFG coefficient by exp(-alpha r), r = the guidance's size "
+                                        "against the reference's network output; 0 = off, diffusers' default 8."),
+        io.Combo.Input("dyn_thresh", options=list(guidance_filters.DYN_THRESH_MODES), default="off", optional=True,
+                       tooltip="Dynamic thresholding of the result: mimic = sd-dynamic-thresholding (high cfg with the "
+                               "dynamic range of the mimic scale, per channel); imagen = Saharia et al.'s percentile "
+                               "clamp of D; off."),
+        _post_float("dyn_mimic_scale", 0.5, "Dynamic thresholding (mimic): the CFG scale whose range the result keeps."),
+        _post_float("dyn_percentile", 0.005, "Dynamic thresholding: percentile of |values| that sets the threshold "
+                                             "(mimic: of the guided result; imagen: of D, the paper uses 0.995)."),
+        _post_float("dyn_phi", 0.05, "Dynamic thresholding: blend of the thresholded result (1 = full, 0 = off)."),
+    ]
+
+
 class GuidanceLabPostProcess(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -246,8 +286,8 @@ class GuidanceLabPostProcess(io.ComfyNode):
             node_id="GuidanceLabPostProcess",
             display_name="Guidance Post-processing",
             category=CATEGORY,
-            description="Optional post-processing of the guided prediction: CFG rescale, CFG-Zero*, APG, Perp-Neg. "
-                        "Every option's default is off.",
+            description="Optional post-processing of the guided prediction: CFG rescale, CFG-Zero*, APG, Perp-Neg, "
+                        "TCFG, FreSca, FDG, MaMBo-G, dynamic thresholding. Every option's default is off.",
             inputs=[
                 io.Float.Input("rescale_phi", default=cfg_core.PostProcess.default("rescale_phi"), min=POST["rescale_phi"][0],
                                max=POST["rescale_phi"][1], step=0.01,
@@ -274,6 +314,7 @@ class GuidanceLabPostProcess(io.ComfyNode):
                 io.Boolean.Input("perp_neg", default=False,
                                  tooltip="Perp-Neg: use only the part of the negative orthogonal to the positive "
                                          "(needs an empty conditioning); off = plain negative."),
+                *_reshaper_inputs(),
             ],
             outputs=[sockets.PostProcess.Output(display_name="post")],
         )

@@ -254,7 +254,10 @@ class CFGRuntime:
             return comfy.samplers.cfg_function(model, out_pair[0], out_pair[1], scale, x, timestep,
                                                model_options=model_options, cond=conds_pair[0], uncond=conds_pair[1])
         alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
-        guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level())
+        x_skip = None  # a x of D = a x + b F (ComfyUI's calculate_denoised with F = 0): MaMBo-G's output space
+        if comb.config.post.mambo_alpha > 0:
+            x_skip = model.model_sampling.calculate_denoised(timestep, torch.zeros_like(x), x)
+        guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level(), x_skip)
         return cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options)
 
     def evaluate_terms(self, model, conds, keys, x, timestep, model_options, nag=None) -> dict:
