@@ -25,7 +25,7 @@ from safetensors import safe_open
 from torch.nn import functional as F
 
 from . import parameterization as P
-from .io import atomic_save
+from .files import atomic_save
 from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 from .errors import GuidanceConfigError
 
@@ -296,7 +296,7 @@ class Trainer:
 
 
 def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict | None = None) -> dict:
-    """Metadata of the classifier file format (guidance_core.io)."""
+    """Metadata of the classifier file format (guidance_core.classifiers.classifier_files)."""
     meta = {"architecture": "noise_aware", "config": trainer.model.config.to_dict(), "labels": trainer.label_names,
             "latent_channels": int(trainer.latents.shape[1]), "latent_format": latent_format,
             "parameterization": trainer.spec.parameterization, "input_scaling": dict(trainer.spec.input_scaling),

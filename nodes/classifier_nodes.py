@@ -13,7 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..guidance_core import classifier_guidance
-from ..guidance_core import io as io_core
+from ..guidance_core.classifiers import classifier_files
 from ..guidance_core import parameterization
 from ..guidance_core.errors import GuidanceConfigError
 from . import folders, glue
@@ -87,7 +87,7 @@ class LoadedClassifier:
     def __init__(self, module: torch.nn.Module, meta: dict, name: str = ""):
         self.module, self.meta, self.name = module, meta, name
         self.labels = [str(lb) for lb in meta["labels"]]
-        self.input_scaling = io_core.input_scaling_of(meta)
+        self.input_scaling = classifier_files.input_scaling_of(meta)
         self.patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
@@ -340,7 +340,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
     @classmethod
     def execute(cls, classifier_name):
         path = folder_paths.get_full_path_or_raise(FOLDER, classifier_name)
-        module, meta = io_core.load_classifier(path)
+        module, meta = classifier_files.load_classifier(path)
         return io.NodeOutput(LoadedClassifier(module, meta, classifier_name))
 
 

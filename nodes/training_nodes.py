@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io as _io
 import json
 import logging
 import os
 import re
+from io import BytesIO
 
 import numpy as np
 import torch
@@ -17,10 +17,10 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..guidance_core import datasets
-from ..guidance_core import io as io_core
+from ..guidance_core import datasets, files
 from ..guidance_core import report
 from ..guidance_core import training
+from ..guidance_core.classifiers import classifier_files
 from ..guidance_core.classifiers.noise_aware import ClassifierConfig
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
@@ -254,13 +254,13 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
             trainer.run(on_step)
             train_report = trainer.report()
         train_report["latent_cache"], train_report["skipped_images"] = cache, meta.get("skipped", [])
-        io_core.save_classifier(out, trainer.model, training.classifier_metadata(trainer, meta["latent_format"], train_report))
+        classifier_files.save_classifier(out, trainer.model, training.classifier_metadata(trainer, meta["latent_format"], train_report))
         plot = report.accuracy_plot(train_report)
-        buf = _io.BytesIO()
+        buf = BytesIO()
         plot.save(buf, format="PNG")
-        io_core.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
-        io_core.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(train_report, indent=1).encode())
-        module, file_meta = io_core.load_classifier(out)
+        files.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
+        files.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(train_report, indent=1).encode())
+        module, file_meta = classifier_files.load_classifier(out)
         image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(LoadedClassifier(module, file_meta, os.path.basename(out)), image,
                              json.dumps(train_report, indent=1))

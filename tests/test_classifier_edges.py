@@ -169,7 +169,7 @@ def test_input_scaling_mismatch_is_refused_before_sampling(env):
 
 
 def test_bad_input_scaling_field_is_refused(env, tmp_path):
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=8))
     meta = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
@@ -181,7 +181,7 @@ def test_bad_input_scaling_field_is_refused(env, tmp_path):
 def test_header_length_bytes_are_not_mistaken_for_a_pickle(env, tmp_path):
     """A safetensors header length whose low byte is 0x80, or whose low bytes spell 'PK', is a valid file (the
     metadata this issue adds made the Train Classifier's own CLI output hit the first case)."""
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=8))
     base = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,

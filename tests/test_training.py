@@ -209,7 +209,7 @@ def test_cli_trains_and_ctrl_c_leaves_no_file(env, tmp_path):
                  "--base-channels", "16"])
     stdout, stderr = p.communicate(timeout=240)
     assert p.returncode == 0, stderr
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     module, meta = gio.load_classifier(str(out))
     assert meta["labels"] == sorted(LABELS) and meta["train_steps"] == 4
     # Ctrl-C in the middle of a long run: exit 130, no classifier file

@@ -74,7 +74,7 @@ def main():
     args = ap.parse_args()
     from tqdm import tqdm
 
-    from guidance_core.io import atomic_save
+    from guidance_core.files import atomic_save
 
     torch.manual_seed(args.seed)
     x, y = fashion.load("train")

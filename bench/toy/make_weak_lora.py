@@ -235,7 +235,7 @@ def main(argv=None):
                          "svd: fp16 truncated SVD (ranks chosen for the budget), fp16 full diffs where cheaper")
     ap.add_argument("--no-check", action="store_true", help="skip the fidelity measurement")
     args = ap.parse_args(argv)
-    from guidance_core.io import atomic_save
+    from guidance_core.files import atomic_save
 
     strong, weak = read_unet(STRONG), read_unet(WEAK)
     diff = differences(strong, weak)

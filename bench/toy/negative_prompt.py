@@ -85,7 +85,7 @@ def run(model_name: str, negative: str, n: int, out_dir: str) -> dict:
     from bench.toy import eval_classifier as E
     from bench.toy import fashion
     from bench.toy import metrics as M
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
@@ -170,7 +170,7 @@ def main(argv=None):
     text = table(results)
     print(text)
     if not args.no_write:
-        from guidance_core.io import atomic_bytes
+        from guidance_core.files import atomic_bytes
 
         atomic_bytes(os.path.join(ROOT, "docs", f"toy_nag_{os.path.splitext(name)[0]}.json"),
                      json.dumps(results, indent=1).encode())

@@ -270,7 +270,7 @@ def write_distilled(results, names, tolerance):
     import json
 
     from devkit.bench import write_section
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     data = {"_config": results["_config"], "tolerance": dict(tolerance),
             **{k: results[k] for k in names if k in results}}

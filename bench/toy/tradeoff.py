@@ -259,7 +259,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
     from safetensors import safe_open
     from tqdm import tqdm
 
-    from guidance_core.io import atomic_bytes, atomic_save
+    from guidance_core.files import atomic_bytes, atomic_save
 
     from bench.toy import eval_classifier as E
     from bench.toy import fashion

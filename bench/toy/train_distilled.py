@@ -71,7 +71,7 @@ def main():
     from tqdm import tqdm
 
     toy = H.pack_module("nodes.toy_nodes")
-    tr = H.pack_module("guidance_core.io")
+    tr = H.pack_module("guidance_core.files")
     torch.manual_seed(args.seed)
     x_all, y_all = fashion.load("train")
     teacher, student, table = student_from_teacher(toy, args.teacher)

@@ -258,7 +258,7 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     from devkit.bench import write_section
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     with open(args.results) as f:
         run = json.load(f)
