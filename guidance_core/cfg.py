@@ -176,7 +176,7 @@ REFERENCES = ("auto", POSITIVE, NEGATIVE, EMPTY)  # and "term N" (1-based) for a
 class ExtraTerm:
     """One term with weight w (negative = "not") and its own schedule f, of one of four kinds:
     - prompt: D += w f (D_term - D_ref); reference auto = the baseline (composable diffusion);
-    - perturbed: the model itself with part of the network perturbed (PAG, SEG, SLG; see perturb.py),
+    - perturbed: the model itself with part of the network perturbed (PAG, SEG, SLG; see perturbed_terms.py),
       D += w f (D_ref - D_term); reference auto = positive (Ahn et al. 2024, eq. 8);
     - model: another model (a weaker one: autoguidance, Karras et al. 2024, arXiv 2406.02507, eq. 2),
       D += w f (D_ref - D_term); reference auto = positive. With cfg 1, w = Karras's w - 1:

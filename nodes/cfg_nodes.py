@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..guidance_core import cfg as cfg_core
 from ..guidance_core import nag as nag_core
-from ..guidance_core import perturb
+from ..guidance_core import perturbed_terms
 from ..guidance_core import schedules
 from ..guidance_core.errors import require_finite
 from . import cfg_runtime
@@ -145,16 +145,16 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                         "identity; SEG (Hong 2024): blurred queries; SLG: DiT blocks skipped. Its rows run in the same "
                         "batched model call as the prompts (CFG + PAG = one call of 3 rows).",
             inputs=[
-                io.Combo.Input("mode", options=list(perturb.MODES), default="pag",
+                io.Combo.Input("mode", options=list(perturbed_terms.MODES), default="pag",
                                tooltip="pag and seg: UNet self-attention blocks; slg: DiT transformer blocks."),
                 io.String.Input("blocks", default="", multiline=False,
                                 tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
                                         "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
                                         "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
                 _weight_input("perturbed", "Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
-                io.Float.Input("seg_sigma", default=perturb.SEG_SIGMA_DEFAULT, min=perturb.SEG_SIGMA_RANGE[0], max=perturb.SEG_SIGMA_RANGE[1],
+                io.Float.Input("seg_sigma", default=perturbed_terms.SEG_SIGMA_DEFAULT, min=perturbed_terms.SEG_SIGMA_RANGE[0], max=perturbed_terms.SEG_SIGMA_RANGE[1],
                                step=0.1,
-                               tooltip=f"SEG only: std of the query blur in tokens; {perturb.SEG_SIGMA_INF:g} = the mean query "
+                               tooltip=f"SEG only: std of the query blur in tokens; {perturbed_terms.SEG_SIGMA_INF:g} = the mean query "
                                        "(the paper's infinite blur)."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the perturbed rows run with; none = the positive prompt."),
@@ -164,7 +164,7 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, blocks, weight, seg_sigma, reference="auto", schedule=None, conditioning=None, terms=None):
-        pert = perturb.Perturbation(mode=mode, blocks=perturb.parse_blocks(blocks or perturb.DEFAULT_BLOCKS[mode], mode),
+        pert = perturbed_terms.Perturbation(mode=mode, blocks=perturbed_terms.parse_blocks(blocks or perturbed_terms.DEFAULT_BLOCKS[mode], mode),
                                seg_sigma=seg_sigma)
         return io.NodeOutput(_append_term(terms, conditioning, "perturbed", weight, reference, schedule, perturbation=pert))
 

@@ -36,10 +36,10 @@ import comfy.samplers
 
 from ..guidance_core import cfg as cfg_core
 from ..guidance_core import nag as nag_core
-from ..guidance_core import perturb
+from ..guidance_core import perturbed_terms
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue, nag_patches
-from . import perturbation as perturb_patches
+from . import perturbation_patches
 from . import shared_network
 
 MARK = "guidance_lab_cfg_patch"
@@ -58,7 +58,7 @@ class TermSpec(NamedTuple):
     term its MODEL, for a NAG term its NAGSettings."""
     conditioning: Any
     term: cfg_core.ExtraTerm
-    perturbation: perturb.Perturbation | None = None
+    perturbation: perturbed_terms.Perturbation | None = None
     model: Any = None
     nag: nag_core.NAGSettings | None = None
 
@@ -117,10 +117,10 @@ class CFGRuntime:
         self.nag = self._nag_source(model_patcher)
         self.nag_cache = None  # the paper form's nag_patches.PaperCache of a run
         if model_patcher is not None:
-            perturb_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
-        self.probe = perturb_patches.Probe()
+            perturbation_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
+        self.probe = perturbation_patches.Probe()
         self._pre_run = set()
-        self.separate = False  # perturbed rows in calls of their own (perturb_patches.NoRowIds), found at the first call
+        self.separate = False  # perturbed rows in calls of their own (perturbation_patches.NoRowIds), found at the first call
 
     def _nag_source(self, model_patcher):
         """(settings, cond key of its negative prompt) of the NAG term, checked against the model; None without."""
@@ -180,7 +180,7 @@ class CFGRuntime:
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
                 "the CFG Guider (Guidance Lab)")
         self.combiner.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
-        self.probe = perturb_patches.Probe()
+        self.probe = perturbation_patches.Probe()
         self._pre_run = set()
         self.nag_cache = None
         self.bind(guider.model_patcher)
@@ -265,21 +265,21 @@ class CFGRuntime:
         alone = [k for k in batch if k in self.perturbed] if self.separate or own_batching else []
         batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
-        opts = (perturb_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
+        opts = (perturbation_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
                 if by_chunk else model_options)
         paired = len(batch) > 1 and batch[1] == self.combiner.uncond_slot
         first = self.nag_options(model, conds, batch, opts, nag) if nag else None
         try:
             preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first)))
-        except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
+        except perturbation_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options, nag)
         for k in alone:
-            opts = perturb_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
+            opts = perturbation_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
                                                   network=model.diffusion_model)
             preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
         for k in set(self.perturbed) & (set(batch) | set(alone)):
-            perturb_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
+            perturbation_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
         if nag:
             nag_patches.check_ran(self.nag_probe, model.diffusion_model, nag.index + 1, self.nag[0])
         for k in keys:

@@ -24,7 +24,7 @@ import comfy.model_patcher
 
 from ..guidance_core import nag as nag_core
 from ..guidance_core.errors import GuidanceConfigError
-from . import perturbation as perturb_patches
+from . import perturbation_patches as perturb_patches
 
 POSITIVE_CHUNK = 0  # the runtime's batch order: the positive prompt first
 

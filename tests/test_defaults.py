@@ -7,7 +7,7 @@ from devkit import comfy_host as H
 
 C = H.pack_module("guidance_core.cfg")
 S = H.pack_module("guidance_core.schedules")
-PT = H.pack_module("guidance_core.perturb")
+PT = H.pack_module("guidance_core.perturbed_terms")
 G = H.pack_module("guidance_core.classifier_guidance")
 NAG = H.pack_module("guidance_core.nag")
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from devkit import comfy_host as H
 
 from guidance_core.classifiers import classifier_files as gio
-from guidance_core import files, perturb
+from guidance_core import files, perturbed_terms
 from guidance_core.errors import GuidanceConfigError
 from scripts import reliability as R
 
@@ -105,8 +105,8 @@ def test_block_index_of_thousands_of_digits_is_the_packs_error():
     """'middle.' + 5000 digits failed with Python's int() ValueError (its 4300-digit limit) instead of the pack's
     message (found by the in-server fuzzing of pag_blocks)."""
     with pytest.raises(GuidanceConfigError, match=r"blocks item 0 'middle\.9+': an index of 5000 digits"):
-        perturb.parse_blocks("middle." + "9" * 5000, "pag")
-    assert perturb.parse_blocks("output.123456, input.4", "pag") == (("output", 123456), ("input", 4))
+        perturbed_terms.parse_blocks("middle." + "9" * 5000, "pag")
+    assert perturbed_terms.parse_blocks("output.123456, input.4", "pag") == (("output", 123456), ("input", 4))
 
 
 
