@@ -13,7 +13,7 @@ from ..guidance_core import schedules
 from ..guidance_core.errors import require_finite
 from . import cfg_runtime
 from . import glue
-from . import types as sockets
+from . import socket_types
 
 CATEGORY = "Guidance Lab/cfg"
 SCHEDULE_DEFAULTS = schedules.DEFAULTS
@@ -64,7 +64,7 @@ class GuidanceLabSchedule(io.ComfyNode):
                                        "cos(eps_term, eps_reference) >= threshold (Castillo et al. 2023); before that "
                                        "the multiplier is 'start'."),
             ],
-            outputs=[sockets.Schedule.Output(display_name="schedule")],
+            outputs=[socket_types.Schedule.Output(display_name="schedule")],
         )
 
     @classmethod
@@ -90,10 +90,10 @@ class GuidanceLabTerm(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
                 _weight_input("prompt", "Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
                 _reference_input("the baseline (empty if connected, else negative)", optional=True),
-                sockets.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
-                sockets.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
+                socket_types.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
+                socket_types.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -128,9 +128,9 @@ def _reference_input(auto: str, optional: bool = False):
 
 
 def _term_tail(conditioning_tip: str):
-    return [sockets.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
+    return [socket_types.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
             io.Conditioning.Input("conditioning", optional=True, tooltip=conditioning_tip),
-            sockets.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
+            socket_types.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
 
 
 class GuidanceLabPerturbedTerm(io.ComfyNode):
@@ -159,7 +159,7 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                 _reference_input("positive"),
                 *_term_tail("The prompt the perturbed rows run with; none = the positive prompt."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -190,7 +190,7 @@ class GuidanceLabModelTerm(io.ComfyNode):
                                tooltip="Cap of the term's push per sample: |w * schedule * (D_reference - D_model)| at most "
                                        "max_ratio * |D_positive| (L2); 0 = no cap. Keeps a strong weight from overcooking."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -229,7 +229,7 @@ class GuidanceLabNAGTerm(io.ComfyNode):
                                tooltip="The row NAG acts on: the positive prompt (auto)."),
                 *_term_tail("The negative prompt NAG steers away from; none = the sampler's negative prompt."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -275,7 +275,7 @@ class GuidanceLabPostProcess(io.ComfyNode):
                                  tooltip="Perp-Neg: use only the part of the negative orthogonal to the positive "
                                          "(needs an empty conditioning); off = plain negative."),
             ],
-            outputs=[sockets.PostProcess.Output(display_name="post")],
+            outputs=[socket_types.PostProcess.Output(display_name="post")],
         )
 
     @classmethod
@@ -291,11 +291,11 @@ def _common_inputs():
         io.Float.Input("neg_scale", default=cfg_core.NEG_SCALE_DEFAULT, min=-cfg_core.CFG_MAX, max=cfg_core.CFG_MAX, step=0.1,
                        tooltip="Scale of the negative term; used only with an empty conditioning. "
                                "cfg - 1 reproduces standard CFG; 0 = negative off."),
-        sockets.Schedule.Input("cfg_schedule", optional=True,
+        socket_types.Schedule.Input("cfg_schedule", optional=True,
                          tooltip="Per-step multiplier f of the CFG strength: scale 1 + f*(cfg - 1). None = constant 1."),
-        sockets.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
-        sockets.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
-        sockets.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
+        socket_types.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
+        socket_types.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
+        socket_types.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
                                                       "attention (PAG/SEG/SLG) and model terms (autoguidance)."),
     ]
 

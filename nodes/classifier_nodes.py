@@ -17,7 +17,7 @@ from ..guidance_core.classifiers import classifier_files
 from ..guidance_core import parameterization
 from ..guidance_core.errors import GuidanceConfigError
 from . import folders, glue
-from . import types as sockets
+from . import socket_types
 
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "classifiers"
@@ -270,7 +270,7 @@ class ClassifierHook:
 
 def _guidance_inputs():
     return [
-        sockets.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
+        socket_types.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
                                                  "(Guidance Lab)."),
         io.String.Input("target", default="", multiline=True,
                         tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
@@ -328,7 +328,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
                         "Pickled checkpoints are refused.",
             inputs=[io.Combo.Input("classifier_name", options=folders.filename_list(FOLDER, EXTENSIONS),
                                    tooltip="A file in models/classifiers.")],
-            outputs=[sockets.Classifier.Output(display_name="classifier")],
+            outputs=[socket_types.Classifier.Output(display_name="classifier")],
         )
 
     @classmethod

@@ -21,7 +21,7 @@ from ..guidance_core import schedules
 from ..guidance_core.cfg import DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE as GUIDANCE_RANGE
 from ..guidance_core.errors import GuidanceConfigError, require_finite
 from . import glue
-from . import types as sockets
+from . import socket_types
 
 MARK = "guidance_lab_distilled_guidance"
 
@@ -97,7 +97,7 @@ class GuidanceLabDistilledGuidance(io.ComfyNode):
                                step=0.1,
                                tooltip="The distilled guidance value g at schedule 1 (FluxGuidance's 'guidance'; Flux dev's "
                                        "default 3.5)."),
-                sockets.Schedule.Input("schedule", optional=True,
+                socket_types.Schedule.Input("schedule", optional=True,
                                        tooltip="Per-step multiplier f: the model reads g * f at each step. None = constant 1."),
             ],
             outputs=[io.Model.Output(display_name="model")],

@@ -24,7 +24,7 @@ from ..guidance_core.classifiers import classifier_files
 from ..guidance_core.classifiers.noise_aware import ClassifierConfig
 from ..guidance_core.errors import GuidanceConfigError
 from . import glue
-from . import types as sockets
+from . import socket_types
 from .classifier_nodes import (FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling,
                                require_image_latents, require_one_frame)
 
@@ -213,7 +213,7 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                 _setting_input(io.Int, "width", ClassifierConfig, "base_channels", step=8,
                                tooltip="Base channels of the classifier network."),
             ],
-            outputs=[sockets.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
+            outputs=[socket_types.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
                      io.String.Output(display_name="report")],
         )
 
