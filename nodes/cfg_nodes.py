@@ -12,7 +12,7 @@ from ..guidance_core import perturbed_terms
 from ..guidance_core import schedules
 from ..guidance_core.errors import require_finite
 from . import cfg_runtime
-from . import glue
+from . import sampling_facts
 from . import socket_types
 
 CATEGORY = "Guidance Lab/cfg"
@@ -98,14 +98,14 @@ class GuidanceLabTerm(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, weight, reference="auto", schedule=None, terms=None):
-        glue.conditioning_batch(conditioning, "term conditioning")
+        sampling_facts.conditioning_batch(conditioning, "term conditioning")
         return io.NodeOutput(_append_term(terms, conditioning, "prompt", weight, reference, schedule))
 
 
 def _append_term(terms, conditioning, kind, weight, reference, schedule, max_ratio=0.0, **spec) -> tuple:
     """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.TermSpec); a term's own conditioning is checked here."""
     if conditioning is not None:
-        glue.conditioning_batch(conditioning, "term conditioning")
+        sampling_facts.conditioning_batch(conditioning, "term conditioning")
     term = cfg_core.ExtraTerm(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference,
                               max_ratio=max_ratio)
     return tuple(terms or ()) + (cfg_runtime.TermSpec(conditioning, term, **spec),)
@@ -328,7 +328,7 @@ class GuidanceLabCFGGuider(io.ComfyNode):
         terms = tuple(terms or ())
         named = {"positive": positive, "negative": negative, "empty": empty}
         named.update({f"term {i + 1}": t.conditioning for i, t in enumerate(terms)})
-        glue.check_batches(named)
+        sampling_facts.check_batches(named)
         require_finite("cfg", cfg)
         if negative is None and empty is None and cfg != 1.0:
             raise cfg_core.GuidanceConfigError(f"cfg={cfg} needs an unconditional: connect 'negative' or 'empty', or set cfg to 1")
@@ -347,7 +347,7 @@ class Guider(comfy.samplers.CFGGuider):
         if model_patcher.model_options.get(cfg_runtime.MARK):
             raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; use the patch "
                                         "(with KSampler) or the CFG Guider, not both")
-        param = glue.parameterization_of(glue.model_sampling_of(model_patcher))
+        param = sampling_facts.parameterization_of(sampling_facts.model_sampling_of(model_patcher))
         self.runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, negative is not None, empty is not None, param),
                                     terms=terms, model_patcher=model_patcher)
         super().__init__(self.runtime.install(model_patcher.clone()))
@@ -384,7 +384,7 @@ class GuidanceLabCFGPatch(io.ComfyNode):
     def execute(cls, model, neg_scale, empty=None, cfg_schedule=None, neg_schedule=None, post=None, terms=None):
         terms = tuple(terms or ())
         if empty is not None:
-            glue.conditioning_batch(empty, "empty")
+            sampling_facts.conditioning_batch(empty, "empty")
             cfg_runtime.refuse_hooks(empty, "empty")
         for i, t in enumerate(terms):
             if t.conditioning is not None:
@@ -395,7 +395,7 @@ class GuidanceLabCFGPatch(io.ComfyNode):
         config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
                              neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
                              post=post or cfg_core.PostProcess())
-        param = glue.parameterization_of(glue.model_sampling_of(model))
+        param = sampling_facts.parameterization_of(sampling_facts.model_sampling_of(model))
         runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, True, empty is not None, param), empty, terms, model)
         return io.NodeOutput(runtime.install(model.clone()))
 

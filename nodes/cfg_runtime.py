@@ -38,7 +38,7 @@ from ..guidance_core import cfg as cfg_core
 from ..guidance_core import nag as nag_core
 from ..guidance_core import perturbed_terms
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue, nag_patches
+from . import nag_patches, sampling_facts
 from . import perturbation_patches
 from . import shared_network
 
@@ -179,7 +179,7 @@ class CFGRuntime:
                 f"the CFG Patch (Guidance Lab) drives ComfyUI's CFGGuider (KSampler, CFGGuider node); this model went "
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
                 "the CFG Guider (Guidance Lab)")
-        self.combiner.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
+        self.combiner.reset(sampling_facts.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         self.probe = perturbation_patches.Probe()
         self._pre_run = set()
         self.nag_cache = None
@@ -212,7 +212,7 @@ class CFGRuntime:
         sampler = executor.class_obj
         ms = guider.inner_model.model_sampling
         # the start noise is solved from noise_scaling = A*n + B*z: only a known form with A = c*sigma > 0 has one
-        glue.guidable_form(ms, f"zero_init_steps={k} (CFG-Zero* zero-init)")
+        sampling_facts.guidable_form(ms, f"zero_init_steps={k} (CFG-Zero* zero-init)")
         latent = latent_image if latent_image is not None else torch.zeros_like(noise)
         x_start = ms.noise_scaling(sigmas[0], noise, latent, sampler.max_denoise(guider, sigmas))
         if k >= len(sigmas) - 1:
@@ -228,7 +228,7 @@ class CFGRuntime:
     def predict(self, model, conds: dict, cond_scale: float, x, timestep, model_options):
         """One guided denoised prediction: every active term in ONE batched model call."""
         comb = self.combiner
-        ctx = glue.step_context(timestep, model_options, model.model_sampling)
+        ctx = sampling_facts.step_context(timestep, model_options, model.model_sampling)
         plan = comb.plan(ctx, cond_scale)
         scale = comb.step_scale(plan, cond_scale)
         # hooks see an uncond on a guided step, and at scale 1 where a node asked ComfyUI for one
@@ -251,7 +251,7 @@ class CFGRuntime:
         if comb.is_plain(plan) and (not plan.active or uncond == comb.baseline):
             return comfy.samplers.cfg_function(model, out_pair[0], out_pair[1], scale, x, timestep,
                                                model_options=model_options, cond=conds_pair[0], uncond=conds_pair[1])
-        alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
+        alpha = sampling_facts.alpha_of(comb.parameterization, timestep).to(x.dtype)
         guided = comb.combine(plan, preds, x, timestep, alpha, ctx.level())
         return cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_options)
 
@@ -329,7 +329,7 @@ def check_same_family(model_patcher, other, term_no: int) -> None:
     if not hasattr(other, "model") or not hasattr(other, "clone_has_same_weights"):
         raise GuidanceConfigError(f"term {term_no}: the model term needs a MODEL, got {type(other).__name__}")
     a, b = model_patcher.model, other.model
-    form_a, form_b = (glue.sampling_form(glue.model_sampling_of(p)) for p in (model_patcher, other))
+    form_a, form_b = (sampling_facts.sampling_form(sampling_facts.model_sampling_of(p)) for p in (model_patcher, other))
     facts = [("model class", type(a).__name__, type(b).__name__),
              ("latent format", type(a.latent_format).__name__, type(b.latent_format).__name__),
              ("parameterization", form_a.parameterization, form_b.parameterization),

@@ -20,7 +20,7 @@ from comfy_api.latest import io
 from ..guidance_core import schedules
 from ..guidance_core.cfg import DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE as GUIDANCE_RANGE
 from ..guidance_core.errors import GuidanceConfigError, require_finite
-from . import glue
+from . import sampling_facts
 from . import socket_types
 
 MARK = "guidance_lab_distilled_guidance"
@@ -61,11 +61,11 @@ class DistilledGuidance:
         return model_patcher
 
     def outer_sample(self, executor, *args, **kwargs):
-        self.steps.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
+        self.steps.reset(sampling_facts.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         return executor(*args, **kwargs)
 
     def value(self, sigma: torch.Tensor, transformer_options: dict, model_sampling) -> float:
-        ctx = glue.step_context(sigma, {"transformer_options": transformer_options}, model_sampling)
+        ctx = sampling_facts.step_context(sigma, {"transformer_options": transformer_options}, model_sampling)
         step = self.steps.step_of(ctx.sigma, ctx.sample_sigmas)
         f = schedules.value(self.schedule, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, step)
         return self.guidance if f == 1.0 else self.guidance * f

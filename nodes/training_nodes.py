@@ -23,7 +23,7 @@ from ..guidance_core import training
 from ..guidance_core.classifiers import classifier_files
 from ..guidance_core.classifiers.noise_aware import ClassifierConfig
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue
+from . import sampling_facts
 from . import socket_types
 from .classifier_nodes import (FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling,
                                require_image_latents, require_one_frame)
@@ -114,9 +114,9 @@ def encode_dataset(vae, items, resolution: int, pbar=None):
 def cache_facts(model, label_names, resolution: int, dataset: str):
     """(meta, extra tensors) of a latent cache: the labels and the model's latent format and noise facts
     (parameterization, input scaling, sigma range, its discrete sigma table when it has one), as the trainer reads them."""
-    ms = glue.model_sampling_of(model)
+    ms = sampling_facts.model_sampling_of(model)
     meta = {"labels": list(label_names), "latent_format": latent_format_name(model),
-            "parameterization": glue.trainable_parameterization(ms, "Train Classifier"),
+            "parameterization": sampling_facts.trainable_parameterization(ms, "Train Classifier"),
             "input_scaling": model_input_scaling(model),
             "sigma_min": float(ms.sigma_min), "sigma_max": float(ms.sigma_max), "resolution": resolution,
             "dataset": dataset}
@@ -240,7 +240,7 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
             return io.NodeOutput(none, torch.zeros(1, 8, 8, 3), json.dumps({"latent_cache": cache}))
         with torch.inference_mode(False), torch.enable_grad():
             latents = cached.clone()  # already in the sampler's space (write_cache)
-            ms = glue.model_sampling_of(model)
+            ms = sampling_facts.model_sampling_of(model)
             table = getattr(ms, "sigmas", None)
             spec = training.NoiseSpec.from_cache(meta, table.detach().float().cpu().clone() if table is not None else None)
             trainer = training.Trainer(latents, labels.clone(), names, spec, config,
