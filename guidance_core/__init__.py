@@ -17,7 +17,7 @@ Modules:
                        weights + JSON metadata, never pickle (classifiers.classifier_files), and zero-shot CLIP
                        (classifiers.clip)
   datasets             labeled image folders and the latent cache
-  training             training of noise-aware classifiers (Trainer, TrainConfig)
+  classifier_training  training of noise-aware classifiers (Trainer, TrainConfig)
   train                the command-line trainer on a latent cache (python -m guidance_core.train)
   files                atomic writes; the safetensors check that refuses pickled checkpoints before they are opened
   report               the training report chart (PNG)

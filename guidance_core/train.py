@@ -25,8 +25,8 @@ from .classifiers import classifier_files
 from .classifiers.noise_aware import ClassifierConfig
 from .datasets import load_latent_cache
 from .errors import GuidanceConfigError
-from .training import (NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range,
-                       setting_field)
+from .classifier_training import (NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range,
+                                  setting_field)
 
 
 def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=None) -> Trainer:

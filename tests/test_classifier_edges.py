@@ -30,7 +30,7 @@ def env():
     demo = H.demo_module()
     return {"demo": demo, "gmm": H.pack_module("guidance_core.reference.gmm").GaussianMixture(MEANS, TAU, PRIORS),
             "nodes": H.pack_module("nodes.classifier_nodes"), "training_nodes": H.pack_module("nodes.training_nodes"),
-            "TR": H.pack_module("guidance_core.training"), "errors": H.pack_module("guidance_core.errors")}
+            "TR": H.pack_module("guidance_core.classifier_training"), "errors": H.pack_module("guidance_core.errors")}
 
 
 def gmm_model(env, model_type=None, param="eps", settings=None):
@@ -39,7 +39,7 @@ def gmm_model(env, model_type=None, param="eps", settings=None):
 
 class TrainedPosterior(torch.nn.Module):
     """The mixture's exact posterior p(k | x, sigma) as the pack's trainer would teach it: it reads the input the
-    trainer makes (training.noisy_batch: c_in(sigma)*(x0 + sigma*eps) with the spec's c_in), so guidance is exact
+    trainer makes (classifier_training.noisy_batch: c_in(sigma)*(x0 + sigma*eps) with the spec's c_in), so guidance is exact
     exactly when it feeds the classifier the trainer's input scaling."""
 
     def __init__(self, env, spec):

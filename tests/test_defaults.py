@@ -78,7 +78,7 @@ def test_core_accepts_exactly_the_schema_ranges():
 
 
 # ------------------------------------------------------------ training: the Train Classifier node and the command line
-TR = H.pack_module("guidance_core.training")
+TR = H.pack_module("guidance_core.classifier_training")
 NA = H.pack_module("guidance_core.classifiers.noise_aware")
 CLI = H.pack_module("guidance_core.train")
 TN = H.pack_module("nodes.training_nodes")

@@ -165,7 +165,7 @@ def cache_file(env):
 
 
 def test_deterministic_and_resumable(env):
-    tr_mod = H.pack_module("guidance_core.training")
+    tr_mod = H.pack_module("guidance_core.classifier_training")
     ds = H.pack_module("guidance_core.datasets")
     tensors, meta = ds.load_latent_cache(cache_file(env))
     spec = tr_mod.NoiseSpec(meta["parameterization"], meta["sigma_min"], meta["sigma_max"], tensors.get("sigma_table"))
