@@ -18,8 +18,9 @@ from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
-from . import parameterization as P
-from . import schedules as S
+from . import schedules
+from .parameterization import (SPACES, default_rescale_space, from_space, per_sample, rescale_space_problem,
+                               to_space)
 from .errors import GuidanceConfigError, require_finite
 
 # Defaults and ranges, imported by the node schema.
@@ -34,7 +35,7 @@ APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
 POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
                "apg_momentum": (-0.99, 0.99), "apg_norm_threshold": (0.0, 1000.0)}
 TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0, "nag": 4.0}  # ComfyUI's PAG scale is 3; NAG's 5 = 1 + 4
-RESCALE_SPACES = ("auto",) + P.SPACES
+RESCALE_SPACES = ("auto",) + SPACES
 POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
 
 
@@ -73,12 +74,12 @@ def rescale(d_pos: torch.Tensor, d_cfg: torch.Tensor, phi: float, x: torch.Tenso
     """
     if phi == 0:
         return d_cfg
-    y_pos = P.to_space(space, d_pos, x, sigma, alpha)
-    y_cfg = P.to_space(space, d_cfg, x, sigma, alpha)
+    y_pos = to_space(space, d_pos, x, sigma, alpha)
+    y_cfg = to_space(space, d_cfg, x, sigma, alpha)
     dims = _dims(y_cfg)
     ratio = y_pos.std(dim=dims, keepdim=True) / y_cfg.std(dim=dims, keepdim=True).clamp(min=1e-12)
     y = phi * (y_cfg * ratio) + (1.0 - phi) * y_cfg
-    return P.from_space(space, y, x, sigma, alpha)
+    return from_space(space, y, x, sigma, alpha)
 
 
 def cfg_zero_star_alpha(d_pos: torch.Tensor, d_uncond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +88,7 @@ def cfg_zero_star_alpha(d_pos: torch.Tensor, d_uncond: torch.Tensor, x: torch.Te
     1/sigma, which cancels; for eps models this is eps-space)."""
     v_c, v_u = (x - d_pos).flatten(1), (x - d_uncond).flatten(1)
     a = (v_c * v_u).sum(1) / (v_u.pow(2).sum(1) + 1e-8)
-    return P.per_sample(a, x)
+    return per_sample(a, x)
 
 
 def cfg_zero_star_uncond(d_pos, d_uncond, x) -> torch.Tensor:
@@ -185,7 +186,7 @@ class ExtraTerm:
       itself (every term that reads D_pos reads the NAG one); reference auto = positive, the only row it acts on.
     reference: "auto", "positive", "negative", "empty" or "term N" (another term's prediction, 1-based)."""
     weight: float
-    schedule: S.Schedule = S.CONSTANT_ONE
+    schedule: schedules.Schedule = schedules.CONSTANT_ONE
     kind: str = "prompt"
     reference: str = "auto"
     max_ratio: float = MAX_RATIO_DEFAULT  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push)
@@ -254,9 +255,9 @@ class PostProcess:
 class CFGConfig:
     """cfg=None takes the sampler's cond_scale (the MODEL patch); the GUIDER sets it."""
     cfg: float | None = CFG_DEFAULT
-    cfg_schedule: S.Schedule = S.CONSTANT_ONE
+    cfg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
     neg_scale: float = NEG_SCALE_DEFAULT
-    neg_schedule: S.Schedule = S.CONSTANT_ONE
+    neg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
     terms: tuple = ()
     post: PostProcess = field(default_factory=PostProcess)
 
@@ -353,11 +354,11 @@ class CFGCombiner:
             raise GuidanceConfigError(
                 f"zero_init_steps={post.zero_init_steps} is defined for flow models only (CFG-Zero*, Fan et al. 2025: "
                 f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0")
-        space_problem = P.rescale_space_problem(parameterization, post.rescale_space) if post.rescale_phi > 0 else None
+        space_problem = rescale_space_problem(parameterization, post.rescale_space) if post.rescale_phi > 0 else None
         if space_problem:
             raise GuidanceConfigError(space_problem)
         self._running = {}  # APG momentum: committed running average per step
-        self._steps = S.StepCounter()  # which step each call is in; restarts per-run state on a new run
+        self._steps = schedules.StepCounter()  # which step each call is in; restarts per-run state on a new run
         self._stopped = {}  # adaptive schedules: term name -> step at which its criterion held
 
     def _term_ref(self, i: int, term: ExtraTerm) -> str:
@@ -391,10 +392,10 @@ class CFGCombiner:
         """Steps at which the APG momentum holds a committed value (one per step of the run)."""
         return sorted(k for k in self._running if k is not None)
 
-    def _schedule(self, sched: S.Schedule, ctx: StepContext, name: str = "") -> float:
+    def _schedule(self, sched: schedules.Schedule, ctx: StepContext, name: str = "") -> float:
         if sched.kind == "adaptive" and self._is_stopped(name, ctx.level()):
             return 0.0
-        return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, ctx.level())
+        return schedules.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, ctx.level())
 
     def _is_stopped(self, name: str, level) -> bool:
         """Adaptive guidance: off from the step after the one where its criterion held (every call of that
@@ -529,7 +530,7 @@ class CFGCombiner:
                 continue
             out = out + term.coef * delta
         if post.rescale_phi > 0 and plan.active:
-            space = P.default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
+            space = default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
             out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
         return out
 
