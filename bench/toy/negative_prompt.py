@@ -1,4 +1,4 @@
-"""A negative prompt at cfg 1 on the toy world (issue 21): how often the negative class appears among samples of the
+"""A negative prompt at cfg 1 on the toy world (a distilled model has no CFG): how often the negative class appears among samples of the
 "empty" prompt, unguided, with a NAG term (normalized attention guidance, Chen et al. 2025) at a few settings, and
 with CFG against the same negative (two rows per step) for comparison. Through ComfyUI's stock KSampler and the
 pack's CFG Patch, on a toy model file (default: the distilled student where shipped, else the shipped model).

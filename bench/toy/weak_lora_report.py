@@ -1,4 +1,4 @@
-"""Issue 22 (must-show 4): autoguidance on the toy world with the weak model as a LoRA of the shipped model, against
+"""Autoguidance on the toy world with the weak model as a LoRA of the shipped model, against
 the separate weak model, at N = 1000 per point (bench/toy/tradeoff.py, points auto_lora_* vs auto_*).
 
 Reads the LoRA points from the tradeoff run's results (default out/toy/tradeoff/results.json, their samples next to
