@@ -253,8 +253,8 @@ class PostProcess:
 
 @dataclass(frozen=True)
 class CFGConfig:
-    """cfg=None takes the sampler's cond_scale (the MODEL patch); the GUIDER sets it."""
-    cfg: float | None = CFG_DEFAULT
+    """The guidance of a run but its CFG scale: the scale s is the sampler's (ComfyUI's cfg, which the GUIDER sets
+    from its own input and the KSampler from its widget), given to CFGCombiner.plan at every call."""
     cfg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
     neg_scale: float = NEG_SCALE_DEFAULT
     neg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
@@ -262,8 +262,6 @@ class CFGConfig:
     post: PostProcess = field(default_factory=PostProcess)
 
     def __post_init__(self):
-        if self.cfg is not None:
-            require_finite("cfg", self.cfg)
         require_finite("neg_scale", self.neg_scale)
         for i, t in enumerate(self.terms):
             require_finite(f"terms[{i}].weight", t.weight)
@@ -433,14 +431,11 @@ class CFGCombiner:
         """Adaptive terms that stopped in this run: name -> the step where the criterion held."""
         return dict(self._stopped)
 
-    def plan(self, ctx: StepContext, cond_scale: float | None = None) -> StepPlan:
-        """Active terms at this step: those whose coefficient is not 0. The CFG scale s is config.cfg, or
-        cond_scale (the sampler's cfg) where config.cfg is None. Call once per model call, in order: it sets
-        ctx.step (schedules.StepCounter) and restarts the per-run state where the call starts a new run."""
-        cfg = self.config
-        s = cfg.cfg if cfg.cfg is not None else cond_scale
-        if s is None:
-            raise GuidanceConfigError("no CFG scale: the config has cfg=None and no cond_scale was given")
+    def plan(self, ctx: StepContext, cond_scale: float) -> StepPlan:
+        """Active terms at this step: those whose coefficient is not 0; cond_scale is the CFG scale s (the sampler's
+        cfg). Call once per model call, in order: it sets ctx.step (schedules.StepCounter) and restarts the per-run
+        state where the call starts a new run."""
+        cfg, s = self.config, cond_scale
         ctx.step = self._steps.step_of(ctx.sigma, ctx.sample_sigmas)
         if self._steps.started:  # this call starts a run (another run of the same node, or the first)
             self._running, self._stopped = {}, {}
@@ -475,13 +470,13 @@ class CFGCombiner:
         return list(dict.fromkeys(order))
 
     @staticmethod
-    def step_scale(plan: StepPlan, cond_scale: float | None) -> float:
+    def step_scale(plan: StepPlan, cond_scale: float) -> float:
         """This step's CFG scale s' = 1 + coefficient of the guidance term (1 when it is off): what other
         nodes' hooks see as cond_scale. Equals cond_scale exactly when the schedule is 1."""
         g = plan.guidance()
         if g is None:
             return 1.0
-        if cond_scale is not None and g.coef == cond_scale - 1.0:
+        if g.coef == cond_scale - 1.0:
             return cond_scale
         return 1.0 + g.coef
 

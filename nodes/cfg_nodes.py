@@ -103,12 +103,12 @@ class GuidanceLabTerm(io.ComfyNode):
 
 
 def _append_term(terms, conditioning, kind, weight, reference, schedule, max_ratio=0.0, **spec) -> tuple:
-    """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.TermSpec); a term's own conditioning is checked here."""
+    """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.Term); a term's own conditioning is checked here."""
     if conditioning is not None:
         sampling_facts.conditioning_batch(conditioning, "term conditioning")
-    term = cfg_core.ExtraTerm(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference,
-                              max_ratio=max_ratio)
-    return tuple(terms or ()) + (cfg_runtime.TermSpec(conditioning, term, **spec),)
+    term = cfg_runtime.Term(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference,
+                            max_ratio=max_ratio, conditioning=conditioning, **spec)
+    return tuple(terms or ()) + (term,)
 
 
 def _weight_input(kind: str, tooltip: str):
@@ -332,10 +332,24 @@ class GuidanceLabCFGGuider(io.ComfyNode):
         require_finite("cfg", cfg)
         if negative is None and empty is None and cfg != 1.0:
             raise cfg_core.GuidanceConfigError(f"cfg={cfg} needs an unconditional: connect 'negative' or 'empty', or set cfg to 1")
-        config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
-                             post=post or cfg_core.PostProcess())
-        return io.NodeOutput(Guider(model, config, cfg, positive, negative, empty, terms))
+        runtime = _cfg_runtime(model, "use the patch (with KSampler) or the CFG Guider, not both", negative is not None,
+                               empty, terms, neg_scale, cfg_schedule, neg_schedule, post)
+        return io.NodeOutput(Guider(model, runtime, cfg, positive, negative, empty, terms))
+
+
+def _cfg_runtime(model, patched_twice: str, has_negative: bool, empty, terms, neg_scale, cfg_schedule, neg_schedule,
+                 post) -> cfg_runtime.CFGRuntime:
+    """The CFG runtime of the GUIDER and of the MODEL patch, built one way from their common inputs (the CFG scale
+    is not among them: it is the sampler's, given at every step); a MODEL that already carries the patch is
+    refused, `patched_twice` saying what to do instead."""
+    if model.model_options.get(cfg_runtime.MARK):
+        raise cfg_core.GuidanceConfigError(f"this MODEL already carries the Guidance Lab CFG patch; {patched_twice}")
+    config = cfg_core.CFGConfig(cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
+                                neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=terms,
+                                post=post or cfg_core.PostProcess())
+    param = sampling_facts.parameterization_of(sampling_facts.model_sampling_of(model))
+    return cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, has_negative, empty is not None, param), empty, terms,
+                                  model)
 
 
 class Guider(comfy.samplers.CFGGuider):
@@ -343,13 +357,8 @@ class Guider(comfy.samplers.CFGGuider):
     CFGRuntime.predict, the same code as the MODEL patch. Extra conds: the empty prompt and the terms, tagged
     as ComfyUI's guiders tag negatives (prompt_type) where they act as one."""
 
-    def __init__(self, model_patcher, config, cfg, positive, negative, empty, terms):
-        if model_patcher.model_options.get(cfg_runtime.MARK):
-            raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; use the patch "
-                                        "(with KSampler) or the CFG Guider, not both")
-        param = sampling_facts.parameterization_of(sampling_facts.model_sampling_of(model_patcher))
-        self.runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, negative is not None, empty is not None, param),
-                                    terms=terms, model_patcher=model_patcher)
+    def __init__(self, model_patcher, runtime, cfg, positive, negative, empty, terms):
+        self.runtime = runtime
         super().__init__(self.runtime.install(model_patcher.clone()))
         conds = {cfg_runtime.POSITIVE_KEY: positive}
         if negative is not None:
@@ -389,14 +398,8 @@ class GuidanceLabCFGPatch(io.ComfyNode):
         for i, t in enumerate(terms):
             if t.conditioning is not None:
                 cfg_runtime.refuse_hooks(t.conditioning, f"term {i + 1}")
-        if model.model_options.get(cfg_runtime.MARK):
-            raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; patch it once "
-                                        "(one CFG Patch per model)")
-        config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
-                             post=post or cfg_core.PostProcess())
-        param = sampling_facts.parameterization_of(sampling_facts.model_sampling_of(model))
-        runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, True, empty is not None, param), empty, terms, model)
+        runtime = _cfg_runtime(model, "patch it once (one CFG Patch per model)", True, empty, terms, neg_scale,
+                               cfg_schedule, neg_schedule, post)
         return io.NodeOutput(runtime.install(model.clone()))
 
 

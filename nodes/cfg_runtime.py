@@ -25,7 +25,8 @@ cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -52,14 +53,15 @@ def term_key(i: int) -> str:
     return f"guidance_lab_term{i}"
 
 
-class TermSpec(NamedTuple):
-    """One entry of a GUIDANCE_TERMS list: the term's conditioning (None = the positive prompt; for a NAG term the
-    negative prompt), its weights and kind (cfg.ExtraTerm), and for a perturbed term its Perturbation, for a model
-    term its MODEL, for a NAG term its NAGSettings."""
-    conditioning: Any
-    term: cfg_core.ExtraTerm
+@dataclass(frozen=True)
+class Term(cfg_core.ExtraTerm):
+    """One entry of a GUIDANCE_TERMS list: the core's term (weight, schedule, kind, reference, cap; cfg.ExtraTerm)
+    with what it runs on in ComfyUI: its conditioning (None = the positive prompt; for a NAG term the negative
+    prompt), for a perturbed term its Perturbation, for a model term its MODEL, for a NAG term its NAGSettings.
+    The CFG config holds these terms as they are; ComfyUI objects take no part in comparing terms."""
+    conditioning: Any = field(default=None, compare=False)
     perturbation: perturbed_terms.Perturbation | None = None
-    model: Any = None
+    model: Any = field(default=None, compare=False)
     nag: nag_core.NAGSettings | None = None
 
 
@@ -69,12 +71,12 @@ def term_conds(terms, positive) -> dict:
     own (it reads the negative prompt); with one, that is its negative prompt."""
     out = {}
     for i, t in enumerate(terms):
-        if t.term.kind == "nag":
+        if t.kind == "nag":
             if t.conditioning is not None:
                 out[term_key(i)] = tag_negative(t.conditioning)
             continue
         c = t.conditioning if t.conditioning is not None else positive
-        out[term_key(i)] = tag_negative(c) if t.term.kind == "prompt" and t.term.weight < 0 else c
+        out[term_key(i)] = tag_negative(c) if t.kind == "prompt" and t.weight < 0 else c
     return out
 
 
@@ -125,7 +127,7 @@ class CFGRuntime:
     def _nag_source(self, model_patcher):
         """(settings, cond key of its negative prompt) of the NAG term, checked against the model; None without."""
         for i, t in enumerate(self.terms):
-            if t.term.kind != "nag":
+            if t.kind != "nag":
                 continue
             settings = t.nag or nag_core.NAGSettings()
             if model_patcher is not None:
@@ -161,7 +163,7 @@ class CFGRuntime:
         for key, other in self.models.items():
             i = int(key[4:])
             if other.model is not sampled.model:
-                if self.terms[i].term.weight != 0:
+                if self.terms[i].weight != 0:
                     separate.append(other)
             elif self.terms[i].conditioning is None and shared_network.same_weights(other, sampled):
                 self.aliases[key] = cfg_core.POSITIVE  # same weights, same input: the positive's prediction
