@@ -1,4 +1,4 @@
-"""Benchmark: classifier training throughput (images/s) of guidance_core.training.Trainer.
+"""Benchmark: classifier training throughput (images/s) of guidance_core.classifier_training.Trainer.
 
 Two latent shapes: 3x32x32 (the demo shapes world, pixel-space VAE) and 4x64x64 (SD1.5 latents of
 512x512 images), default classifier width 64, batch 64, log-uniform sigmas. Random latents (the
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import torch
 
 from devkit.bench import device_line, write_section
-from guidance_core.training import NoiseSpec, TrainConfig, Trainer
+from guidance_core.classifier_training import NoiseSpec, TrainConfig, Trainer
 
 
 def throughput(shape, steps, batch, device):

@@ -39,7 +39,7 @@ def write_section(key: str, title: str, body: str):
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     atomic_bytes(path, text.encode())
 

@@ -714,7 +714,7 @@ def family_classifier(model):
         net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=fmt.latent_channels, num_classes=2,
                                                           base_channels=16))
     meta = {"labels": ["a", "b"], "latent_channels": fmt.latent_channels, "latent_format": type(fmt).__name__,
-            "parameterization": H.pack_module("nodes.glue").parameterization_of(ms),
+            "parameterization": H.pack_module("nodes.sampling_facts").parameterization_of(ms),
             "input_scaling": param.identify_input_scaling(ms.calculate_input)}
     return H.pack_module("nodes.classifier_nodes").LoadedClassifier(net, meta, "tiny-random")
 

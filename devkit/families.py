@@ -1,4 +1,4 @@
-"""Tiny random instances of ComfyUI's own model families (issue 13): each family's supported_models config
+"""Tiny random instances of ComfyUI's own model families, so the pack is tested on every family's code path without a checkpoint: each family's supported_models config
 and model_base class, its model_sampling, latent format and conditioning inputs, with the network shrunk to a
 few layers of small width. Weights are random (ComfyUI leaves them uninitialized without a checkpoint), so
 the outputs mean nothing; what matters is that every code path of the family runs as in a real checkpoint.

@@ -4,7 +4,7 @@ Each form is built as ComfyUI's own nodes build it (ModelSamplingDiscrete, Model
 has the class or option; where it lacks one (0.3.75 has no IMG_TO_IMG_FLOW, no noise_scale), the same formulas
 (ComfyUI 0.33's / 0.38's comfy/model_sampling.py) are written here as a subclass and patched in as those nodes do.
 The exact world (NoiseScaled, ExactClassifier) states each form's alpha(sigma) and noise coefficient itself,
-independent of the pack's probe (nodes/glue.py sampling_form).
+independent of the pack's probe (nodes/sampling_facts.py sampling_form).
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 
 from . import guidance_filters
-from . import parameterization as P
-from . import schedules as S
+from . import schedules
+from .parameterization import (SPACES, default_rescale_space, from_space, per_sample, rescale_space_problem,
+                               to_space)
 from .errors import GuidanceConfigError, require_finite
 
 # Defaults and ranges, imported by the node schema.
@@ -42,7 +43,7 @@ FDG_LOW_DEFAULT, FDG_HIGH_DEFAULT = 0.5, 1.0  # diffusers' guidance_scales [10, 
 MAMBO_ALPHA_DEFAULT = 8.0  # diffusers' MagnitudeAwareGuidance
 DYN_MIMIC_DEFAULT, DYN_PERCENTILE_DEFAULT = 7.0, 1.0  # sd-dynamic-thresholding's node
 TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0, "nag": 4.0}  # ComfyUI's PAG scale is 3; NAG's 5 = 1 + 4
-RESCALE_SPACES = ("auto",) + P.SPACES
+RESCALE_SPACES = ("auto",) + SPACES
 POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
 
 
@@ -81,12 +82,12 @@ def rescale(d_pos: torch.Tensor, d_cfg: torch.Tensor, phi: float, x: torch.Tenso
     """
     if phi == 0:
         return d_cfg
-    y_pos = P.to_space(space, d_pos, x, sigma, alpha)
-    y_cfg = P.to_space(space, d_cfg, x, sigma, alpha)
+    y_pos = to_space(space, d_pos, x, sigma, alpha)
+    y_cfg = to_space(space, d_cfg, x, sigma, alpha)
     dims = _dims(y_cfg)
     ratio = y_pos.std(dim=dims, keepdim=True) / y_cfg.std(dim=dims, keepdim=True).clamp(min=1e-12)
     y = phi * (y_cfg * ratio) + (1.0 - phi) * y_cfg
-    return P.from_space(space, y, x, sigma, alpha)
+    return from_space(space, y, x, sigma, alpha)
 
 
 def cfg_zero_star_alpha(d_pos: torch.Tensor, d_uncond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,7 @@ def cfg_zero_star_alpha(d_pos: torch.Tensor, d_uncond: torch.Tensor, x: torch.Te
     1/sigma, which cancels; for eps models this is eps-space)."""
     v_c, v_u = (x - d_pos).flatten(1), (x - d_uncond).flatten(1)
     a = (v_c * v_u).sum(1) / (v_u.pow(2).sum(1) + 1e-8)
-    return P.per_sample(a, x)
+    return per_sample(a, x)
 
 
 def cfg_zero_star_uncond(d_pos, d_uncond, x) -> torch.Tensor:
@@ -184,7 +185,7 @@ REFERENCES = ("auto", POSITIVE, NEGATIVE, EMPTY)  # and "term N" (1-based) for a
 class ExtraTerm:
     """One term with weight w (negative = "not") and its own schedule f, of one of four kinds:
     - prompt: D += w f (D_term - D_ref); reference auto = the baseline (composable diffusion);
-    - perturbed: the model itself with part of the network perturbed (PAG, SEG, SLG; see perturb.py),
+    - perturbed: the model itself with part of the network perturbed (PAG, SEG, SLG; see perturbed_terms.py),
       D += w f (D_ref - D_term); reference auto = positive (Ahn et al. 2024, eq. 8);
     - model: another model (a weaker one: autoguidance, Karras et al. 2024, arXiv 2406.02507, eq. 2),
       D += w f (D_ref - D_term); reference auto = positive. With cfg 1, w = Karras's w - 1:
@@ -193,7 +194,7 @@ class ExtraTerm:
       itself (every term that reads D_pos reads the NAG one); reference auto = positive, the only row it acts on.
     reference: "auto", "positive", "negative", "empty" or "term N" (another term's prediction, 1-based)."""
     weight: float
-    schedule: S.Schedule = S.CONSTANT_ONE
+    schedule: schedules.Schedule = schedules.CONSTANT_ONE
     kind: str = "prompt"
     reference: str = "auto"
     max_ratio: float = MAX_RATIO_DEFAULT  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push)
@@ -282,17 +283,15 @@ class PostProcess:
 
 @dataclass(frozen=True)
 class CFGConfig:
-    """cfg=None takes the sampler's cond_scale (the MODEL patch); the GUIDER sets it."""
-    cfg: float | None = CFG_DEFAULT
-    cfg_schedule: S.Schedule = S.CONSTANT_ONE
+    """The guidance of a run but its CFG scale: the scale s is the sampler's (ComfyUI's cfg, which the GUIDER sets
+    from its own input and the KSampler from its widget), given to CFGCombiner.plan at every call."""
+    cfg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
     neg_scale: float = NEG_SCALE_DEFAULT
-    neg_schedule: S.Schedule = S.CONSTANT_ONE
+    neg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
     terms: tuple = ()
     post: PostProcess = field(default_factory=PostProcess)
 
     def __post_init__(self):
-        if self.cfg is not None:
-            require_finite("cfg", self.cfg)
         require_finite("neg_scale", self.neg_scale)
         for i, t in enumerate(self.terms):
             require_finite(f"terms[{i}].weight", t.weight)
@@ -383,11 +382,11 @@ class CFGCombiner:
             raise GuidanceConfigError(
                 f"zero_init_steps={post.zero_init_steps} is defined for flow models only (CFG-Zero*, Fan et al. 2025: "
                 f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0")
-        space_problem = P.rescale_space_problem(parameterization, post.rescale_space) if post.rescale_phi > 0 else None
+        space_problem = rescale_space_problem(parameterization, post.rescale_space) if post.rescale_phi > 0 else None
         if space_problem:
             raise GuidanceConfigError(space_problem)
         self._running = {}  # APG momentum: committed running average per step
-        self._steps = S.StepCounter()  # which step each call is in; restarts per-run state on a new run
+        self._steps = schedules.StepCounter()  # which step each call is in; restarts per-run state on a new run
         self._stopped = {}  # adaptive schedules: term name -> step at which its criterion held
 
     def _term_ref(self, i: int, term: ExtraTerm) -> str:
@@ -421,10 +420,10 @@ class CFGCombiner:
         """Steps at which the APG momentum holds a committed value (one per step of the run)."""
         return sorted(k for k in self._running if k is not None)
 
-    def _schedule(self, sched: S.Schedule, ctx: StepContext, name: str = "") -> float:
+    def _schedule(self, sched: schedules.Schedule, ctx: StepContext, name: str = "") -> float:
         if sched.kind == "adaptive" and self._is_stopped(name, ctx.level()):
             return 0.0
-        return S.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, ctx.level())
+        return schedules.value(sched, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, ctx.level())
 
     def _is_stopped(self, name: str, level) -> bool:
         """Adaptive guidance: off from the step after the one where its criterion held (every call of that
@@ -462,14 +461,11 @@ class CFGCombiner:
         """Adaptive terms that stopped in this run: name -> the step where the criterion held."""
         return dict(self._stopped)
 
-    def plan(self, ctx: StepContext, cond_scale: float | None = None) -> StepPlan:
-        """Active terms at this step: those whose coefficient is not 0. The CFG scale s is config.cfg, or
-        cond_scale (the sampler's cfg) where config.cfg is None. Call once per model call, in order: it sets
-        ctx.step (schedules.StepCounter) and restarts the per-run state where the call starts a new run."""
-        cfg = self.config
-        s = cfg.cfg if cfg.cfg is not None else cond_scale
-        if s is None:
-            raise GuidanceConfigError("no CFG scale: the config has cfg=None and no cond_scale was given")
+    def plan(self, ctx: StepContext, cond_scale: float) -> StepPlan:
+        """Active terms at this step: those whose coefficient is not 0; cond_scale is the CFG scale s (the sampler's
+        cfg). Call once per model call, in order: it sets ctx.step (schedules.StepCounter) and restarts the per-run
+        state where the call starts a new run."""
+        cfg, s = self.config, cond_scale
         ctx.step = self._steps.step_of(ctx.sigma, ctx.sample_sigmas)
         if self._steps.started:  # this call starts a run (another run of the same node, or the first)
             self._running, self._stopped = {}, {}
@@ -504,13 +500,13 @@ class CFGCombiner:
         return list(dict.fromkeys(order))
 
     @staticmethod
-    def step_scale(plan: StepPlan, cond_scale: float | None) -> float:
+    def step_scale(plan: StepPlan, cond_scale: float) -> float:
         """This step's CFG scale s' = 1 + coefficient of the guidance term (1 when it is off): what other
         nodes' hooks see as cond_scale. Equals cond_scale exactly when the schedule is 1."""
         g = plan.guidance()
         if g is None:
             return 1.0
-        if cond_scale is not None and g.coef == cond_scale - 1.0:
+        if g.coef == cond_scale - 1.0:
             return cond_scale
         return 1.0 + g.coef
 
@@ -581,7 +577,7 @@ class CFGCombiner:
                 guidance = (coef, delta)
         summed = out
         if post.rescale_phi > 0 and plan.active:
-            space = P.default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
+            space = default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
             out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
         plain_mimic = (guidance is not None and isinstance(guidance[0], float) and post.dyn_percentile == 1.0
                        and post.dyn_mimic_scale - 1.0 == guidance[0])

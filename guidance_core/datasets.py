@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import safe_open
 
 from .errors import GuidanceConfigError
-from .io import atomic_save
+from .files import atomic_save
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_FORMAT = "guidance-lab-latent-cache"

@@ -16,3 +16,8 @@ def require_finite(field: str, value: float) -> float:
     if not math.isfinite(v):
         raise GuidanceConfigError(f"{field}={value!r} is not finite; use a finite number")
     return v
+
+
+class ClassifierFileError(GuidanceConfigError):
+    """A classifier file (or another safetensors file the pack reads) cannot be used; the message says why and what
+    is accepted."""

@@ -212,7 +212,7 @@ def input_scaling_from_values(sig: torch.Tensor, c: torch.Tensor) -> dict | None
 
 # ---------------------------------------------------------------- the model's sampling form, learned by probing
 # ComfyUI's model_sampling objects define the sampler's space by four affine maps (ComfyUI's comfy/model_sampling.py,
-# 0.3.52 - 0.38), which glue.probe_model_sampling evaluates at PROBE_SIGMAS with known tensors:
+# 0.3.52 - 0.38), which nodes/sampling_facts.probe_model_sampling evaluates at PROBE_SIGMAS with known tensors:
 #   noise_scaling(sigma, n, z)        = A(sigma)*n + B(sigma)*z    (start of sampling from noise n and latent z)
 #   calculate_input(sigma, x)         = c_in(sigma)*x              (what the network reads)
 #   calculate_denoised(sigma, out, x) = a(sigma)*x + b(sigma)*out   (the prediction type)
@@ -316,7 +316,7 @@ _NAMES = {("1", "edm", "eps"): "EPS", ("1", "edm", "v"): "V_PREDICTION", ("1", "
 
 
 def fit_sampling_form(values: dict, class_name: str = "model_sampling") -> SamplingForm:
-    """The SamplingForm of a model_sampling from what it answered at PROBE_SIGMAS (glue.probe_model_sampling):
+    """The SamplingForm of a model_sampling from what it answered at PROBE_SIGMAS (nodes/sampling_facts.probe_model_sampling):
     `values` holds float64 tensors over values["sigma"]: noise_1 = A, noise_2 = B (noise_scaling), c_in,
     denoised_1 = b, denoised_2 = a (calculate_denoised's coefficients of the output and of x), inverse_1 = p,
     inverse_2 = q (inverse_noise_scaling, over values["inverse_sigma"]), each with its affinity residual, or "error" (the text of

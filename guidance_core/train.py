@@ -21,12 +21,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from . import io as gio
+from .classifiers import classifier_files
 from .classifiers.noise_aware import ClassifierConfig
 from .datasets import load_latent_cache
 from .errors import GuidanceConfigError
-from .training import (NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range,
-                       setting_field)
+from .classifier_training import (NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range,
+                                  setting_field)
 
 
 def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=None) -> Trainer:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     bar.close()
     if rank == 0:
         report = trainer.report()
-        gio.save_classifier(args.out, trainer.model, classifier_metadata(trainer, meta.get("latent_format", ""), report))
+        classifier_files.save_classifier(args.out, trainer.model, classifier_metadata(trainer, meta.get("latent_format", ""), report))
         print(json.dumps({"out": args.out, "buckets": report["buckets"]}, indent=1))
     if distributed:
         dist.barrier()

@@ -9,12 +9,12 @@ from comfy_api.latest import io
 from ..guidance_core import cfg as cfg_core
 from ..guidance_core import guidance_filters
 from ..guidance_core import nag as nag_core
-from ..guidance_core import perturb
+from ..guidance_core import perturbed_terms
 from ..guidance_core import schedules
 from ..guidance_core.errors import require_finite
 from . import cfg_runtime
-from . import glue
-from . import types as sockets
+from . import sampling_facts
+from . import socket_types
 
 CATEGORY = "Guidance Lab/cfg"
 SCHEDULE_DEFAULTS = schedules.DEFAULTS
@@ -65,7 +65,7 @@ class GuidanceLabSchedule(io.ComfyNode):
                                        "cos(eps_term, eps_reference) >= threshold (Castillo et al. 2023); before that "
                                        "the multiplier is 'start'."),
             ],
-            outputs=[sockets.Schedule.Output(display_name="schedule")],
+            outputs=[socket_types.Schedule.Output(display_name="schedule")],
         )
 
     @classmethod
@@ -91,25 +91,25 @@ class GuidanceLabTerm(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The prompt of this term."),
                 _weight_input("prompt", "Term weight w; negative = 'not this'; 0 = off (never evaluated)."),
                 _reference_input("the baseline (empty if connected, else negative)", optional=True),
-                sockets.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
-                sockets.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
+                socket_types.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of w; none = constant 1."),
+                socket_types.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
     def execute(cls, conditioning, weight, reference="auto", schedule=None, terms=None):
-        glue.conditioning_batch(conditioning, "term conditioning")
+        sampling_facts.conditioning_batch(conditioning, "term conditioning")
         return io.NodeOutput(_append_term(terms, conditioning, "prompt", weight, reference, schedule))
 
 
 def _append_term(terms, conditioning, kind, weight, reference, schedule, max_ratio=0.0, **spec) -> tuple:
-    """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.TermSpec); a term's own conditioning is checked here."""
+    """The earlier GUIDANCE_TERMS plus one term (cfg_runtime.Term); a term's own conditioning is checked here."""
     if conditioning is not None:
-        glue.conditioning_batch(conditioning, "term conditioning")
-    term = cfg_core.ExtraTerm(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference,
-                              max_ratio=max_ratio)
-    return tuple(terms or ()) + (cfg_runtime.TermSpec(conditioning, term, **spec),)
+        sampling_facts.conditioning_batch(conditioning, "term conditioning")
+    term = cfg_runtime.Term(weight=weight, schedule=schedule or schedules.CONSTANT_ONE, kind=kind, reference=reference,
+                            max_ratio=max_ratio, conditioning=conditioning, **spec)
+    return tuple(terms or ()) + (term,)
 
 
 def _weight_input(kind: str, tooltip: str):
@@ -129,9 +129,9 @@ def _reference_input(auto: str, optional: bool = False):
 
 
 def _term_tail(conditioning_tip: str):
-    return [sockets.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
+    return [socket_types.Schedule.Input("schedule", optional=True, tooltip="Per-step multiplier of the weight; none = constant 1."),
             io.Conditioning.Input("conditioning", optional=True, tooltip=conditioning_tip),
-            sockets.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
+            socket_types.Terms.Input("terms", optional=True, tooltip="Earlier terms to append this one to.")]
 
 
 class GuidanceLabPerturbedTerm(io.ComfyNode):
@@ -146,26 +146,26 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                         "identity; SEG (Hong 2024): blurred queries; SLG: DiT blocks skipped. Its rows run in the same "
                         "batched model call as the prompts (CFG + PAG = one call of 3 rows).",
             inputs=[
-                io.Combo.Input("mode", options=list(perturb.MODES), default="pag",
+                io.Combo.Input("mode", options=list(perturbed_terms.MODES), default="pag",
                                tooltip="pag and seg: UNet self-attention blocks; slg: DiT transformer blocks."),
                 io.String.Input("blocks", default="", multiline=False,
                                 tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
                                         "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
                                         "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
                 _weight_input("perturbed", "Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
-                io.Float.Input("seg_sigma", default=perturb.SEG_SIGMA_DEFAULT, min=perturb.SEG_SIGMA_RANGE[0], max=perturb.SEG_SIGMA_RANGE[1],
+                io.Float.Input("seg_sigma", default=perturbed_terms.SEG_SIGMA_DEFAULT, min=perturbed_terms.SEG_SIGMA_RANGE[0], max=perturbed_terms.SEG_SIGMA_RANGE[1],
                                step=0.1,
-                               tooltip=f"SEG only: std of the query blur in tokens; {perturb.SEG_SIGMA_INF:g} = the mean query "
+                               tooltip=f"SEG only: std of the query blur in tokens; {perturbed_terms.SEG_SIGMA_INF:g} = the mean query "
                                        "(the paper's infinite blur)."),
                 _reference_input("positive"),
                 *_term_tail("The prompt the perturbed rows run with; none = the positive prompt."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
     def execute(cls, mode, blocks, weight, seg_sigma, reference="auto", schedule=None, conditioning=None, terms=None):
-        pert = perturb.Perturbation(mode=mode, blocks=perturb.parse_blocks(blocks or perturb.DEFAULT_BLOCKS[mode], mode),
+        pert = perturbed_terms.Perturbation(mode=mode, blocks=perturbed_terms.parse_blocks(blocks or perturbed_terms.DEFAULT_BLOCKS[mode], mode),
                                seg_sigma=seg_sigma)
         return io.NodeOutput(_append_term(terms, conditioning, "perturbed", weight, reference, schedule, perturbation=pert))
 
@@ -191,7 +191,7 @@ class GuidanceLabModelTerm(io.ComfyNode):
                                tooltip="Cap of the term's push per sample: |w * schedule * (D_reference - D_model)| at most "
                                        "max_ratio * |D_positive| (L2); 0 = no cap. Keeps a strong weight from overcooking."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -230,7 +230,7 @@ class GuidanceLabNAGTerm(io.ComfyNode):
                                tooltip="The row NAG acts on: the positive prompt (auto)."),
                 *_term_tail("The negative prompt NAG steers away from; none = the sampler's negative prompt."),
             ],
-            outputs=[sockets.Terms.Output(display_name="terms")],
+            outputs=[socket_types.Terms.Output(display_name="terms")],
         )
 
     @classmethod
@@ -316,7 +316,7 @@ class GuidanceLabPostProcess(io.ComfyNode):
                                          "(needs an empty conditioning); off = plain negative."),
                 *_reshaper_inputs(),
             ],
-            outputs=[sockets.PostProcess.Output(display_name="post")],
+            outputs=[socket_types.PostProcess.Output(display_name="post")],
         )
 
     @classmethod
@@ -332,11 +332,11 @@ def _common_inputs():
         io.Float.Input("neg_scale", default=cfg_core.NEG_SCALE_DEFAULT, min=-cfg_core.CFG_MAX, max=cfg_core.CFG_MAX, step=0.1,
                        tooltip="Scale of the negative term; used only with an empty conditioning. "
                                "cfg - 1 reproduces standard CFG; 0 = negative off."),
-        sockets.Schedule.Input("cfg_schedule", optional=True,
+        socket_types.Schedule.Input("cfg_schedule", optional=True,
                          tooltip="Per-step multiplier f of the CFG strength: scale 1 + f*(cfg - 1). None = constant 1."),
-        sockets.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
-        sockets.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
-        sockets.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
+        socket_types.Schedule.Input("neg_schedule", optional=True, tooltip="Per-step multiplier of neg_scale. None = constant 1."),
+        socket_types.PostProcess.Input("post", optional=True, tooltip="Post-processing options; none = off."),
+        socket_types.Terms.Input("terms", optional=True, tooltip="Extra terms: weighted prompts (Guidance Term), perturbed "
                                                       "attention (PAG/SEG/SLG) and model terms (autoguidance)."),
     ]
 
@@ -369,14 +369,28 @@ class GuidanceLabCFGGuider(io.ComfyNode):
         terms = tuple(terms or ())
         named = {"positive": positive, "negative": negative, "empty": empty}
         named.update({f"term {i + 1}": t.conditioning for i, t in enumerate(terms)})
-        glue.check_batches(named)
+        sampling_facts.check_batches(named)
         require_finite("cfg", cfg)
         if negative is None and empty is None and cfg != 1.0:
             raise cfg_core.GuidanceConfigError(f"cfg={cfg} needs an unconditional: connect 'negative' or 'empty', or set cfg to 1")
-        config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
-                             post=post or cfg_core.PostProcess())
-        return io.NodeOutput(Guider(model, config, cfg, positive, negative, empty, terms))
+        runtime = _cfg_runtime(model, "use the patch (with KSampler) or the CFG Guider, not both", negative is not None,
+                               empty, terms, neg_scale, cfg_schedule, neg_schedule, post)
+        return io.NodeOutput(Guider(model, runtime, cfg, positive, negative, empty, terms))
+
+
+def _cfg_runtime(model, patched_twice: str, has_negative: bool, empty, terms, neg_scale, cfg_schedule, neg_schedule,
+                 post) -> cfg_runtime.CFGRuntime:
+    """The CFG runtime of the GUIDER and of the MODEL patch, built one way from their common inputs (the CFG scale
+    is not among them: it is the sampler's, given at every step); a MODEL that already carries the patch is
+    refused, `patched_twice` saying what to do instead."""
+    if model.model_options.get(cfg_runtime.MARK):
+        raise cfg_core.GuidanceConfigError(f"this MODEL already carries the Guidance Lab CFG patch; {patched_twice}")
+    config = cfg_core.CFGConfig(cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
+                                neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=terms,
+                                post=post or cfg_core.PostProcess())
+    param = sampling_facts.parameterization_of(sampling_facts.model_sampling_of(model))
+    return cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, has_negative, empty is not None, param), empty, terms,
+                                  model)
 
 
 class Guider(comfy.samplers.CFGGuider):
@@ -384,13 +398,8 @@ class Guider(comfy.samplers.CFGGuider):
     CFGRuntime.predict, the same code as the MODEL patch. Extra conds: the empty prompt and the terms, tagged
     as ComfyUI's guiders tag negatives (prompt_type) where they act as one."""
 
-    def __init__(self, model_patcher, config, cfg, positive, negative, empty, terms):
-        if model_patcher.model_options.get(cfg_runtime.MARK):
-            raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; use the patch "
-                                        "(with KSampler) or the CFG Guider, not both")
-        param = glue.parameterization_of(glue.model_sampling_of(model_patcher))
-        self.runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, negative is not None, empty is not None, param),
-                                    terms=terms, model_patcher=model_patcher)
+    def __init__(self, model_patcher, runtime, cfg, positive, negative, empty, terms):
+        self.runtime = runtime
         super().__init__(self.runtime.install(model_patcher.clone()))
         conds = {cfg_runtime.POSITIVE_KEY: positive}
         if negative is not None:
@@ -425,19 +434,13 @@ class GuidanceLabCFGPatch(io.ComfyNode):
     def execute(cls, model, neg_scale, empty=None, cfg_schedule=None, neg_schedule=None, post=None, terms=None):
         terms = tuple(terms or ())
         if empty is not None:
-            glue.conditioning_batch(empty, "empty")
+            sampling_facts.conditioning_batch(empty, "empty")
             cfg_runtime.refuse_hooks(empty, "empty")
         for i, t in enumerate(terms):
             if t.conditioning is not None:
                 cfg_runtime.refuse_hooks(t.conditioning, f"term {i + 1}")
-        if model.model_options.get(cfg_runtime.MARK):
-            raise cfg_core.GuidanceConfigError("this MODEL already carries the Guidance Lab CFG patch; patch it once "
-                                        "(one CFG Patch per model)")
-        config = cfg_core.CFGConfig(cfg=None, cfg_schedule=cfg_schedule or schedules.CONSTANT_ONE, neg_scale=neg_scale,
-                             neg_schedule=neg_schedule or schedules.CONSTANT_ONE, terms=tuple(t.term for t in terms),
-                             post=post or cfg_core.PostProcess())
-        param = glue.parameterization_of(glue.model_sampling_of(model))
-        runtime = cfg_runtime.CFGRuntime(cfg_core.CFGCombiner(config, True, empty is not None, param), empty, terms, model)
+        runtime = _cfg_runtime(model, "patch it once (one CFG Patch per model)", True, empty, terms, neg_scale,
+                               cfg_schedule, neg_schedule, post)
         return io.NodeOutput(runtime.install(model.clone()))
 
 

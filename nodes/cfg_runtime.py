@@ -25,7 +25,8 @@ cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,10 +37,10 @@ import comfy.samplers
 
 from ..guidance_core import cfg as cfg_core
 from ..guidance_core import nag as nag_core
-from ..guidance_core import perturb
+from ..guidance_core import perturbed_terms
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue, nag_patches
-from . import perturbation as perturb_patches
+from . import nag_patches, sampling_facts
+from . import perturbation_patches
 from . import shared_network
 
 MARK = "guidance_lab_cfg_patch"
@@ -52,14 +53,15 @@ def term_key(i: int) -> str:
     return f"guidance_lab_term{i}"
 
 
-class TermSpec(NamedTuple):
-    """One entry of a GUIDANCE_TERMS list: the term's conditioning (None = the positive prompt; for a NAG term the
-    negative prompt), its weights and kind (cfg.ExtraTerm), and for a perturbed term its Perturbation, for a model
-    term its MODEL, for a NAG term its NAGSettings."""
-    conditioning: Any
-    term: cfg_core.ExtraTerm
-    perturbation: perturb.Perturbation | None = None
-    model: Any = None
+@dataclass(frozen=True)
+class Term(cfg_core.ExtraTerm):
+    """One entry of a GUIDANCE_TERMS list: the core's term (weight, schedule, kind, reference, cap; cfg.ExtraTerm)
+    with what it runs on in ComfyUI: its conditioning (None = the positive prompt; for a NAG term the negative
+    prompt), for a perturbed term its Perturbation, for a model term its MODEL, for a NAG term its NAGSettings.
+    The CFG config holds these terms as they are; ComfyUI objects take no part in comparing terms."""
+    conditioning: Any = field(default=None, compare=False)
+    perturbation: perturbed_terms.Perturbation | None = None
+    model: Any = field(default=None, compare=False)
     nag: nag_core.NAGSettings | None = None
 
 
@@ -69,12 +71,12 @@ def term_conds(terms, positive) -> dict:
     own (it reads the negative prompt); with one, that is its negative prompt."""
     out = {}
     for i, t in enumerate(terms):
-        if t.term.kind == "nag":
+        if t.kind == "nag":
             if t.conditioning is not None:
                 out[term_key(i)] = tag_negative(t.conditioning)
             continue
         c = t.conditioning if t.conditioning is not None else positive
-        out[term_key(i)] = tag_negative(c) if t.term.kind == "prompt" and t.term.weight < 0 else c
+        out[term_key(i)] = tag_negative(c) if t.kind == "prompt" and t.weight < 0 else c
     return out
 
 
@@ -117,15 +119,15 @@ class CFGRuntime:
         self.nag = self._nag_source(model_patcher)
         self.nag_cache = None  # the paper form's nag_patches.PaperCache of a run
         if model_patcher is not None:
-            perturb_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
-        self.probe = perturb_patches.Probe()
+            perturbation_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
+        self.probe = perturbation_patches.Probe()
         self._pre_run = set()
-        self.separate = False  # perturbed rows in calls of their own (perturb_patches.NoRowIds), found at the first call
+        self.separate = False  # perturbed rows in calls of their own (perturbation_patches.NoRowIds), found at the first call
 
     def _nag_source(self, model_patcher):
         """(settings, cond key of its negative prompt) of the NAG term, checked against the model; None without."""
         for i, t in enumerate(self.terms):
-            if t.term.kind != "nag":
+            if t.kind != "nag":
                 continue
             settings = t.nag or nag_core.NAGSettings()
             if model_patcher is not None:
@@ -163,7 +165,7 @@ class CFGRuntime:
         for key, other in self.models.items():
             i = int(key[4:])
             if other.model is not sampled.model:
-                if self.terms[i].term.weight != 0:
+                if self.terms[i].weight != 0:
                     separate.append(other)
             elif self.terms[i].conditioning is None and shared_network.same_weights(other, sampled):
                 self.aliases[key] = cfg_core.POSITIVE  # same weights, same input: the positive's prediction
@@ -181,8 +183,8 @@ class CFGRuntime:
                 f"the CFG Patch (Guidance Lab) drives ComfyUI's CFGGuider (KSampler, CFGGuider node); this model went "
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
                 "the CFG Guider (Guidance Lab)")
-        self.combiner.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
-        self.probe = perturb_patches.Probe()
+        self.combiner.reset(sampling_facts.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
+        self.probe = perturbation_patches.Probe()
         self._pre_run = set()
         self.nag_cache = None
         self.bind(guider.model_patcher)
@@ -214,7 +216,7 @@ class CFGRuntime:
         sampler = executor.class_obj
         ms = guider.inner_model.model_sampling
         # the start noise is solved from noise_scaling = A*n + B*z: only a known form with A = c*sigma > 0 has one
-        glue.guidable_form(ms, f"zero_init_steps={k} (CFG-Zero* zero-init)")
+        sampling_facts.guidable_form(ms, f"zero_init_steps={k} (CFG-Zero* zero-init)")
         latent = latent_image if latent_image is not None else torch.zeros_like(noise)
         x_start = ms.noise_scaling(sigmas[0], noise, latent, sampler.max_denoise(guider, sigmas))
         if k >= len(sigmas) - 1:
@@ -230,7 +232,7 @@ class CFGRuntime:
     def predict(self, model, conds: dict, cond_scale: float, x, timestep, model_options):
         """One guided denoised prediction: every active term in ONE batched model call."""
         comb = self.combiner
-        ctx = glue.step_context(timestep, model_options, model.model_sampling)
+        ctx = sampling_facts.step_context(timestep, model_options, model.model_sampling)
         plan = comb.plan(ctx, cond_scale)
         scale = comb.step_scale(plan, cond_scale)
         # hooks see an uncond on a guided step, and at scale 1 where a node asked ComfyUI for one
@@ -253,7 +255,7 @@ class CFGRuntime:
         if comb.is_plain(plan) and (not plan.active or uncond == comb.baseline):
             return comfy.samplers.cfg_function(model, out_pair[0], out_pair[1], scale, x, timestep,
                                                model_options=model_options, cond=conds_pair[0], uncond=conds_pair[1])
-        alpha = glue.alpha_of(comb.parameterization, timestep).to(x.dtype)
+        alpha = sampling_facts.alpha_of(comb.parameterization, timestep).to(x.dtype)
         x_skip = None  # a x of D = a x + b F (ComfyUI's calculate_denoised with F = 0): MaMBo-G's output space
         if comb.config.post.mambo_alpha > 0:
             x_skip = model.model_sampling.calculate_denoised(timestep, torch.zeros_like(x), x)
@@ -270,21 +272,21 @@ class CFGRuntime:
         alone = [k for k in batch if k in self.perturbed] if self.separate or own_batching else []
         batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
-        opts = (perturb_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
+        opts = (perturbation_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
                 if by_chunk else model_options)
         paired = len(batch) > 1 and batch[1] == self.combiner.uncond_slot
         first = self.nag_options(model, conds, batch, opts, nag) if nag else None
         try:
             preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first)))
-        except perturb_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
+        except perturbation_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options, nag)
         for k in alone:
-            opts = perturb_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
+            opts = perturbation_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
                                                   network=model.diffusion_model)
             preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
         for k in set(self.perturbed) & (set(batch) | set(alone)):
-            perturb_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
+            perturbation_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
         if nag:
             nag_patches.check_ran(self.nag_probe, model.diffusion_model, nag.index + 1, self.nag[0])
         for k in keys:
@@ -334,7 +336,7 @@ def check_same_family(model_patcher, other, term_no: int) -> None:
     if not hasattr(other, "model") or not hasattr(other, "clone_has_same_weights"):
         raise GuidanceConfigError(f"term {term_no}: the model term needs a MODEL, got {type(other).__name__}")
     a, b = model_patcher.model, other.model
-    form_a, form_b = (glue.sampling_form(glue.model_sampling_of(p)) for p in (model_patcher, other))
+    form_a, form_b = (sampling_facts.sampling_form(sampling_facts.model_sampling_of(p)) for p in (model_patcher, other))
     facts = [("model class", type(a).__name__, type(b).__name__),
              ("latent format", type(a.latent_format).__name__, type(b.latent_format).__name__),
              ("parameterization", form_a.parameterization, form_b.parameterization),

@@ -13,11 +13,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..guidance_core import classifier_guidance
-from ..guidance_core import io as io_core
+from ..guidance_core.classifiers import classifier_files
 from ..guidance_core import parameterization
 from ..guidance_core.errors import GuidanceConfigError
-from . import folders, glue
-from . import types as sockets
+from . import folders, sampling_facts
+from . import socket_types
 
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "classifiers"
@@ -63,9 +63,9 @@ def require_one_frame(shape, what: str) -> None:
 
 def model_input_scaling(model_patcher) -> dict:
     """The model's input scaling c_in(sigma)*x (parameterization.INPUT_SCALINGS), found by asking its own
-    model_sampling.calculate_input (glue.sampling_form); refused when it is none of the known ones."""
-    ms = glue.model_sampling_of(model_patcher)
-    found = glue.sampling_form(ms).input_scaling
+    model_sampling.calculate_input (sampling_facts.sampling_form); refused when it is none of the known ones."""
+    ms = sampling_facts.model_sampling_of(model_patcher)
+    found = sampling_facts.sampling_form(ms).input_scaling
     if found is None:
         raise GuidanceConfigError(f"the model's input scaling ({type(ms).__name__}.calculate_input) is none of "
                                   "x/sqrt(sigma^2 + sigma_data^2), x, x/(1 + sigma); noise-aware classifiers cannot be "
@@ -87,7 +87,7 @@ class LoadedClassifier:
     def __init__(self, module: torch.nn.Module, meta: dict, name: str = ""):
         self.module, self.meta, self.name = module, meta, name
         self.labels = [str(lb) for lb in meta["labels"]]
-        self.input_scaling = io_core.input_scaling_of(meta)
+        self.input_scaling = classifier_files.input_scaling_of(meta)
         self.patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
@@ -128,7 +128,7 @@ class LoadedClassifier:
                                       f"classifier trained for this model, or set allow_other_latent_format = true "
                                       "if you know the two spaces are the same")
         trained = self.meta.get("parameterization", "eps")
-        form = glue.guidable_form(glue.model_sampling_of(model_patcher), f"classifier {self.name!r}")
+        form = sampling_facts.guidable_form(sampling_facts.model_sampling_of(model_patcher), f"classifier {self.name!r}")
         if (trained == "flow") != (form.parameterization == "flow"):
             raise GuidanceConfigError(f"classifier {self.name!r} was trained for {trained} models, the model is "
                                       f"{form.parameterization}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
@@ -240,7 +240,7 @@ class ClassifierHook:
         latent format)."""
         classifier_guidance.batch_weights(self.guidance.weights, int(shape[0]))
         if model_patcher is not None:
-            glue.guidable_form(glue.model_sampling_of(model_patcher), "classifier guidance")
+            sampling_facts.guidable_form(sampling_facts.model_sampling_of(model_patcher), "classifier guidance")
         check_latent = getattr(self.loaded, "check_latent", None)
         if check_latent is not None:
             check_latent(tuple(shape))
@@ -251,8 +251,8 @@ class ClassifierHook:
     def __call__(self, args):
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
         ms = model.model_sampling
-        form = glue.guidable_form(ms, "classifier guidance")  # checked before sampling (check_run): never raises here
-        run_sigmas = glue.step_context(sigma, args["model_options"], ms).sample_sigmas
+        form = sampling_facts.guidable_form(ms, "classifier guidance")  # checked before sampling (check_run): never raises here
+        run_sigmas = sampling_facts.step_context(sigma, args["model_options"], ms).sample_sigmas
         through = self.guidance.wants == classifier_guidance.DENOISED_THROUGH_MODEL
         if self.input_scaling is not None:
             model_input = lambda xx: parameterization.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
@@ -264,13 +264,13 @@ class ClassifierHook:
 
     def outer_sample(self, executor, noise, *args, **kwargs):
         self.check_run(noise.shape, getattr(executor.class_obj, "model_patcher", None))  # before the first step
-        self.guidance.steps.reset(glue.sampler_name(args[1] if len(args) > 1 else kwargs.get("sampler")))
+        self.guidance.steps.reset(sampling_facts.sampler_name(args[1] if len(args) > 1 else kwargs.get("sampler")))
         return executor(noise, *args, **kwargs)
 
 
 def _guidance_inputs():
     return [
-        sockets.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
+        socket_types.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
                                                  "(Guidance Lab)."),
         io.String.Input("target", default="", multiline=True,
                         tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
@@ -299,7 +299,7 @@ def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_cla
     if classifier is None:
         raise GuidanceConfigError("classifier is None (nothing came from the node connected to 'classifier'); connect "
                                   "Load Classifier, Train Classifier (steps > 0) or Load CLIP Classifier")
-    glue.guidable_form(glue.model_sampling_of(model), "classifier guidance")
+    sampling_facts.guidable_form(sampling_facts.model_sampling_of(model), "classifier guidance")
     if isinstance(classifier, LoadedClassifier):  # validates the classifier against this model
         classify = classifier.bind(model, allow_other_latent_format=allow_other_latent_format)
     else:
@@ -328,7 +328,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
                         "Pickled checkpoints are refused.",
             inputs=[io.Combo.Input("classifier_name", options=folders.filename_list(FOLDER, EXTENSIONS),
                                    tooltip="A file in models/classifiers.")],
-            outputs=[sockets.Classifier.Output(display_name="classifier")],
+            outputs=[socket_types.Classifier.Output(display_name="classifier")],
         )
 
     @classmethod
@@ -340,7 +340,7 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
     @classmethod
     def execute(cls, classifier_name):
         path = folder_paths.get_full_path_or_raise(FOLDER, classifier_name)
-        module, meta = io_core.load_classifier(path)
+        module, meta = classifier_files.load_classifier(path)
         return io.NodeOutput(LoadedClassifier(module, meta, classifier_name))
 
 
@@ -383,7 +383,7 @@ class GuidedSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         self.hook.check_run(noise.shape, getattr(model_wrap, "model_patcher", None))
-        self.hook.guidance.steps.reset(glue.sampler_name(self.inner))
+        self.hook.guidance.steps.reset(sampling_facts.sampler_name(self.inner))
         comfy.model_management.load_models_gpu(self.hook.loaded.model_patchers())
         extra = dict(extra_args)
         mo = comfy.model_patcher.create_model_options_clone(extra.get("model_options", {}))

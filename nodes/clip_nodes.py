@@ -19,7 +19,7 @@ from ..guidance_core import classifier_guidance
 from ..guidance_core.classifiers import clip as clip_core
 from ..guidance_core.errors import GuidanceConfigError
 from . import folders
-from . import types as sockets
+from . import socket_types
 
 CATEGORY = "Guidance Lab/classifier"
 FOLDER = "guidance_clip"
@@ -188,7 +188,7 @@ class GuidanceLabCLIPClassifierLoader(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="The model's VAE, needed for decode='vae' (unused with 'linear')."),
             ],
-            outputs=[sockets.Classifier.Output(display_name="classifier")],
+            outputs=[socket_types.Classifier.Output(display_name="classifier")],
         )
 
     @classmethod

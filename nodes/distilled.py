@@ -17,8 +17,8 @@ from comfy_api.latest import io
 from ..guidance_core import schedules
 from ..guidance_core.cfg import DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE as GUIDANCE_RANGE
 from ..guidance_core.errors import GuidanceConfigError, require_finite
-from . import glue
-from . import types as sockets
+from . import sampling_facts
+from . import socket_types
 
 MARK = "guidance_lab_distilled_guidance"
 
@@ -28,7 +28,7 @@ def check_guidance_input(model_patcher) -> None:
     base = model_patcher.model
     params = getattr(base.diffusion_model, "params", None)
     extra_conds = getattr(type(base), "extra_conds", None)
-    reads = extra_conds is not None and glue.source_mentions(extra_conds, '"guidance"')
+    reads = extra_conds is not None and sampling_facts.source_mentions(extra_conds, '"guidance"')
     if not reads or getattr(params, "guidance_embed", True) is False:
         raise GuidanceConfigError(
             f"{type(base).__name__} has no distilled-guidance input (a guidance embedding as in Flux dev or HunyuanVideo); "
@@ -52,11 +52,11 @@ class DistilledGuidance:
         return model_patcher
 
     def outer_sample(self, executor, *args, **kwargs):
-        self.steps.reset(glue.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
+        self.steps.reset(sampling_facts.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         return executor(*args, **kwargs)
 
     def value(self, sigma: torch.Tensor, transformer_options: dict, model_sampling) -> float:
-        ctx = glue.step_context(sigma, {"transformer_options": transformer_options}, model_sampling)
+        ctx = sampling_facts.step_context(sigma, {"transformer_options": transformer_options}, model_sampling)
         step = self.steps.step_of(ctx.sigma, ctx.sample_sigmas)
         f = schedules.value(self.schedule, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, step)
         return self.guidance if f == 1.0 else self.guidance * f
@@ -88,7 +88,7 @@ class GuidanceLabDistilledGuidance(io.ComfyNode):
                                step=0.1,
                                tooltip="The distilled guidance value g at schedule 1 (FluxGuidance's 'guidance'; Flux dev's "
                                        "default 3.5)."),
-                sockets.Schedule.Input("schedule", optional=True,
+                socket_types.Schedule.Input("schedule", optional=True,
                                        tooltip="Per-step multiplier f: the model reads g * f at each step. None = constant 1."),
             ],
             outputs=[io.Model.Output(display_name="model")],

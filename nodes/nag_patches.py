@@ -32,8 +32,8 @@ import comfy.model_patcher
 
 from ..guidance_core import nag as nag_core
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue
-from . import perturbation as perturb_patches
+from . import sampling_facts
+from . import perturbation_patches
 
 POSITIVE_CHUNK = 0  # the runtime's batch order: the positive prompt first
 TRANSFORMER_KEY = "guidance_lab_nag"  # transformer_options entry with the step's NagCall (the DiT paper form)
@@ -42,15 +42,15 @@ DIT_CROSS_ATTENTION = ("WanT2VCrossAttention",)  # classes whose forward the DiT
 
 def comfyui_form_blocks(network) -> int:
     """How many blocks of this network call ComfyUI's attn1_output_patch hook (where NAGuidance acts)."""
-    return sum(1 for m in network.modules() if glue.source_mentions(type(m).forward, "attn1_output_patch"))
+    return sum(1 for m in network.modules() if sampling_facts.source_mentions(type(m).forward, "attn1_output_patch"))
 
 
 def cross_attention_keys(network) -> list[tuple]:
     """(part, index, transformer) of every UNet transformer with a cross-attention layer (attn2)."""
     keys = []
-    for part, idx in perturb_patches.available_blocks(network, "pag"):
-        for t in range(perturb_patches.transformer_count(network, part, idx)):
-            if perturb_patches.self_attention_layers(network, part, idx, t, "attn2"):
+    for part, idx in perturbation_patches.available_blocks(network, "pag"):
+        for t in range(perturbation_patches.transformer_count(network, part, idx)):
+            if perturbation_patches.self_attention_layers(network, part, idx, t, "attn2"):
                 keys.append((part, idx, t))
     return keys
 
@@ -76,7 +76,7 @@ def check_supported(model_patcher, settings: nag_core.NAGSettings, term_no: int)
             f"model; DiTs: Wan 2.x text-to-video) and {name} has none (its text enters through joint attention); on "
             "Flux and Chroma use form comfyui (ComfyUI's NAGuidance)")
     for part, idx, t in keys:
-        if len(perturb_patches.self_attention_layers(net, part, idx, t, "attn2")) > 1:
+        if len(perturbation_patches.self_attention_layers(net, part, idx, t, "attn2")) > 1:
             raise GuidanceConfigError(
                 f"term {term_no} (nag, form paper): block {part}.{idx} runs several cross-attention layers under one "
                 "patch key (a spatial and a temporal transformer); the paper form cannot tell them apart on this model")
@@ -104,7 +104,7 @@ class PaperCache:
         self.network = network
         self.keys = cross_attention_keys(network)
         if self.keys:
-            self.layers = {k: perturb_patches.self_attention_layers(network, *k, "attn2")[0] for k in self.keys}
+            self.layers = {k: perturbation_patches.self_attention_layers(network, *k, "attn2")[0] for k in self.keys}
         else:
             self.layers = dict(dit_cross_attention(network))
         self.kv, self.context = {}, None
@@ -150,8 +150,8 @@ def _attn2_patch(cache: PaperCache, block, neg_context, scale, settings, probe):
     def patch(q, k, v, extra_options):
         t = extra_options.get("block_index", 0)
         if t not in backends:
-            backends[t] = perturb_patches.attention_backend(cache.network, block[0], block[1], t, "attn2")
-        z = perturb_patches.block_attention(q, k, v, extra_options, backends[t])
+            backends[t] = perturbation_patches.attention_backend(cache.network, block[0], block[1], t, "attn2")
+        z = perturbation_patches.block_attention(q, k, v, extra_options, backends[t])
         ids = list(extra_options.get("cond_or_uncond") or ())
         mine = [j for j, c in enumerate(ids) if c == POSITIVE_CHUNK]  # every entry of the positive (combined prompts)
         if not mine:
@@ -161,7 +161,7 @@ def _attn2_patch(cache: PaperCache, block, neg_context, scale, settings, probe):
         z = z.clone()
         for j in mine:
             rows = slice(j * size, (j + 1) * size)
-            z_neg = perturb_patches.block_attention(q[rows], k_neg, v_neg, extra_options, backends[t])
+            z_neg = perturbation_patches.block_attention(q[rows], k_neg, v_neg, extra_options, backends[t])
             z[rows] = nag_core.nag_attention(z[rows], z_neg, scale, settings.tau, settings.alpha)
         probe.hits += 1
         return z

@@ -24,7 +24,7 @@ from aiohttp import web
 
 import folder_paths
 
-from ..guidance_core import io as io_core
+from ..guidance_core.classifiers import classifier_files
 from ..guidance_core import preview, schedules
 from ..guidance_core.errors import GuidanceConfigError
 from .classifier_nodes import FOLDER
@@ -111,8 +111,8 @@ async def classifier_labels(request: web.Request) -> web.Response:
         return error(404, f"classifier {name!r} not found in the '{FOLDER}' model folders; "
                           "give a name listed by Load Classifier (Guidance Lab)")
     try:
-        meta = io_core.read_metadata(path)
-    except io_core.ClassifierFileError as e:
+        meta = classifier_files.read_metadata(path)
+    except classifier_files.ClassifierFileError as e:
         return error(422, str(e))
     return web.json_response({"name": name, "labels": [str(lb) for lb in meta["labels"]],
                               "latent_channels": meta.get("latent_channels"),

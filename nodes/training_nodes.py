@@ -1,13 +1,13 @@
 """Train a noise-aware classifier inside ComfyUI: encode a labeled image folder with the model's VAE
-(cached), train with guidance_core.training, save to models/classifiers."""
+(cached), train with guidance_core.classifier_training, save to models/classifiers."""
 from __future__ import annotations
 
 import hashlib
-import io as _io
 import json
 import logging
 import os
 import re
+from io import BytesIO
 
 import numpy as np
 import torch
@@ -17,14 +17,14 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..guidance_core import datasets
-from ..guidance_core import io as io_core
+from ..guidance_core import datasets, files
 from ..guidance_core import report
-from ..guidance_core import training
+from ..guidance_core import classifier_training
+from ..guidance_core.classifiers import classifier_files
 from ..guidance_core.classifiers.noise_aware import ClassifierConfig
 from ..guidance_core.errors import GuidanceConfigError
-from . import glue
-from . import types as sockets
+from . import sampling_facts
+from . import socket_types
 from .classifier_nodes import (FOLDER, LoadedClassifier, NoClassifier, latent_format_name, model_input_scaling,
                                require_image_latents, require_one_frame)
 
@@ -114,9 +114,9 @@ def encode_dataset(vae, items, resolution: int, pbar=None):
 def cache_facts(model, label_names, resolution: int, dataset: str):
     """(meta, extra tensors) of a latent cache: the labels and the model's latent format and noise facts
     (parameterization, input scaling, sigma range, its discrete sigma table when it has one), as the trainer reads them."""
-    ms = glue.model_sampling_of(model)
+    ms = sampling_facts.model_sampling_of(model)
     meta = {"labels": list(label_names), "latent_format": latent_format_name(model),
-            "parameterization": glue.trainable_parameterization(ms, "Train Classifier"),
+            "parameterization": sampling_facts.trainable_parameterization(ms, "Train Classifier"),
             "input_scaling": model_input_scaling(model),
             "sigma_min": float(ms.sigma_min), "sigma_max": float(ms.sigma_max), "resolution": resolution,
             "dataset": dataset}
@@ -166,14 +166,14 @@ def load_or_encode(model, vae, dataset_path: str, resolution: int):
     return latents, labels, label_names, meta, cache, True
 
 
-def _setting_default(name: str, config=training.TrainConfig):
-    return training.setting_field(config, name).default
+def _setting_default(name: str, config=classifier_training.TrainConfig):
+    return classifier_training.setting_field(config, name).default
 
 
-def _setting_input(widget, input_id: str, config=training.TrainConfig, name: str | None = None, **widget_args):
-    """A numeric input whose default and range are the core's (training.setting field metadata); widget_args
+def _setting_input(widget, input_id: str, config=classifier_training.TrainConfig, name: str | None = None, **widget_args):
+    """A numeric input whose default and range are the core's (classifier_training.setting field metadata); widget_args
     (tooltip, step, ...) may widen min for a node-only value such as steps = STEPS_CACHE_ONLY."""
-    lo, hi = training.setting_field(config, name or input_id).metadata["range"]
+    lo, hi = classifier_training.setting_field(config, name or input_id).metadata["range"]
     return widget.Input(input_id, **{"default": _setting_default(name or input_id, config), "min": lo, "max": hi,
                                      **widget_args})
 
@@ -195,17 +195,17 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                                 tooltip="Folder inside ComfyUI/input with one subfolder per label, or a .csv of path,label there."),
                 io.String.Input("output_name", default="my_classifier",
                                 tooltip="File name in models/classifiers (letters, digits, _ - .); .safetensors is added."),
-                _setting_input(io.Int, "steps", min=training.STEPS_CACHE_ONLY,
+                _setting_input(io.Int, "steps", min=classifier_training.STEPS_CACHE_ONLY,
                                tooltip="Training steps; 0 = only encode and cache the latents (for the command line "
                                        "trainer): the classifier output then stops any guidance node with a message."),
                 _setting_input(io.Int, "batch_size", tooltip="Examples per step."),
                 _setting_input(io.Float, "lr", step=1e-5, round=1e-6,
                                tooltip="AdamW learning rate (ADM: 3e-4), annealed linearly to 0."),
                 _setting_input(io.Int, "seed", tooltip="Seed: same seed, same classifier."),
-                io.Int.Input("resolution", default=training.RESOLUTION_DEFAULT, min=training.RESOLUTION_RANGE[0],
-                             max=training.RESOLUTION_RANGE[1], step=8,
+                io.Int.Input("resolution", default=classifier_training.RESOLUTION_DEFAULT, min=classifier_training.RESOLUTION_RANGE[0],
+                             max=classifier_training.RESOLUTION_RANGE[1], step=8,
                              tooltip="Images are resized (shorter side) and center-cropped to this size in pixels."),
-                io.Combo.Input("sigma_distribution", options=list(training.SIGMA_DISTRIBUTIONS),
+                io.Combo.Input("sigma_distribution", options=list(classifier_training.SIGMA_DISTRIBUTIONS),
                                default=_setting_default("sigma_distribution"),
                                tooltip="Noise levels: log-uniform over the model's range, or the model's own training distribution."),
                 io.Boolean.Input("class_balance", default=_setting_default("class_balance"),
@@ -213,14 +213,14 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
                 _setting_input(io.Int, "width", ClassifierConfig, "base_channels", step=8,
                                tooltip="Base channels of the classifier network."),
             ],
-            outputs=[sockets.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
+            outputs=[socket_types.Classifier.Output(display_name="classifier"), io.Image.Output(display_name="report_plot"),
                      io.String.Output(display_name="report")],
         )
 
     @classmethod
     def execute(cls, model, vae, dataset, output_name, steps, batch_size, lr, seed, resolution, sigma_distribution,
                 class_balance, width):
-        config = training.TrainConfig(steps=max(1, steps), batch_size=batch_size, lr=lr, seed=seed,
+        config = classifier_training.TrainConfig(steps=max(1, steps), batch_size=batch_size, lr=lr, seed=seed,
                                       sigma_distribution=sigma_distribution, class_balance=class_balance,
                                       arch={"base_channels": width})
         config.validate()  # the core's check, before any work (the Trainer runs the same one)
@@ -240,10 +240,10 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
             return io.NodeOutput(none, torch.zeros(1, 8, 8, 3), json.dumps({"latent_cache": cache}))
         with torch.inference_mode(False), torch.enable_grad():
             latents = cached.clone()  # already in the sampler's space (write_cache)
-            ms = glue.model_sampling_of(model)
+            ms = sampling_facts.model_sampling_of(model)
             table = getattr(ms, "sigmas", None)
-            spec = training.NoiseSpec.from_cache(meta, table.detach().float().cpu().clone() if table is not None else None)
-            trainer = training.Trainer(latents, labels.clone(), names, spec, config,
+            spec = classifier_training.NoiseSpec.from_cache(meta, table.detach().float().cpu().clone() if table is not None else None)
+            trainer = classifier_training.Trainer(latents, labels.clone(), names, spec, config,
                                        device=comfy.model_management.get_torch_device())
             pbar = comfy.utils.ProgressBar(steps)
 
@@ -254,13 +254,13 @@ class GuidanceLabTrainClassifier(io.ComfyNode):
             trainer.run(on_step)
             train_report = trainer.report()
         train_report["latent_cache"], train_report["skipped_images"] = cache, meta.get("skipped", [])
-        io_core.save_classifier(out, trainer.model, training.classifier_metadata(trainer, meta["latent_format"], train_report))
+        classifier_files.save_classifier(out, trainer.model, classifier_training.classifier_metadata(trainer, meta["latent_format"], train_report))
         plot = report.accuracy_plot(train_report)
-        buf = _io.BytesIO()
+        buf = BytesIO()
         plot.save(buf, format="PNG")
-        io_core.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
-        io_core.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(train_report, indent=1).encode())
-        module, file_meta = io_core.load_classifier(out)
+        files.atomic_bytes(out[: -len(".safetensors")] + ".report.png", buf.getvalue())
+        files.atomic_bytes(out[: -len(".safetensors")] + ".report.json", json.dumps(train_report, indent=1).encode())
+        module, file_meta = classifier_files.load_classifier(out)
         image = torch.from_numpy(np.asarray(plot, dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(LoadedClassifier(module, file_meta, os.path.basename(out)), image,
                              json.dumps(train_report, indent=1))

@@ -30,7 +30,7 @@ def env():
     demo = H.demo_module()
     return {"demo": demo, "gmm": H.pack_module("guidance_core.reference.gmm").GaussianMixture(MEANS, TAU, PRIORS),
             "nodes": H.pack_module("nodes.classifier_nodes"), "training_nodes": H.pack_module("nodes.training_nodes"),
-            "TR": H.pack_module("guidance_core.training"), "errors": H.pack_module("guidance_core.errors")}
+            "TR": H.pack_module("guidance_core.classifier_training"), "errors": H.pack_module("guidance_core.errors")}
 
 
 def gmm_model(env, model_type=None, param="eps", settings=None):
@@ -39,7 +39,7 @@ def gmm_model(env, model_type=None, param="eps", settings=None):
 
 class TrainedPosterior(torch.nn.Module):
     """The mixture's exact posterior p(k | x, sigma) as the pack's trainer would teach it: it reads the input the
-    trainer makes (training.noisy_batch: c_in(sigma)*(x0 + sigma*eps) with the spec's c_in), so guidance is exact
+    trainer makes (classifier_training.noisy_batch: c_in(sigma)*(x0 + sigma*eps) with the spec's c_in), so guidance is exact
     exactly when it feeds the classifier the trainer's input scaling."""
 
     def __init__(self, env, spec):
@@ -169,7 +169,7 @@ def test_input_scaling_mismatch_is_refused_before_sampling(env):
 
 
 def test_bad_input_scaling_field_is_refused(env, tmp_path):
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=8))
     meta = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
@@ -181,7 +181,7 @@ def test_bad_input_scaling_field_is_refused(env, tmp_path):
 def test_header_length_bytes_are_not_mistaken_for_a_pickle(env, tmp_path):
     """A safetensors header length whose low byte is 0x80, or whose low bytes spell 'PK', is a valid file (the
     metadata this issue adds made the Train Classifier's own CLI output hit the first case)."""
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=8))
     base = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,

@@ -185,7 +185,7 @@ def test_loader_reads_files_from_the_registered_folder(env, tmp_path):
     import folder_paths
 
     demo, gmm_mod, nodes_mod, errors = env
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     folder_paths.add_model_folder_path("classifiers", str(tmp_path))
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=16))

@@ -202,21 +202,21 @@ def _combiner(**kw):
 
 def test_combiner_plans_and_skips_zero_weights():
     ctx = C.StepContext(sigma=1.0, sample_sigmas=[2.0, 1.0, 0.5, 0.0])
-    assert _combiner(cfg=1.0).plan(ctx).needed == ["positive"]
-    assert _combiner(cfg=7.0).plan(ctx).needed == ["positive", "negative"]
+    assert _combiner().plan(ctx, 1.0).needed == ["positive"]
+    assert _combiner().plan(ctx, 7.0).needed == ["positive", "negative"]
     off = S.Schedule(kind="interval", sigma_lo=1.5, sigma_hi=3.0)
-    assert _combiner(cfg=7.0, cfg_schedule=off).plan(ctx).needed == ["positive"]
-    comb = _combiner(cfg=7.0, neg_scale=2.0, has_empty=True, terms=(C.ExtraTerm(0.0), C.ExtraTerm(1.5)))
+    assert _combiner(cfg_schedule=off).plan(ctx, 7.0).needed == ["positive"]
+    comb = _combiner(neg_scale=2.0, has_empty=True, terms=(C.ExtraTerm(0.0), C.ExtraTerm(1.5)))
     # the negative second: ComfyUI's uncond slot, which other nodes' attention patches (NAGuidance, SAG) read
-    assert comb.plan(ctx).needed == ["positive", "negative", "empty", "term1"]
+    assert comb.plan(ctx, 7.0).needed == ["positive", "negative", "empty", "term1"]
 
 
 def test_combiner_three_way_and_terms_values():
     x = t(rand(1, 2, 2, 2))
     preds = {k: t(rand(1, 2, 2, 2)) for k in ("positive", "negative", "empty", "term0")}
-    comb = _combiner(cfg=4.0, neg_scale=1.5, has_empty=True, terms=(C.ExtraTerm(-0.5),))
+    comb = _combiner(neg_scale=1.5, has_empty=True, terms=(C.ExtraTerm(-0.5),))
     ctx = C.StepContext(sigma=1.0)
-    got = comb.combine(comb.plan(ctx), preds, x, t(1.0), t(1.0)).numpy()
+    got = comb.combine(comb.plan(ctx, 4.0), preds, x, t(1.0), t(1.0)).numpy()
     p, n, e, a = (preds[k].numpy() for k in ("positive", "negative", "empty", "term0"))
     np.testing.assert_allclose(got, e + 4 * (p - e) - 1.5 * (n - e) - 0.5 * (a - e), rtol=1e-12)
 
@@ -224,9 +224,9 @@ def test_combiner_three_way_and_terms_values():
 def test_combiner_schedule_multiplies_strength():
     ctx = C.StepContext(sigma=1.0, sample_sigmas=[3.0, 1.0, 0.0])  # step 1 of 2: progress 1
     sched = S.Schedule(kind="linear", start=1.0, end=0.25)
-    comb = _combiner(cfg=5.0, cfg_schedule=sched)
+    comb = _combiner(cfg_schedule=sched)
     p, n = t(rand(1, 2, 2, 2)), t(rand(1, 2, 2, 2))
-    got = comb.combine(comb.plan(ctx), {"positive": p, "negative": n}, p, t(1.0), t(1.0))
+    got = comb.combine(comb.plan(ctx, 5.0), {"positive": p, "negative": n}, p, t(1.0), t(1.0))
     np.testing.assert_allclose(got.numpy(), (n + 2.0 * (p - n)).numpy(), rtol=1e-12)  # s' = 1 + .25*4
 
 
@@ -239,17 +239,17 @@ def test_zero_init_start_noise_solves_the_affine_start():
 
 def test_zero_init_and_eps_rescale_refused_where_undefined():
     with pytest.raises(C.GuidanceConfigError, match="zero_init_steps=2 is defined for flow"):
-        _combiner(cfg=5.0, post=C.PostProcess(zero_init_steps=2), param="eps")
-    _combiner(cfg=5.0, post=C.PostProcess(zero_init_steps=2), param="flow")
+        _combiner(post=C.PostProcess(zero_init_steps=2), param="eps")
+    _combiner(post=C.PostProcess(zero_init_steps=2), param="flow")
     with pytest.raises(C.GuidanceConfigError, match="rescale_space='eps'"):
-        _combiner(cfg=5.0, post=C.PostProcess(rescale_phi=0.5, rescale_space="eps"), param="flow")
+        _combiner(post=C.PostProcess(rescale_phi=0.5, rescale_space="eps"), param="flow")
 
 
 def test_apg_momentum_advances_once_per_step():
     """heun calls the model at sigma_0, sigma_1 (step 0's corrector), sigma_1, sigma_2 (step 1's) ...; both calls of
     a step read the momentum the previous step committed, and the step's last call commits its own."""
     sig = [3.0, 2.0, 1.0, 0.0]
-    comb = _combiner(cfg=3.0, post=C.PostProcess(apg=True, apg_momentum=-0.5, apg_norm_threshold=0.0, apg_eta=1.0))
+    comb = _combiner(post=C.PostProcess(apg=True, apg_momentum=-0.5, apg_norm_threshold=0.0, apg_eta=1.0))
     comb.reset("heun")
     g = torch.Generator().manual_seed(0)
     calls = [3.0, 2.0, 2.0, 1.0, 1.0]
@@ -259,7 +259,7 @@ def test_apg_momentum_advances_once_per_step():
     outs = []
     for s, p in zip(calls, preds):
         ctx = C.StepContext(sigma=s, sample_sigmas=sig)
-        outs.append(comb.combine(comb.plan(ctx), p, x, t(s), t(1.0), ctx.level()))
+        outs.append(comb.combine(comb.plan(ctx, 3.0), p, x, t(s), t(1.0), ctx.level()))
     assert comb.momentum_levels() == [0, 1, 2]
     delta = [p["positive"] - p["negative"] for p in preds]
     # by hand: step 0 (calls 0, 1) has no momentum before it; step 1 (calls 2, 3) reads step 0's last call's delta
@@ -280,7 +280,7 @@ def test_post_process_errors_name_the_field(bad, field):
 
 def test_perp_neg_needs_empty():
     with pytest.raises(C.GuidanceConfigError, match="perp_neg"):
-        _combiner(cfg=5.0, post=C.PostProcess(perp_neg=True))
+        _combiner(post=C.PostProcess(perp_neg=True))
 
 
 def test_space_roundtrip_all_parameterizations():

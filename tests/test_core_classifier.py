@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from guidance_core import classifier_guidance as G
-from guidance_core import io as gio
+from guidance_core.classifiers import classifier_files as gio
 from guidance_core.classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 from guidance_core.errors import GuidanceConfigError
 from guidance_core.reference.gmm import GaussianMixture, GMMClassifier

@@ -7,7 +7,7 @@ from devkit import comfy_host as H
 
 C = H.pack_module("guidance_core.cfg")
 S = H.pack_module("guidance_core.schedules")
-PT = H.pack_module("guidance_core.perturb")
+PT = H.pack_module("guidance_core.perturbed_terms")
 G = H.pack_module("guidance_core.classifier_guidance")
 NAG = H.pack_module("guidance_core.nag")
 
@@ -78,7 +78,7 @@ def test_core_accepts_exactly_the_schema_ranges():
 
 
 # ------------------------------------------------------------ training: the Train Classifier node and the command line
-TR = H.pack_module("guidance_core.training")
+TR = H.pack_module("guidance_core.classifier_training")
 NA = H.pack_module("guidance_core.classifiers.noise_aware")
 CLI = H.pack_module("guidance_core.train")
 TN = H.pack_module("nodes.training_nodes")

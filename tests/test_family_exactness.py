@@ -102,7 +102,7 @@ def world(env, name, means=None):
     gmm = env["gmm"].GaussianMixture(means, TAU, PRIORS)
     P = env["P"]
     meta = {"labels": LABELS, "latent_channels": int(fmt.latent_channels), "latent_format": type(fmt).__name__,
-            "parameterization": H.pack_module("nodes.glue").parameterization_of(ms),
+            "parameterization": H.pack_module("nodes.sampling_facts").parameterization_of(ms),
             "input_scaling": P.identify_input_scaling(ms.calculate_input)}  # as Train Classifier records it
     read = env["gmm"].GaussianMixture(means[:, :, 0], TAU, PRIORS) if means.ndim == 5 and means.shape[2] == 1 else gmm
     clf = env["nodes"].LoadedClassifier(ModelSamplingPosterior(read, ms), meta, f"exact-gmm {name}")
@@ -282,7 +282,7 @@ def test_5d_video_latents_exact_at_the_core_level_and_refused_by_the_nodes(env, 
     # the core: D' = D + s*sigma^2/alpha*grad_x log p(y | c_in*x, sigma) on 5-D x, inside ComfyUI's KSampler
     scaling = P.identify_input_scaling(ms.calculate_input)
     assert scaling is not None
-    param = H.pack_module("nodes.glue").parameterization_of(ms)
+    param = H.pack_module("nodes.sampling_facts").parameterization_of(ms)
     weights = torch.nn.functional.one_hot(torch.tensor([TARGET]), len(LABELS)).float()
     guidance = G.ClassifierGuidance(clf.module, weights, G.ClassifierGuidanceConfig(scale=1.0))
 

@@ -1,4 +1,4 @@
-"""Model sampling forms learned by asking the object (nodes/glue.py sampling_form), inside a real ComfyUI.
+"""Model sampling forms learned by asking the object (nodes/sampling_facts.py sampling_form), inside a real ComfyUI.
 
 Every model_sampling form ComfyUI 0.3.52 - 0.38 defines is read from its noise_scaling / calculate_input /
 calculate_denoised, never from its class name; classifier guidance is exact (against the Gaussian mixture's exact
@@ -23,7 +23,7 @@ NOISE_SCALE = F.NOISE_SCALE
 
 @pytest.fixture(scope="module")
 def env():
-    return {"MS": F.comfy_model_sampling(), "glue": H.pack_module("nodes.glue"),
+    return {"MS": F.comfy_model_sampling(), "glue": H.pack_module("nodes.sampling_facts"),
             "err": H.pack_module("guidance_core.errors").GuidanceConfigError}
 
 

@@ -117,7 +117,7 @@ def test_each_patch_call_resolves_the_layer_comfyui_runs(sdxl):
     perturbation can act on."""
     import comfy.ldm.modules.attention as attention
 
-    PB = H.pack_module("nodes.perturbation")
+    PB = H.pack_module("nodes.perturbation_patches")
     m, pos, neg = sdxl
     net = m.model.diffusion_model
     last, checked = [], []
@@ -159,7 +159,7 @@ def test_prompt_rows_keep_the_layers_own_attention_backend():
     def halved(q, k, v, heads, *args, **kw):
         return 0.5 * attention.attention_basic(q, k, v, heads, attn_precision=kw.get("attn_precision"))
 
-    for layer in H.pack_module("nodes.perturbation").self_attention_layers(m.model.diffusion_model, "middle", 0, 0):
+    for layer in H.pack_module("nodes.perturbation_patches").self_attention_layers(m.model.diffusion_model, "middle", 0, 0):
         layer.comfy_attention.function = halved
     ref = ksample(reference_pag(m, [0]), CFG, steps=STEPS, pos=pos, neg=neg)
     assert float((ref - before).abs().max()) > 1e-3  # the backend acts

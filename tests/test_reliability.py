@@ -3,7 +3,7 @@ nothing. The quick form of scripts/reliability.py (the full form writes docs/REL
 on localhost (the first gives the reference outputs, the second is a restart that runs the rest), a soak through
 POST /prompt over every toy example workflow and every node of the pack, interrupts at a random step, classifier
 files changed between queueing and execution, hypothesis fuzzing of the pack's routes and free-text inputs, and
-bit-identical outputs across runs and a restart. Plus the file checks of guidance_core.io on their own."""
+bit-identical outputs across runs and a restart. Plus the file checks of guidance_core.classifiers.classifier_files on their own."""
 import json
 import math
 import os
@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from devkit import comfy_host as H
 
-from guidance_core import io as gio
-from guidance_core import perturb
+from guidance_core.classifiers import classifier_files as gio
+from guidance_core import files, perturbed_terms
 from guidance_core.errors import GuidanceConfigError
 from scripts import reliability as R
 
@@ -105,8 +105,8 @@ def test_block_index_of_thousands_of_digits_is_the_packs_error():
     """'middle.' + 5000 digits failed with Python's int() ValueError (its 4300-digit limit) instead of the pack's
     message (found by the in-server fuzzing of pag_blocks)."""
     with pytest.raises(GuidanceConfigError, match=r"blocks item 0 'middle\.9+': an index of 5000 digits"):
-        perturb.parse_blocks("middle." + "9" * 5000, "pag")
-    assert perturb.parse_blocks("output.123456, input.4", "pag") == (("output", 123456), ("input", 4))
+        perturbed_terms.parse_blocks("middle." + "9" * 5000, "pag")
+    assert perturbed_terms.parse_blocks("output.123456, input.4", "pag") == (("output", 123456), ("input", 4))
 
 
 
@@ -124,7 +124,7 @@ def test_determinism_across_runs_and_a_restart(res):
     assert not d["run_mismatches"] and not d["restart_mismatches"], d
 
 
-# ---------------------------------------------------------------- the file checks of guidance_core.io, directly
+# ---------------------------------------------------------------- the file checks of guidance_core.classifiers.classifier_files, directly
 def _rewrite(tmp_path, meta_edit=None, tensor_edit=None, name="c.safetensors"):
     with safe_open(TOY_CLASSIFIER, framework="pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
@@ -175,7 +175,7 @@ def test_io_refuses_metadata_of_the_wrong_type(tmp_path, edit, message):
 
 def test_io_refuses_oversized_headers_and_label_lists_unparsed(tmp_path):
     big = tmp_path / "big.safetensors"
-    raw = json.dumps({"__metadata__": {"guidance_lab": "x" * (gio.MAX_HEADER_BYTES + 1)}}).encode()
+    raw = json.dumps({"__metadata__": {"guidance_lab": "x" * (files.MAX_HEADER_BYTES + 1)}}).encode()
     big.write_bytes(struct.pack("<Q", len(raw)) + raw)
     with pytest.raises(gio.ClassifierFileError, match=r"big\.safetensors: safetensors header of \d+ bytes; .* at most 8 MiB"):
         gio.read_metadata(str(big))

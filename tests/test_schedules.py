@@ -26,8 +26,8 @@ def sigma_lists(draw):
 @given(sig=sigma_lists(), scale=st.floats(min_value=0, max_value=30), sigma=pos_sigma)
 def test_constant_one_equals_no_schedule(sig, scale, sigma):
     ctx = C.StepContext(sigma=sigma, sample_sigmas=sig, sigma_min=0.01, sigma_max=100)
-    a = C.CFGCombiner(C.CFGConfig(cfg=scale), True, False).plan(ctx)
-    b = C.CFGCombiner(C.CFGConfig(cfg=scale, cfg_schedule=S.Schedule(kind="constant", start=1.0)), True, False).plan(ctx)
+    a = C.CFGCombiner(C.CFGConfig(), True, False).plan(ctx, scale)
+    b = C.CFGCombiner(C.CFGConfig(cfg_schedule=S.Schedule(kind="constant", start=1.0)), True, False).plan(ctx, scale)
     assert a.active == b.active and a.needed == b.needed
     assert S.step_values(S.Schedule(kind="constant", start=1.0), sig) == [1.0] * (len(sig) - 1)
 

@@ -28,35 +28,50 @@ def python_files():
     return out
 
 
+def _imports(rel: str, mod: str, modules: set):
+    """The modules one file imports (lazy imports inside functions included): a repository module's dotted name
+    where the import names one (the nearest package for `from pkg import name`), else the name as written."""
+    is_pkg = rel.endswith("__init__.py")
+    with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+        tree = ast.parse(f.read(), rel)
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = mod.split(".") if mod else []
+                base = base if is_pkg else base[:-1]
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            subs = [f"{prefix}.{a.name}" if prefix else a.name for a in node.names]
+            found = [s for s in subs if s in modules]
+            targets = found if found else [prefix]  # `from pkg import name`: the package's __init__
+        for t in targets:
+            name = t
+            while t and t not in modules and "." in t:
+                t = t.rsplit(".", 1)[0]
+            yield t if t in modules else name
+
+
 def import_graph():
+    """Repository module -> the repository modules it imports."""
     files = python_files()
     modules = set(files.values())
     graph = {m: set() for m in modules}
     for rel, mod in files.items():
-        is_pkg = rel.endswith("__init__.py")
-        with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
-            tree = ast.parse(f.read(), rel)
-        for node in ast.walk(tree):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = mod.split(".") if mod else []
-                    base = base if is_pkg else base[:-1]
-                    base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
-                    prefix = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    prefix = node.module or ""
-                subs = [f"{prefix}.{a.name}" if prefix else a.name for a in node.names]
-                found = [s for s in subs if s in modules]
-                targets = found if found else [prefix]  # `from pkg import name`: the package's __init__
-            for t in targets:
-                while t and t not in modules and "." in t:
-                    t = t.rsplit(".", 1)[0]
-                if t in modules and t != mod:
-                    graph[mod].add(t)
+        graph[mod] |= {t for t in _imports(rel, mod, modules) if t in modules and t != mod}
     return graph
+
+
+def outside_imports():
+    """Repository module -> the top-level names of the modules outside the repository it imports (torch, comfy)."""
+    files = python_files()
+    modules = set(files.values())
+    return {mod: {t.split(".")[0] for t in _imports(rel, mod, modules) if t and t not in modules}
+            for rel, mod in files.items()}
 
 
 def cycles(graph):
@@ -174,3 +189,89 @@ def test_reliability_modules_stay_small():
                 sizes[fn] = len(f.read().splitlines())
     assert len(sizes) >= 8, sizes
     assert {fn: n for fn, n in sizes.items() if n > RELIABILITY_MAX_LINES} == {}, sizes
+
+
+CORE = "guidance_core"
+
+
+def rooms(graph, package: str = CORE):
+    """The import graph among a package's rooms: its top-level modules and subpackages (guidance_core.classifiers
+    stands for every module in it); a room's imports of itself and of the package's own __init__ are left out."""
+    def room(m):
+        return ".".join(m.split(".")[:2])
+    out = {room(m): set() for m in graph if m.startswith(package + ".")}
+    for m, targets in graph.items():
+        if m.startswith(package + "."):
+            out[room(m)] |= {room(t) for t in targets if t.startswith(package + ".") and room(t) != room(m)}
+    return out
+
+
+def test_the_core_rooms_form_no_import_circle():
+    """No loop between the core's rooms either (found: io.py imported classifiers.noise_aware while
+    classifiers/clip.py imported io; a loop of modules that is no loop of files)."""
+    graph = rooms(import_graph())
+    assert len(graph) >= 15 and f"{CORE}.errors" in graph[f"{CORE}.classifiers"]
+    assert cycles(graph) == []
+
+
+def test_the_room_walk_finds_a_loop_through_a_subpackage():
+    graph = {"guidance_core.io": {"guidance_core.classifiers.noise_aware"},
+             "guidance_core.classifiers.noise_aware": set(),
+             "guidance_core.classifiers.clip": {"guidance_core.io"}}
+    assert cycles(graph) == []
+    assert cycles(rooms(graph)) == [["guidance_core.classifiers", "guidance_core.io"]]
+
+
+def comfyui_paths(graph, outside, roots):
+    """root -> the first import chain from it that reaches a ComfyUI module (through any repository module, lazy
+    imports included), ending in that module's name; roots that reach none are left out."""
+    found = {}
+    for root in sorted(roots):
+        parent, queue = {root: None}, [root]
+        while queue and root not in found:
+            m = queue.pop(0)
+            bad = sorted(outside.get(m, set()) & set(COMFYUI_MODULES))
+            if bad or m == "nodes" or m.startswith("nodes."):  # the pack's own nodes/ import ComfyUI
+                chain = bad[:1]
+                while m is not None:
+                    chain.insert(0, m)
+                    m = parent[m]
+                found[root] = chain
+            for t in sorted(graph.get(m, ())):
+                if t not in parent:
+                    parent[t] = m
+                    queue.append(t)
+    return found
+
+
+def test_no_core_module_imports_comfyui_even_through_another_module():
+    """Read from the source (no import runs): every module of guidance_core, and every repository module it
+    imports in turn, imports no ComfyUI module and not the pack's nodes/ (which do)."""
+    graph, outside = import_graph(), outside_imports()
+    core = {m for m in graph if m == CORE or m.startswith(CORE + ".")}
+    assert len(core) >= 15 and "torch" in outside[f"{CORE}.cfg"]
+    assert comfyui_paths(graph, outside, core) == {}
+
+
+def test_the_comfyui_walk_finds_an_import_through_another_module():
+    graph = {"guidance_core.a": {"guidance_core.b"}, "guidance_core.b": {"devkit.x"}, "devkit.x": set(),
+             "guidance_core.c": {"nodes"}, "nodes": set(), "guidance_core.d": set()}
+    outside = {"devkit.x": {"torch", "folder_paths"}, "guidance_core.d": {"torch"}}
+    assert comfyui_paths(graph, outside, ["guidance_core.a", "guidance_core.c", "guidance_core.d"]) == {
+        "guidance_core.a": ["guidance_core.a", "guidance_core.b", "devkit.x", "folder_paths"],
+        "guidance_core.c": ["guidance_core.c", "nodes"]}
+
+
+def test_shipped_code_has_no_one_letter_import_alias():
+    """`import schedules as S` makes a reader look the letter up; the shipped code names what it imports. PyTorch's
+    own `functional as F` is the one alias every torch reader knows."""
+    short = []
+    for rel in python_files():
+        if rel == "__init__.py" or rel.startswith(("nodes" + os.sep, CORE + os.sep)):
+            with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+                tree = ast.parse(f.read(), rel)
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    short += [f"{rel}: {a.name} as {a.asname}" for a in node.names
+                              if a.asname and len(a.asname) == 1 and a.name != "functional"]
+    assert short == []

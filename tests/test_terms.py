@@ -100,7 +100,7 @@ def separate_seg(model, scale, sigma):
     import comfy.model_patcher
     import comfy.samplers
 
-    PT = H.pack_module("guidance_core.perturb")
+    PT = H.pack_module("guidance_core.perturbed_terms")
 
     def seg_attention(q, k, v, extra_options, mask=None):
         h, w = extra_options["activations_shape"][-2:]
@@ -139,7 +139,7 @@ def test_seg_term_equals_a_separate_call_seg():
 
 def test_seg_blur_matches_a_direct_gaussian():
     """The core blur equals a dense 2-D Gaussian filter with reflect padding, computed independently."""
-    PT = H.pack_module("guidance_core.perturb")
+    PT = H.pack_module("guidance_core.perturbed_terms")
     g = torch.Generator().manual_seed(0)
     h, w, sigma = 6, 5, 0.8
     q = torch.randn(2, h * w, 3, generator=g, dtype=torch.float64)

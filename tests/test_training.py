@@ -165,7 +165,7 @@ def cache_file(env):
 
 
 def test_deterministic_and_resumable(env):
-    tr_mod = H.pack_module("guidance_core.training")
+    tr_mod = H.pack_module("guidance_core.classifier_training")
     ds = H.pack_module("guidance_core.datasets")
     tensors, meta = ds.load_latent_cache(cache_file(env))
     spec = tr_mod.NoiseSpec(meta["parameterization"], meta["sigma_min"], meta["sigma_max"], tensors.get("sigma_table"))
@@ -209,7 +209,7 @@ def test_cli_trains_and_ctrl_c_leaves_no_file(env, tmp_path):
                  "--base-channels", "16"])
     stdout, stderr = p.communicate(timeout=240)
     assert p.returncode == 0, stderr
-    gio = H.pack_module("guidance_core.io")
+    gio = H.pack_module("guidance_core.classifiers.classifier_files")
     module, meta = gio.load_classifier(str(out))
     assert meta["labels"] == sorted(LABELS) and meta["train_steps"] == 4
     # Ctrl-C in the middle of a long run: exit 130, no classifier file

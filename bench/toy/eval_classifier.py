@@ -1,4 +1,4 @@
-"""The independent evaluation classifier of the toy world (issue 6): a plain CNN trained on CLEAN
+"""The independent evaluation classifier of the toy world: a plain CNN trained on CLEAN
 Fashion-MNIST images only, never used for guidance. It scores samples (intended-class accuracy) and
 gives the feature space (penultimate layer, 128-d) for the Frechet distance and precision/recall.
 
@@ -74,7 +74,7 @@ def main():
     args = ap.parse_args()
     from tqdm import tqdm
 
-    from guidance_core.io import atomic_save
+    from guidance_core.files import atomic_save
 
     torch.manual_seed(args.seed)
     x, y = fashion.load("train")

@@ -1,4 +1,5 @@
-"""Train the toy world's noise-aware classifier with this pack's own trainer (issue 6).
+"""Train the toy world's noise-aware classifier with this pack's own trainer, for the toy world's
+classifier-guidance points.
 
 Fashion-MNIST's 60k training images are the toy model's latents as they are (1x32x32 in [-1, 1]), so
 the latent cache is written by the "Train Classifier" node's own writer (same keys, noise facts and process_in:

@@ -1,4 +1,5 @@
-"""The toy world's weak model (autoguidance's guiding model) written as a LoRA of the shipped toy model (issue 22).
+"""The toy world's weak model (autoguidance's guiding model) written as a LoRA of the shipped toy model, so
+autoguidance can be run with the guiding model given the way users give one (a LoRA of the model they sample).
 
 The weak model (toy_models/diffusion/fashion_diffusion_weak.safetensors) is the same UNetModel trained from another
 random init, so W_weak - W_strong is close to full rank in every layer (its singular values fall off slowly) and is
@@ -235,7 +236,7 @@ def main(argv=None):
                          "svd: fp16 truncated SVD (ranks chosen for the budget), fp16 full diffs where cheaper")
     ap.add_argument("--no-check", action="store_true", help="skip the fidelity measurement")
     args = ap.parse_args(argv)
-    from guidance_core.io import atomic_save
+    from guidance_core.files import atomic_save
 
     strong, weak = read_unet(STRONG), read_unet(WEAK)
     diff = differences(strong, weak)

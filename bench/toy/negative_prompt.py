@@ -1,4 +1,4 @@
-"""A negative prompt at cfg 1 on the toy world (issue 21): how often the negative class appears among samples of the
+"""A negative prompt at cfg 1 on the toy world (a distilled model has no CFG): how often the negative class appears among samples of the
 "empty" prompt, unguided, with a NAG term (normalized attention guidance, Chen et al. 2025) at a few settings, and
 with CFG against the same negative (two rows per step) for comparison. Through ComfyUI's stock KSampler and the
 pack's CFG Patch, on a toy model file (default: the distilled student where shipped, else the shipped model).
@@ -85,7 +85,7 @@ def run(model_name: str, negative: str, n: int, out_dir: str) -> dict:
     from bench.toy import eval_classifier as E
     from bench.toy import fashion
     from bench.toy import metrics as M
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
@@ -170,7 +170,7 @@ def main(argv=None):
     text = table(results)
     print(text)
     if not args.no_write:
-        from guidance_core.io import atomic_bytes
+        from guidance_core.files import atomic_bytes
 
         atomic_bytes(os.path.join(ROOT, "docs", f"toy_nag_{os.path.splitext(name)[0]}.json"),
                      json.dumps(results, indent=1).encode())

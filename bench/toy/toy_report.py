@@ -80,7 +80,7 @@ def tradeoff_plot(results) -> Image.Image:
 
 
 def terms_plot(results) -> Image.Image:
-    """Issue 14's terms next to CFG and classifier guidance: accuracy and recall against FD (each method's sweep
+    """The guidance terms (autoguidance, PAG, adaptive CFG) next to CFG and classifier guidance: accuracy and recall against FD (each method's sweep
     is a curve; lower FD = better), and the model rows per sample and step of adaptive CFG."""
     fd_of = lambda vs, yk: [(v["fd"], v[yk]) for v in vs]  # noqa: E731
     cfg, cls = group(results, "cfg"), group(results, "cls_uncond")
@@ -270,7 +270,7 @@ def write_distilled(results, names, tolerance):
     import json
 
     from devkit.bench import write_section
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     data = {"_config": results["_config"], "tolerance": dict(tolerance),
             **{k: results[k] for k in names if k in results}}

@@ -1,4 +1,4 @@
-"""The guidance tradeoff on the toy world (issue 6), sampled through ComfyUI with this pack's nodes.
+"""The guidance tradeoff on the toy world, sampled through ComfyUI with this pack's nodes.
 
 Every point draws N samples, N/10 per Fashion-MNIST class, with GuidanceLabToyModelLoader /
 GuidanceLabToyClass (the class and the empty prompt), GuidanceLabCFGGuider (+ GuidanceLabSchedule),
@@ -14,15 +14,15 @@ Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + 
   sampler      w = 2 with euler / dpmpp_2m at 20 and 50 steps
   autoguidance model term with the weak toy model (toy_models/diffusion/fashion_diffusion_weak.safetensors),
                weight 0.5, 1, 2 (Karras's w = 1.5, 2, 3), no CFG (Karras et al. 2024)
-  autoguidance_lora  the same, the weak model given as a LoRA of the shipped model (issue 22:
-               bench/toy/weights/fashion_weak_lora.safetensors, made by bench/toy/make_weak_lora.py) through
+  autoguidance_lora  the same, the weak model given as a LoRA of the shipped model
+               (bench/toy/weights/fashion_weak_lora.safetensors, made by bench/toy/make_weak_lora.py) through
                ComfyUI's LoRA loader: the model term is a clone sharing the sampled model's network
   pag          PAG term (middle block) weight 1, 3 without CFG, and 1 with CFG w = 2 (Ahn et al. 2024)
   adaptive     CFG w = 2 whose uncond stops once cos(eps_c, eps_u) >= 0.999 / 0.9995 / 0.9999 for every sample of
                the batch (Castillo et al. 2023; on the toy model the batch minimum of cos is above 0.99 at every step
                and does not rise monotonically, so the paper's 0.99 would stop at once);
                model rows per sample and step are counted on the real forwards
-  distilled    (--distilled, issue 21) the guidance-distilled student (fashion_diffusion_distilled.safetensors) at
+  distilled    (--distilled) the guidance-distilled student (fashion_diffusion_distilled.safetensors) at
                g = 1.5, 3, 5, one model call per step (the scale in the conditioning by ComfyUI's FluxGuidance,
                BasicGuider), next to its teacher's CFG at cfg = g (the cfg_w points; kept where a results file has them)
 Metrics, by the independent evaluation classifier (bench/toy/eval_classifier.py, clean images only):
@@ -55,11 +55,11 @@ from devkit import comfy_host as H
 TOY_MODEL = "fashion_diffusion.safetensors"
 TOY_WEAK_MODEL = "fashion_diffusion_weak.safetensors"  # the guiding model of autoguidance
 TOY_CLASSIFIER = "toy_fashion_classifier.safetensors"
-TOY_STUDENT = "fashion_diffusion_distilled.safetensors"  # the guidance-distilled student (issue 21)
+TOY_STUDENT = "fashion_diffusion_distilled.safetensors"  # the guidance-distilled student
 # The student matches its teacher when, at the same scale (student g = teacher cfg) and seeds, its intended-class
 # accuracy is within 0.02 and its Frechet distance within 1.0 of the teacher's CFG (fixed before the N = 1000 run).
 DISTILLED_TOLERANCE = {"accuracy": 0.02, "fd": 1.0}
-TOY_WEAK_LORA = os.path.join(HERE, "weights", "fashion_weak_lora.safetensors")  # the weak model as a LoRA (issue 22)
+TOY_WEAK_LORA = os.path.join(HERE, "weights", "fashion_weak_lora.safetensors")  # the weak model as a LoRA
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,12 @@ def full_points() -> list[Point]:
 
 
 def lora_points() -> list[Point]:
-    """Issue 22: autoguidance with the weak model as a LoRA of the shipped model, at the weights of auto_*."""
+    """Autoguidance with the weak model as a LoRA of the shipped model, at the weights of auto_*."""
     return [Point(f"auto_lora_{a:g}", "autoguidance_lora", auto=a, auto_lora=True) for a in (1, 2, 0.5)]
 
 
 def terms_points() -> list[Point]:
-    """Issue 14: autoguidance, PAG and adaptive CFG next to the CFG sweep (all on the conditional model), in order
+    """Autoguidance, PAG and adaptive CFG next to the CFG sweep (all on the conditional model), in order
     of priority (one point of each first)."""
     auto = lambda a: Point(f"auto_{a:g}", "autoguidance", auto=a)  # noqa: E731
     pag = lambda g, w=0.0: Point(f"cfg_w{w:g}_pag_{g:g}" if w else f"pag_{g:g}", "pag", w=w, pag=g)  # noqa: E731
@@ -120,7 +120,7 @@ def terms_points() -> list[Point]:
 
 
 def distilled_points() -> list[Point]:
-    """Issue 21: the guidance-distilled student at g = 1.5, 3, 5, each next to its teacher's CFG at cfg = g
+    """The guidance-distilled student at g = 1.5, 3, 5, each next to its teacher's CFG at cfg = g
     (w = g - 1: the cfg sweep's points of the same names)."""
     pts = []
     for g in (1.5, 3.0, 5.0):
@@ -259,7 +259,7 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
     from safetensors import safe_open
     from tqdm import tqdm
 
-    from guidance_core.io import atomic_bytes, atomic_save
+    from guidance_core.files import atomic_bytes, atomic_save
 
     from bench.toy import eval_classifier as E
     from bench.toy import fashion
@@ -351,7 +351,7 @@ def directions(results: dict) -> dict:
 
 
 def terms_directions(results: dict, cfg: list) -> dict:
-    """The claims of the papers behind issue 14's terms, measured where their points were run:
+    """The claims of the papers behind the guidance terms (autoguidance, PAG, adaptive CFG), measured where their points were run:
     autoguidance (Karras et al. 2024): a better FD than CFG's best, and more recall than CFG at CFG's best FD;
     PAG (Ahn et al. 2024): better FD than the unguided model; adaptive guidance (Castillo et al. 2023): fewer model
     rows than CFG at all, and fewer rows within 0.01 accuracy and 0.5 FD of the same CFG with every step guided."""
@@ -387,7 +387,7 @@ def main(argv=None):
     ap.add_argument("--sample-only", action="store_true", help="sample and store the points, score nothing")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--distilled", action="store_true",
-                    help="the distilled student next to its teacher's CFG (issue 21); writes docs/toy_distilled.json")
+                    help="the distilled student next to its teacher's CFG; writes docs/toy_distilled.json")
     ap.add_argument("--distilled-schedules", action="store_true",
                     help="--distilled plus the student with its scale on a schedule against the constant g = 3")
     ap.add_argument("--reuse", default=None,

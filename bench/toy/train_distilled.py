@@ -71,7 +71,7 @@ def main():
     from tqdm import tqdm
 
     toy = H.pack_module("nodes.toy_nodes")
-    tr = H.pack_module("guidance_core.io")
+    files = H.pack_module("guidance_core.files")
     torch.manual_seed(args.seed)
     x_all, y_all = fashion.load("train")
     teacher, student, table = student_from_teacher(toy, args.teacher)
@@ -105,10 +105,10 @@ def main():
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss.item():.5f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save(tr, toy, ema_unet, table, args, step + 1, time.time() - t0, loss.item())
+            save(files, toy, ema_unet, table, args, step + 1, time.time() - t0, loss.item())
 
 
-def save(tr, toy, ema_unet, table, args, steps_done, seconds, loss):
+def save(files, toy, ema_unet, table, args, steps_done, seconds, loss):
     tensors = {f"diffusion_model.{k}": v.half().contiguous() for k, v in ema_unet.state_dict().items()}
     tensors["class_embedding.weight"] = table.half().contiguous()
     meta = {"labels": toy.FASHION_LABELS, "variant": toy.STUDENT_VARIANT, "default_guidance": toy.DEFAULT_GUIDANCE,
@@ -116,7 +116,7 @@ def save(tr, toy, ema_unet, table, args, steps_done, seconds, loss):
             "steps": steps_done, "planned_steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
             "p_null": args.p_null, "ema": args.ema, "last_loss": round(loss, 6), "train_seconds": round(seconds),
             "command": " ".join(["bench/toy/train_distilled.py", *sys.argv[1:]])}
-    tr.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
+    files.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
     print("wrote", args.out, f"{os.path.getsize(args.out) / 1e6:.2f} MB", meta, flush=True)
 
 

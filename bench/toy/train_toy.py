@@ -64,7 +64,7 @@ def main():
     from tqdm import tqdm
 
     toy = H.pack_module("nodes.toy_nodes")
-    tr = H.pack_module("guidance_core.io")
+    files = H.pack_module("guidance_core.files")
     torch.manual_seed(args.seed)
     x_all, y_all = fashion.load("train")
     model = toy.build_toy_model()
@@ -102,16 +102,16 @@ def main():
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save(tr, toy, ema_unet, ema_emb, args, step + 1, time.time() - t0)
+            save(files, toy, ema_unet, ema_emb, args, step + 1, time.time() - t0)
 
 
-def save(tr, toy, ema_unet, ema_emb, args, steps_done, seconds):
+def save(files, toy, ema_unet, ema_emb, args, steps_done, seconds):
     tensors = {f"diffusion_model.{k}": v.half().contiguous() for k, v in ema_unet.state_dict().items()}
     tensors["class_embedding.weight"] = ema_emb.weight.detach().half().contiguous()
     meta = {"labels": toy.FASHION_LABELS, "steps": steps_done, "planned_steps": args.steps, "batch": args.batch,
             "lr": args.lr, "seed": args.seed, "embedding_from": os.path.basename(args.embedding_from or "") or None, "p_uncond": args.p_uncond, "ema": args.ema,
             "train_seconds": round(seconds), "command": " ".join(["bench/toy/train_toy.py", *sys.argv[1:]])}
-    tr.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
+    files.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
     print("wrote", args.out, f"{os.path.getsize(args.out) / 1e6:.1f} MB", meta, flush=True)
 
 

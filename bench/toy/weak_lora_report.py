@@ -1,4 +1,4 @@
-"""Issue 22 (must-show 4): autoguidance on the toy world with the weak model as a LoRA of the shipped model, against
+"""Autoguidance on the toy world with the weak model as a LoRA of the shipped model, against
 the separate weak model, at N = 1000 per point (bench/toy/tradeoff.py, points auto_lora_* vs auto_*).
 
 Reads the LoRA points from the tradeoff run's results (default out/toy/tradeoff/results.json, their samples next to
@@ -258,7 +258,7 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     from devkit.bench import write_section
-    from guidance_core.io import atomic_bytes
+    from guidance_core.files import atomic_bytes
 
     with open(args.results) as f:
         run = json.load(f)

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import GuidanceConfigError
-from ..io import check_safetensors
+from ..files import check_safetensors
 
 # Gradient paths (see classifier_guidance): what the classifier reads and how its gradient reaches x.
 DETACHED, THROUGH_MODEL = "detached", "through_model"

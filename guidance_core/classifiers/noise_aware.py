@@ -22,7 +22,7 @@ from torch.nn import functional as F
 class ClassifierConfig:
     in_channels: int = 4
     num_classes: int = 10
-    # field metadata as guidance_core.training.setting writes it (that module imports this one): the
+    # field metadata as guidance_core.classifier_training.setting writes it (that module imports this one): the
     # Train Classifier node's `width` and the command line's --base-channels read it
     base_channels: int = field(default=64, metadata={"help": "base channels of the classifier network",
                                                      "range": (8, 512)})

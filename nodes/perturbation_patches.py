@@ -1,4 +1,4 @@
-"""Perturbed-self terms in ComfyUI (PAG, SEG, SLG; formulas in guidance_core/perturb.py), batched with the
+"""Perturbed-self terms in ComfyUI (PAG, SEG, SLG; formulas in guidance_core/perturbed_terms.py), batched with the
 prompt rows: per step, a copy of the model options carries replace patches on the chosen blocks that perturb
 only the rows of the perturbed terms' chunks (`cond_or_uncond`) and compute every other row as the unpatched
 block does (or as the replace patch another node set there does).
@@ -25,7 +25,7 @@ import torch
 import comfy.ldm.modules.attention as attention
 import comfy.model_patcher
 
-from ..guidance_core import perturb
+from ..guidance_core import perturbed_terms
 from ..guidance_core.errors import GuidanceConfigError
 
 DIT_KEYS = {"double": "double_block", "single": "single_block"}
@@ -213,7 +213,7 @@ def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False, network=
                 outs.append(v[rows])
             else:  # seg
                 h, w = extra_options["activations_shape"][-2:]
-                outs.append(attend(perturb.blur_queries(q[rows], h, w, pert.seg_sigma), k[rows], v[rows], opts))
+                outs.append(attend(perturbed_terms.blur_queries(q[rows], h, w, pert.seg_sigma), k[rows], v[rows], opts))
         flush()
         return torch.cat(outs)
 
@@ -232,7 +232,7 @@ def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
             return run(args)
         probe.hit(key)
         # the block's input rows of the skipped chunks, copied first: some blocks (Flux's) update their input in place
-        kept = {name: [(rows, args[name][rows].clone()) for rows in perturb.rows_of(args[name].shape[0], ids, skip)]
+        kept = {name: [(rows, args[name][rows].clone()) for rows in perturbed_terms.rows_of(args[name].shape[0], ids, skip)]
                 for name in ("img", "txt", "x") if torch.is_tensor(args.get(name))}
         out = dict(run(args))
         for name, parts in kept.items():

@@ -25,70 +25,33 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from . import parameterization as P
-from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
-from .errors import GuidanceConfigError
+from .. import parameterization
+from ..errors import ClassifierFileError, GuidanceConfigError
+from ..files import atomic_save, check_safetensors
+from .noise_aware import ClassifierConfig, NoiseAwareClassifier
 
 FORMAT, VERSION = "guidance-lab-classifier", 1
 META_KEY = "guidance_lab"
-PICKLE_EXTS = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 ARCHITECTURES = {"noise_aware": (ClassifierConfig, NoiseAwareClassifier)}
 REQUIRED = ("format", "version", "architecture", "config", "labels", "latent_channels", "parameterization")
-# Bounds that keep a hostile or damaged file from costing memory or time before it is refused: the safetensors
-# header (tensor index + metadata JSON), the number and length of labels, the network the config asks for.
-MAX_HEADER_BYTES = 8 << 20
+# Bounds that keep a hostile or damaged file from costing memory or time before it is refused: the number and
+# length of labels, the network the config asks for (the header's bound is files.MAX_HEADER_BYTES).
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 1_000
 MAX_PARAMETERS = 2_000_000_000
 PARAMETERIZATIONS = ("eps", "v", "flow")
 
 
-class ClassifierFileError(GuidanceConfigError):
-    """A classifier file cannot be used; the message says why and what is accepted."""
-
-
-def _atomic_write(path: str, write, suffix: str = "") -> str:
-    """write(tmp_path) to a temporary name in the target's folder, then rename into place: a reader
-    never sees a half-written file, and an interrupted write leaves nothing behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a written file is readable like any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def atomic_save(tensors: dict, path: str, metadata: dict) -> str:
-    """safetensors file with string metadata, written atomically."""
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), ".safetensors")
-
-
-def atomic_bytes(path: str, data: bytes) -> str:
-    """Bytes written atomically."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return _atomic_write(path, write)
-
-
 def input_scaling_of(meta: dict) -> dict:
     """The classifier's input scaling: its `input_scaling` field, or for files without one the convention
     they were trained with (parameterization.default_input_scaling)."""
     if "input_scaling" in meta:
-        return P.check_input_scaling(meta["input_scaling"])
-    return P.default_input_scaling(meta.get("parameterization", "eps"))
+        return parameterization.check_input_scaling(meta["input_scaling"])
+    return parameterization.default_input_scaling(meta.get("parameterization", "eps"))
 
 
 def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
@@ -103,33 +66,6 @@ def save_classifier(path: str, module: torch.nn.Module, meta: dict) -> str:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     atomic_save(tensors, path, {META_KEY: json.dumps(full)})
     return path
-
-
-def check_safetensors(path: str, what: str = "classifier", error: type[GuidanceConfigError] = None):
-    """Refuse anything but a safetensors file before it is opened as one: pickled checkpoints can run code when
-    loaded. Safetensors layout: an 8-byte little-endian header length N, then N bytes of JSON starting with '{'.
-    Only a file that is not laid out so is judged by its first bytes: a header length whose low byte is 0x80, or
-    whose low bytes spell 'PK', is a valid safetensors file, not a pickle or zip. `what` names the file's role in
-    the messages; `error` is the exception type raised (ClassifierFileError by default)."""
-    error = error or ClassifierFileError
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise error(f"{what} file {name!r} does not exist (deleted or moved?)")
-    if path.lower().endswith(PICKLE_EXTS):
-        raise error(f"{name}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are refused because loading them can "
-                    "run code; convert it to .safetensors")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    size = os.path.getsize(path)
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
-        n = int.from_bytes(head[:8], "little")
-        if n > MAX_HEADER_BYTES:
-            raise error(f"{name}: safetensors header of {n} bytes; a {what} file's header (tensor index, labels, "
-                        f"config) is at most {MAX_HEADER_BYTES >> 20} MiB")
-        return
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise error(f"{name} is a pickle/zip checkpoint, not safetensors; refused")
-    raise error(f"{name} is not a safetensors file (corrupt or truncated)")
 
 
 def _short(value, limit: int = 80) -> str:

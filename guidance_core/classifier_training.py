@@ -24,8 +24,8 @@ import torch
 from safetensors import safe_open
 from torch.nn import functional as F
 
-from . import parameterization as P
-from .io import atomic_save
+from . import parameterization
+from .files import atomic_save
 from .classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 from .errors import GuidanceConfigError
 
@@ -116,11 +116,11 @@ class NoiseSpec:
     input_scaling: dict | None = None
 
     def __post_init__(self):
-        if self.parameterization not in P.PARAMETERIZATIONS:
+        if self.parameterization not in parameterization.PARAMETERIZATIONS:
             raise GuidanceConfigError(f"parameterization={self.parameterization!r}; accepted: "
-                                      f"{', '.join(P.PARAMETERIZATIONS)}")
-        self.input_scaling = P.check_input_scaling(self.input_scaling or
-                                                   P.default_input_scaling(self.parameterization))
+                                      f"{', '.join(parameterization.PARAMETERIZATIONS)}")
+        self.input_scaling = parameterization.check_input_scaling(self.input_scaling or
+                                                   parameterization.default_input_scaling(self.parameterization))
 
     @classmethod
     def from_cache(cls, meta: dict, sigma_table: torch.Tensor | None = None) -> "NoiseSpec":
@@ -159,8 +159,8 @@ def split_indices(labels: torch.Tensor, val_fraction: float, seed: int):
 
 def noisy_batch(x0, sigma, noise, spec: NoiseSpec):
     """Classifier input c_in(sigma)*(alpha*x0 + sigma*eps) for a batch, c_in the model's input scaling."""
-    x = P.add_noise(x0, noise, sigma, spec.parameterization)
-    return P.scale_input(x, sigma, spec.input_scaling)
+    x = parameterization.add_noise(x0, noise, sigma, spec.parameterization)
+    return parameterization.scale_input(x, sigma, spec.input_scaling)
 
 
 @torch.no_grad()
@@ -296,7 +296,7 @@ class Trainer:
 
 
 def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict | None = None) -> dict:
-    """Metadata of the classifier file format (guidance_core.io)."""
+    """Metadata of the classifier file format (guidance_core.classifiers.classifier_files)."""
     meta = {"architecture": "noise_aware", "config": trainer.model.config.to_dict(), "labels": trainer.label_names,
             "latent_channels": int(trainer.latents.shape[1]), "latent_format": latent_format,
             "parameterization": trainer.spec.parameterization, "input_scaling": dict(trainer.spec.input_scaling),

@@ -1,7 +1,9 @@
-"""Shared ComfyUI wiring: model facts, per-step context and the guided prediction step.
+"""What a sampling run's ComfyUI objects tell the pack: the model's sampling form (learned by probing its
+model_sampling object, never from its class name), the step's context for schedules (this call's sigma, the run's
+sigmas), the sampler's name, and the conditionings' batch sizes.
 
-Used by both the GUIDER (SamplerCustomAdvanced) and the MODEL patch (stock KSampler), so
-one code path computes every guided prediction.
+Read by the GUIDER (SamplerCustomAdvanced) and the MODEL patch (stock KSampler) alike, and by the classifier and
+training nodes, so every node learns these facts the same way.
 """
 from __future__ import annotations
 
