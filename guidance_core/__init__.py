@@ -10,6 +10,7 @@ Modules:
   schedules            guidance-scale schedules, evaluated by sigma or by fraction of steps; the sigma window
   preview              the sigmas of the frontend's schedule plot (a typical run without a model)
   cfg                  classifier-free guidance combiners, extra terms and post-processing
+  guidance_filters     reshapers of the guidance step: TCFG, FreSca, FDG, MaMBo-G, dynamic thresholding
   perturbed_terms      perturbed-self terms: PAG, SEG, skip-layer guidance (the math; the patches are in nodes/)
   nag                  normalized attention guidance: NAG on attention outputs, its two forms' settings
   classifier_guidance  classifier guidance D' = D + s * sigma^2 / alpha * grad log p(y | x, sigma); targets
