@@ -12,6 +12,8 @@ import torch
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 ARCH = "GLTinyCLIP-test"
 TINY_CLIP = H.tiny_clip_config(layers=2)
 LABELS = ["a red car", "a blue car", "a green tree"]

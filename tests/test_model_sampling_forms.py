@@ -14,6 +14,8 @@ from devkit import comfy_host as H
 from devkit import sampling_forms as F
 from devkit.cfg_helpers import post
 
+pytestmark = pytest.mark.comfy
+
 LABELS = ["a", "b", "c"]
 TAU = 0.3
 PRIORS = torch.tensor([0.5, 0.3, 0.2])

@@ -14,6 +14,8 @@ from PIL import Image
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 LABELS = ["circle", "square", "triangle", "cross"]
 
 

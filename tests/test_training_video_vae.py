@@ -13,6 +13,8 @@ from devkit import comfy_host as H
 from devkit import families
 from devkit import wan_vae
 
+pytestmark = pytest.mark.comfy
+
 SIZES = (4, 16, 20)  # below, at and above the trainer's encode chunk (ENCODE_BATCH = 16)
 LABELS = ("a", "b")
 

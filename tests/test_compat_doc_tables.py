@@ -10,6 +10,8 @@ import pytest
 from devkit import compat_doc as D
 from devkit import frontends as FE
 
+pytestmark = pytest.mark.core
+
 
 @pytest.fixture(scope="module")
 def doc_text():
