@@ -10,7 +10,7 @@ import pytest
 from devkit import compat_doc as D
 from devkit import frontends as FE
 
-pytestmark = pytest.mark.core
+pytestmark = pytest.mark.comfy  # the frontends installed for the ComfyUI under test, its section
 
 
 @pytest.fixture(scope="module")

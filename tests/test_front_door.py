@@ -141,7 +141,7 @@ def test_leftovers_name_what_is_not_comfyuis_or_set_ups(tmp_path, kind):
     assert len(found) == 1 and str(extra) in found[0], found
 
 
-@pytest.mark.core
+@pytest.mark.comfy  # reads the ComfyUI trees set-up made
 def test_the_leftover_check_passes_on_this_checkout(capsys):
     """Every ComfyUI tree set-up made here holds nothing but ComfyUI's files and the pack's link."""
     assert check_leftovers.main() == 0, capsys.readouterr().out
