@@ -33,7 +33,7 @@ def check_tiers(items):
              if len(tiers := sorted({m.name for m in item.iter_markers()} & set(TIERS))) != 1]
     if wrong:
         raise pytest.UsageError(f"each test needs exactly one tier marker of {', '.join(TIERS)} (tests/conftest.py); "
-                                "these have " + ("none or several: " if len(wrong) > 1 else "") + "; ".join(wrong))
+                                f"{len(wrong)} tests have none or several: " + "; ".join(wrong))
 
 
 # ---------------------------------------------------------------- browser tests on ComfyUI 0.3.52's own frontend
