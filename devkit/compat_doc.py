@@ -213,9 +213,9 @@ def assemble(blocks: dict, frontends: str | None) -> str:
         "Generated from real runs; do not edit by hand. Each ComfyUI version's section is written by "
         "`scripts/compat_matrix.py` run on that ComfyUI (`GL_COMFYUI`, see `docs/DEVELOPING.md`): the full matrix, "
         "or the quick slice with `--quick --write-section`; the Frontends table by `scripts/compat_frontends.py`. "
-        "`tests/test_compatibility.py` reruns the quick slice on the ComfyUI under test in CI (every pass of "
+        "`tests/test_compat_matrix_quick.py` reruns the quick slice on the ComfyUI under test in CI (every pass of "
         "`scripts/test.sh`, on each ComfyUI) and fails when that version's section is missing or disagrees with it; "
-        "`tests/test_compat_versions.py` checks the tables below against the sections and the installed frontends.",
+        "`tests/test_compat_doc_tables.py` checks the tables below against the sections and the installed frontends.",
         "",
         "## ComfyUI versions",
         "",

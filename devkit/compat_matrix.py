@@ -13,7 +13,7 @@ One function per area returns rows {area, item, check, route, status, detail, va
 - FAIL: anything else (another exception, NaN/inf, a difference, a refusal after sampling started).
 
 `scripts/compat_matrix.py` writes the running ComfyUI version's section of the doc (layout: devkit/compat_doc.py)
-from all_rows() or all_rows(quick=True); `tests/test_compatibility.py` runs all_rows(quick=True) and compares it
+from all_rows() or all_rows(quick=True); `tests/test_compat_matrix_quick.py` runs all_rows(quick=True) and compares it
 with that version's section. Nodes run as the running ComfyUI declares them (node_inputs_of_this_comfyui). Every run is made as ComfyUI runs a prompt (under
 torch.inference_mode), on one CPU thread (see cpu_settings).
 """

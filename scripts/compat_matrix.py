@@ -8,7 +8,7 @@ version's section of docs/COMPATIBILITY.md (the other versions' sections and the
 
 Which ComfyUI runs is GL_COMFYUI's (devkit/comfy_host.py; default .comfyui, 0.3.75). --quick writes nothing unless
 --write-section is given; it exits 1 when a row is FAIL or disagrees with this version's section, as
-tests/test_compatibility.py does. --json saves the rows of the run (and --from-json renders saved rows without
+tests/test_compat_matrix_quick.py does. --json saves the rows of the run (and --from-json renders saved rows without
 running anything).
 """
 from __future__ import annotations

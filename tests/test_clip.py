@@ -12,6 +12,8 @@ import torch
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 ARCH = "GLTinyCLIP-test"
 TINY_CLIP = H.tiny_clip_config(layers=2)
 LABELS = ["a red car", "a blue car", "a green tree"]
@@ -25,7 +27,9 @@ def small_vae(dtype=None):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def tiny_clip(tmp_path_factory):
+    """A tiny random open_clip model saved where the loader node finds it, a small VAE, a tiny UNet with SD1.5's
+    latent format, and the pack's CLIP modules."""
     H.boot()
     import open_clip
     import folder_paths
@@ -48,11 +52,11 @@ def env(tmp_path_factory):
             "nodes": H.pack_module("nodes.clip_nodes"), "cnodes": H.pack_module("nodes.classifier_nodes")}
 
 
-def load(env, decode="linear", gradient="detached", cutouts=0, tau=0.0, labels=LABELS, vae=True):
+def load(tiny_clip, decode="linear", gradient="detached", cutouts=0, tau=0.0, labels=LABELS, vae=True):
     with torch.inference_mode():  # as ComfyUI's executor runs the loader
         return H.run_node("GuidanceLabCLIPClassifierLoader", architecture=ARCH, checkpoint="tiny.safetensors",
                           labels="\n".join(labels), decode=decode, gradient=gradient, cutouts=cutouts, tau=tau,
-                          vae=env["vae"] if vae else None)[0]
+                          vae=tiny_clip["vae"] if vae else None)[0]
 
 
 def guide_args(**kw):
@@ -69,9 +73,9 @@ def ksample(model, batch=2, steps=6, seed=3, cfg=3.0):
                           latent_image=H.empty_latent(batch, 16), denoise=1.0)[0]["samples"]
 
 
-def final_logits(env, clf, samples):
+def final_logits(tiny_clip, clf, samples):
     """CLIP logits of the final image, as the classifier sees it (linear map or VAE decode)."""
-    fmt = env["unet"].model.latent_format
+    fmt = tiny_clip["unet"].model.latent_format
     with torch.inference_mode(False), torch.no_grad():
         z = fmt.process_in(samples.clone())
         return clf.clip(clf.to_rgb(fmt)(z))
@@ -82,9 +86,9 @@ def weights_state(module):
 
 
 # ---------------------------------------------------------------- core: classifier and preprocessing
-def test_zero_shot_logits_equal_open_clip_formula(env):
-    CL, net = env["CL"], env["net"]
-    clip = load(env).clip
+def test_zero_shot_logits_equal_open_clip_formula(tiny_clip):
+    CL, net = tiny_clip["CL"], tiny_clip["net"]
+    clip = load(tiny_clip).clip
     assert clip.num_classes == 3 and clip.size == (32, 32)
     assert float(clip.tau) == pytest.approx(float(net.logit_scale.detach().exp()))
     import open_clip
@@ -100,14 +104,14 @@ def test_zero_shot_logits_equal_open_clip_formula(env):
         want = net.logit_scale.exp() * fi @ ft.t()
         torch.testing.assert_close(clip(img), want, rtol=1e-4, atol=1e-4)
         # a user-set tau scales the logits
-        assert torch.allclose(load(env, tau=7.0).clip(img), want / net.logit_scale.exp() * 7.0, atol=1e-4)
+        assert torch.allclose(load(tiny_clip, tau=7.0).clip(img), want / net.logit_scale.exp() * 7.0, atol=1e-4)
     # cutouts: the same boxes at one sigma (one function per step), new boxes at the next
     b1, b2, b3 = (CL.cutout_boxes(40, 48, 4, 0, s) for s in (2.5, 2.5, 1.7))
     assert b1 == b2 and b1 != b3 and all(20 <= side <= 40 for _, _, side in b1)
 
 
-def test_labels_architectures_and_files(env, tmp_path):
-    CL, errors = env["CL"], env["errors"]
+def test_labels_architectures_and_files(tiny_clip, tmp_path):
+    CL, errors = tiny_clip["CL"], tiny_clip["errors"]
     E = errors.GuidanceConfigError
     assert CL.parse_labels("a red car\n\n  a blue car \n") == ["a red car", "a blue car"]
     for bad, msg in [("", "labels is empty"), ("cat\nCat", "given twice"), ("red, car", "contains ','"),
@@ -132,15 +136,15 @@ def test_labels_architectures_and_files(env, tmp_path):
 
     open_clip.add_model_config(str(tmp_path / f"{ARCH}-wide.json"))
     with pytest.raises(E, match=f"does not hold weights of open_clip architecture '{ARCH}-wide'"):
-        CL.load_clip(f"{ARCH}-wide", str(env["dir"] / "tiny.safetensors"))
+        CL.load_clip(f"{ARCH}-wide", str(tiny_clip["dir"] / "tiny.safetensors"))
     with pytest.raises(E, match="is not an open_clip model"):
-        CL.load_clip("NoSuchNet", str(env["dir"] / "tiny.safetensors"))
+        CL.load_clip("NoSuchNet", str(tiny_clip["dir"] / "tiny.safetensors"))
 
 
-def test_loader_errors_name_the_folder_and_the_fix(env, tmp_path):
+def test_loader_errors_name_the_folder_and_the_fix(tiny_clip, tmp_path):
     import folder_paths
 
-    E, nodes = env["errors"].GuidanceConfigError, env["nodes"]
+    E, nodes = tiny_clip["errors"].GuidanceConfigError, tiny_clip["nodes"]
     saved = folder_paths.folder_names_and_paths[nodes.FOLDER]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -157,22 +161,23 @@ def test_loader_errors_name_the_folder_and_the_fix(env, tmp_path):
         H.run_node("GuidanceLabCLIPClassifierLoader", architecture=ARCH, checkpoint="missing.safetensors",
                    labels="a\nb", decode="linear", gradient="detached", cutouts=0, tau=0.0)
     with pytest.raises(E, match="decode='vae' needs a VAE"):
-        load(env, decode="vae", vae=False)
+        load(tiny_clip, decode="vae", vae=False)
     # checks against the model, before sampling
     plain = H.tiny_model("eps")  # ComfyUI's base LatentFormat: no latent_rgb_factors
     with pytest.raises(E, match="latent format LatentFormat has no latent_rgb_factors; use decode='vae'"):
-        H.run_node("GuidanceLabClassifierGuidance", model=plain, classifier=load(env), **guide_args())
+        H.run_node("GuidanceLabClassifierGuidance", model=plain, classifier=load(tiny_clip), **guide_args())
     shapes = H.demo_module().gmm_model()  # 3-channel latents
     with pytest.raises(E, match="the VAE reads 4 latent channels, the model produces 3"):
-        H.run_node("GuidanceLabClassifierGuidance", model=shapes, classifier=load(env, decode="vae"), **guide_args())
+        H.run_node("GuidanceLabClassifierGuidance", model=shapes, classifier=load(tiny_clip, decode="vae"),
+                   **guide_args())
     with pytest.raises(E, match="unknown label 'a cat'.*known labels: a red car, a blue car, a green tree"):
-        H.run_node("GuidanceLabClassifierGuidance", model=env["unet"], classifier=load(env), **guide_args(target="a cat"))
+        H.run_node("GuidanceLabClassifierGuidance", model=tiny_clip["unet"], classifier=load(tiny_clip), **guide_args(target="a cat"))
 
 
-def test_autograd_safe_weights_swaps_and_restores(env):
+def test_autograd_safe_weights_swaps_and_restores(tiny_clip):
     """ComfyUI's weights are inference tensors: backward through them fails; inside autograd_safe_weights
     it works, and afterwards the module holds its original tensors again."""
-    G = env["G"]
+    G = tiny_clip["G"]
     with torch.inference_mode():
         lin = torch.nn.Linear(3, 2)
     original = [lin.weight, lin.bias]
@@ -192,15 +197,15 @@ def test_autograd_safe_weights_swaps_and_restores(env):
 
 # ---------------------------------------------------------------- Must show 1: gradient = finite differences
 @pytest.mark.parametrize("decode", ["linear", "vae"])
-def test_gradient_matches_finite_differences(env, decode):
+def test_gradient_matches_finite_differences(tiny_clip, decode):
     """grad_D sum_y w_y log p(y | image(D)) through the linear map or ComfyUI's VAE (float64, inference-
     tensor weights), with 2 cutouts, against central differences along random directions."""
-    G = env["G"]
-    clf = load(env, decode=decode, cutouts=2)
+    G = tiny_clip["G"]
+    clf = load(tiny_clip, decode=decode, cutouts=2)
     if decode == "vae":
         clf.vae = small_vae(dtype=torch.float64)
     clf.clip.double()
-    classify = clf.bind(env["unet"])
+    classify = clf.bind(tiny_clip["unet"])
     g = torch.Generator().manual_seed(5)
     d = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) * 0.5
     sigma = torch.tensor([1.3, 1.3], dtype=torch.float64)
@@ -223,7 +228,7 @@ def test_gradient_matches_finite_differences(env, decode):
 
 
 @pytest.mark.parametrize("kind", ["unet", "gmm"])
-def test_through_model_gradient_matches_finite_differences(env, kind):
+def test_through_model_gradient_matches_finite_differences(tiny_clip, kind):
     """g = grad_x sum_y w_y log p(y | D(x)) from the hook's through-the-model path, inside a real KSampler
     step, against central differences of the same function (D = ComfyUI's CFG combination of the
     recomputed predictions). unet: ComfyUI's UNet with inference-tensor weights (cfg 3), which are the same
@@ -232,14 +237,14 @@ def test_through_model_gradient_matches_finite_differences(env, kind):
     import comfy.latent_formats
     import comfy.samplers
 
-    G, cnodes = env["G"], env["cnodes"]
+    G, cnodes = tiny_clip["G"], tiny_clip["cnodes"]
     if kind == "unet":
-        model, cfg = env["unet"], 3.0
+        model, cfg = tiny_clip["unet"], 3.0
     else:
         means = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
         model, cfg = H.demo_module().gmm_model(means, 0.3), 1.0
         model.model.latent_format = comfy.latent_formats.SD15()
-    clf = load(env, decode="linear", gradient="through_model")
+    clf = load(tiny_clip, decode="linear", gradient="through_model")
     w = torch.tensor([[0.0, 1.0, -0.5]]).expand(2, -1)
     through = G.ClassifierGuidance(clf.bind(model), w, G.ClassifierGuidanceConfig(), wants=clf.wants)
     detached = G.ClassifierGuidance(through.classifier, w, G.ClassifierGuidanceConfig(), wants=G.DENOISED_DETACHED)
@@ -287,11 +292,11 @@ def test_through_model_gradient_matches_finite_differences(env, kind):
 @pytest.mark.parametrize("decode,gradient,route", [("linear", "detached", "patch"), ("vae", "detached", "patch"),
                                                    ("linear", "through_model", "sampler"),
                                                    ("vae", "through_model", "patch")])
-def test_guidance_raises_the_target_logit(env, decode, gradient, route):
+def test_guidance_raises_the_target_logit(tiny_clip, decode, gradient, route):
     """Same seed guided vs unguided: the target label's CLIP logit (and probability) of the final image
     rises for every batch image; all under inference mode with ComfyUI's own VAE and UNet."""
-    unet, vae = env["unet"], env["vae"]
-    clf = load(env, decode=decode, gradient=gradient, cutouts=1)
+    unet, vae = tiny_clip["unet"], tiny_clip["vae"]
+    clf = load(tiny_clip, decode=decode, gradient=gradient, cutouts=1)
     unet_before, vae_before = weights_state(unet.model.diffusion_model), weights_state(vae.first_stage_model)
     assert all(inf for _, inf in unet_before + vae_before)  # loaded as ComfyUI loads: inference tensors
     ref = ksample(unet)
@@ -305,7 +310,7 @@ def test_guidance_raises_the_target_logit(env, decode, gradient, route):
             sig = H.run_node("BasicScheduler", model=unet, scheduler="normal", steps=6, denoise=1.0)[0]
             out = H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=3)[0], guider=guider,
                              sampler=sampler, sigmas=sig, latent_image=H.empty_latent(2, 16))[0]["samples"]
-    lr, lg = final_logits(env, clf, ref), final_logits(env, clf, out)
+    lr, lg = final_logits(tiny_clip, clf, ref), final_logits(tiny_clip, clf, out)
     rise = (lg[:, TARGET] - lr[:, TARGET]).tolist()
     p_ref, p_out = lr.softmax(-1)[:, TARGET], lg.softmax(-1)[:, TARGET]
     print(f"{decode}/{gradient}/{route}: target logit {lr[:, TARGET].tolist()} -> {lg[:, TARGET].tolist()}, "
@@ -317,13 +322,13 @@ def test_guidance_raises_the_target_logit(env, decode, gradient, route):
     assert weights_state(vae.first_stage_model) == vae_before
 
 
-def test_scale0_is_unguided_and_the_model_is_untouched(env):
+def test_scale0_is_unguided_and_the_model_is_untouched(tiny_clip):
     import copy
 
-    unet = env["unet"]
+    unet = tiny_clip["unet"]
     before = copy.deepcopy(unet.model_options)
     ref = ksample(unet, batch=1, steps=4)
-    clf = load(env, decode="vae", gradient="through_model")
+    clf = load(tiny_clip, decode="vae", gradient="through_model")
     out = ksample(H.run_node("GuidanceLabClassifierGuidance", model=unet, classifier=clf, **guide_args(scale=0.0))[0],
                   batch=1, steps=4)
     assert torch.equal(out, ref)
@@ -340,7 +345,7 @@ def family_latent(name, seed=0):
     return z.unsqueeze(2) if F.latent_dims(name) == 3 and z.ndim == 4 else z
 
 
-def test_linear_decode_is_each_familys_own_preview_map(env):
+def test_linear_decode_is_each_familys_own_preview_map(tiny_clip):
     """decode='linear' uses the family's own latent_rgb_factors (and bias): every frame of every item equals
     ComfyUI's linear preview formula, and item 0 / frame 0 ComfyUI's own Latent2RGBPreviewer image (uint8)."""
     import numpy as np
@@ -348,7 +353,7 @@ def test_linear_decode_is_each_familys_own_preview_map(env):
     from devkit import families as F
     import latent_preview
 
-    clf = load(env)
+    clf = load(tiny_clip)
     for name in F.FAMILIES:
         fmt = F.model(name).get_model_object("latent_format")
         rgb_map = clf.to_rgb(fmt)
@@ -368,7 +373,7 @@ def test_linear_decode_is_each_familys_own_preview_map(env):
         assert np.abs(ours - theirs).max() <= 1, name
 
 
-def test_video_latents_are_classified_frame_by_frame(env):
+def test_video_latents_are_classified_frame_by_frame(tiny_clip):
     """A 5-D latent: the logits are the mean of the frames' logits (each frame through the linear map and CLIP);
     Classifier Guidance with a CLIP classifier runs on a video family (Wan 2.1) and changes its result, and
     decode='vae' on video latents is refused before sampling."""
@@ -377,7 +382,7 @@ def test_video_latents_are_classified_frame_by_frame(env):
     name = "Wan 2.1 (video, 5-D)"
     model, fam = F.model(name), F.FAMILIES[name]
     fmt = model.get_model_object("latent_format")
-    clf = load(env, cutouts=1)
+    clf = load(tiny_clip, cutouts=1)
     classify = clf.bind(model)
     z = family_latent(name)
     sigma = torch.tensor([0.7, 0.7])
@@ -394,7 +399,9 @@ def test_video_latents_are_classified_frame_by_frame(env):
         out = H.run_node("KSampler", model=H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf,
                                                       **guide_args())[0], **run)[0]["samples"]
     assert out.shape == ref.shape and torch.isfinite(out).all() and (out - ref).abs().max() > 1e-4
-    with pytest.raises(env["errors"].GuidanceConfigError, match=r"decode='vae' on the model's video latent format "
-                                                                r"Wan21 \(\[B, C, T, H, W\]\) is not supported; use "
-                                                                r"decode='linear'"):
-        H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=load(env, decode="vae"), **guide_args())
+    with pytest.raises(tiny_clip["errors"].GuidanceConfigError,
+                       match=r"decode='vae' on the model's video latent format "
+                             r"Wan21 \(\[B, C, T, H, W\]\) is not supported; use "
+                             r"decode='linear'"):
+        H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=load(tiny_clip, decode="vae"),
+                   **guide_args())

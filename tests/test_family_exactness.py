@@ -29,6 +29,8 @@ import torch
 from devkit import comfy_host as H
 from devkit import families as F
 
+pytestmark = pytest.mark.comfy
+
 LABELS = ["a", "b", "c"]
 TAU = 0.3
 PRIORS = torch.tensor([0.5, 0.3, 0.2])
@@ -43,14 +45,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def env():
-    return {"demo": H.demo_module(), "gmm": H.pack_module("guidance_core.reference.gmm"),
-            "nodes": H.pack_module("nodes.classifier_nodes"), "P": H.pack_module("guidance_core.parameterization"),
-            "G": H.pack_module("guidance_core.classifier_guidance"),
-            "errors": H.pack_module("guidance_core.errors")}
 
 
 def family_objects(name):

@@ -41,6 +41,7 @@ def _tree_state(tree: str) -> dict:
     return state
 
 
+@pytest.mark.server
 def test_a_dev_kit_server_leaves_the_comfyui_tree_as_it_was(tmp_path):
     """A real server (the one scripts/run.sh and the server tests start) loads the pack and the demo nodes, and
     after it stops the tree holds exactly what it held before: no demo link in custom_nodes, no user settings, no
@@ -67,6 +68,7 @@ def test_a_dev_kit_server_leaves_the_comfyui_tree_as_it_was(tmp_path):
     assert leftovers(COMFY) == []
 
 
+@pytest.mark.core
 def test_a_server_with_its_own_base_directory_gets_only_the_packs_it_lacks(tmp_path):
     """A caller that gives --base-directory (the reliability checks) owns custom_nodes, user and temp there:
     the dev kit adds only the packs that folder lacks and no folder options of its own."""
@@ -91,6 +93,7 @@ def _broken_pack(folder) -> None:
             os.symlink(os.path.join(ROOT, name), folder / name)
 
 
+@pytest.mark.server
 def test_the_import_check_fails_exactly_when_the_packs_own_folder_fails(tmp_path):
     """ComfyUI's real start-up check (--quick-test-for-ci) on a custom_nodes folder with the pack, the demo nodes
     (which fail without the dev kit on PYTHONPATH, as a user runs ComfyUI) and a broken copy of the pack: the
@@ -115,12 +118,14 @@ def test_the_import_check_fails_exactly_when_the_packs_own_folder_fails(tmp_path
     assert "did not try to load" in import_problem(log, str(nodes / "not-there"))
 
 
+@pytest.mark.server
 def test_the_import_check_script_passes_on_the_tree_as_set_up(capsys):
     """scripts/import_check.py (what scripts/test.sh runs on each tree) on the tree under test: exit 0."""
     rc = import_check.main([COMFY, "--pythonpath", PYDEPS if os.path.isdir(PYDEPS) else ""])
     assert rc == 0, capsys.readouterr().out[-3000:]
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("kind", ["link", "folder"])
 def test_leftovers_name_what_is_not_comfyuis_or_set_ups(tmp_path, kind):
     """The leftover check (.ci/run, after the README's commands) on a tree like set-up's, with one more pack."""
@@ -138,6 +143,7 @@ def test_leftovers_name_what_is_not_comfyuis_or_set_ups(tmp_path, kind):
     assert len(found) == 1 and str(extra) in found[0], found
 
 
+@pytest.mark.comfy  # reads the ComfyUI trees set-up made
 def test_the_leftover_check_passes_on_this_checkout(capsys):
     """Every ComfyUI tree set-up made here holds nothing but ComfyUI's files and the pack's link."""
     assert check_leftovers.main() == 0, capsys.readouterr().out

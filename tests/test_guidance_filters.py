@@ -14,6 +14,8 @@ from devkit import families as F
 from devkit import guidance_references as R
 from devkit.cfg_helpers import custom_sample, ksample, our_guider, patch, post
 
+pytestmark = pytest.mark.comfy
+
 
 def gf():
     return H.pack_module("guidance_core.guidance_filters")

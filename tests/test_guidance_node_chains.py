@@ -14,6 +14,8 @@ from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import custom_sample, ksample, native_guider, one_step, our_guider, patch
 
+pytestmark = pytest.mark.comfy
+
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 SD35 = "SD3.5 (MMDiT, flow)"
 

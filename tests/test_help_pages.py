@@ -16,8 +16,6 @@ import pytest
 from devkit import comfy_host as H
 from devkit import frontends as FE
 
-from devkit.comfy_server import ComfyServer
-
 DOCS = os.path.join(H.ROOT, "web", "docs")
 PACK_MODULE = "custom_nodes.guidance-lab"
 
@@ -59,6 +57,7 @@ def inputs_of(info):
     return {name: spec for sect in ("required", "optional") for name, spec in info["input"].get(sect, {}).items()}
 
 
+@pytest.mark.comfy
 def test_every_registered_node_has_a_page_and_nothing_else():
     assert len(NODE_IDS) >= 13 and all(n.startswith("GuidanceLab") for n in NODE_IDS)
     pages = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(DOCS, "*.md"))}
@@ -69,6 +68,7 @@ def test_every_registered_node_has_a_page_and_nothing_else():
     assert mapped == set(NODE_IDS)
 
 
+@pytest.mark.comfy
 @pytest.mark.parametrize("node_id", NODE_IDS)
 def test_page_documents_the_schema(node_id):
     info = registered()[node_id]
@@ -100,6 +100,7 @@ def test_page_documents_the_schema(node_id):
     assert set(outs) == set(info["output_name"]), f"{node_id}: outputs {sorted(outs)} vs {info['output_name']}"
 
 
+@pytest.mark.comfy
 def test_readme_links_every_page():
     with open(os.path.join(H.ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
@@ -120,6 +121,7 @@ def frontend_sources(frontend, *markers):
     return "\n".join(text)
 
 
+@pytest.mark.comfy
 @pytest.mark.parametrize("frontend", FE.NAMES)
 def test_frontend_fetches_custom_node_help_from_the_web_directory(frontend):
     """The frontend's NodeHelpService asks /extensions/<pack>/docs/<name>/<locale>.md and then
@@ -154,13 +156,7 @@ def fetch(url):
         return e.code, e.headers.get("Content-Type", ""), ""
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ComfyServer(str(tmp_path_factory.mktemp("help-out"))).start()
-    yield srv
-    srv.stop()
-
-
+@pytest.mark.server
 def test_server_serves_every_page_where_the_frontend_looks(server):
     info = server.get("/object_info")
     ours = {k: v for k, v in info.items() if v.get("python_module") == PACK_MODULE}
@@ -186,37 +182,26 @@ def test_server_serves_every_page_where_the_frontend_looks(server):
 ARTIFACTS = os.path.join(H.ROOT, "test-artifacts", "help")
 
 
-@pytest.fixture(scope="module", params=FE.NAMES)
-def help_page(request, server, tmp_path_factory):
-    """A ComfyUI page (tests/test_web.py's Page) on the pinned and on the newest frontend."""
+@pytest.fixture(scope="module")
+def help_page(ui_server):
+    """A ComfyUI page (devkit.browser's Page) on the pinned and on the newest frontend (tests/conftest.py's
+    ui_server)."""
     from devkit import browser as W
 
-    frontend = FE.get(request.param)
     if not os.path.exists(W.CHROMIUM):
         pytest.skip(f"Debian chromium is not installed ({W.CHROMIUM}); scripts/test.sh installs it")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("the Python package playwright is not installed (requirements-dev.txt)")
-    if frontend.name == "pinned":
-        srv, own = server, False
-    else:
-        srv = ComfyServer(str(tmp_path_factory.mktemp(f"help-{frontend.name}")),
-                          extra_args=list(frontend.server_args)).start()
-        own = True
-    srv.frontend = frontend
     os.makedirs(ARTIFACTS, exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=W.CHROMIUM, args=W.BROWSER_ARGS)
-            pg = W.Page(browser, srv)
-            yield pg
-            with open(os.path.join(ARTIFACTS, f"console-{frontend.name}.json"), "w") as f:
-                json.dump(pg.log(), f, indent=1)
-            browser.close()
-    finally:
-        if own:
-            srv.stop()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=W.CHROMIUM, args=W.BROWSER_ARGS)
+        pg = W.Page(browser, ui_server)
+        yield pg
+        with open(os.path.join(ARTIFACTS, f"console-{ui_server.frontend.name}.json"), "w") as f:
+            json.dump(pg.log(), f, indent=1)
+        browser.close()
 
 
 def rendered_title(node_id):
@@ -224,6 +209,7 @@ def rendered_title(node_id):
     return page(node_id).splitlines()[0][2:].replace("`", "").strip()
 
 
+@pytest.mark.browser
 def test_help_panel_shows_every_page(help_page):
     """What a user does: select a node of the pack on the canvas, press the selection toolbox's info button. The
     frontend's help panel (1.32.9: in the node library sidebar; 1.58: the Info tab of the right-hand panel) fetches

@@ -19,6 +19,8 @@ import pytest
 from devkit import comfy_host as H
 from devkit import python_env
 
+pytestmark = pytest.mark.comfy
+
 CLIP_LOADER = "GuidanceLabCLIPClassifierLoader"
 MARK = "GL-CHILD-RESULT "
 

@@ -14,6 +14,8 @@ from devkit import comfy_host as H
 from devkit import sampling_forms as F
 from devkit.cfg_helpers import post
 
+pytestmark = pytest.mark.comfy
+
 LABELS = ["a", "b", "c"]
 TAU = 0.3
 PRIORS = torch.tensor([0.5, 0.3, 0.2])
@@ -22,7 +24,8 @@ NOISE_SCALE = F.NOISE_SCALE
 
 
 @pytest.fixture(scope="module")
-def env():
+def modules():
+    """ComfyUI's model_sampling module, the pack's sampling-form glue and its config error."""
     return {"MS": F.comfy_model_sampling(), "glue": H.pack_module("nodes.sampling_facts"),
             "err": H.pack_module("guidance_core.errors").GuidanceConfigError}
 
@@ -49,8 +52,8 @@ def check_exact(seen, gmm, alpha, c=1.0, min_steps=10):
 
 
 # ---------------------------------------------------------------- what the probe reads from ComfyUI's own classes
-def test_every_form_of_this_comfyui_is_read_from_the_object(env):
-    MS, glue = env["MS"], env["glue"]
+def test_every_form_of_this_comfyui_is_read_from_the_object(modules):
+    MS, glue = modules["MS"], modules["glue"]
     want = {  # class: (parameterization, noise, input scaling kind, prediction, inverse_noise_scaling)
         "EPS": ("eps", 1.0, "edm", "eps", "identity"), "V_PREDICTION": ("v", 1.0, "edm", "v", "identity"),
         "EDM": ("v", 1.0, "edm", "edm", "identity"), "X0": ("eps", 1.0, "edm", "x0", "identity"),
@@ -81,7 +84,7 @@ def test_every_form_of_this_comfyui_is_read_from_the_object(env):
 
 
 # ---------------------------------------------------------------- exact where x = alpha*x0 + c*sigma*eps
-def test_classifier_guidance_exact_with_noise_scale_8(env):
+def test_classifier_guidance_exact_with_noise_scale_8(modules):
     """CONST with noise_scale 8: x = (1 - sigma)*x0 + 8*sigma*eps; the guided D is E[x0 | x, y] at every step
     (it moved D by 1/64 of that amount when alpha and sigma were read from the class name)."""
     model, gmm = world("flow", noise=NOISE_SCALE)
@@ -96,28 +99,28 @@ def test_classifier_guidance_exact_with_noise_scale_8(env):
     torch.testing.assert_close(seen[0][0], float(seen[0][1][0]) * NOISE_SCALE * n, rtol=1e-5, atol=1e-5)
 
 
-def test_a_classifier_trained_without_the_noise_scale_is_refused(env):
+def test_a_classifier_trained_without_the_noise_scale_is_refused(modules):
     model, gmm = world("flow", noise=NOISE_SCALE)
     clf = loaded(gmm, "flow", F.flow_alpha)
-    with pytest.raises(env["err"], match=r"trained on noise of scale 1 \(noise_scale\).*"
+    with pytest.raises(modules["err"], match=r"trained on noise of scale 1 \(noise_scale\).*"
                                          r"CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps"):
         F.classifier_patch(F.noise_scaled(model), clf)
 
 
-def test_v_prediction_ddpm_exact(env):
+def test_v_prediction_ddpm_exact(modules):
     """V_PREDICTION_DDPM (CogVideoX): x = x0 + sigma*eps, the network reads x itself and predicts v."""
     model, gmm = F.v_ddpm_world(MEANS, TAU, PRIORS)
-    assert env["glue"].sampling_form(model.get_model_object("model_sampling")).name == "V_PREDICTION_DDPM"
+    assert modules["glue"].sampling_form(model.get_model_object("model_sampling")).name == "V_PREDICTION_DDPM"
     rec, seen = F.recorder(F.classifier_patch(model, loaded(gmm, "v", F.unit_alpha)))
     ksample(rec)
     check_exact(seen, gmm, F.unit_alpha, min_steps=12)
 
 
 # ---------------------------------------------------------------- refused before sampling, naming the form
-def counted_refusal(env, model, run, match):
+def counted_refusal(modules, model, run, match):
     counter = H.RowCounter(model)
     try:
-        with pytest.raises(env["err"], match=match):
+        with pytest.raises(modules["err"], match=match):
             run()
     finally:
         counter.close()
@@ -130,34 +133,34 @@ REFUSED = {"IMG_TO_IMG_FLOW": (F.img_to_img_flow, "IMG_TO_IMG_FLOW.*adds no nois
 
 
 @pytest.mark.parametrize("form", list(REFUSED))
-def test_forms_without_noise_or_unknown_are_refused_by_classifier_guidance(env, form):
+def test_forms_without_noise_or_unknown_are_refused_by_classifier_guidance(modules, form):
     base, gmm = world("flow")
     clf = loaded(gmm, "flow", F.flow_alpha)
     make, match = REFUSED[form]
     model = make(base)
     # at the node: the patch and the sampler wrapper
-    with pytest.raises(env["err"], match=r"classifier guidance needs x = alpha\*x0 \+ c\*sigma\*eps.*" + match):
+    with pytest.raises(modules["err"], match=r"classifier guidance needs x = alpha\*x0 \+ c\*sigma\*eps.*" + match):
         F.classifier_patch(model, clf)
-    with pytest.raises(env["err"], match=match):
+    with pytest.raises(modules["err"], match=match):
         H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **F.guidance_args(),
                    sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0])
     # the model sampling changed after the guidance node (patched on top): refused when sampling starts
     late = make(F.classifier_patch(base, clf))
-    counted_refusal(env, late, lambda: ksample(late), match)
+    counted_refusal(modules, late, lambda: ksample(late), match)
 
 
-def test_zero_init_is_refused_where_the_start_noise_does_not_exist(env):
+def test_zero_init_is_refused_where_the_start_noise_does_not_exist(modules):
     base = world("flow")[0]
     zero_init = post(zero_init_steps=1)
-    with pytest.raises(env["err"], match="zero_init_steps=1 is defined for flow models only.*img2img"):
+    with pytest.raises(modules["err"], match="zero_init_steps=1 is defined for flow models only.*img2img"):
         H.run_node("GuidanceLabCFGPatch", model=F.img_to_img_flow(base), neg_scale=0.0, post=zero_init)
     # the model sampling changed after the CFG patch: refused when sampling starts, naming the form
     for make, match in (REFUSED["IMG_TO_IMG_FLOW"], REFUSED["made-up"]):
         late = make(H.run_node("GuidanceLabCFGPatch", model=base, neg_scale=0.0, post=zero_init)[0])
-        counted_refusal(env, late, lambda m=late: ksample(m, cfg=3.0), r"zero_init_steps=1 \(CFG-Zero\* zero-init\).*" + match)
+        counted_refusal(modules, late, lambda m=late: ksample(m, cfg=3.0), r"zero_init_steps=1 \(CFG-Zero\* zero-init\).*" + match)
 
 
-def test_zero_init_with_noise_scale_8_starts_from_the_models_own_noise(env):
+def test_zero_init_with_noise_scale_8_starts_from_the_models_own_noise(modules):
     """CFG-Zero* zero-init solves the sampler's start noise from noise_scaling: with noise_scale 8 the first model
     call (after the skipped step) reads x_start = 8*n exactly."""
     model = F.noise_scaled(world("flow", noise=NOISE_SCALE)[0])
@@ -170,10 +173,11 @@ def test_zero_init_with_noise_scale_8_starts_from_the_models_own_noise(env):
     torch.testing.assert_close(seen[0][0], NOISE_SCALE * n, rtol=1e-5, atol=1e-5)
 
 
-def test_rescale_needing_alpha_is_refused_without_one_and_form_free_rescale_runs(env):
+def test_rescale_needing_alpha_is_refused_without_one_and_form_free_rescale_runs(modules):
     model = F.img_to_img_flow(world("flow")[0])
     for space in ("eps", "v"):
-        with pytest.raises(env["err"], match=rf"rescale_space='{space}' needs the model's alpha\(sigma\).*no noise"):
+        with pytest.raises(modules["err"],
+                           match=rf"rescale_space='{space}' needs the model's alpha\(sigma\).*no noise"):
             H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(rescale_phi=0.7, rescale_space=space))
 
     def run(space):
@@ -187,14 +191,14 @@ def test_rescale_needing_alpha_is_refused_without_one_and_form_free_rescale_runs
     assert torch.equal(auto, run("x0"))  # auto is the form-free x0 space where there is no alpha
 
 
-def test_train_classifier_refuses_forms_it_cannot_add_noise_for(env):
+def test_train_classifier_refuses_forms_it_cannot_add_noise_for(modules):
     """The trainer adds noise x = alpha*x0 + sigma*eps: a model with noise_scale 8, without noise or of no known
     form is refused when the latent cache's facts are read (before any image is encoded)."""
     facts = H.pack_module("nodes.training_nodes").cache_facts
     base = world("flow")[0]
-    with pytest.raises(env["err"], match=r"Train Classifier trains on noise.*CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps"):
+    with pytest.raises(modules["err"], match=r"Train Classifier trains on noise.*CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps"):
         facts(F.noise_scaled(base), LABELS, 32, "set")
     for make, match in REFUSED.values():
-        with pytest.raises(env["err"], match=match):
+        with pytest.raises(modules["err"], match=match):
             facts(make(base), LABELS, 32, "set")
     assert facts(base, LABELS, 32, "set")[0]["parameterization"] == "flow"

@@ -17,6 +17,8 @@ from devkit import families as F
 from devkit.cfg_helpers import custom_sample, ksample, our_guider, patch
 from devkit.lora import lora_state_dict, with_lora
 
+pytestmark = pytest.mark.comfy
+
 TOL = dict(rtol=0, atol=1e-5)
 SD35 = "SD3.5 (MMDiT, flow)"
 

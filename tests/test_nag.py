@@ -11,6 +11,8 @@ from devkit import families as F
 from devkit.cfg_helpers import NEG, POS, custom_sample, ksample, our_guider, patch
 from devkit.nag_reference import direct_nag, reference_model, reference_wan
 
+pytestmark = pytest.mark.comfy
+
 
 def nag_core():
     return H.pack_module("guidance_core.nag")

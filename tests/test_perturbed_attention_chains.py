@@ -16,6 +16,8 @@ from devkit.cfg_helpers import custom_sample, ksample, native_guider, our_guider
 from devkit.compat_matrix import (SDXL_MIDDLE_DEPTH, float64, middle_block_unets, pag_term, pag_then_sag,
                                   reference_pag, sag, comfy_pag_with_sag_row)
 
+pytestmark = pytest.mark.comfy
+
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 TOL = dict(rtol=0.0, atol=1e-5)
 CFG, STEPS = 5.0, 4

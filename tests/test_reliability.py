@@ -32,6 +32,7 @@ def res(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- 1. soak
+@pytest.mark.server
 def test_soak_memory_models_hooks_and_outputs(res):
     s = res["soak"]
     assert s["prompts"] >= 20 and s["prompts"] % s["cycle"] == 0, s["prompts"]
@@ -45,6 +46,7 @@ def test_soak_memory_models_hooks_and_outputs(res):
 
 
 # ---------------------------------------------------------------- 2. interrupts
+@pytest.mark.server
 def test_interrupts_leave_nothing_behind(res):
     it = res["interrupts"]
     assert it["count"] == R.QUICK["interrupts"] and it["interrupted"] == it["count"], it["rows"]
@@ -53,6 +55,7 @@ def test_interrupts_leave_nothing_behind(res):
 
 
 # ---------------------------------------------------------------- 3. files changed under the server
+@pytest.mark.server
 def test_files_changed_under_the_server(res):
     f = res["files"]
     cases = {r["case"] for r in f["rows"]}
@@ -68,6 +71,7 @@ def test_files_changed_under_the_server(res):
 
 
 # ---------------------------------------------------------------- 4. hostile requests
+@pytest.mark.server
 def test_hostile_requests(res):
     routes, inputs = res["fuzz_routes"], res["fuzz_inputs"]
     assert all(v["cases"] >= R.QUICK["fuzz_routes"] for v in routes["routes"].values()), routes["routes"]
@@ -80,6 +84,7 @@ def test_hostile_requests(res):
     assert not routes["failures"] and not inputs["failures"], routes["failures"] + inputs["failures"]
 
 
+@pytest.mark.server
 def test_every_string_input_checked_in_the_server_by_its_nodes(res):
     """Each free-text input, QUICK["fuzz_checks"] hypothesis values through the nodes that read it (in the server):
     accepted or the pack's error naming the field or the value; never another exception, never an escape."""
@@ -94,6 +99,7 @@ def test_every_string_input_checked_in_the_server_by_its_nodes(res):
     assert not R.hostile_failures(res), R.hostile_failures(res)
 
 
+@pytest.mark.server
 def test_no_file_outside_comfyui_folders_is_opened_or_read(res):
     rd = res["files_read"]
     assert rd["audit_selftest"] and rd["audited_events"] > 100, rd["audited_events"]
@@ -101,6 +107,7 @@ def test_no_file_outside_comfyui_folders_is_opened_or_read(res):
     assert not rd["outside"] and not rd["canaries_read"], (rd["outside"], rd["canaries_read"])
 
 
+@pytest.mark.core
 def test_block_index_of_thousands_of_digits_is_the_packs_error():
     """'middle.' + 5000 digits failed with Python's int() ValueError (its 4300-digit limit) instead of the pack's
     message (found by the in-server fuzzing of pag_blocks)."""
@@ -110,6 +117,7 @@ def test_block_index_of_thousands_of_digits_is_the_packs_error():
 
 
 
+@pytest.mark.server
 def test_out_of_range_keyframe_values_are_refused(res):
     """A keyframe value outside the multiplier range (-100..100, the widgets' range) is refused: '0:1e39' sampled
     with a guidance scale of 1e39 and saved a wrong image before (found by this fuzzing)."""
@@ -118,6 +126,7 @@ def test_out_of_range_keyframe_values_are_refused(res):
 
 
 # ---------------------------------------------------------------- 5. determinism
+@pytest.mark.server
 def test_determinism_across_runs_and_a_restart(res):
     d = res["determinism"]
     assert d["restart_checked"] >= 2 and res["reference"]["prompts"] >= 2 * len(d["workflows"])
@@ -135,6 +144,7 @@ def _rewrite(tmp_path, meta_edit=None, tensor_edit=None, name="c.safetensors"):
     return str(path)
 
 
+@pytest.mark.core
 def test_io_refuses_nan_weights_naming_the_file_and_tensor(tmp_path):
     def nan(t):
         k = sorted(t)[0]
@@ -146,6 +156,7 @@ def test_io_refuses_nan_weights_naming_the_file_and_tensor(tmp_path):
         gio.load_classifier(_rewrite(tmp_path, tensor_edit=nan))
 
 
+@pytest.mark.core
 def test_io_refuses_a_huge_config_before_allocating(tmp_path):
     path = _rewrite(tmp_path, meta_edit=lambda g: dict(g, config=dict(g["config"], base_channels=1 << 20)))
     with pytest.raises(gio.ClassifierFileError, match=r"c\.safetensors: its config asks for \d+ parameters"):
@@ -158,6 +169,7 @@ def test_io_refuses_a_huge_config_before_allocating(tmp_path):
         gio.load_classifier(path)
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("edit, message", [
     (dict(labels=5), r"labels=5; expected a non-empty list"),
     (dict(labels=[]), r"labels=\[\]; expected a non-empty list"),
@@ -173,6 +185,7 @@ def test_io_refuses_metadata_of_the_wrong_type(tmp_path, edit, message):
         gio.read_metadata(path)
 
 
+@pytest.mark.core
 def test_io_refuses_oversized_headers_and_label_lists_unparsed(tmp_path):
     big = tmp_path / "big.safetensors"
     raw = json.dumps({"__metadata__": {"guidance_lab": "x" * (files.MAX_HEADER_BYTES + 1)}}).encode()
@@ -187,6 +200,7 @@ def test_io_refuses_oversized_headers_and_label_lists_unparsed(tmp_path):
     assert len(meta["labels"]) == 10 and all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
+@pytest.mark.core
 def test_traceback_detection_is_a_traceback_not_the_word():
     """A Python traceback in an answer is a failure; a fuzzed request that holds the word "Traceback" and is echoed
     by an error naming the bad value is not (found by the full run: a JSON key 'Traceback' sent to the schedule
@@ -202,6 +216,7 @@ def test_traceback_detection_is_a_traceback_not_the_word():
     assert not R.has_traceback('{"error": "kind=\'Traceback (most\' is not a schedule kind"}')
 
 
+@pytest.mark.core
 def test_the_reports_error_excerpt_keeps_the_file_name():
     """The files check records an excerpt of each error; a long message whose file name comes late (ComfyUI 0.33's
     validation errors quote the whole input first) keeps the part that names the file, a short one is whole."""

@@ -9,6 +9,8 @@ from guidance_core import cfg as C
 from guidance_core import schedules as S
 from guidance_core.errors import GuidanceConfigError
 
+pytestmark = pytest.mark.core
+
 finite = st.floats(min_value=-50, max_value=50, allow_nan=False)
 pos_sigma = st.floats(min_value=1e-3, max_value=200, allow_nan=False)
 

@@ -13,6 +13,8 @@ import tomllib
 
 import pytest
 
+pytestmark = pytest.mark.core
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALWAYS_OUT = {".git", ".venv", ".comfyui", "__pycache__", ".hypothesis", "out"}
 

@@ -12,13 +12,13 @@ from devkit.cfg_helpers import custom_sample, ksample, our_guider, patch, post, 
 from devkit.sampler_steps import mixed_steps, rows_by_step, sampler_step
 from guidance_core import schedules as S
 
+pytestmark = pytest.mark.comfy
+
 SAMPLERS = ["heun", "dpm_2", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "uni_pc"]
 STEPS = 5
 
 
-@pytest.fixture(scope="module")
-def models():
-    return {k: H.tiny_model(k, seed=i) for i, k in enumerate(["eps", "flow"])}
+MODEL_KINDS = ("eps", "flow")  # the tiny models of the `models` fixture (tests/conftest.py)
 
 
 def guided_steps(by_step: dict, guided_rows: int = 2) -> list:

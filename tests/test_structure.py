@@ -9,6 +9,10 @@ import os
 import re
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.core
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("guidance_core", "nodes", "devkit", "bench", "scripts", "tests")
 SYS_PATH_HOME = os.path.join("devkit", "comfy_host.py")

@@ -8,6 +8,8 @@ from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import EMPTY, OTHER, custom_sample, ksample, native_guider, one_step, our_guider, patch, schedule
 
+pytestmark = pytest.mark.comfy
+
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -25,8 +27,9 @@ def f64(patcher):
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {k: f64(H.tiny_model(k, seed=i)) for i, k in enumerate(["eps", "v", "flow"])}
+def models(models):
+    """The tiny eps, v and flow models of tests/conftest.py, in float64."""
+    return {k: f64(m) for k, m in models.items()}
 
 
 def perturbed(mode="pag", weight=3.0, blocks="", seg_sigma=10.0, **kw):

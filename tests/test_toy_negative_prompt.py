@@ -3,7 +3,11 @@ stored results file, with its rows counted and its reading true of those numbers
 import json
 import os
 
+import pytest
+
 from devkit import comfy_host as H
+
+pytestmark = pytest.mark.core
 
 RESULTS = os.path.join(H.ROOT, "docs", "toy_nag_fashion_diffusion_distilled.json")
 

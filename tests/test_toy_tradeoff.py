@@ -14,6 +14,7 @@ from bench.toy import metrics as M
 HAS_DATA = os.path.exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 
+@pytest.mark.core
 def test_frechet_distance_matches_the_gaussian_closed_form():
     g = torch.Generator().manual_seed(0)
     d, n = 4, 200_000
@@ -26,6 +27,7 @@ def test_frechet_distance_matches_the_gaussian_closed_form():
     assert abs(M.frechet_distance(a, a)) < 1e-6
 
 
+@pytest.mark.core
 def test_precision_recall_of_identical_disjoint_and_collapsed_sets():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(500, 8, generator=g)
@@ -37,6 +39,8 @@ def test_precision_recall_of_identical_disjoint_and_collapsed_sets():
     assert p == 1.0 and r < 0.05
 
 
+@pytest.mark.comfy
+@pytest.mark.slow_sweep
 @pytest.mark.skipif(not HAS_DATA, reason="apt-get install dataset-fashion-mnist (scripts/install_apt.sh)")
 def test_quick_mode_shows_the_papers_directions(tmp_path):
     from bench.toy import tradeoff

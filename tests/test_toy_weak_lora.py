@@ -23,6 +23,7 @@ def _meta():
         return f.metadata() or {}
 
 
+@pytest.mark.core
 def test_weak_lora_file_fits_2mb_and_records_its_command():
     from bench.toy import make_weak_lora as W
 
@@ -45,6 +46,7 @@ def _strong_and_clone(caplog):
     return strong, clone
 
 
+@pytest.mark.comfy
 def test_weak_lora_loads_as_a_clone_sharing_the_network_and_matches_its_recorded_fidelity(caplog):
     import torch
 
@@ -66,6 +68,7 @@ def test_weak_lora_loads_as_a_clone_sharing_the_network_and_matches_its_recorded
     assert torch.isfinite(torch.tensor(err))
 
 
+@pytest.mark.comfy
 def test_autoguidance_with_the_lora_follows_the_separate_weak_model(caplog):
     """Same seed, few steps: the LoRA term's samples are far nearer the separate weak model's than either is to the
     unguided samples (the guidance the term adds is the weak model's)."""
@@ -83,6 +86,7 @@ def test_autoguidance_with_the_lora_follows_the_separate_weak_model(caplog):
     assert world.weak_lora().model is world.model.model
 
 
+@pytest.mark.core
 @pytest.mark.skipif(not os.path.exists(RESULTS), reason="docs/toy_weak_lora.json not written yet")
 def test_stored_comparison_table_holds_the_results_numbers():
     from bench.toy import weak_lora_report as R

@@ -13,12 +13,15 @@ from devkit import comfy_host as H
 from devkit import families
 from devkit import wan_vae
 
+pytestmark = pytest.mark.comfy
+
 SIZES = (4, 16, 20)  # below, at and above the trainer's encode chunk (ENCODE_BATCH = 16)
 LABELS = ("a", "b")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def stills(tmp_path_factory):
+    """Folders of labeled still images (input/stills_<n>), a tiny Wan 2.1 VAE and the pack's trainer modules."""
     root = tmp_path_factory.mktemp("gl-train-wan")
     rng = np.random.default_rng(0)
     for n in SIZES:
@@ -33,23 +36,24 @@ def env(tmp_path_factory):
                "DS": H.pack_module("guidance_core.datasets"), "alone": {}}
 
 
-def train(env, model, n, output_name, steps=3):
+def train(stills, model, n, output_name, steps=3):
     with torch.inference_mode():  # as ComfyUI runs nodes
-        return H.run_node("GuidanceLabTrainClassifier", model=model, vae=env["vae"], dataset=f"stills_{n}",
+        return H.run_node("GuidanceLabTrainClassifier", model=model, vae=stills["vae"], dataset=f"stills_{n}",
                           output_name=output_name, steps=steps, batch_size=4, lr=1e-3, seed=0, resolution=32,
                           sigma_distribution="log_uniform", class_balance=False, width=8)
 
 
-def each_image_alone(env, model, n):
+def each_image_alone(stills, model, n):
     """The sampler-space latents of the dataset's images, each encoded by itself (one call per image) and
     passed through the model's latent format as the sampler holds an image: [N, C, H, W]."""
-    if n not in env["alone"]:
-        items, _ = env["DS"].scan_dataset(str(env["root"] / "input" / f"stills_{n}"))
+    if n not in stills["alone"]:
+        items, _ = stills["DS"].scan_dataset(str(stills["root"] / "input" / f"stills_{n}"))
         with torch.inference_mode():
-            env["alone"][n] = torch.cat([env["vae"].encode(torch.from_numpy(env["DS"].load_image(path, 32))[None])
-                                         .float().cpu() for path, _ in items])
+            stills["alone"][n] = torch.cat([
+                stills["vae"].encode(torch.from_numpy(stills["DS"].load_image(path, 32))[None]).float().cpu()
+                for path, _ in items])
     fmt = model.get_model_object("latent_format")
-    raw = env["alone"][n]
+    raw = stills["alone"][n]
     assert raw.shape == (n, 16, 1, 4, 4), raw.shape  # the Wan VAE: one latent frame per still image
     if int(getattr(fmt, "latent_dimensions", 2)) == 2:
         raw = raw[:, :, 0]
@@ -76,25 +80,25 @@ class EncoderCalls:
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_qwen_image_trains_on_stills_and_caches_one_latent_each(env, n):
+def test_qwen_image_trains_on_stills_and_caches_one_latent_each(stills, n):
     model = families.model("Qwen-Image (MMDiT, Wan latents)")
-    with EncoderCalls(env["vae"]) as enc:
-        clf, _, report = train(env, model, n, f"wan_stills_{n}")
+    with EncoderCalls(stills["vae"]) as enc:
+        clf, _, report = train(stills, model, n, f"wan_stills_{n}")
     assert enc.calls >= n  # every image went through the real encoder (one frame each)
     cache_path = json.loads(report)["latent_cache"]
-    tensors = env["DS"].load_latent_cache(cache_path)[0]
+    tensors = stills["DS"].load_latent_cache(cache_path)[0]
     assert tensors["latents"].shape == (n, 16, 4, 4)
     assert tensors["labels"].tolist() == [0] * (n // 2) + [1] * (n // 2)
-    torch.testing.assert_close(tensors["latents"], each_image_alone(env, model, n), rtol=0, atol=1e-6)
+    torch.testing.assert_close(tensors["latents"], each_image_alone(stills, model, n), rtol=0, atol=1e-6)
     assert clf.labels == list(LABELS)
-    assert (env["root"] / "classifiers" / f"wan_stills_{n}.safetensors").exists()
+    assert (stills["root"] / "classifiers" / f"wan_stills_{n}.safetensors").exists()
     # the same data again: latents come from the cache, the VAE encodes nothing
-    with EncoderCalls(env["vae"]) as enc:
-        report_again = train(env, model, n, f"wan_stills_{n}_again", steps=2)[2]
+    with EncoderCalls(stills["vae"]) as enc:
+        report_again = train(stills, model, n, f"wan_stills_{n}_again", steps=2)[2]
     assert enc.calls == 0 and json.loads(report_again)["latent_cache"] == cache_path
 
 
-def test_wan21_model_trains_on_stills_progress_counts_images(env):
+def test_wan21_model_trains_on_stills_progress_counts_images(stills):
     """Wan 2.1 itself (samples [B, 16, T, H, W]; an image is T = 1), 20 images: more than one encode chunk. The
     encode progress bar runs over images (20), not over VAE calls or chunks."""
     import comfy.utils
@@ -103,27 +107,27 @@ def test_wan21_model_trains_on_stills_progress_counts_images(env):
     old = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
-        report = json.loads(train(env, families.model("Wan 2.1 (video, 5-D)"), 20, "wan21_stills")[2])
+        report = json.loads(train(stills, families.model("Wan 2.1 (video, 5-D)"), 20, "wan21_stills")[2])
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
     encode = [v for v, t in seen if t == 20]
     assert encode and encode[-1] == 20 and encode == sorted(encode), seen
     assert [v for v, t in seen if t == 3][-1] == 3, seen  # then the 3 training steps
-    latents = env["DS"].load_latent_cache(report["latent_cache"])[0]["latents"]
-    torch.testing.assert_close(latents, each_image_alone(env, families.model("Wan 2.1 (video, 5-D)"), 20),
+    latents = stills["DS"].load_latent_cache(report["latent_cache"])[0]["latents"]
+    torch.testing.assert_close(latents, each_image_alone(stills, families.model("Wan 2.1 (video, 5-D)"), 20),
                                rtol=0, atol=1e-6)
 
 
-def test_image_model_with_a_video_vae(env):
+def test_image_model_with_a_video_vae(stills):
     """A model sampling [B, C, H, W] (SD3.5, 16 channels) given a video VAE's one-frame latents: the frame axis is
     dropped before the model's latent format is applied, as for a 2-D VAE."""
     model = families.model("SD3.5 (MMDiT, flow)")
-    report = json.loads(train(env, model, 4, "sd35_wan_vae", steps=2)[2])
-    latents = env["DS"].load_latent_cache(report["latent_cache"])[0]["latents"]
-    torch.testing.assert_close(latents, each_image_alone(env, model, 4), rtol=0, atol=1e-6)
+    report = json.loads(train(stills, model, 4, "sd35_wan_vae", steps=2)[2])
+    latents = stills["DS"].load_latent_cache(report["latent_cache"])[0]["latents"]
+    torch.testing.assert_close(latents, each_image_alone(stills, model, 4), rtol=0, atol=1e-6)
 
 
-def test_video_vae_is_told_apart(env):
-    TN = env["TN"]
-    assert TN.encodes_batch_as_time(env["vae"])
+def test_video_vae_is_told_apart(stills):
+    TN = stills["TN"]
+    assert TN.encodes_batch_as_time(stills["vae"])
     assert not TN.encodes_batch_as_time(H.tiny_vae(16, seed=1))

@@ -31,16 +31,15 @@ from guidance_core import preview as PV
 from guidance_core import schedules as S
 from guidance_core.classifiers.noise_aware import ClassifierConfig, NoiseAwareClassifier
 
-from devkit.comfy_server import ComfyServer
-
 JS = os.path.join(H.ROOT, "web", "js", "guidance_lab.js")
 LABELS = ["cat", "dog", "ship"]
 EXT_URL = "/extensions/guidance-lab/js/guidance_lab.js"
 CURVE_RGB = (0x4F, 0xC3, 0xF7)  # the first series' colour in guidance_lab.js
 
 
-# ---------------------------------------------------------------- core: preview sigmas
+# ---------------------------------------------------------------- preview sigmas
 
+@pytest.mark.comfy
 @pytest.mark.parametrize("steps", [1, 2, 5, 20, 33, 200])
 def test_preview_sigmas_equal_comfyui_normal_scheduler(steps):
     H.boot()
@@ -55,6 +54,7 @@ def test_preview_sigmas_equal_comfyui_normal_scheduler(steps):
     assert (lo, hi) == pytest.approx((float(ms.sigma_min), float(ms.sigma_max)), rel=1e-6)
 
 
+@pytest.mark.core
 def test_preview_sigmas_log_spaced_and_errors():
     sig, lo, hi = PV.preview_sigmas(4, 0.1, 10.0)
     assert sig == pytest.approx([10.0, 10 ** (1 / 3), 10 ** (-1 / 3), 0.1, 0.0]) and (lo, hi) == (0.1, 10.0)
@@ -66,6 +66,7 @@ def test_preview_sigmas_log_spaced_and_errors():
         PV.preview_sigmas(4, 0.1, None)
 
 
+@pytest.mark.comfy
 def test_node_builds_the_same_schedule_as_from_fields():
     out = H.run_node("GuidanceLabSchedule", kind="keyframes", axis="sigma", start=1.0, end=0.0, exponent=2.0,
                      sigma_lo=0.28, sigma_hi=5.42, inside=1.0, outside=0.0, keyframes="0:1, 0.5:0.2, 1:0")[0]
@@ -73,6 +74,7 @@ def test_node_builds_the_same_schedule_as_from_fields():
     assert dataclasses.asdict(out) == dataclasses.asdict(ref)
 
 
+@pytest.mark.comfy
 def test_routes_register_once_and_not_without_a_server():
     H.boot()
     from aiohttp import web
@@ -106,41 +108,21 @@ def models_yaml(tmp_path_factory):
     return yaml
 
 
-def start_server(outdir, frontend, extra_args=()):
-    """A ComfyUI server that serves `frontend` (devkit/frontends.py); srv.frontend names it."""
-    srv = ComfyServer(str(outdir), extra_args=[*extra_args, *frontend.server_args]).start()
-    srv.frontend = frontend
-    return srv
-
-
-def stop_and_check_log(srv):
-    srv.stop()
-    with open(srv.log_path) as f:
-        log = f.read()
-    assert not [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
-    # the extension imports no deprecated frontend module (ComfyUI logs a warning when one is fetched)
-    assert "DEPRECATION WARNING" not in log, [ln for ln in log.splitlines() if "DEPRECATION" in ln]
+@pytest.fixture(scope="module")
+def start_server(start_server, models_yaml):
+    """The servers of the route and browser tests (tests/conftest.py's `server` and `ui_server`) read models_yaml."""
+    return lambda folder, frontend: start_server(folder, frontend, ["--extra-model-paths-config", str(models_yaml)])
 
 
 @pytest.fixture(scope="module")
-def server(models_yaml):
-    """The server of the route tests (and of the browser tests on the pinned frontend)."""
-    srv = start_server(models_yaml.parent / "out", FE.pinned(), ["--extra-model-paths-config", str(models_yaml)])
-    yield srv
-    stop_and_check_log(srv)
+def stop_server(stop_server):
+    def stop(srv):
+        log = stop_server(srv)
+        assert not [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
+        # the extension imports no deprecated frontend module (ComfyUI logs a warning when one is fetched)
+        assert "DEPRECATION WARNING" not in log, [ln for ln in log.splitlines() if "DEPRECATION" in ln]
 
-
-@pytest.fixture(scope="module", params=FE.NAMES)
-def ui_server(request, server, models_yaml):
-    """The server of the browser tests, once per frontend (pinned: the route tests' server)."""
-    frontend = FE.get(request.param)
-    if frontend.name == "pinned":
-        yield server
-        return
-    srv = start_server(models_yaml.parent / f"out-{frontend.name}", frontend,
-                       ["--extra-model-paths-config", str(models_yaml)])
-    yield srv
-    stop_and_check_log(srv)
+    return stop
 
 
 def request(srv, method, path, body=None, raw: bytes | None = None):
@@ -174,6 +156,7 @@ SCHEDULES = [
 ]
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("fields", SCHEDULES, ids=[f"{d['kind']}-{d.get('axis', 'progress')}" for d in SCHEDULES])
 @pytest.mark.parametrize("steps", [1, 7, 30])
 def test_schedule_route_equals_the_core(server, fields, steps):
@@ -184,6 +167,7 @@ def test_schedule_route_equals_the_core(server, fields, steps):
     assert body["values"] == S.step_values(S.from_fields(**fields), sigmas, lo, hi)  # exactly, same code
 
 
+@pytest.mark.server
 def test_schedule_route_equals_sampling_on_comfyui_sigmas(server):
     """The plotted values are what the sampler applies: ComfyUI's own sigmas for a normal-scheduler run
     on the default discrete model, evaluated as a sampling step does (S.value with the model range)."""
@@ -201,6 +185,7 @@ def test_schedule_route_equals_sampling_on_comfyui_sigmas(server):
         assert status == 200 and body["values"] == pytest.approx(applied, abs=1e-3), fields
 
 
+@pytest.mark.server
 def test_schedule_route_marks_adaptive_schedules(server):
     """An adaptive schedule is plotted at its value until it stops, with the stopping rule in a note (the frontend
     draws it dashed): where it stops is known only while sampling. Other kinds carry no note."""
@@ -210,6 +195,7 @@ def test_schedule_route_marks_adaptive_schedules(server):
     assert "note" not in request(server, "POST", "/guidance_lab/schedule", {"kind": "linear", "steps": 6})[1]
 
 
+@pytest.mark.server
 def test_schedule_route_custom_sigma_range(server):
     status, body = request(server, "POST", "/guidance_lab/schedule",
                            {"kind": "linear", "axis": "sigma", "steps": 5, "sigma_min": 0.002, "sigma_max": 80.0})
@@ -218,6 +204,7 @@ def test_schedule_route_custom_sigma_range(server):
     assert body["sigmas"] == sig and body["values"] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("body, message", [
     ({"kind": "interval", "sigma_lo": 6.0, "sigma_hi": 5.0}, "sigma_lo=6.0 is greater than sigma_hi=5.0"),
     ({"kind": "spline"}, "schedule kind='spline'; accepted: constant, linear"),
@@ -241,6 +228,7 @@ def test_schedule_route_bad_input_is_400_json(server, body, message):
     assert status == 400 and message in out["error"], out
 
 
+@pytest.mark.server
 def test_schedule_route_non_json_and_nan(server):
     status, out = request(server, "POST", "/guidance_lab/schedule", raw=b"kind=linear")
     assert status == 400 and "not JSON" in out["error"]
@@ -250,6 +238,7 @@ def test_schedule_route_non_json_and_nan(server):
 
 # ---------------------------------------------------------------- classifier label route
 
+@pytest.mark.server
 def test_labels_of_a_classifier(server):
     assert labels(server, "tiny.safetensors") == (200, {
         "name": "tiny.safetensors", "labels": LABELS, "latent_channels": 4, "parameterization": "eps",
@@ -258,11 +247,13 @@ def test_labels_of_a_classifier(server):
     assert status == 200 and body["labels"] == ["a", "b", "c"]
 
 
+@pytest.mark.server
 def test_unknown_classifier_is_404_json(server):
     status, body = labels(server, "nope.safetensors")
     assert status == 404 and "'nope.safetensors' not found" in body["error"]
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("name, reason", [
     ("../tiny.safetensors", "contains '..'"),
     ("sub/../tiny.safetensors", "contains '..'"),
@@ -281,6 +272,7 @@ def test_unsafe_classifier_names_are_refused(server, name, reason):
     assert status == 400 and reason in body["error"], body
 
 
+@pytest.mark.server
 def test_absolute_path_to_a_real_classifier_is_refused(server, tmp_path):
     net = NoiseAwareClassifier(ClassifierConfig(in_channels=4, num_classes=3, base_channels=16))
     outside = gio.save_classifier(str(tmp_path / "elsewhere.safetensors"), net, {
@@ -290,6 +282,7 @@ def test_absolute_path_to_a_real_classifier_is_refused(server, tmp_path):
     assert status == 400 and "absolute path" in body["error"]
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("name, message", [
     ("old.ckpt", "pickled checkpoints"),
     ("disguised.safetensors", "is a pickle/zip checkpoint, not safetensors; refused"),
@@ -302,6 +295,7 @@ def test_files_that_are_not_classifiers_are_422_json(server, name, message):
 
 # ---------------------------------------------------------------- the extension file
 
+@pytest.mark.core
 def test_extension_imports_only_the_app_module():
     with open(JS) as f:
         src = f.read()
@@ -311,6 +305,7 @@ def test_extension_imports_only_the_app_module():
     assert "import(" not in src  # no dynamic imports either
 
 
+@pytest.mark.server
 def test_extension_is_served(server):
     assert EXT_URL in server.get("/extensions")
     with urllib.request.urlopen(server.url + EXT_URL, timeout=30) as r:
@@ -359,6 +354,7 @@ def page(browser, ui_server, request):
     pg.close(request.node.name)
 
 
+@pytest.mark.browser
 def test_plot_draws_and_follows_widgets_classic_renderer(page):
     page.setup_graph(vue=False)
     sched = page.add_node("GuidanceLabSchedule", 90, 150)
@@ -422,6 +418,7 @@ def test_plot_draws_and_follows_widgets_classic_renderer(page):
     assert page.js("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'preview steps').value", sched) == 7
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("vue", [False, True], ids=["classic", "vue"])
 def test_plot_on_nodes_that_take_a_schedule_and_label_picker(page, vue):
     page.setup_graph(vue=vue)
@@ -466,6 +463,7 @@ def test_plot_on_nodes_that_take_a_schedule_and_label_picker(page, vue):
     page.check_console()
 
 
+@pytest.mark.browser
 def test_plot_in_the_vue_node_renderer(page):
     page.setup_graph(vue=True)
     sched = page.add_node("GuidanceLabSchedule", 120, 120)

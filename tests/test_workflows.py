@@ -27,12 +27,11 @@ from PIL import Image, ImageStat
 
 from devkit import comfy_host as H
 from devkit.compat_doc import comfyui_version_of_tree
-from devkit import frontends as FE
 
 from scripts import make_workflows as MW
 from devkit import workflow_api as WA
 from devkit import workflow_run as WR
-from devkit.comfy_server import COMFY, ComfyServer, import_problem
+from devkit.comfy_server import COMFY, import_problem
 
 EXAMPLES = os.path.join(H.ROOT, "example_workflows")
 ARTIFACTS = os.path.join(H.ROOT, "test-artifacts", "workflows")
@@ -69,38 +68,24 @@ def _models(base):
     return models, yaml
 
 
-def _start(base, frontend):
-    models, yaml = _models(base)
-    srv = ComfyServer(str(base / f"out-{frontend.name}"),
-                      extra_args=["--extra-model-paths-config", str(yaml), *frontend.server_args]).start()
-    srv.models, srv.frontend = models, frontend
-    return srv
+@pytest.fixture(scope="module")
+def start_server(start_server):
+    """The servers (tests/conftest.py's `server` and `ui_server`) read a models folder of their own (srv.models)."""
+    def start(base, frontend):
+        models, yaml = _models(base)
+        srv = start_server(base / f"out-{frontend.name}", frontend, ["--extra-model-paths-config", str(yaml)])
+        srv.models = models
+        return srv
 
-
-def _stop(srv):
-    srv.stop()
-    with open(srv.log_path) as f:
-        log = f.read()
-    assert import_problem(log, os.path.join(COMFY, "custom_nodes", PACK)) is None
+    return start
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = _start(tmp_path_factory.mktemp("workflows"), FE.pinned())
-    yield srv
-    _stop(srv)
+def stop_server(stop_server):
+    def stop(srv):
+        assert import_problem(stop_server(srv), os.path.join(COMFY, "custom_nodes", PACK)) is None
 
-
-@pytest.fixture(scope="module", params=FE.NAMES)
-def ui_server(request, server, tmp_path_factory):
-    """The server of the browser tests, once per frontend (devkit/frontends.py; pinned: the server above)."""
-    frontend = FE.get(request.param)
-    if frontend.name == "pinned":
-        yield server
-        return
-    srv = _start(tmp_path_factory.mktemp(f"workflows-{frontend.name}"), frontend)
-    yield srv
-    _stop(srv)
+    return stop
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +111,7 @@ def _outputs_only_this_version_declares(generated: dict, saved: dict) -> tuple[d
     return generated, extra
 
 
+@pytest.mark.server
 def test_files_are_generated_and_up_to_date(object_info):
     """The files are what scripts/make_workflows.py makes from this server's /object_info: exactly on the ComfyUI
     they are made on; on another version, less output slots that a core node of that version adds unlinked (read
@@ -144,6 +130,7 @@ def test_files_are_generated_and_up_to_date(object_info):
         assert saved == wf, f"{name}.json is out of date: run .venv/bin/python -m scripts.make_workflows"
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_is_consistent_and_validates(name, object_info):
     wf = load(name)
@@ -161,6 +148,7 @@ def test_workflow_is_consistent_and_validates(name, object_info):
     assert controls == []
 
 
+@pytest.mark.server
 def test_validator_finds_mistakes(object_info):
     """The checks above can fail: wrong values, types, links and missing files are reported."""
     wf = load("toy_cfg_patch_ksampler")
@@ -190,6 +178,7 @@ def test_validator_finds_mistakes(object_info):
     assert any(e.startswith("link 1: type IMAGE") for e in errors), errors
 
 
+@pytest.mark.server
 def test_converter_handles_frontend_only_nodes(object_info):
     """Reroute, PrimitiveNode, muted and bypassed nodes, a linked widget input, dict widget values."""
     wf = copy.deepcopy(load("toy_cfg_patch_ksampler"))
@@ -230,6 +219,7 @@ def test_converter_handles_frontend_only_nodes(object_info):
         WA.ui_to_api({"nodes": [{"id": 1, "type": "NoSuchNode"}], "links": []}, object_info)
 
 
+@pytest.mark.core
 def test_thumbnails_and_readme():
     with open(os.path.join(EXAMPLES, "README.md")) as f:
         readme = f.read()
@@ -248,6 +238,7 @@ def test_thumbnails_and_readme():
     assert sorted(f for f in os.listdir(EXAMPLES) if not f.endswith((".json", ".jpg"))) == ["README.md"]
 
 
+@pytest.mark.server
 def test_server_lists_the_templates(server):
     assert sorted(server.get("/workflow_templates")[PACK]) == NAMES
     for name in ("toy_cfg_patch_ksampler.json", "toy_cfg_patch_ksampler.jpg"):
@@ -263,6 +254,7 @@ def _batch(wf):
     return next(n["widgets_values"][2] for n in wf["nodes"] if n["type"] == "EmptyLatentImage")
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("name", TOY)
 def test_toy_workflow_runs_and_writes_images(name, server, object_info):
     wf = load(name)
@@ -278,6 +270,7 @@ def test_toy_workflow_runs_and_writes_images(name, server, object_info):
             assert hi - lo > 100 and ImageStat.Stat(gray).stddev[0] > 25, (p, lo, hi)
 
 
+@pytest.mark.server
 def test_main_command_runs_every_toy_workflow(tmp_path):
     """The README's main command, as a user runs it (bash scripts/run.sh OUTDIR): every toy workflow
     writes its images, and the contact sheet is written."""
@@ -295,6 +288,7 @@ def test_main_command_runs_every_toy_workflow(tmp_path):
         assert sheet.size[0] > 512 and sheet.size[1] >= 96 * len(TOY)
 
 
+@pytest.mark.server
 def test_sd15_workflows_pass_comfyuis_own_validation(server):
     """With empty stand-ins for the user's model files, POST /prompt accepts every Stable Diffusion workflow
     (ComfyUI's validate_prompt: types, links, required inputs, ranges, options); running them then fails
@@ -361,6 +355,7 @@ def _load_in_frontend(page, wf, name):
     })""", REPORTS)
 
 
+@pytest.mark.browser
 def test_missing_node_dialog_is_seen(page):
     """The dialog check below works: a workflow with an unknown node type shows it."""
     wf = copy.deepcopy(load("toy_cfg_patch_ksampler"))
@@ -416,6 +411,7 @@ def _default_titles_dropped(prompt, wf):
 MODEL_FILE = re.compile(r"[\w.-]+\.(?:safetensors|ckpt|pt|pth|bin|sft)\b")
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_loads_in_the_frontend(page, name, object_info):
     wf = load(name)

@@ -243,7 +243,7 @@ DEFECTS = ["## Defects this harness found when it was written (issue 16)", "",
            "are now limited to [-100, 100] with a message naming the label;",
            "- a Perturbed Term `blocks` index of thousands of digits ('middle.' + 5000 digits) failed with Python's "
            "int() ValueError (its 4300-digit limit) instead of the pack's message; now refused naming the item "
-           "(`guidance_core/perturb.parse_blocks`; found by the in-server fuzzing of check 4).", ""]
+           "(`guidance_core/perturbed_terms.parse_blocks`; found by the in-server fuzzing of check 4).", ""]
 
 
 def report(res: dict) -> str:

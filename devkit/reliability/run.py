@@ -19,7 +19,7 @@ from devkit.reliability.interrupts import interrupts
 from devkit.reliability.prompts import shipped_workflows, specs
 from devkit.reliability.report import failures, hostile_failures, report
 from devkit.reliability.runtime import determinism_after_restart, reference_outputs, soak
-from guidance_core.io import atomic_bytes
+from guidance_core.files import atomic_bytes
 
 # fuzz_routes: hypothesis cases per route; fuzz_checks: per free-text input, checked in the server by its nodes
 # (check_batch values per request); fuzz_inputs: per free-text input, whole prompts through POST /prompt

@@ -15,6 +15,8 @@ from PIL import Image
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 LABELS = ["a", "b", "c"]
 TAU = 0.3
 PRIORS = torch.tensor([0.5, 0.3, 0.2])
@@ -26,11 +28,9 @@ KINDS = {"EDM": ("v", EDM), "V_PREDICTION_EDM": ("v", EDM),
 
 
 @pytest.fixture(scope="module")
-def env():
-    demo = H.demo_module()
-    return {"demo": demo, "gmm": H.pack_module("guidance_core.reference.gmm").GaussianMixture(MEANS, TAU, PRIORS),
-            "nodes": H.pack_module("nodes.classifier_nodes"), "training_nodes": H.pack_module("nodes.training_nodes"),
-            "TR": H.pack_module("guidance_core.classifier_training"), "errors": H.pack_module("guidance_core.errors")}
+def env(env):
+    """The pack's modules of tests/conftest.py and this file's Gaussian mixture."""
+    return {**env, "mixture": env["gmm"].GaussianMixture(MEANS, TAU, PRIORS)}
 
 
 def gmm_model(env, model_type=None, param="eps", settings=None):
@@ -44,7 +44,7 @@ class TrainedPosterior(torch.nn.Module):
 
     def __init__(self, env, spec):
         super().__init__()
-        self.gmm, self.spec, self.TR = env["gmm"], spec, env["TR"]
+        self.gmm, self.spec, self.TR = env["mixture"], spec, env["TR"]
 
     def forward(self, x_in, sigma):
         s = sigma.reshape(-1)
@@ -95,7 +95,7 @@ def relative_errors_along_a_run(env, model, clf):
     assert len(seen) == 12
     out = []
     for x, sigma, d in seen:
-        want = env["gmm"].class_denoise(x, sigma, torch.ones_like(sigma))[:, 1]
+        want = env["mixture"].class_denoise(x, sigma, torch.ones_like(sigma))[:, 1]
         out.append((float(sigma[0]), float((d - want).norm() / want.norm())))
     return out
 
@@ -116,9 +116,9 @@ def test_guided_d_is_exact_for_the_models_own_input_scaling(env, model_type):
         for _ in range(5):
             x = 0.5 * (MEANS[0] + MEANS[1])[None] + sv * torch.randn(1, 4, 4, 4, generator=g)
             one = torch.ones_like(sigma)
-            out = hook({"denoised": env["gmm"].denoise(x, sigma, one), "input": x, "sigma": sigma,
+            out = hook({"denoised": env["mixture"].denoise(x, sigma, one), "input": x, "sigma": sigma,
                         "model": model.model, "model_options": {}})
-            want = env["gmm"].class_denoise(x, sigma, one)[:, 1]
+            want = env["mixture"].class_denoise(x, sigma, one)[:, 1]
             assert float((out - want).norm() / want.norm()) < 1e-4, (model_type, sv)
 
 

@@ -10,6 +10,8 @@ import pytest
 from devkit import compat_doc as D
 from devkit import frontends as FE
 
+pytestmark = pytest.mark.comfy  # the frontends installed for the ComfyUI under test, its section
+
 
 @pytest.fixture(scope="module")
 def doc_text():

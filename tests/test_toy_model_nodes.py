@@ -6,6 +6,8 @@ import torch
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 WEIGHTS = os.path.join(H.ROOT, "toy_models", "diffusion", "fashion_diffusion.safetensors")
 
 

@@ -6,12 +6,9 @@ import torch
 from devkit import comfy_host as H
 from devkit.cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
 
+pytestmark = pytest.mark.comfy
+
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
-
-
-@pytest.fixture(scope="module")
-def models():
-    return {k: H.tiny_model(k, seed=i) for i, k in enumerate(["eps", "v", "flow"])}
 
 
 def apg(model, momentum=0.0):

@@ -11,6 +11,8 @@ from guidance_core.classifiers.noise_aware import ClassifierConfig, NoiseAwareCl
 from guidance_core.errors import GuidanceConfigError
 from guidance_core.reference.gmm import GaussianMixture, GMMClassifier
 
+pytestmark = pytest.mark.core
+
 LABELS = ["cat", "dog", "bird"]
 
 

@@ -10,6 +10,8 @@ from guidance_core import cfg as C
 from guidance_core import parameterization as P
 from guidance_core import schedules as S
 
+pytestmark = pytest.mark.core
+
 RNG = np.random.default_rng(0)
 
 

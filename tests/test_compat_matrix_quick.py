@@ -9,6 +9,8 @@ import pytest
 from devkit import compat_doc as D
 from devkit import compat_matrix as M
 
+pytestmark = pytest.mark.comfy
+
 DOC = D.DOC
 
 

@@ -9,21 +9,13 @@ from devkit import comfy_host as H
 from devkit.cfg_helpers import (EMPTY, OTHER, POS, custom_sample, ksample, native_guider, one_step, our_guider, patch,
                          post, raw_parts, schedule)
 
+pytestmark = pytest.mark.comfy
+
 SAMPLERS = ["euler", "dpmpp_2m"]
 KINDS = ["eps", "v", "flow"]
 
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError  # the class ComfyUI loaded
-
-
-@pytest.fixture(scope="module")
-def host():
-    return H.boot()
-
-
-@pytest.fixture(scope="module")
-def models(host):
-    return {k: H.tiny_model(k, seed=i) for i, k in enumerate(KINDS)}
 
 
 # ------------------------------------------------------------------ Must show 1: equivalence

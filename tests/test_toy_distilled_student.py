@@ -10,6 +10,8 @@ import torch
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 STUDENT = "fashion_diffusion_distilled.safetensors"
 TEACHER = "fashion_diffusion.safetensors"
 TOY_MODELS = os.path.join(H.ROOT, "toy_models")

@@ -5,21 +5,22 @@ import pytest
 from PIL import Image
 
 
-from devkit.comfy_server import ComfyServer, error_of, images_of
+from devkit.comfy_server import error_of, images_of
 from devkit import demo_prompts as DP
+
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    out = tmp_path_factory.mktemp("comfy-out")
-    srv = ComfyServer(str(out)).start()
-    yield srv
-    srv.stop()
-    with open(srv.log_path) as f:
-        log = f.read()
-    failed = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
-    assert not failed, failed
-    assert "GuidanceLab" in log or "guidance-lab" in log  # the loader saw the pack
+def stop_server(stop_server):
+    """The server (tests/conftest.py) stopped, and its log says the pack loaded."""
+    def stop(srv):
+        log = stop_server(srv)
+        failed = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
+        assert not failed, failed
+        assert "GuidanceLab" in log or "guidance-lab" in log  # the loader saw the pack
+
+    return stop
 
 
 def test_pack_nodes_registered_with_tooltips(server):

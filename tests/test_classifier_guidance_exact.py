@@ -9,19 +9,12 @@ import torch
 from devkit import comfy_host as H
 from devkit.sampling_forms import classifier_patch as patch, guidance_args
 
+pytestmark = pytest.mark.comfy
+
 LABELS = ["a", "b", "c"]
 TAU = 0.3
 PRIORS = torch.tensor([0.5, 0.3, 0.2])
 MEANS = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def env():
-    demo = H.demo_module()
-    gmm_mod = H.pack_module("guidance_core.reference.gmm")
-    nodes_mod = H.pack_module("nodes.classifier_nodes")
-    errors = H.pack_module("guidance_core.errors")
-    return demo, gmm_mod, nodes_mod, errors
 
 
 # ADM's linear beta schedule (1e-4..0.02): sigma_max ~ 157, so starting from pure noise is exact to
@@ -30,7 +23,7 @@ ADM_SCHEDULE = {"beta_schedule": "linear", "linear_start": 1e-4, "linear_end": 0
 
 
 def world(env, param, settings=None):
-    demo, gmm_mod, nodes_mod, _ = env
+    demo, gmm_mod, nodes_mod = env["demo"], env["gmm"], env["nodes"]
     model = demo.gmm_model(MEANS, TAU, PRIORS, param, settings)
     gmm = gmm_mod.GaussianMixture(MEANS, TAU, PRIORS)
     meta = {"labels": LABELS, "latent_channels": 4, "parameterization": param}
@@ -99,8 +92,8 @@ def test_2000_samples_have_the_class_mean_and_std(env):
     # pooled std: standard error tau/sqrt(2*n*64) ~ 6e-4, plus 5e-3 for the sampler's own discretization
     assert abs(float(std.mean()) - TAU) < 4 * TAU / (2 * (n - 1) * 64) ** 0.5 + 0.005, float(std.mean())
     # the same seed through the exact class-conditional model gives the same samples
-    exact = ksample(model, pos=env[0].class_conditioning([0.0, 0.0, 1.0]),
-                    neg=env[0].class_conditioning([0.0, 0.0, 1.0]), **run)
+    exact = ksample(model, pos=env["demo"].class_conditioning([0.0, 0.0, 1.0]),
+                    neg=env["demo"].class_conditioning([0.0, 0.0, 1.0]), **run)
     assert (out - exact).abs().max() < 1e-3
     nearest = ((out[:, None] - MEANS[None]) ** 2).flatten(2).sum(-1).argmin(1)
     assert (nearest == 2).float().mean() > 0.999
@@ -138,7 +131,7 @@ def test_patch_and_sampler_wrapper_with_per_item_targets(env, sampler):
 
 
 def test_composes_with_the_cfg_guider_and_cfg(env):
-    demo = env[0]
+    demo = env["demo"]
     model, gmm, clf = world(env, "v")
     pos = demo.class_conditioning([0.0, 0.0, 1.0])  # CFG toward c ...
     g = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty(), cfg=3.0, neg_scale=0.0)[0]
@@ -162,7 +155,7 @@ def test_scale0_is_unguided_and_input_model_untouched(env):
 
 # ---------------------------------------------------------------- Must show 4: bad input
 def test_bad_input_errors_before_sampling(env, tmp_path):
-    demo, gmm_mod, nodes_mod, errors = env
+    demo, errors = env["demo"], env["errors"]
     model, gmm, clf = world(env, "eps")
     shapes = demo.gmm_model()  # 3-channel latents
     with pytest.raises(errors.GuidanceConfigError, match="expects 4 latent channels, the model produces 3"):
@@ -184,7 +177,7 @@ def test_bad_input_errors_before_sampling(env, tmp_path):
 def test_loader_reads_files_from_the_registered_folder(env, tmp_path):
     import folder_paths
 
-    demo, gmm_mod, nodes_mod, errors = env
+    errors = env["errors"]
     gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     folder_paths.add_model_folder_path("classifiers", str(tmp_path))

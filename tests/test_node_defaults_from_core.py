@@ -5,6 +5,8 @@ import pytest
 
 from devkit import comfy_host as H
 
+pytestmark = pytest.mark.comfy
+
 C = H.pack_module("guidance_core.cfg")
 S = H.pack_module("guidance_core.schedules")
 PT = H.pack_module("guidance_core.perturbed_terms")

@@ -2,12 +2,15 @@
 of the Schedule, Term, Post-processing, CFG Guider and CFG Patch nodes from the ranges their schemas declare
 (read from the schemas, not restated), on eps, v and flow tiny models with several samplers. Each draw must
 either be refused with a GuidanceConfigError before sampling or sample to a finite latent."""
+import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from devkit import comfy_host as H
 from devkit.cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample
+
+pytestmark = [pytest.mark.comfy, pytest.mark.slow_sweep]
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 MODELS = {}

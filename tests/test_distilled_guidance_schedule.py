@@ -8,6 +8,8 @@ from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import custom_sample, ksample, our_guider, schedule
 
+pytestmark = pytest.mark.comfy
+
 FLUX = "Flux.1 dev (guidance-distilled)"
 
 
