@@ -167,6 +167,7 @@ def _help_pages() -> list[str]:
     return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "web", "docs", "*.md")))
 
 
+@pytest.mark.core
 def test_readme_is_a_front_page():
     """At most 150 lines; a picture of a real graph in the frontend; one node-table row per node, linking its help
     page; every doc the README's former sections moved to is linked; the two commands in a bash block."""
@@ -196,6 +197,7 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@pytest.mark.core
 def test_links_in_the_readme_and_docs_resolve():
     """Every relative link (and image) of the README, the docs it links and the example workflows' README names a
     file of this repository, and an anchor names a heading of that file."""
@@ -217,6 +219,7 @@ def test_links_in_the_readme_and_docs_resolve():
     assert bad == []
 
 
+@pytest.mark.core
 def test_commands_in_the_readme_and_docs_name_real_files():
     """Every `python -m MODULE` (also torchrun's `-m`) and `bash scripts/X.sh` the README and the docs give names a
     module or script of this repository (a moved or renamed one fails here)."""
