@@ -77,14 +77,16 @@ class Point:
     pag: float = 0.0           # perturbed-attention (PAG, middle block) term weight
     adaptive: float | None = None  # adaptive CFG: stop the uncond once cos(eps_c, eps_u) >= this threshold
     guidance: float = 0.0      # the distilled student at this embedded CFG scale (FluxGuidance); 0 = the teacher
+    post: str = ""             # Guidance Post-processing settings "name=value;..." (reshapers: FDG, TCFG, ...)
 
 
 def fields(p: Point) -> dict:
     """The point's fields as stored with its samples; auto_lora only where set, so samples stored before the field
     existed still match their point (resumable)."""
     d = asdict(p)
-    if not d["auto_lora"]:
-        del d["auto_lora"]
+    for optional in ("auto_lora", "post"):
+        if not d[optional]:
+            del d[optional]
     return d
 
 
@@ -117,6 +119,34 @@ def terms_points() -> list[Point]:
     pag = lambda g, w=0.0: Point(f"cfg_w{w:g}_pag_{g:g}" if w else f"pag_{g:g}", "pag", w=w, pag=g)  # noqa: E731
     adaptive = lambda t: Point(f"adaptive_w2_t{t:g}", "adaptive", w=2, adaptive=t)  # noqa: E731
     return [auto(1), pag(3), adaptive(0.9999), auto(2), adaptive(0.9995), adaptive(0.999), auto(0.5), pag(1), pag(1, w=2)]
+
+
+def reshaper_points() -> list[Point]:
+    """The combiner's reshapers next to the CFG points of the same w (--only reshapers --reuse docs/toy_tradeoff.json):
+    FDG with the low band at half the scale (Sadat et al.: keep the high scale's detail, lose its low-frequency
+    oversaturation), TCFG (Kwon et al.: a better FD at the same scale), dynamic thresholding at w = 6 with the range
+    of w = 2 (mimic 3: sd-dynamic-thresholding's claim, high-scale adherence without its artifacts), MaMBo-G at w = 6
+    (damps the scale where the guidance step is large)."""
+    pt = lambda name, w, post: Point(name, "reshapers", w=w, post=post)  # noqa: E731
+    return [pt("fdg_low0.5_w4", 4, "fdg=1;fdg_low=0.5;fdg_high=1"), pt("tcfg_w2", 2, "tcfg=1"),
+            pt("dyn_mimic3_w6", 6, "dyn_thresh=mimic;dyn_mimic_scale=3;dyn_percentile=1"),
+            pt("tcfg_w4", 4, "tcfg=1"), pt("mambo8_w6", 6, "mambo_alpha=8"),
+            pt("fdg_low0.5_w2", 2, "fdg=1;fdg_low=0.5;fdg_high=1")]
+
+
+def post_settings(text: str) -> dict:
+    """"name=value;..." as Guidance Post-processing inputs (numbers, booleans 0/1 for the switches, or words)."""
+    out = {}
+    for item in filter(None, text.split(";")):
+        name, value = item.split("=")
+        if name in ("fdg", "tcfg", "fresca", "apg", "cfg_zero_star", "perp_neg"):
+            out[name] = bool(int(value))
+        else:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                out[name] = value
+    return out
 
 
 def distilled_points() -> list[Point]:
@@ -222,8 +252,9 @@ class World:
                 pos = H.run_node("FluxGuidance", conditioning=pos, guidance=p.guidance)[0]
                 guider = H.run_node("BasicGuider", model=model, conditioning=pos)[0]
             else:
+                post = H.run_node("GuidanceLabPostProcess", **post_settings(p.post))[0] if p.post else None
                 guider = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty, cfg=1.0 + p.w,
-                                    neg_scale=0.0, cfg_schedule=sched, terms=self.terms(p))[0]
+                                    neg_scale=0.0, cfg_schedule=sched, terms=self.terms(p), post=post)[0]
             sampler = H.run_node("KSamplerSelect", sampler_name=p.sampler)[0]
             noise = H.run_node("RandomNoise", noise_seed=seed)[0]
             latent = {"samples": torch.zeros(n, 1, 32, 32)}
@@ -400,7 +431,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     n = args.n or (64 if args.quick else 1000)
     out = args.out or os.path.join(ROOT, "out", "toy", "tradeoff_quick" if args.quick else "tradeoff")
-    points = quick_points() if args.quick else distilled_points() if args.distilled else full_points()
+    points = quick_points() if args.quick else distilled_points() if args.distilled else full_points() + reshaper_points()
     if args.distilled_schedules:
         points = distilled_points() + distilled_schedule_points()
     if args.only:
