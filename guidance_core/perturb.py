@@ -42,9 +42,9 @@ UNET_MODES = ("pag", "seg", "tpg")  # act on UNet transformer blocks
 DIT_MODES = ("slg", "stg")          # act on DiT transformer blocks
 UNET_PARTS = ("input", "middle", "output")   # UNet self-attention blocks (PAG, SEG, TPG)
 DIT_PARTS = ("double", "single")              # DiT transformer blocks (SLG, STG)
-# TPG: input.7 and input.8 hold the transformers of the authors' SDXL default (down-block transformers d6..d23,
-# SDXL's deepest down level) and of SD1.5's deepest down level; STG: block 29, the default of ComfyUI's
-# LTXVSpatioTemporalGuidance node
+# TPG: input.7 and input.8, SDXL's deepest down level, whose 20 transformers hold the authors' SDXL default (down
+# transformers d6..d23: 18 of them; the block is this pack's unit) and SD1.5's deepest down level; STG: block 29,
+# the default of ComfyUI's LTXVSpatioTemporalGuidance node
 DEFAULT_BLOCKS = {"pag": "middle.0", "seg": "middle.0", "slg": "double.7, double.8, double.9",
                   "tpg": "input.7, input.8", "stg": "double.29"}
 SEG_SIGMA_DEFAULT, SEG_SIGMA_INF = 10.0, 9999.0  # sigma >= SEG_SIGMA_INF: the mean query (the paper's limit)

@@ -80,11 +80,19 @@ def check_blocks(model_patcher, perturbations) -> None:
                     else "UNet self-attention blocks (PAG, SEG, TPG)")
             hint = ""
             if not have:
-                hint = (". PAG, SEG and TPG need a UNet; for DiT models use slg or stg" if pert.mode in perturb.UNET_MODES
-                        else ". SLG and STG need a DiT; for UNet models use pag, seg or tpg")
+                hint = (". PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg" if pert.mode in perturb.UNET_MODES
+                        else ". SLG and STG act on DiT blocks that ComfyUI's 'dit' replace hook reaches; for UNet models "
+                             "use pag, seg or tpg")
             raise GuidanceConfigError(
                 f"term {term_no} ({pert.mode}): block(s) {', '.join(f'{p}.{i}' for p, i in missing)} not in this model "
                 f"({type(net).__name__}); its {kind}: {shown or 'none'}" + hint)
+        if pert.mode in perturb.DIT_MODES:
+            unhooked = [part for part in dict.fromkeys(p for p, _ in pert.blocks) if not _calls_dit_hook(net, part)]
+            if unhooked:
+                raise GuidanceConfigError(
+                    f"term {term_no} ({pert.mode}): {type(net).__name__} does not call ComfyUI's 'dit' replace hook for "
+                    f"its {', '.join(DIT_KEYS[p] for p in unhooked)}s, so {pert.mode} cannot reach them; this model "
+                    "takes no SLG / STG")
         if pert.mode == "stg" and not hasattr(attention, "wrap_attn"):
             raise GuidanceConfigError(
                 f"term {term_no} (stg): this ComfyUI's attention functions take no optimized_attention_override (ComfyUI "
@@ -93,6 +101,20 @@ def check_blocks(model_patcher, perturbations) -> None:
             for part, idx in pert.blocks:
                 for t in range(transformer_count(net, part, idx)):
                     attention_backend(net, part, idx, t)
+
+
+def _calls_dit_hook(network, part: str) -> bool:
+    """Whether the network's code looks its blocks up in patches_replace["dit"] under DIT_KEYS[part] (its forward,
+    in its class or a base class); True where the code cannot be read (check_ran is then the backstop)."""
+    for cls in type(network).__mro__:
+        if cls in (torch.nn.Module, object):
+            continue
+        try:
+            if f'"{DIT_KEYS[part]}"' in inspect.getsource(cls) or f"'{DIT_KEYS[part]}'" in inspect.getsource(cls):
+                return True
+        except (OSError, TypeError):
+            return True
+    return False
 
 
 def _unet_block(network, part: str, idx: int):
@@ -278,11 +300,13 @@ def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
 
 
 def _values_as_output(v, heads: int, kwargs) -> torch.Tensor:
-    """V in the layout the attention function returns: [B, N, heads * d] (ComfyUI's default), or [B, heads, N, d]
-    with skip_output_reshape, from V given [B, N, heads * d] or (skip_reshape) [B, heads, N, d]."""
-    if not kwargs.get("skip_reshape"):
-        return v if not kwargs.get("skip_output_reshape") else v.view(v.shape[0], v.shape[1], heads, -1).transpose(1, 2)
-    return v if kwargs.get("skip_output_reshape") else v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)
+    """V in the layout the attention function returns, [B, N, heads * d] (or [B, heads, N, d] with
+    skip_output_reshape), from V as the block passes it: [B, N, heads * d] or [B, N, heads, d] (MMDiT), or with
+    skip_reshape [B, heads, N, d]."""
+    if kwargs.get("skip_reshape"):
+        return v if kwargs.get("skip_output_reshape") else v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)
+    out = v.reshape(v.shape[0], v.shape[1], -1)
+    return out if not kwargs.get("skip_output_reshape") else out.view(v.shape[0], v.shape[1], heads, -1).transpose(1, 2)
 
 
 def _stg_override(prev, chunks: list, n_chunks: int, key, probe):

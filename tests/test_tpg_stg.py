@@ -24,7 +24,7 @@ import torch
 from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import custom_sample, ksample, native_guider, our_guider, patch, schedule
-from devkit.compat_matrix import SDXL_MIDDLE_DEPTH, float64, middle_block_unets
+from devkit.compat_matrix import SDXL_MIDDLE_DEPTH, comfy_ltxv_stg, float64, ltxav_block_rule, middle_block_unets
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 PT = H.pack_module("guidance_core.perturb")
@@ -197,9 +197,9 @@ def test_tpg_weight_zero_and_schedule(sd15):
 
 def test_tpg_on_a_dit_and_stg_on_a_unet_are_refused(sd15):
     dit = F.model("SD3.5 (MMDiT, flow)")
-    with pytest.raises(GuidanceConfigError, match=r"term 1 \(tpg\).*PAG, SEG and TPG need a UNet; for DiT models use slg or stg"):
+    with pytest.raises(GuidanceConfigError, match=r"term 1 \(tpg\).*PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg"):
         patch(dit, terms=term("tpg"))
-    with pytest.raises(GuidanceConfigError, match=r"term 1 \(stg\).*SLG and STG need a DiT; for UNet models use pag, seg or tpg"):
+    with pytest.raises(GuidanceConfigError, match=r"term 1 \(stg\).*SLG and STG act on DiT blocks .*; for UNet models use pag, seg or tpg"):
         patch(sd15[0], terms=term("stg", blocks="double.0"))
     with pytest.raises(GuidanceConfigError, match=r"perturbation tpg: block 'double.0'"):
         term("tpg", blocks="double.0")
@@ -234,27 +234,15 @@ def ltxv():
     return as_float64(LTXV)
 
 
-def ltxav_block_rule(model, block=0):
-    """`model` whose block `block` reads the STG block set of ComfyUI's node as ComfyUI's LTXAV block loop does:
-    a block in transformer_options["stg_self_attn_blocks"] runs with "stg_skip_self_attn" (LTXV's CrossAttention
-    then returns V for its self-attention)."""
-    ref = model.clone()
+def has_attention_override() -> bool:
+    H.boot()
+    import comfy.ldm.modules.attention as attention
 
-    def run(args, extra):
-        opts = args["transformer_options"]
-        if block in opts.get("stg_self_attn_blocks", ()):
-            args = dict(args, transformer_options={**opts, "stg_skip_self_attn": True})
-        return extra["original_block"](args)
-
-    ref.set_model_patch_replace(run, "dit", "double_block", block)
-    return ref
+    return hasattr(attention, "wrap_attn")
 
 
-def comfy_stg(model, scale, start=0.0, end=1.0):
-    return H.run_node("LTXVSpatioTemporalGuidance", model=model, scale=scale, blocks="0", start_percent=start,
-                      end_percent=end)[0]
-
-
+needs_override = pytest.mark.skipif(not has_attention_override(),
+                                    reason="STG needs ComfyUI's optimized_attention_override (0.3.75 and newer)")
 needs_ltxv_stg = pytest.mark.skipif("LTXVSpatioTemporalGuidance" not in H.boot().NODE_CLASS_MAPPINGS,
                                     reason="this ComfyUI has no LTXVSpatioTemporalGuidance (ComfyUI 0.33.0 has it)")
 
@@ -268,7 +256,7 @@ def test_stg_term_equals_comfyui_ltxv_stg_node(ltxv, scale, start, end):
     m = ltxv
     io = family_io(LTXV)
     plain = ksample(m, CFG, **io)
-    node = comfy_stg(ltxav_block_rule(m), scale, start, end)
+    node = comfy_ltxv_stg(ltxav_block_rule(m), scale, 0, start, end)
     ref, ref_rows = rows_per_call(m, lambda: ksample(node, CFG, **io))
     ms = m.get_model_object("model_sampling")
     sig_hi, sig_lo = float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
@@ -291,7 +279,7 @@ def test_comfyui_ltxv_stg_node_alone_does_not_perturb_plain_ltxv(ltxv):
     m = ltxv
     io = family_io(LTXV)
     plain = ksample(m, CFG, **io)
-    alone = ksample(comfy_stg(m, 3.0), CFG, **io)
+    alone = ksample(comfy_ltxv_stg(m, 3.0, 0), CFG, **io)
     ours = ksample(patch(m, terms=term("stg", 3.0, blocks="double.0")), CFG, **io)
     assert float((alone - plain).abs().max()) < 1e-3 * float((ours - plain).abs().max())
 
@@ -310,6 +298,7 @@ def reference_wan_stg(model, blocks, scale=W):
     return ref
 
 
+@needs_override
 @pytest.mark.parametrize("route", ["patch", "guider"])
 def test_stg_term_on_wan_equals_a_direct_value_passthrough(route):
     m = as_float64(WAN)
@@ -330,6 +319,7 @@ def test_stg_term_on_wan_equals_a_direct_value_passthrough(route):
     assert_same_effect(out, ref, plain)
 
 
+@needs_override
 def test_stg_weight_zero_evaluates_nothing(ltxv):
     io = family_io(LTXV)
     plain = ksample(ltxv, CFG, **io)
@@ -337,6 +327,7 @@ def test_stg_weight_zero_evaluates_nothing(ltxv):
     assert rows == [2] * STEPS and torch.equal(out, plain)
 
 
+@needs_override
 def test_stg_and_slg_terms_on_one_block_each_act_on_their_rows():
     """An STG and an SLG term on the same Wan block: one call of 4 rows, each term equal to itself alone."""
     m = as_float64(WAN)
@@ -353,3 +344,17 @@ def test_stg_and_slg_terms_on_one_block_each_act_on_their_rows():
     assert push > 1e-3
     err = float((d["both"] - (d["stg"] + d["slg"] - d["cfg"])).abs().max())
     assert err <= 1e-3 * push, f"difference {err} against pushes of {push}"
+
+
+@pytest.mark.skipif(has_attention_override(), reason="this ComfyUI has the attention override STG uses")
+def test_stg_is_refused_before_sampling_without_the_attention_override(ltxv):
+    """ComfyUI 0.3.52: its attention functions take no override, so STG could not act: refused before sampling."""
+    io = family_io(LTXV)
+    counter = H.RowCounter(ltxv)
+    try:
+        with pytest.raises(GuidanceConfigError, match=r"term 1 \(stg\): this ComfyUI's attention functions take no "
+                                                      r"optimized_attention_override.*update ComfyUI"):
+            ksample(patch(ltxv, terms=term("stg", blocks="double.0")), CFG, **io)
+    finally:
+        counter.close()
+    assert counter.calls == []
