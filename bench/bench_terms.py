@@ -1,5 +1,6 @@
 """Benchmark: PAG + CFG batched in one forward (Guidance Lab's perturbed-attention term) vs ComfyUI's
-PerturbedAttentionGuidance node (a second model call per step), through the stock KSampler.
+PerturbedAttentionGuidance node (a second model call per step), through the stock KSampler; the SEG and TPG
+terms batched the same way (the PAG node's second call is the separate-call cost they avoid).
 
 Same model, seed and steps; the runs are interleaved repeat after repeat, so machine noise hits all alike.
 Model rows and calls per step are counted on the real forward. Writes the table into docs/BENCHMARKS.md
@@ -31,6 +32,7 @@ def main():
     latent = H.empty_latent(1, args.latent)
     pag_term = H.run_node("GuidanceLabPerturbedTerm", mode="pag", blocks="", weight=3.0, seg_sigma=10.0)[0]
     seg_term = H.run_node("GuidanceLabPerturbedTerm", mode="seg", blocks="", weight=3.0, seg_sigma=10.0)[0]
+    tpg_term = H.run_node("GuidanceLabPerturbedTerm", mode="tpg", blocks="middle.0", weight=3.0, seg_sigma=10.0)[0]
     cases = {
         "KSampler, CFG 5 (no PAG)": model,
         "ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5": H.run_node("PerturbedAttentionGuidance", model=model,
@@ -39,6 +41,8 @@ def main():
                                                                    terms=pag_term)[0],
         "Guidance Lab SEG term (w 3, sigma 10) + CFG 5, batched": H.run_node("GuidanceLabCFGPatch", model=model,
                                                                              neg_scale=0.0, terms=seg_term)[0],
+        "Guidance Lab TPG term (w 3, middle block) + CFG 5, batched": H.run_node(
+            "GuidanceLabCFGPatch", model=model, neg_scale=0.0, terms=tpg_term)[0],
     }
     measured = bench.ksampler_cases({name: (m, 5.0) for name, m in cases.items()}, args.steps, args.repeats, latent,
                                     pos, neg)

@@ -67,8 +67,8 @@ def cpu_settings():
 def all_rows(quick: bool = False) -> list:
     with cpu_settings(), node_inputs_of_this_comfyui():
         return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + chain_rows() + model_term_rows()
-                + conditioning_rows() + family_rows(quick) + nag_rows() + sampling_form_rows() + attention_chain_rows()
-                + step_rows())
+                + conditioning_rows() + family_rows(quick) + nag_rows() + perturbation_kind_rows() + sampling_form_rows()
+                + attention_chain_rows() + step_rows())
 
 
 def inputs_this_comfyui_lacks() -> dict:
@@ -807,6 +807,60 @@ def nag_rows() -> list:
                                             **run),
                             lambda: ksample(m, 1.0, **dict(run, pos=g)), exact=True, model=m))
     return rows
+
+
+def perturbation_kind_rows() -> list:
+    """TPG and STG terms (weight 3, with cfg 6) on every family, through the patch (KSampler), on the family's first
+    block each acts on: TPG finite on UNets, refused on DiTs (the paper's shuffle is defined on UNet transformers);
+    STG finite on DiTs whose blocks' first attention takes ComfyUI's attention override, refused on UNets; on
+    LTXV exact against ComfyUI's LTXVSpatioTemporalGuidance where this ComfyUI has it, its block set read by the
+    block as ComfyUI's LTXAV model reads it (plain LTXV ignores it: the node alone adds nothing there)."""
+    from . import families as F
+
+    perturbation = H.pack_module("nodes.perturbation_patches")
+    have_stg_node = "LTXVSpatioTemporalGuidance" in H.boot().NODE_CLASS_MAPPINGS
+    rows = []
+    for name, fam in F.FAMILIES.items():
+        m = F.model(name)
+        run = dict(pos=fam.cond(1), neg=fam.cond(2), latent=fam.latent(1), steps=4)
+        plain = functools.cache(lambda m=m, run=run: ksample(m, CFG, **run))
+        for mode in ("tpg", "stg"):
+            have = perturbation.available_blocks(m.model.diffusion_model, mode)
+            blocks = f"{have[0][0]}.{have[0][1]}" if have else ""
+            term = H.run_node("GuidanceLabPerturbedTerm", mode=mode, blocks=blocks, weight=3.0, seg_sigma=10.0)[0]
+            key = (FAMILIES, name, f"{mode.upper()} term (weight 3)", PATCH)
+            ours = lambda m=m, term=term, run=run: ksample(patch(m, terms=term), CFG, **run)  # noqa: E731
+            if not have:
+                rows.append(measure(key, ours, refuse=True, model=m))
+            elif mode == "stg" and have_stg_node and type(m.model.diffusion_model).__name__ == "LTXVModel":
+                node = comfy_ltxv_stg(ltxav_block_rule(m, have[0][1]), 3.0, have[0][1])
+                rows.append(measure(key[:2] + (key[2] + " = LTXVSpatioTemporalGuidance",) + key[3:], ours,
+                                    lambda node=node, run=run: ksample(node, CFG, **run), exact=True, model=m))
+            else:
+                rows.append(measure(key, ours, plain, model=m))
+    return rows
+
+
+def ltxav_block_rule(model, block: int = 0):
+    """`model` (LTXV) whose block `block` reads the STG block set of ComfyUI's LTXVSpatioTemporalGuidance as
+    ComfyUI's LTXAV block loop does: a block in transformer_options["stg_self_attn_blocks"] runs with
+    "stg_skip_self_attn" (LTXV's CrossAttention then returns V for its self-attention)."""
+    ref = model.clone()
+
+    def run(args, extra):
+        opts = args["transformer_options"]
+        if block in opts.get("stg_self_attn_blocks", ()):
+            args = dict(args, transformer_options={**opts, "stg_skip_self_attn": True})
+        return extra["original_block"](args)
+
+    ref.set_model_patch_replace(run, "dit", "double_block", block)
+    return ref
+
+
+def comfy_ltxv_stg(model, scale: float, block: int, start: float = 0.0, end: float = 1.0):
+    """ComfyUI's LTXVSpatioTemporalGuidance on `block` of `model` as it is (ltxav_block_rule: its block set read)."""
+    return H.run_node("LTXVSpatioTemporalGuidance", model=model, scale=scale, blocks=str(block), start_percent=start,
+                      end_percent=end)[0]
 
 
 def family_guidance_run(route, model, classifier, target, run):

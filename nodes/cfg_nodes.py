@@ -147,11 +147,16 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
                         "batched model call as the prompts (CFG + PAG = one call of 3 rows).",
             inputs=[
                 io.Combo.Input("mode", options=list(perturbed_terms.MODES), default="pag",
-                               tooltip="pag and seg: UNet self-attention blocks; slg: DiT transformer blocks."),
+                               tooltip="UNet transformer blocks: pag (self-attention map -> identity), seg (blurred "
+                                       "queries), tpg (token perturbation: the block's tokens shuffled). DiT blocks: slg "
+                                       "(blocks skipped), stg (video DiTs, LTXV / Wan: self-attention -> its values, "
+                                       "ComfyUI's LTXV STG)."),
                 io.String.Input("blocks", default="", multiline=False,
                                 tooltip="Blocks to perturb, 'part.index' comma-separated: UNet input.N / middle.0 / output.N "
-                                        "(pag, seg), DiT double.N / single.N (slg). Empty = middle.0 (ComfyUI's PAG) for "
-                                        "pag/seg, double.7, double.8, double.9 (ComfyUI's SLG) for slg."),
+                                        "(pag, seg, tpg), DiT double.N / single.N (slg, stg; LTXV and Wan blocks are "
+                                        "double.N). Empty = middle.0 (ComfyUI's PAG) for pag/seg, input.7, input.8 (the TPG "
+                                        "paper's SDXL layers) for tpg, double.7, double.8, double.9 (ComfyUI's SLG) for slg, "
+                                        "double.29 (ComfyUI's LTXV STG) for stg."),
                 _weight_input("perturbed", "Scale w (ComfyUI's PAG 'scale', 3 by default); 0 = off (never evaluated)."),
                 io.Float.Input("seg_sigma", default=perturbed_terms.SEG_SIGMA_DEFAULT, min=perturbed_terms.SEG_SIGMA_RANGE[0], max=perturbed_terms.SEG_SIGMA_RANGE[1],
                                step=0.1,

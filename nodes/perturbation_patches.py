@@ -1,4 +1,4 @@
-"""Perturbed-self terms in ComfyUI (PAG, SEG, SLG; formulas in guidance_core/perturbed_terms.py), batched with the
+"""Perturbed-self terms in ComfyUI (PAG, SEG, SLG, TPG, STG; formulas in guidance_core/perturbed_terms.py), batched with the
 prompt rows: per step, a copy of the model options carries replace patches on the chosen blocks that perturb
 only the rows of the perturbed terms' chunks (`cond_or_uncond`) and compute every other row as the unpatched
 block does (or as the replace patch another node set there does).
@@ -11,6 +11,17 @@ block does (or as the replace patch another node set there does).
   (the other node's patch, told exactly the chunks it gets, or the block's own attention with the layer's own
   attention backend where ComfyUI has per-layer backends).
 - SLG: `patches_replace["dit"][("double_block" | "single_block", index)]`, the hook of SkipLayerGuidanceDiT.
+- TPG: a `middle_patch` of ComfyUI's UNet transformer blocks (called with the block's hidden states after the
+  self-attention's residual), acting on the blocks and rows of the term: h -> P h there. Shuffling the
+  transformer's input instead (the paper's place) gives P times the same output: every layer of a SD UNet
+  transformer acts per token except the self-attention, which has no positional encoding and is
+  permutation-equivariant (attn(P n) = P attn(n)), so the two places give the same numbers up to the order of
+  float sums in the attention.
+- STG: the DiT block's `dit` replace patch runs the block with an `optimized_attention_override` in its
+  transformer_options that returns V, for the term's rows, on the block's first attention call (its
+  self-attention in LTXV and Wan blocks, checked: query and key token counts equal), and calls the attention
+  (or the override another node set) for every other row and call. ComfyUI 0.3.75 and newer route attention
+  through the override; where the block's attention never reaches it, `check_ran` refuses the term.
 A block the model does not have would leave the term unperturbed: `check_blocks` refuses it before sampling,
 and `Probe` records, per block, the transformers that ran on perturbed rows: `check_ran` refuses a block (or a
 transformer of it) that never did, as a backstop.
@@ -40,7 +51,7 @@ def _has_attention(block) -> bool:
 
 def available_blocks(diffusion_model, mode: str) -> list[tuple]:
     """The blocks of this network a perturbation of `mode` can act on."""
-    if mode == "slg":
+    if mode in perturbed_terms.DIT_MODES:
         out = []
         for part, names in DIT_BLOCK_LISTS.items():
             blocks = next((getattr(diffusion_model, n) for n in names if isinstance(getattr(diffusion_model, n, None),
@@ -65,15 +76,45 @@ def check_blocks(model_patcher, perturbations) -> None:
         missing = [b for b in pert.blocks if b not in have]
         if missing:
             shown = ", ".join(f"{p}.{i}" for p, i in have[:24]) + (" ..." if len(have) > 24 else "")
-            kind = "DiT transformer blocks (SLG)" if pert.mode == "slg" else "UNet self-attention blocks (PAG, SEG)"
+            kind = ("DiT transformer blocks (SLG, STG)" if pert.mode in perturbed_terms.DIT_MODES
+                    else "UNet self-attention blocks (PAG, SEG, TPG)")
+            hint = ""
+            if not have:
+                hint = (". PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg" if pert.mode in perturbed_terms.UNET_MODES
+                        else ". SLG and STG act on DiT blocks that ComfyUI's 'dit' replace hook reaches; for UNet models "
+                             "use pag, seg or tpg")
             raise GuidanceConfigError(
                 f"term {term_no} ({pert.mode}): block(s) {', '.join(f'{p}.{i}' for p, i in missing)} not in this model "
-                f"({type(net).__name__}); its {kind}: {shown or 'none'}"
-                + (". PAG and SEG need a UNet; for DiT models use slg" if pert.mode != "slg" and not have else ""))
-        if pert.mode != "slg":
+                f"({type(net).__name__}); its {kind}: {shown or 'none'}" + hint)
+        if pert.mode in perturbed_terms.DIT_MODES:
+            unhooked = [part for part in dict.fromkeys(p for p, _ in pert.blocks) if not _calls_dit_hook(net, part)]
+            if unhooked:
+                raise GuidanceConfigError(
+                    f"term {term_no} ({pert.mode}): {type(net).__name__} does not call ComfyUI's 'dit' replace hook for "
+                    f"its {', '.join(DIT_KEYS[p] for p in unhooked)}s, so {pert.mode} cannot reach them; this model "
+                    "takes no SLG / STG")
+        if pert.mode == "stg" and not hasattr(attention, "wrap_attn"):
+            raise GuidanceConfigError(
+                f"term {term_no} (stg): this ComfyUI's attention functions take no optimized_attention_override (ComfyUI "
+                "0.3.75 and newer have it), so STG cannot reach the blocks' self-attention: update ComfyUI")
+        if pert.mode in ("pag", "seg"):
             for part, idx in pert.blocks:
                 for t in range(transformer_count(net, part, idx)):
                     attention_backend(net, part, idx, t)
+
+
+def _calls_dit_hook(network, part: str) -> bool:
+    """Whether the network's code looks its blocks up in patches_replace["dit"] under DIT_KEYS[part] (its forward,
+    in its class or a base class); True where the code cannot be read (check_ran is then the backstop)."""
+    for cls in type(network).__mro__:
+        if cls in (torch.nn.Module, object):
+            continue
+        try:
+            if f'"{DIT_KEYS[part]}"' in inspect.getsource(cls) or f"'{DIT_KEYS[part]}'" in inspect.getsource(cls):
+                return True
+        except (OSError, TypeError):
+            return True
+    return False
 
 
 def _unet_block(network, part: str, idx: int):
@@ -183,7 +224,7 @@ def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False, network=
 
     def patch(q, k, v, extra_options, mask=None):
         ids = _chunk_ids(extra_options, whole) or [0]  # whole: the batch is one chunk of the term (id 0)
-        mine = {c: p for c, p in by_chunk.items() if key in p.blocks}
+        mine = {c: p for c, p in by_chunk.items() if key in p.blocks and p.mode in ("pag", "seg")}
         if not any(c in mine for c in ids):
             return attend(q, k, v, extra_options)
         probe.hit(key, extra_options.get("block_index"))
@@ -221,13 +262,23 @@ def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False, network=
 
 
 def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
-    """DiT block replacement: perturbed chunks keep the block's input (the block is skipped), the others get
-    the block's output (or `prev`'s)."""
+    """DiT block replacement: SLG chunks keep the block's input (the block is skipped), STG chunks get the block
+    with the self-attention's map replaced by the identity (`_stg_override`), the others the block's output (or
+    `prev`'s)."""
 
     def patch(args, extra):
         run = (lambda a: prev(a, extra)) if prev is not None else extra["original_block"]
         ids = _chunk_ids(args.get("transformer_options") or extra.get("transformer_options"), whole) or [0]
-        skip = {c for c in ids if c in by_chunk and key in by_chunk[c].blocks}
+        mine = {c: by_chunk[c].mode for c in ids if c in by_chunk and key in by_chunk[c].blocks}
+        skip = {c for c, mode in mine.items() if mode == "slg"}
+        stg = [j for j, c in enumerate(ids) if mine.get(c) == "stg"]
+        if not mine:
+            return run(args)
+        if stg:
+            options = dict(args.get("transformer_options") or {})
+            options["optimized_attention_override"] = _stg_override(
+                options.get("optimized_attention_override"), stg, len(ids), key, probe)
+            args = dict(args, transformer_options=options)
         if not skip:
             return run(args)
         probe.hit(key)
@@ -243,6 +294,87 @@ def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
                         raise GuidanceConfigError(f"SLG: block {key[0]}.{key[1]} changes the shape of '{name}'; it cannot be skipped")
                     t[rows] = value
                 out[name] = t
+        return out
+
+    return patch
+
+
+def _values_as_output(v, heads: int, kwargs) -> torch.Tensor:
+    """V in the layout the attention function returns, [B, N, heads * d] (or [B, heads, N, d] with
+    skip_output_reshape), from V as the block passes it: [B, N, heads * d] or [B, N, heads, d] (MMDiT), or with
+    skip_reshape [B, heads, N, d]."""
+    if kwargs.get("skip_reshape"):
+        return v if kwargs.get("skip_output_reshape") else v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)
+    out = v.reshape(v.shape[0], v.shape[1], -1)
+    return out if not kwargs.get("skip_output_reshape") else out.view(v.shape[0], v.shape[1], heads, -1).transpose(1, 2)
+
+
+def _stg_override(prev, chunks: list, n_chunks: int, key, probe):
+    """optimized_attention_override for one call of DiT block `key`: on the block's first attention call (its
+    self-attention) the rows of `chunks` get V (PAG's identity map, ComfyUI's STG passthrough `out = v`); every
+    other row and call gets the attention (through `prev`, another node's override, where one is set)."""
+    calls = [0]
+
+    def override(func, q, k, v, heads, *args, **kwargs):
+        def attend(q_, k_, v_, **kw):
+            return prev(func, q_, k_, v_, heads, *args, **kw) if prev is not None else func(q_, k_, v_, heads, *args, **kw)
+
+        calls[0] += 1
+        if calls[0] != 1:
+            return attend(q, k, v, **kwargs)
+        tokens = 2 if kwargs.get("skip_reshape") else 1
+        if q.shape[tokens] != k.shape[tokens]:
+            raise GuidanceConfigError(
+                f"STG: the first attention of block {key[0]}.{key[1]} is not a self-attention ({q.shape[tokens]} queries, "
+                f"{k.shape[tokens]} keys); STG acts on video DiT blocks that start with their self-attention (LTXV, Wan)")
+        if q.shape[0] % n_chunks:
+            raise GuidanceConfigError(f"STG: block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {n_chunks} equal chunks")
+        probe.hit(key)
+        size = q.shape[0] // n_chunks
+        passthrough = _values_as_output(v, heads, kwargs)
+        if len(chunks) == n_chunks:
+            return passthrough
+        keep = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+        for j in chunks:
+            keep[j * size:(j + 1) * size] = False
+        mask = kwargs.get("mask")
+        if mask is None:  # the attention of the other rows only
+            out = passthrough.clone()
+            out[keep] = attend(q[keep], k[keep], v[keep], **kwargs)
+            return out
+        out = attend(q, k, v, **kwargs).clone()  # a mask: the whole batch, as it is given
+        out[~keep] = passthrough[~keep]
+        return out
+
+    return override
+
+
+def _tpg_middle_patch(by_chunk: dict, probe, whole: bool = False):
+    """middle_patch of ComfyUI's UNet transformer blocks: the hidden states of the TPG chunks' rows, in their
+    blocks, shuffled along the tokens (perturbed_terms.token_permutation, per transformer and step); every other row as
+    it is."""
+
+    def patch(x, extra_options):
+        block = extra_options.get("block")
+        if block is None:
+            return x
+        key = (block[0], block[1])
+        ids = _chunk_ids(extra_options, whole) or [0]
+        mine = [j for j, c in enumerate(ids) if c in by_chunk and by_chunk[c].mode == "tpg" and key in by_chunk[c].blocks]
+        if not mine:
+            return x
+        t = extra_options.get("block_index", 0)
+        probe.hit(key, t)
+        if x.shape[0] % len(ids):
+            raise GuidanceConfigError(f"TPG: block {key[0]}.{key[1]}: {x.shape[0]} rows do not split into {len(ids)} equal chunks")
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) and sigmas.numel() else 0.0
+        perm = perturbed_terms.token_permutation(x.shape[1], sigma, key, t, device=x.device)
+        size = x.shape[0] // len(ids)
+        out = x.clone()
+        for j in mine:
+            rows = slice(j * size, (j + 1) * size)
+            out[rows] = perturbed_terms.shuffle_tokens(x[rows], perm)
         return out
 
     return patch
@@ -267,11 +399,12 @@ def check_ran(probe: Probe, network, term_no: int, pert) -> None:
     transformers ran something else on them (an attention patch set where the term could not wrap it)."""
     missed = ", ".join(f"{p}.{i}" for p, i in pert.blocks if probe.hits.get((p, i), 0) == 0)
     if missed:
+        hook = {"slg": "'dit' replace hook", "stg": "'dit' replace hook with an optimized_attention_override",
+                "tpg": "transformer 'middle_patch'"}.get(pert.mode, "'attn1' replace hook")
         raise GuidanceConfigError(
             f"term {term_no} ({pert.mode}): block(s) {missed} never ran on its rows in {type(network).__name__}: the "
-            f"model does not call ComfyUI's '{'dit' if pert.mode == 'slg' else 'attn1'}' replace hook there; perturb "
-            "other blocks")
-    if pert.mode == "slg" or network is None:
+            f"model does not call ComfyUI's {hook} there; perturb other blocks")
+    if pert.mode in perturbed_terms.DIT_MODES or network is None:
         return
     for part, idx in pert.blocks:
         skipped = sorted(set(range(transformer_count(network, part, idx))) - probe.transformers.get((part, idx), set()))
@@ -290,18 +423,25 @@ def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bo
     A UNet block's patch is set under its 2-part key (part, index) and under every 3-part key (part, index,
     transformer) another node set for it, which ComfyUI looks up first; each wraps the patch it replaces."""
     opts = comfy.model_patcher.create_model_options_clone(model_options)
-    blocks = {b: p.mode for p in by_chunk.values() for b in p.blocks}
+    blocks = {}  # block -> the modes acting there
+    for p in by_chunk.values():
+        for b in p.blocks:
+            blocks.setdefault(b, set()).add(p.mode)
     replace = opts.get("transformer_options", {}).get("patches_replace", {})
-    for (part, idx), mode in blocks.items():
-        if mode == "slg":
+    for (part, idx), modes in blocks.items():
+        if modes & set(perturbed_terms.DIT_MODES):
             key = (DIT_KEYS[part], idx)
             prev = replace.get("dit", {}).get(key)
             opts = comfy.model_patcher.set_model_options_patch_replace(
                 opts, _dit_patch(prev, by_chunk, (part, idx), probe, whole), "dit", DIT_KEYS[part], idx)
+        if not modes & {"pag", "seg"}:
             continue
         attn1 = replace.get("attn1", {})
         for t in [None] + [k[2] for k in attn1 if len(k) == 3 and tuple(k[:2]) == (part, idx)]:
             prev = attn1.get((part, idx) if t is None else (part, idx, t))
             opts = comfy.model_patcher.set_model_options_patch_replace(
                 opts, _attn1_patch(prev, by_chunk, (part, idx), probe, whole, network), "attn1", part, idx, t)
+    if any("tpg" in modes for modes in blocks.values()):
+        patches = opts.setdefault("transformer_options", {}).setdefault("patches", {})  # opts is a nested copy
+        patches["middle_patch"] = list(patches.get("middle_patch", [])) + [_tpg_middle_patch(by_chunk, probe, whole)]
     return opts

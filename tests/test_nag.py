@@ -1,7 +1,6 @@
 """NAG terms (normalized attention guidance, guidance_core/nag.py; nodes/nag_patches.py): the core formula, the paper
 form against a direct implementation of the formula on a real UNet's cross-attention, the comfyui form against
 ComfyUI's own NAGuidance (0.33+), the off cases bit-identical, rows counted, refusals before sampling."""
-import math
 
 import pytest
 import torch

@@ -25,7 +25,6 @@ import pytest
 
 from devkit import comfy_host as H
 from devkit.browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM, Page
-from devkit import frontends as FE
 from guidance_core.classifiers import classifier_files as gio
 from guidance_core import preview as PV
 from guidance_core import schedules as S

@@ -175,7 +175,7 @@ def main(argv=None):
         atomic_bytes(os.path.join(ROOT, "docs", f"toy_nag_{os.path.splitext(name)[0]}.json"),
                      json.dumps(results, indent=1).encode())
         bench.write_section(f"toy-nag-{os.path.splitext(name)[0]}",
-                            f"A negative prompt at cfg 1 on the toy world: NAG vs unguided vs CFG (bench/toy/negative_prompt.py)",
+                            "A negative prompt at cfg 1 on the toy world: NAG vs unguided vs CFG (bench/toy/negative_prompt.py)",
                             text)
     return results
 
