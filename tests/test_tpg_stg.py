@@ -26,6 +26,8 @@ from devkit import families as F
 from devkit.cfg_helpers import custom_sample, ksample, native_guider, our_guider, patch, schedule
 from devkit.compat_matrix import SDXL_MIDDLE_DEPTH, comfy_ltxv_stg, float64, ltxav_block_rule, middle_block_unets
 
+pytestmark = pytest.mark.comfy
+
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError
 PT = H.pack_module("guidance_core.perturbed_terms")
 FLAG = "test_perturbed_call"  # transformer option marking the reference's separate call
