@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib
 import json
 import math
 import os
@@ -67,7 +68,8 @@ def cpu_settings():
 def all_rows(quick: bool = False) -> list:
     with cpu_settings(), node_inputs_of_this_comfyui():
         return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + chain_rows() + model_term_rows()
-                + conditioning_rows() + family_rows(quick) + nag_rows() + perturbation_kind_rows() + sampling_form_rows()
+                + conditioning_rows() + family_rows(quick) + nag_rows() + perturbation_kind_rows() + reshaper_rows()
+                + sampling_form_rows()
                 + attention_chain_rows() + step_rows())
 
 
@@ -108,9 +110,14 @@ def error_text(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:300].rstrip()  # a table cell keeps no trailing space
 
 
-def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False, model=None) -> dict:
+def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False, model=None,
+            relative: bool = False) -> dict:
     """Run `run()` (a sampler's output) and make the row `key` = (area, item, check, route) from it: compared
-    with `ref()` (exact: below TOL, else finite: the difference is the value), or expected to be refused."""
+    with `ref()` (exact: below TOL, else finite: the difference is the value), or expected to be refused.
+    relative: the difference divided by max(1, max |ref|), for references that compute the same formula in
+    another order in float32 (a latent of magnitude 20 rounds at 1e-6 per operation). exact=None: exact where below
+    TOL, else finite with the difference (a formula shown exact in float64 by the tests, whose float32 rounding at
+    a model's large sigmas, EDM's 80, exceeds TOL)."""
     calls = []
     try:
         with torch.inference_mode():
@@ -129,12 +136,18 @@ def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False
         return row(*key, "finite")
     try:
         with torch.inference_mode():
-            diff = float((out - ref()).abs().max())
+            want = ref()
+            diff = float((out - want).abs().max())
+            if relative:
+                diff /= max(1.0, float(want.abs().max()))
     except Exception as e:
         return row(*key, "FAIL", f"reference run failed: {error_text(e)}")
+    what = "relative diff" if relative else "max abs diff"
+    if exact is None:
+        exact = diff < TOL
     if exact and not diff < TOL:
-        return row(*key, "FAIL", f"max abs diff {diff:.2g} from ComfyUI's own result (tolerance {TOL:g})", diff)
-    return row(*key, "exact" if exact else "finite", f"{diff:.2g}", diff)
+        return row(*key, "FAIL", f"{what} {diff:.2g} from the reference's result (tolerance {TOL:g})", diff)
+    return row(*key, "exact" if exact else "finite", f"{diff:.2g}" + (" relative" if relative else ""), diff)
 
 
 def counted(calls: list, run, model=None):
@@ -916,6 +929,46 @@ def sampling_form_worlds() -> dict:
                                                                              dict(param="flow", alpha=F.flow_alpha))
     worlds["a made-up model_sampling (no known form)"] = (F.made_up(flow), gmm, dict(param="flow", alpha=F.flow_alpha))
     return worlds
+
+
+def reshaper_rows() -> list:
+    """The guidance reshapers of Guidance Post-processing (guidance_core/guidance_filters.py) on every family, through
+    the patch (KSampler, cfg 4, 2 steps), each against its reference (relative difference: they compute the formula
+    in another order): ComfyUI's TCFG and FreSca nodes, diffusers' FDG
+    and MaMBo-G, the sd-dynamic-thresholding algorithm (devkit/guidance_references.py). FreSca on 5-D latents is
+    exact against ComfyUI 0.33's node; older ComfyUI narrows the frame axis too (finite there, the difference shown).
+    Where float32 rounding of another operation order passes TOL (EDM's sigma 80) a row is finite with the difference;
+    tests/test_guidance_filters.py holds each formula exact in float64."""
+    import inspect
+
+    from . import families as F
+    from . import guidance_references as R
+
+    fresca_node = importlib.import_module("comfy_extras.nodes_fresca")  # 0.3.x narrows a 5-D latent's frame axis
+    fresca_frames_fixed = "range(2)" in inspect.getsource(fresca_node.Fourier_filter)
+
+    rows = []
+    for name, fam in F.FAMILIES.items():
+        m = F.model(name)
+        run = dict(pos=fam.cond(1), neg=fam.cond(2), latent=fam.latent(1), steps=2)
+        video = getattr(m.model.latent_format, "latent_dimensions", 2) == 3  # sampled as [B, C, T, H, W]
+        cases = [
+            ("TCFG = ComfyUI's TCFG", dict(tcfg=True), lambda: H.run_node("TCFG", model=m)[0], True),
+            ("FreSca = ComfyUI's FreSca", dict(fresca=True, fresca_low=0.9, fresca_high=1.4, fresca_cutoff=2),
+             lambda: H.run_node("FreSca", model=m, scale_low=0.9, scale_high=1.4, freq_cutoff=2)[0],
+             None if fresca_frames_fixed or not video else False),
+            ("FDG = diffusers' FDG", dict(fdg=True, fdg_low=0.4, fdg_high=1.3), lambda: R.fdg_model(m, 0.4, 1.3), None),
+            ("MaMBo-G = diffusers' MaMBo-G", dict(mambo_alpha=2.0), lambda: R.mambo_model(m, 2.0), None),
+            ("dynamic thresholding (mimic) = sd-dynamic-thresholding",
+             dict(dyn_thresh="mimic", dyn_mimic_scale=2.0, dyn_percentile=0.9), lambda: R.dyn_mimic_model(m, 2.0, 0.9),
+             None),
+        ]
+        for check, settings, reference, exact in cases:
+            rows.append(measure((FAMILIES, name, check, PATCH),
+                                lambda settings=settings: ksample(patch(m, post=post(**settings)), 4.0, **run),
+                                lambda reference=reference: ksample(reference(), 4.0, **run), exact=exact, model=m,
+                                relative=True))
+    return rows
 
 
 def sampling_form_rows() -> list:

@@ -165,6 +165,33 @@ def toy_nag_ksampler(g: Graph, name: str):
     toy_save(g, ks["LATENT"], name, col=4)
 
 
+def toy_reshapers_ksampler(g: Graph, name: str):
+    """Stock KSampler at a high cfg + CFG Patch with three reshapers of the guidance step and a TPG term."""
+    toy, latent = toy_base(g, (
+        "## A high CFG scale, reshaped: TCFG, FDG, dynamic thresholding, and a TPG term\n\n"
+        "CFG 9 on **Coat**, which alone oversaturates. **Guidance Post-processing** applies, in this order: "
+        "**TCFG** (the unconditional's score keeps only its part along the positive's; ComfyUI's TCFG node), "
+        "**FDG** (the guidance's low frequencies at half the scale, the detail at the full one; diffusers' FDG) and "
+        "**dynamic thresholding** (mimic 3: the result keeps the dynamic range of CFG 3). A **Perturbed-Attention "
+        "Term** in mode **tpg** (token perturbation: the middle block's tokens shuffled) adds structure, batched with "
+        "the prompt rows: 3 rows in one call per step. Switch a setting off to compare."))
+    pos = g.add("GuidanceLabToyClass", col=1, title="Positive: Coat", toy_world=toy["toy_world"], label="Coat")
+    empty = g.add("GuidanceLabToyClass", col=1, title="Negative: empty prompt", toy_world=toy["toy_world"],
+                  label="empty")
+    post = g.add("GuidanceLabPostProcess", col=2, rescale_phi=0.0, rescale_space="auto", cfg_zero_star=False,
+                 zero_init_steps=0, apg=False, apg_eta=0.0, apg_momentum=-0.5, apg_norm_threshold=15.0, perp_neg=False,
+                 tcfg=True, fresca=False, fresca_low=1.0, fresca_high=1.25, fresca_cutoff=20, fdg=True, fdg_low=0.5,
+                 fdg_high=1.0, mambo_alpha=0.0, dyn_thresh="mimic", dyn_mimic_scale=3.0, dyn_percentile=1.0,
+                 dyn_phi=1.0)
+    tpg = g.add("GuidanceLabPerturbedTerm", col=2, mode="tpg", blocks="middle.0", weight=1.0)
+    patch = g.add("GuidanceLabCFGPatch", col=3, model=toy["model"], neg_scale=0.0, post=post["post"],
+                  terms=tpg["terms"])
+    ks = g.add("KSampler", col=4, model=patch["model"], seed=SEED, steps=TOY_STEPS, cfg=9.0, sampler_name="euler",
+               scheduler="normal", positive=pos["conditioning"], negative=empty["conditioning"],
+               latent_image=latent["LATENT"], denoise=1.0)
+    toy_save(g, ks["LATENT"], name, col=4)
+
+
 def toy_classifier_ksampler(g: Graph, name: str):
     """Classifier guidance (MODEL patch) with the toy world's noise-aware classifier, no prompt."""
     toy, latent = toy_base(g, (
@@ -319,6 +346,7 @@ WORKFLOWS = {
     "toy_pag_ksampler": toy_pag_ksampler,
     "toy_autoguidance_guider": toy_autoguidance,
     "toy_nag_ksampler": toy_nag_ksampler,
+    "toy_reshapers_ksampler": toy_reshapers_ksampler,
     "sd15_cfg_three_way_ksampler": sd15_cfg_ksampler,
     "sd15_cfg_three_way_guider": sd15_cfg_guider,
     "sd15_classifier_guidance": sd15_classifier,
