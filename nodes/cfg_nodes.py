@@ -139,12 +139,13 @@ class GuidanceLabPerturbedTerm(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="GuidanceLabPerturbedTerm",
-            display_name="Perturbed-Attention Term (PAG / SEG / SLG)",
+            display_name="Perturbed-Attention Term (PAG / SEG / TPG / SLG / STG)",
             category=CATEGORY,
             description="A guidance term from the model itself with part of the network perturbed, moved away from: "
                         "D += w * schedule * (D_reference - D_perturbed). PAG (Ahn et al. 2024): self-attention -> "
-                        "identity; SEG (Hong 2024): blurred queries; SLG: DiT blocks skipped. Its rows run in the same "
-                        "batched model call as the prompts (CFG + PAG = one call of 3 rows).",
+                        "identity; SEG (Hong 2024): blurred queries; TPG (2025): tokens shuffled; SLG: DiT blocks "
+                        "skipped; STG (Hyung et al. 2024): a video DiT's self-attention -> its values. Its rows run in "
+                        "the same batched model call as the prompts (CFG + PAG = one call of 3 rows).",
             inputs=[
                 io.Combo.Input("mode", options=list(perturbed_terms.MODES), default="pag",
                                tooltip="UNet transformer blocks: pag (self-attention map -> identity), seg (blurred "
