@@ -134,6 +134,8 @@ def _terms_text(v) -> str:
     parts = [f"autoguidance {v['auto']:g}" + (" (weak model as a LoRA)" if v.get("auto_lora") else "")
              for _ in [0] if v.get("auto")]
     parts += [f"PAG {v['pag']:g}" for _ in [0] if v.get("pag")]
+    parts += [f"TPG {v['tpg']:g}" for _ in [0] if v.get("tpg")]
+    parts += [f"post: {v['post'].replace(';', ', ')}" for _ in [0] if v.get("post")]
     parts += [f"adaptive cos >= {v['adaptive']:g}" for _ in [0] if v.get("adaptive") is not None]
     return ", ".join(parts) or "-"
 
@@ -142,7 +144,7 @@ def table(results) -> str:
     rows = ["| group | point | w | classifier scale | terms | prompt | schedule (mean f) | sampler | steps | accuracy | "
             "FD | precision | recall | model rows / step | seconds |", "|" + "---|" * 15]
     order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "autoguidance_lora", "pag",
-             "adaptive", "distilled", "distilled_schedule"]
+             "adaptive", "reshapers", "tpg", "distilled", "distilled_schedule"]
     pts = sorted((v for v in results.values() if isinstance(v, dict) and "group" in v),
                  key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v.get("auto", 0), v.get("pag", 0),
                                 v.get("adaptive") or 0, v["steps"], v["sampler"]))
@@ -276,3 +278,95 @@ def write_distilled(results, names, tolerance):
             **{k: results[k] for k in names if k in results}}
     atomic_bytes(os.path.join(ROOT, "docs", "toy_distilled.json"), json.dumps(data, indent=1).encode())
     write_section("toy-distilled", "Guidance-distilled toy student vs its teacher's CFG (issue 21)", distilled_body(data))
+
+
+# the claims each reshaper's paper (or reference) makes, read against the toy points next to CFG at the same w
+RESHAPER_CLAIMS = {
+    "fdg": "FDG (Sadat et al. 2025): lowering the low-frequency scale keeps the high scale's class fidelity and detail "
+           "while restoring diversity (recall) and quality (FD) lost to oversaturation",
+    "tcfg": "TCFG (Kwon et al. 2025): damping the unconditional's tangential part improves quality (FD) at the same scale",
+    "dyn_mimic": "dynamic thresholding, mimic (sd-dynamic-thresholding): a high scale's adherence with the dynamic range "
+                 "(and so the quality) of the mimic scale",
+    "mambo": "MaMBo-G: damping the scale where the guidance step is large keeps quality at a high scale",
+    "tpg": "TPG (2025): token shuffling gives a guidance signal that improves quality without CFG, and adds to CFG",
+}
+
+
+def reshaper_rows(results, names) -> list:
+    """(point, its CFG baseline at the same w (w = 0: unguided), the metrics of both) for the reshaper and TPG points."""
+    out = []
+    for name in names:
+        v = results.get(name)
+        if not isinstance(v, dict):
+            continue
+        base = results.get(f"cfg_w{v['w']:g}")
+        out.append((v, base))
+    return out
+
+
+def reshapers_body(results, names) -> str:
+    lines = ["N = 1000 samples per point (100 per class), euler 20 steps, seeds shared with the CFG points; each row "
+             "next to CFG at the same w (the cfg sweep's point; w = 0: unguided). Metrics by the independent evaluation "
+             "classifier: accuracy (class fidelity), FD (lower = closer to the test set), precision, recall "
+             "(diversity). Binomial standard error of an accuracy near 0.9: 0.009.", "",
+             "| point | settings | w | accuracy (CFG) | FD (CFG) | precision (CFG) | recall (CFG) |",
+             "|---|---|---|---|---|---|---|"]
+    for v, base in reshaper_rows(results, names):
+        def pair(m):
+            return f"{v[m]:.3f} ({base[m]:.3f})" if base else f"{v[m]:.3f}"
+        fd = f"{v['fd']:.2f} ({base['fd']:.2f})" if base else f"{v['fd']:.2f}"
+        lines.append(f"| {v['name']} | {_terms_text(v)} | {v['w']:g} | {pair('accuracy')} | {fd} | {pair('precision')} | "
+                     f"{pair('recall')} |")
+    lines += ["", "The papers' claims, and what the toy world shows (differences to CFG at the same w; an accuracy "
+              "difference counts beyond 2 standard errors of the pair):", ""]
+    for key, claim in RESHAPER_CLAIMS.items():
+        pts = [(v, b) for v, b in reshaper_rows(results, names) if b and claim_of(v["name"]) == key]
+        if not pts:
+            continue
+        said = "; ".join(f"{v['name']}: {delta_text(v, b)} ({'as claimed' if CLAIM_HOLDS[key](v, b) else 'not as claimed'})"
+                         for v, b in pts)
+        lines.append(f"- {claim}. Measured: {said}.")
+    return "\n".join(lines)
+
+
+def claim_of(name: str) -> str:
+    for key in ("fdg", "tcfg", "dyn_mimic", "mambo", "tpg"):
+        if name.startswith(key) or f"_{key}" in name:
+            return key
+    return ""
+
+
+def _se(v, b, n=1000) -> float:
+    return 2 * ((v["accuracy"] * (1 - v["accuracy"]) + b["accuracy"] * (1 - b["accuracy"])) / n) ** 0.5
+
+
+def delta_text(v, b) -> str:
+    return (f"accuracy {v['accuracy'] - b['accuracy']:+.3f} (2 SE {_se(v, b):.3f}), FD {v['fd'] - b['fd']:+.2f}, "
+            f"recall {v['recall'] - b['recall']:+.3f}")
+
+
+def _keeps_accuracy(v, b) -> bool:
+    return v["accuracy"] - b["accuracy"] > -_se(v, b)
+
+
+CLAIM_HOLDS = {  # each claim's rule, stated before the runs
+    "fdg": lambda v, b: _keeps_accuracy(v, b) and v["fd"] < b["fd"] and v["recall"] > b["recall"],
+    "tcfg": lambda v, b: v["fd"] < b["fd"],
+    "dyn_mimic": lambda v, b: _keeps_accuracy(v, b) and v["fd"] < b["fd"],
+    "mambo": lambda v, b: _keeps_accuracy(v, b) and v["fd"] < b["fd"],
+    "tpg": lambda v, b: v["fd"] < b["fd"],
+}
+
+
+def write_reshapers(results, names):
+    """docs/toy_reshapers.json (the points and their CFG baselines) and the toy-reshapers section."""
+    import json
+
+    from devkit.bench import write_section
+    from guidance_core.files import atomic_bytes
+
+    keep = set(names) | {f"cfg_w{results[n]['w']:g}" for n in names if isinstance(results.get(n), dict)}
+    data = {"_config": results["_config"], **{k: results[k] for k in sorted(keep) if k in results}}
+    atomic_bytes(os.path.join(ROOT, "docs", "toy_reshapers.json"), json.dumps(data, indent=1).encode())
+    write_section("toy-reshapers", "The combiner's reshapers and TPG on the toy world, next to CFG",
+                  reshapers_body(results, names))

@@ -18,6 +18,9 @@ Sweeps (Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u, i.e. ComfyUI cfg = 1 + 
                (bench/toy/weights/fashion_weak_lora.safetensors, made by bench/toy/make_weak_lora.py) through
                ComfyUI's LoRA loader: the model term is a clone sharing the sampled model's network
   pag          PAG term (middle block) weight 1, 3 without CFG, and 1 with CFG w = 2 (Ahn et al. 2024)
+  reshapers    FDG, TCFG, dynamic thresholding (mimic) and MaMBo-G (Guidance Post-processing) at one or two w each,
+               next to the CFG points of the same w
+  tpg          TPG term (middle block's tokens shuffled) weight 3 without CFG, and 1 with CFG w = 2
   adaptive     CFG w = 2 whose uncond stops once cos(eps_c, eps_u) >= 0.999 / 0.9995 / 0.9999 for every sample of
                the batch (Castillo et al. 2023; on the toy model the batch minimum of cos is above 0.99 at every step
                and does not rise monotonically, so the paper's 0.99 would stop at once);
@@ -75,6 +78,7 @@ class Point:
     auto: float = 0.0          # autoguidance: model-term weight with the weak toy model (Karras's w = 1 + auto)
     auto_lora: bool = False    # the weak model as the LoRA clone of the shipped model (TOY_WEAK_LORA)
     pag: float = 0.0           # perturbed-attention (PAG, middle block) term weight
+    tpg: float = 0.0           # token perturbation (TPG, middle block) term weight
     adaptive: float | None = None  # adaptive CFG: stop the uncond once cos(eps_c, eps_u) >= this threshold
     guidance: float = 0.0      # the distilled student at this embedded CFG scale (FluxGuidance); 0 = the teacher
     post: str = ""             # Guidance Post-processing settings "name=value;..." (reshapers: FDG, TCFG, ...)
@@ -84,7 +88,7 @@ def fields(p: Point) -> dict:
     """The point's fields as stored with its samples; auto_lora only where set, so samples stored before the field
     existed still match their point (resumable)."""
     d = asdict(p)
-    for optional in ("auto_lora", "post"):
+    for optional in ("auto_lora", "post", "tpg"):
         if not d[optional]:
             del d[optional]
     return d
@@ -131,7 +135,8 @@ def reshaper_points() -> list[Point]:
     return [pt("fdg_low0.5_w4", 4, "fdg=1;fdg_low=0.5;fdg_high=1"), pt("tcfg_w2", 2, "tcfg=1"),
             pt("dyn_mimic3_w6", 6, "dyn_thresh=mimic;dyn_mimic_scale=3;dyn_percentile=1"),
             pt("tcfg_w4", 4, "tcfg=1"), pt("mambo8_w6", 6, "mambo_alpha=8"),
-            pt("fdg_low0.5_w2", 2, "fdg=1;fdg_low=0.5;fdg_high=1")]
+            pt("fdg_low0.5_w2", 2, "fdg=1;fdg_low=0.5;fdg_high=1"),
+            Point("tpg_3", "tpg", tpg=3.0), Point("cfg_w2_tpg_1", "tpg", w=2, tpg=1.0)]
 
 
 def post_settings(text: str) -> dict:
@@ -192,9 +197,10 @@ class World:
         if p.auto:
             guide = self.weak_lora() if p.auto_lora else self.weak
             terms = H.run_node("GuidanceLabModelTerm", model=guide, weight=p.auto, terms=terms)[0]
-        if p.pag:
-            terms = H.run_node("GuidanceLabPerturbedTerm", mode="pag", blocks="middle.0", weight=p.pag, seg_sigma=10.0,
-                               terms=terms)[0]
+        for mode, weight in (("pag", p.pag), ("tpg", p.tpg)):
+            if weight:
+                terms = H.run_node("GuidanceLabPerturbedTerm", mode=mode, blocks="middle.0", weight=weight,
+                                   seg_sigma=10.0, terms=terms)[0]
         return terms
 
     def weak_lora(self):
@@ -442,6 +448,11 @@ def main(argv=None):
         shutil.copyfile(args.reuse, os.path.join(out, "results.json"))
     results = run(points, n, out, args.seed, args.sample_only)
     if args.sample_only:
+        return results, {}
+    if args.only and {p.group for p in points} <= {"reshapers", "tpg"}:
+        from bench.toy import toy_report
+
+        toy_report.write_reshapers(results, [p.name for p in points])
         return results, {}
     if args.distilled or args.distilled_schedules:
         from bench.toy import toy_report
