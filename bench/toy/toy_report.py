@@ -277,7 +277,7 @@ def write_distilled(results, names, tolerance):
     data = {"_config": results["_config"], "tolerance": dict(tolerance),
             **{k: results[k] for k in names if k in results}}
     atomic_bytes(os.path.join(ROOT, "docs", "toy_distilled.json"), json.dumps(data, indent=1).encode())
-    write_section("toy-distilled", "Guidance-distilled toy student vs its teacher's CFG (issue 21)", distilled_body(data))
+    write_section("toy-distilled", "Guidance-distilled toy student vs its teacher's CFG", distilled_body(data))
 
 
 # the claims each reshaper's paper (or reference) makes, read against the toy points next to CFG at the same w

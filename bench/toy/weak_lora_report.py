@@ -274,7 +274,7 @@ def main(argv=None):
     print(text)
     if not args.no_write:
         atomic_bytes(OUT_JSON, json.dumps(res, indent=1).encode())
-        write_section(SECTION, "Autoguidance with the weak model as a LoRA (toy world, issue 22)", text)
+        write_section(SECTION, "Autoguidance with the weak model as a LoRA (toy world)", text)
     return res
 
 
