@@ -19,6 +19,14 @@ from devkit import bench
 
 
 
+def calc_cond_batch_as_comfyui(args):
+    """A sampler_calc_cond_batch_function that batches as ComfyUI does (another node's hook, doing nothing else)."""
+    import comfy.samplers
+
+    return comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"],
+                                          args["model_options"])
+
+
 def main():
     args = bench.tiny_unet_parser(__doc__.split("\n")[0], repeats=7).parse_args()
 
@@ -44,6 +52,12 @@ def main():
         "Guidance Lab TPG term (w 3, middle block) + CFG 5, batched": H.run_node(
             "GuidanceLabCFGPatch", model=model, neg_scale=0.0, terms=tpg_term)[0],
     }
+    # the same terms with their perturbed rows in a call of their own: what the runtime does where another node
+    # batches the model calls its own way (a sampler_calc_cond_batch_function, here ComfyUI's own calc_cond_batch)
+    for kind in ("PAG", "TPG"):
+        own = cases[next(n for n in cases if n.startswith(f"Guidance Lab {kind} term"))].clone()
+        own.set_model_sampler_calc_cond_batch_function(calc_cond_batch_as_comfyui)
+        cases[f"Guidance Lab {kind} term + CFG 5, perturbed rows in a call of their own"] = own
     measured = bench.ksampler_cases({name: (m, 5.0) for name, m in cases.items()}, args.steps, args.repeats, latent,
                                     pos, neg)
     base = measured["ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5"][2]
@@ -62,7 +76,8 @@ def main():
     print(table)
     if not args.no_write:
         bench.write_section(f"pag-batched-w{args.width}-l{args.latent}",
-                            f"PAG + CFG in one batched forward vs ComfyUI's PAG node, UNet width {args.width}, latent "
+                            f"PAG, SEG, TPG + CFG in one batched forward vs ComfyUI's PAG node and vs their rows in a "
+                            f"call of their own, UNet width {args.width}, latent "
                             f"{args.latent}x{args.latent} (bench/bench_terms.py)", table)
 
 
