@@ -52,6 +52,22 @@ VERSION_NOISE = {
 }
 
 
+def tree_args(work: str) -> list[str]:
+    """ComfyUI command-line options that make a dev-kit server load this checkout's pack where the ComfyUI tree is
+    a farm of links into another tree (a git worktree's .comfyui, whose main.py links to the main checkout's):
+    ComfyUI finds its folders from main.py's real path, so without --base-directory it would load the other
+    checkout's pack. The user, temp and input folders go to `work`. Nothing where the tree is a real one."""
+    from .comfy_server import COMFY
+
+    if not os.path.islink(os.path.join(COMFY, "main.py")):
+        return []
+    args = ["--base-directory", COMFY]
+    for option, sub in (("--user-directory", "user"), ("--temp-directory", "temp"), ("--input-directory", "input")):
+        os.makedirs(os.path.join(work, sub), exist_ok=True)
+        args += [option, os.path.join(work, sub)]
+    return args
+
+
 def frontend_noise(frontend):
     return (COMFY_NOISE + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
             + VERSION_NOISE.get(frontend.version, []))
