@@ -293,16 +293,25 @@ def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
     names = [f[:-len(".json")] for f in BLUEPRINT_FILES]
     autoguidance = "Autoguidance sampler (Guidance Lab)"
     page.setup_graph(vue=False)
+    page.js("async () => { await app.extensionManager.setting.set('Comfy.Locale', 'en'); }")  # the library's words
     page.js("async () => { await app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library'); }")
     folder = page.page.get_by_text("Subgraph Blueprints", exact=True).first
     folder.wait_for(timeout=30_000)
-    folder.click()
+    folder.click()  # the pinned frontend's folder of blueprints
+    page.page.wait_for_timeout(500)
+    packs = page.page.get_by_text("Comfy Blueprints", exact=True)  # newer: the installed ones' folder in that section
+    if packs.count():
+        packs.first.click()
     for name in names:
         page.page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
     page.screenshot("blueprints-library.png")
     # added from the library as a user would, then wired to the toy model
-    page.page.get_by_text(autoguidance, exact=True).first.click()
-    page.wait("() => app.graph.nodes.some((n) => n.isSubgraphNode?.())", timeout=30_000)
+    item = page.page.get_by_text(autoguidance, exact=True).first
+    item.click()  # the pinned frontend adds the node on a click; the newest selects the item, and a second click adds
+    page.page.wait_for_timeout(1500)
+    if not page.js("() => app.graph.nodes.some((n) => n.isSubgraphNode?.())"):
+        item.click()
+    page.wait("() => app.graph.nodes.filter((n) => n.isSubgraphNode?.()).length === 1", timeout=30_000)
     prompt = page.js("""async () => {
         const bp = app.graph.nodes.find((n) => n.isSubgraphNode?.());
         const add = (type, widgets = {}) => {
@@ -317,7 +326,7 @@ def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
         const cond = add("GuidanceLabToyClass", {label: "Bag"});
         const latent = add("EmptyLatentImage", {width: 256, height: 256, batch_size: 1});
         const decode = add("GuidanceLabToyDecode"), save = add("SaveImage");
-        const wired = [link(good, "model", bp, "model"), link(weak, "model", bp, "weak_model"),
+        const wired = [link(good, "toy_world", cond, "toy_world"), link(good, "model", bp, "model"), link(weak, "model", bp, "weak_model"),
                        link(cond, "conditioning", bp, "positive"), link(latent, "LATENT", bp, "latent_image"),
                        link(bp, "LATENT", decode, "samples"), link(decode, "image", save, "images")];
         if (!wired.every(Boolean)) throw new Error(`not wired: ${wired}`);
