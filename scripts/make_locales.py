@@ -69,9 +69,13 @@ def dumps(data) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
+def _text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def read(lang: str, file: str) -> dict:
-    with open(os.path.join(LOCALES, lang, file), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(_text(os.path.join(LOCALES, lang, file)))
 
 
 def main(argv=None) -> int:
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
         path = os.path.join(LOCALES, "en", file)
         text = dumps(data)
         if args.check:
-            if not os.path.isfile(path) or open(path, encoding="utf-8").read() != text:
+            if not os.path.isfile(path) or _text(path) != text:
                 stale.append(path)
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)

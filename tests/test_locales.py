@@ -257,34 +257,46 @@ def hover_tooltip(pg, x, y) -> str:
     return pg.js("() => document.querySelector('.node-tooltip').textContent.trim()")
 
 
-def test_chinese_names_and_tooltips(page, request):
-    if page.frontend.version in LOSES_CUSTOM_LOCALES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"frontend {page.frontend.version} replaces "
+def set_locale(srv, lang):
+    """The frontend's language setting (Comfy.Locale) on the server, as a user who chose it before loads the page."""
+    req = urllib.request.Request(srv.url + "/settings/Comfy.Locale", data=json.dumps(lang).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=30).close()
+
+
+def test_chinese_names_and_tooltips(browser, ui_server, request):
+    if ui_server.frontend.version in LOSES_CUSTOM_LOCALES:
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"frontend {ui_server.frontend.version} replaces "
                                               "custom nodes' messages when it loads a language (see above)"))
     zh = ML.read("zh", "nodeDefs.json")
-    page.setup_graph(vue=False)
-    page.js("async () => { await app.extensionManager.setting.set('Comfy.Locale', 'zh'); }")
-    # the frontend's own Chinese has loaded and the node definitions were registered again with it
-    page.wait("() => LiteGraph.registered_node_types['KSampler']?.title === 'K采样器'", timeout=60_000)
-    titles = page.js("(ids) => ids.map((id) => LiteGraph.registered_node_types[id]?.title)", pack_node_ids())
-    assert titles == [zh[i]["display_name"] for i in pack_node_ids()]
-    node_type = "GuidanceLabNAGTerm"
-    nid = page.add_node(node_type, 200, 150)
-    shown = page.js("""(id) => {
-        const n = app.graph.getNodeById(id);
-        return {title: n.title,
-                inputs: Object.fromEntries(n.inputs.map((s) => [s.name, s.label || s.localized_name])),
-                widgets: Object.fromEntries(n.widgets.filter((w) => w.label).map((w) => [w.name, w.label]))};
-    }""", nid)
-    want = zh[node_type]
-    assert shown["title"] == want["display_name"]
-    assert shown["inputs"] == {k: want["inputs"][k]["name"] for k in shown["inputs"]}
-    assert shown["widgets"] and shown["widgets"] == {k: want["inputs"][k]["name"] for k in shown["widgets"]}
-    page.page.wait_for_timeout(300)  # a frame with the node drawn
-    x, y = slot_point(page, nid, "conditioning")
-    assert hover_tooltip(page, x + 4, y) == want["inputs"]["conditioning"]["tooltip"]
-    page.screenshot("locale-zh.png")
-    page.check_console()
+    set_locale(ui_server, "zh")
+    page = Page(browser, ui_server)
+    try:
+        # the frontend's own Chinese is there: the stock KSampler has its Chinese name
+        page.wait("() => LiteGraph.registered_node_types['KSampler']?.title === 'K采样器'", timeout=60_000)
+        page.setup_graph(vue=False)
+        titles = page.js("(ids) => ids.map((id) => LiteGraph.registered_node_types[id]?.title)", pack_node_ids())
+        assert titles == [zh[i]["display_name"] for i in pack_node_ids()]
+        node_type = "GuidanceLabNAGTerm"
+        nid = page.add_node(node_type, 200, 150)
+        shown = page.js("""(id) => {
+            const n = app.graph.getNodeById(id);
+            return {title: n.title,
+                    inputs: Object.fromEntries(n.inputs.map((s) => [s.name, s.label || s.localized_name])),
+                    widgets: Object.fromEntries(n.widgets.filter((w) => w.label).map((w) => [w.name, w.label]))};
+        }""", nid)
+        want = zh[node_type]
+        assert shown["title"] == want["display_name"]
+        assert shown["inputs"] == {k: want["inputs"][k]["name"] for k in shown["inputs"]}
+        assert shown["widgets"] and shown["widgets"] == {k: want["inputs"][k]["name"] for k in shown["widgets"]}
+        page.page.wait_for_timeout(300)  # a frame with the node drawn
+        x, y = slot_point(page, nid, "conditioning")
+        assert hover_tooltip(page, x + 4, y) == want["inputs"]["conditioning"]["tooltip"]
+        page.screenshot("locale-zh.png")
+        page.check_console()
+    finally:
+        page.close(request.node.name)
+        set_locale(ui_server, "en")
 
 
 @pytest.mark.skipif(not HAS_SUBGRAPH_ROUTE, reason=f"ComfyUI {H.comfyui_version()} serves no subgraph blueprints "
@@ -293,7 +305,6 @@ def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
     names = [f[:-len(".json")] for f in BLUEPRINT_FILES]
     autoguidance = "Autoguidance sampler (Guidance Lab)"
     page.setup_graph(vue=False)
-    page.js("async () => { await app.extensionManager.setting.set('Comfy.Locale', 'en'); }")  # the library's words
     page.js("async () => { await app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library'); }")
     folder = page.page.get_by_text("Subgraph Blueprints", exact=True).first
     folder.wait_for(timeout=30_000)
