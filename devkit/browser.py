@@ -2,6 +2,7 @@
 network error capture, and what a fresh offline ComfyUI's own frontend logs (so that anything else fails)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -50,6 +51,26 @@ NEWER_FRONTEND_NOISE = [
 VERSION_NOISE = {
     "1.49.6": [re.compile(r"^ComfyApp graph accessed before initialization$")],
 }
+
+
+@contextlib.contextmanager
+def launched():
+    """Debian's Chromium, headless, through playwright, for a module's browser tests; the tests are skipped, with
+    what installs it, where either is missing."""
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Debian chromium is not installed ({CHROMIUM}); scripts/setup.sh installs it (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed (requirements-dev.txt)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def tree_args(work: str) -> list[str]:

@@ -27,8 +27,8 @@ import pytest
 
 from devkit import comfy_host as H
 from devkit import frontends as FE
-from devkit.browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM, Page, tree_args
-from devkit.comfy_server import COMFY, ComfyServer, error_of, images_of
+from devkit.browser import Page, launched, tree_args
+from devkit.comfy_server import COMFY, ComfyServer, error_of, images_of, import_problem
 from scripts import make_blueprints as MB
 from scripts import make_locales as ML
 
@@ -131,6 +131,22 @@ def test_blueprint_files_are_the_scripts_and_hold_registered_nodes():
             assert [(s["name"], s["type"]) for s in root[part]] == [(s["name"], s["type"]) for s in sub[part]]
 
 
+def test_registry_zip_ships_locales_and_blueprints(tmp_path, monkeypatch):
+    """The zip `comfy node publish` uploads (comfy-cli's own zip_files: git-tracked files less .comfyignore)."""
+    import zipfile
+
+    from comfy_cli.file_utils import zip_files
+
+    monkeypatch.chdir(H.ROOT)
+    zip_files(str(tmp_path / "node.zip"))
+    with zipfile.ZipFile(tmp_path / "node.zip") as z:
+        names = set(z.namelist())
+    want = {f"locales/{lang}/{file}" for lang in ML.LANGUAGES for file in ML.FILES}
+    want |= {f"subgraphs/{f}" for f in BLUEPRINT_FILES}
+    assert sorted(want - names) == []
+    assert not any(n.startswith(("scripts/", "tests/", "devkit/")) for n in names)
+
+
 # ---------------------------------------------------------------- a real server
 
 def start_server(frontend):
@@ -145,7 +161,7 @@ def stop_server(srv):
     with open(srv.log_path) as f:
         log = f.read()
     shutil.rmtree(srv.tmp, ignore_errors=True)
-    assert not [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
+    assert import_problem(log, os.path.join(COMFY, "custom_nodes", "guidance-lab")) is None
 
 
 @pytest.fixture(scope="module")
@@ -219,17 +235,8 @@ LOSES_CUSTOM_LOCALES = {"1.32.9"}
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Debian chromium is not installed ({CHROMIUM}); scripts/setup.sh installs it (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package playwright is not installed (requirements-dev.txt)")
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    with launched() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()
