@@ -308,6 +308,18 @@ def test_chinese_names_and_tooltips(browser, ui_server, request):
 
 @pytest.mark.skipif(not HAS_SUBGRAPH_ROUTE, reason=f"ComfyUI {H.comfyui_version()} serves no subgraph blueprints "
                                                   "(no /global_subgraphs route; 0.3.75 and later do)")
+def add_from_library(page, name):
+    """Add a node from the open node library, as a user would: the pinned frontend adds it on a click; the newest
+    selects the item, and a second click adds it."""
+    count = "(name) => app.graph.nodes.filter((n) => n.isSubgraphNode?.() && n.title === name).length"
+    item = page.page.get_by_text(name, exact=True).first
+    item.click()
+    page.page.wait_for_timeout(1500)
+    if page.js(count, name) == 0:
+        item.click()
+    page.wait(f"(name) => ({count})(name) === 1", arg=name, timeout=30_000)
+
+
 def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
     names = [f[:-len(".json")] for f in BLUEPRINT_FILES]
     autoguidance = "Autoguidance sampler (Guidance Lab)"
@@ -324,14 +336,9 @@ def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
         page.page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
     page.screenshot("blueprints-library.png")
     # added from the library as a user would, then wired to the toy model
-    item = page.page.get_by_text(autoguidance, exact=True).first
-    item.click()  # the pinned frontend adds the node on a click; the newest selects the item, and a second click adds
-    page.page.wait_for_timeout(1500)
-    if not page.js("() => app.graph.nodes.some((n) => n.isSubgraphNode?.())"):
-        item.click()
-    page.wait("() => app.graph.nodes.filter((n) => n.isSubgraphNode?.()).length === 1", timeout=30_000)
+    add_from_library(page, autoguidance)
     prompt = page.js("""async () => {
-        const bp = app.graph.nodes.find((n) => n.isSubgraphNode?.());
+        const bp = app.graph.nodes.find((n) => n.isSubgraphNode?.());  // the only one yet
         const add = (type, widgets = {}) => {
             const n = LiteGraph.createNode(type);
             app.graph.add(n);
@@ -357,4 +364,11 @@ def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
     entry = ui_server.run(prompt, timeout=300)
     assert error_of(entry) is None, error_of(entry)
     assert len(images_of(entry, ui_server.output_dir)) == 1
+    # the extension's schedule plots draw inside a blueprint's subgraph too
+    schedule = "CFG with schedule (Guidance Lab)"
+    add_from_library(page, schedule)
+    inner = "(name) => app.graph.nodes.find((n) => n.title === name).subgraph.nodes.filter((n) => n.__guidanceLabPlot)"
+    page.wait(f"(name) => ({inner})(name).every((n) => n.__guidanceLabPlot.fetches > 0)", arg=schedule)
+    plots = page.js(f"(name) => ({inner})(name).map((n) => [n.type, n.__guidanceLabPlot.error])", schedule)
+    assert plots == [["GuidanceLabSchedule", None], ["GuidanceLabCFGPatch", None]]
     page.check_console()
