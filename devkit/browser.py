@@ -2,6 +2,7 @@
 network error capture, and what a fresh offline ComfyUI's own frontend logs (so that anything else fails)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -50,6 +51,42 @@ NEWER_FRONTEND_NOISE = [
 VERSION_NOISE = {
     "1.49.6": [re.compile(r"^ComfyApp graph accessed before initialization$")],
 }
+
+
+@contextlib.contextmanager
+def launched():
+    """Debian's Chromium, headless, through playwright, for a module's browser tests; the tests are skipped, with
+    what installs it, where either is missing."""
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Debian chromium is not installed ({CHROMIUM}); scripts/setup.sh installs it (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed (requirements-dev.txt)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def tree_args(work: str) -> list[str]:
+    """ComfyUI command-line options that make a dev-kit server load this checkout's pack where the ComfyUI tree is
+    a farm of links into another tree (a git worktree's .comfyui, whose main.py links to the main checkout's):
+    ComfyUI finds its folders from main.py's real path, so without --base-directory it would load the other
+    checkout's pack. The user, temp and input folders go to `work`. Nothing where the tree is a real one."""
+    from .comfy_server import COMFY
+
+    if not os.path.islink(os.path.join(COMFY, "main.py")):
+        return []
+    args = ["--base-directory", COMFY]
+    for option, sub in (("--user-directory", "user"), ("--temp-directory", "temp"), ("--input-directory", "input")):
+        os.makedirs(os.path.join(work, sub), exist_ok=True)
+        args += [option, os.path.join(work, sub)]
+    return args
 
 
 def frontend_noise(frontend):

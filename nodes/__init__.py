@@ -5,10 +5,12 @@ from .cfg_nodes import CFG_NODES
 from .classifier_nodes import CLASSIFIER_NODES
 from .clip_nodes import CLIP_NODES
 from .distilled import DISTILLED_NODES
+from .search_aliases import with_search_aliases
 from .toy_nodes import TOY_NODES
 from .training_nodes import TRAINING_NODES
 
-NODES = [*CFG_NODES, *DISTILLED_NODES, *CLASSIFIER_NODES, *CLIP_NODES, *TRAINING_NODES, *TOY_NODES]
+# search aliases where the running ComfyUI's schema has them (nodes/search_aliases.py)
+NODES = with_search_aliases([*CFG_NODES, *DISTILLED_NODES, *CLASSIFIER_NODES, *CLIP_NODES, *TRAINING_NODES, *TOY_NODES])
 
 
 def loadable(nodes) -> list:

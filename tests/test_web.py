@@ -24,7 +24,7 @@ import urllib.request
 import pytest
 
 from devkit import comfy_host as H
-from devkit.browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM, Page
+from devkit.browser import ARTIFACTS, Page, launched
 from guidance_core.classifiers import classifier_files as gio
 from guidance_core import preview as PV
 from guidance_core import schedules as S
@@ -315,17 +315,9 @@ def test_extension_is_served(server):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Debian chromium is not installed ({CHROMIUM}); scripts/setup.sh installs it (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package playwright is not installed (requirements-dev.txt)")
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots and consoles only
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    with launched() as b:
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots and consoles only
         yield b
-        b.close()
 
 
 def _rgb(png: bytes):

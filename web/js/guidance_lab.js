@@ -88,7 +88,7 @@ function plotSeries(node) {
 
 function refreshPlot(node) {
   const st = node.__guidanceLabPlot;
-  if (!st) return;
+  if (!st || !node.graph) return; // not in a graph yet: "Convert to Subgraph" configures clones before adding them
   const series = plotSeries(node);
   const signature = JSON.stringify(series);
   if (signature === st.signature) return;
@@ -123,6 +123,7 @@ async function fetchPlot(node, series) {
 }
 
 function refreshDownstream(node) {
+  if (!node.graph) return; // as in refreshPlot
   for (const target of node.getOutputNodes?.(0) ?? []) refreshPlot(target);
 }
 
