@@ -10,6 +10,11 @@ checks that they cover every entry of the English ones.
 
     .venv/bin/python -m scripts.make_locales           # write locales/en/
     .venv/bin/python -m scripts.make_locales --check   # exit 1 when the shipped English files differ
+    .venv/bin/python -m scripts.make_locales --mark-translated zh ja   # after updating those translations
+
+locales/translated_from.json (outside the language folders, which are all ComfyUI reads) records, per language, the
+English text each translated string was made from: the test names every string whose English changed since (a
+stale translation), and --mark-translated records the current English once a translator has updated a language.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from devkit import ROOT
 
 LOCALES = os.path.join(ROOT, "locales")
 LANGUAGES = ("en", "zh", "ja")
+TRANSLATED_FROM = os.path.join(LOCALES, "translated_from.json")
 FILES = ("main.json", "nodeDefs.json")
 
 
@@ -78,10 +84,46 @@ def read(lang: str, file: str) -> dict:
     return json.loads(_text(os.path.join(LOCALES, lang, file)))
 
 
+def english_strings(defs: dict) -> dict[str, str]:
+    """{"node.display_name" | "node.description" | "node.inputs.<name>.name|tooltip" | ...: English text} of nodeDefs."""
+    out = {}
+    for node, entry in defs.items():
+        for key in ("display_name", "description"):
+            if key in entry:
+                out[f"{node}.{key}"] = entry[key]
+        for part in ("inputs", "outputs"):
+            for name, item in entry.get(part, {}).items():
+                for key, text in item.items():
+                    out[f"{node}.{part}.{name}.{key}"] = text
+    return out
+
+
+def stale_translations(lang: str) -> list[str]:
+    """The strings of `lang` whose English changed (or appeared) since the language was marked translated."""
+    marked = json.loads(_text(TRANSLATED_FROM)).get(lang, {}) if os.path.isfile(TRANSLATED_FROM) else {}
+    return sorted(k for k, v in english_strings(read("en", "nodeDefs.json")).items() if marked.get(k) != v)
+
+
+def mark_translated(langs) -> None:
+    from guidance_core.files import atomic_bytes
+
+    marked = json.loads(_text(TRANSLATED_FROM)) if os.path.isfile(TRANSLATED_FROM) else {}
+    current = english_strings(read("en", "nodeDefs.json"))
+    for lang in langs:
+        marked[lang] = current
+    atomic_bytes(TRANSLATED_FROM, dumps(dict(sorted(marked.items()))).encode("utf-8"))
+    print(f"marked {', '.join(langs)} as translated from the current English ({len(current)} strings)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="compare with the shipped files instead of writing")
+    ap.add_argument("--mark-translated", nargs="+", metavar="LANG", choices=LANGUAGES[1:],
+                    help="record the current English as what these languages' translations were made from")
     args = ap.parse_args(argv)
+    if args.mark_translated:
+        mark_translated(args.mark_translated)
+        return 0
     from guidance_core.files import atomic_bytes
 
     stale = []

@@ -92,6 +92,16 @@ def test_every_node_input_and_output_has_a_translation(lang):
     assert all(v.strip() for v in main_tr["nodeCategories"].values())
 
 
+@pytest.mark.core
+@pytest.mark.parametrize("lang", LANGS)
+def test_no_translation_is_older_than_its_english(lang):
+    """Every translated string was made from the English it stands for now (locales/translated_from.json): a changed
+    tooltip is named until its translation is updated and `make_locales --mark-translated` is run."""
+    assert ML.stale_translations(lang) == [], (
+        f"locales/{lang}: the English of these strings changed since they were translated; update them, then run "
+        f"python -m scripts.make_locales --mark-translated {lang}")
+
+
 # ---------------------------------------------------------------- search aliases
 
 @pytest.mark.comfy
