@@ -13,7 +13,8 @@ and a ComfyUI server started here gets it through PYTHONPATH (python_env).
   families          tiny instances of every model family ComfyUI ships, with their conditionings
   cfg_helpers       guiders, patches and samplers for the CFG tests
   compat_doc        the compatibility vocabulary and docs/COMPATIBILITY.md reader/writer
-  compat_matrix     the compatibility matrix runs
+  compat_matrix     the compatibility matrix runs (all_rows); compat_measure its measuring core, compat_rows_* its
+                    rows by theme (sampling, ComfyUI's nodes, model families, model sampling forms)
   frontends         the ComfyUI frontends installed for the browser tests
   bench             docs/BENCHMARKS.md sections and side-by-side timing
   reliability       the reliability checks in a real server (soak, interrupts, faults, hostile input, report)

@@ -195,6 +195,28 @@ def test_reliability_modules_stay_small():
     assert {fn: n for fn, n in sizes.items() if n > RELIABILITY_MAX_LINES} == {}, sizes
 
 
+DEVKIT_MAX_LINES = 800
+
+
+def devkit_module_sizes() -> dict:
+    """{repository path: lines} of every Python module of devkit/, its packages (devkit/reliability/) included."""
+    sizes = {}
+    for rel in python_files():
+        if rel.startswith("devkit" + os.sep):
+            with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+                sizes[rel] = len(f.read().splitlines())
+    return sizes
+
+
+def test_devkit_modules_stay_small():
+    """No module of the dev kit grows past DEVKIT_MAX_LINES lines: the compatibility matrix is a measuring core
+    (devkit/compat_measure.py) and rows by theme (devkit/compat_rows_*.py) behind devkit/compat_matrix.py, which
+    was one file of 1,267 lines."""
+    sizes = devkit_module_sizes()
+    assert len(sizes) >= 20 and os.path.join("devkit", "compat_measure.py") in sizes, sizes
+    assert {rel: n for rel, n in sizes.items() if n > DEVKIT_MAX_LINES} == {}, sizes
+
+
 CORE = "guidance_core"
 
 
