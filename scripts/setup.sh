@@ -141,9 +141,9 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-# playwright (tests/test_web.py), comfy-cli (tests/test_shipping.py) and diffusers (reference guiders) came after the
-# stamp above; add them to existing environments too
-if ! "$PY" -c "import playwright, comfy_cli, diffusers.guiders" >/dev/null 2>&1; then
+# playwright (tests/test_web.py), comfy-cli (tests/test_shipping.py), diffusers (reference guiders) and ruff (the
+# format check) came after the stamp above; add them to existing environments too
+if ! "$PY" -c "import playwright, comfy_cli, diffusers.guiders, ruff" >/dev/null 2>&1; then
   log "installing the test dependencies (requirements-dev.txt)"
   pip_install -r "$ROOT/requirements-dev.txt"
 fi
