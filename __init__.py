@@ -1,4 +1,5 @@
 """Guidance Lab: classifier(-free) guidance toolkit for ComfyUI. Entry point only."""
+
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES, loadable

@@ -6,6 +6,7 @@ table into docs/BENCHMARKS.md between the cfg-guider markers.
 
     .venv/bin/python -m bench.bench_cfg [--repeats 9] [--width 64] [--latent 32]
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,15 @@ from devkit import comfy_host as H
 from devkit import bench
 
 
-
 def sampler_run(guider, sigmas, latent, sampler):
-    H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=1)[0], guider=guider,
-               sampler=sampler, sigmas=sigmas, latent_image=latent)
+    H.run_node(
+        "SamplerCustomAdvanced",
+        noise=H.run_node("RandomNoise", noise_seed=1)[0],
+        guider=guider,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=latent,
+    )
 
 
 def main():
@@ -35,14 +41,40 @@ def main():
     sampler = H.run_node("KSamplerSelect", sampler_name="euler")[0]
     sigmas = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=args.steps, denoise=1.0)[0]
     sig = [float(v) for v in sigmas]
-    interval = H.run_node("GuidanceLabSchedule", kind="interval", axis="progress", start=1.0, end=0.0, exponent=2.0,
-                          sigma_lo=sig[args.steps // 2], sigma_hi=sig[0] + 1, inside=1.0, outside=0.0,
-                          keyframes="0:1")[0]
-    post = H.run_node("GuidanceLabPostProcess", rescale_phi=0.7, rescale_space="auto", cfg_zero_star=False,
-                      zero_init_steps=0, apg=False, apg_eta=1.0, apg_momentum=0.0, apg_norm_threshold=0.0,
-                      perp_neg=False)[0]
-    g = lambda **kw: H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=neg, cfg=7.0,  # noqa: E731
-                                neg_scale=kw.pop("neg_scale", 6.0), **kw)[0]
+    interval = H.run_node(
+        "GuidanceLabSchedule",
+        kind="interval",
+        axis="progress",
+        start=1.0,
+        end=0.0,
+        exponent=2.0,
+        sigma_lo=sig[args.steps // 2],
+        sigma_hi=sig[0] + 1,
+        inside=1.0,
+        outside=0.0,
+        keyframes="0:1",
+    )[0]
+    post = H.run_node(
+        "GuidanceLabPostProcess",
+        rescale_phi=0.7,
+        rescale_space="auto",
+        cfg_zero_star=False,
+        zero_init_steps=0,
+        apg=False,
+        apg_eta=1.0,
+        apg_momentum=0.0,
+        apg_norm_threshold=0.0,
+        perp_neg=False,
+    )[0]
+    g = lambda **kw: H.run_node(
+        "GuidanceLabCFGGuider",
+        model=model,
+        positive=pos,
+        negative=neg,
+        cfg=7.0,  # noqa: E731
+        neg_scale=kw.pop("neg_scale", 6.0),
+        **kw,
+    )[0]
     cases = {
         "plain CFG (s=7)": g(),
         "interval CFG, guided on half the steps": g(cfg_schedule=interval),
@@ -50,7 +82,10 @@ def main():
         "CFG + rescale 0.7": g(post=post),
     }
     native = H.run_node("CFGGuider", model=model, positive=pos, negative=neg, cfg=7.0)[0]
-    runs = {name: (lambda gd=gd: sampler_run(gd, sigmas, latent, sampler)) for name, gd in {"native": native, **cases}.items()}
+    runs = {
+        name: (lambda gd=gd: sampler_run(gd, sigmas, latent, sampler))
+        for name, gd in {"native": native, **cases}.items()
+    }
     med = bench.interleaved_medians(runs, args.repeats)
     import torch
 
@@ -69,9 +104,12 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        bench.write_section(f"cfg-guider-w{args.width}-l{args.latent}",
-                            f"CFG GUIDER vs native CFGGuider, UNet width {args.width}, latent {args.latent}x{args.latent} "
-                            "(bench/bench_cfg.py)", table)
+        bench.write_section(
+            f"cfg-guider-w{args.width}-l{args.latent}",
+            f"CFG GUIDER vs native CFGGuider, UNet width {args.width}, latent {args.latent}x{args.latent} "
+            "(bench/bench_cfg.py)",
+            table,
+        )
 
 
 if __name__ == "__main__":

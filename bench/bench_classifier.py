@@ -7,6 +7,7 @@ Writes the table into docs/BENCHMARKS.md.
 
     .venv/bin/python -m bench.bench_classifier [--steps 3] [--repeats 3] [--latent 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from devkit import comfy_host as H
 from devkit.bench import device_line, write_section
 
-SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-             "use_temporal_attention": False, "use_temporal_resblock": False}
+SD15_UNET = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
 
 
 def sd15_model(dtype):
@@ -66,16 +81,37 @@ def main():
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=10))
     n_params = sum(p.numel() for p in net.parameters())
     clf = nodes_mod.LoadedClassifier(net, {"labels": labels, "latent_channels": 4, "parameterization": "eps"}, "bench")
-    patched = H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf, target="class3", scale=1.0,
-                         sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0, dtype="float32")[0]
+    patched = H.run_node(
+        "GuidanceLabClassifierGuidance",
+        model=model,
+        classifier=clf,
+        target="class3",
+        scale=1.0,
+        sigma_lo=0.0,
+        sigma_hi=1.0e4,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+    )[0]
     pos, neg = H.cond(1, dim=768, tokens=77), H.cond(2, dim=768, tokens=77)
     latent = {"samples": torch.zeros(1, 4, args.latent, args.latent)}
 
     def run(m):
         t0 = time.perf_counter()
         with torch.inference_mode():
-            H.run_node("KSampler", model=m, seed=1, steps=args.steps, cfg=7.0, sampler_name="euler",
-                       scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+            H.run_node(
+                "KSampler",
+                model=m,
+                seed=1,
+                steps=args.steps,
+                cfg=7.0,
+                sampler_name="euler",
+                scheduler="normal",
+                positive=pos,
+                negative=neg,
+                latent_image=latent,
+                denoise=1.0,
+            )
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / args.steps
@@ -87,23 +123,27 @@ def main():
         guided.append(run(patched))
     b, g = statistics.median(base), statistics.median(guided)
     device = device_line()
-    table = "\n".join([
-        f"SD1.5-architecture UNetModel (random weights, {'fp16' if cuda else 'fp32'}), latent 4x{args.latent}x{args.latent}, "
-        f"batch 1, cfg 7 (2 rows/step), euler; classifier: NoiseAwareClassifier default config "
-        f"({n_params / 1e6:.2f} M parameters), eager forward+backward. {args.repeats} interleaved repeats of "
-        f"{args.steps} steps, medians. Device: {device}; torch {torch.__version__}.",
-        "",
-        "| | s / step | ratio |",
-        "|---|---|---|",
-        f"| KSampler, no guidance | {b:.3f} | 1.000 |",
-        f"| KSampler + Classifier Guidance patch | {g:.3f} | {g / b:.3f} |",
-        "",
-        f"Added per step: {100 * (g / b - 1):.1f}%.",
-    ])
+    table = "\n".join(
+        [
+            f"SD1.5-architecture UNetModel (random weights, {'fp16' if cuda else 'fp32'}), latent 4x{args.latent}x{args.latent}, "
+            f"batch 1, cfg 7 (2 rows/step), euler; classifier: NoiseAwareClassifier default config "
+            f"({n_params / 1e6:.2f} M parameters), eager forward+backward. {args.repeats} interleaved repeats of "
+            f"{args.steps} steps, medians. Device: {device}; torch {torch.__version__}.",
+            "",
+            "| | s / step | ratio |",
+            "|---|---|---|",
+            f"| KSampler, no guidance | {b:.3f} | 1.000 |",
+            f"| KSampler + Classifier Guidance patch | {g:.3f} | {g / b:.3f} |",
+            "",
+            f"Added per step: {100 * (g / b - 1):.1f}%.",
+        ]
+    )
     print(table)
     if not args.no_write:
         key = "classifier-gpu" if cuda else "classifier-cpu"
-        write_section(key, f"Classifier guidance overhead per step, {'GPU' if cuda else 'CPU'} (bench/bench_classifier.py)", table)
+        write_section(
+            key, f"Classifier guidance overhead per step, {'GPU' if cuda else 'CPU'} (bench/bench_classifier.py)", table
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Writes the table into docs/BENCHMARKS.md.
 
     .venv/bin/python -m bench.bench_clip [--latent 64] [--repeats 3] [--threads N] [--no-through] [--no-write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,18 @@ from devkit.bench import device_line, write_section
 from bench.bench_classifier import sd15_model
 
 LABELS = ["a photo of a red car", "a photo of a blue car", "a photo of a cat", "a photo of a dog"]
-SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+SD_VAE = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
 
 
 def sd_vae():
@@ -35,9 +46,16 @@ def sd_vae():
 
     shapes = AE.AutoencoderKL(ddconfig=SD_VAE, embed_dim=4).state_dict()
     g = torch.Generator().manual_seed(0)
-    sd = {k: (torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5 if v.ndim > 1 else
-              torch.ones(v.shape) if "norm" in k and k.endswith("weight") else torch.zeros(v.shape))
-          for k, v in shapes.items()}
+    sd = {
+        k: (
+            torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5
+            if v.ndim > 1
+            else torch.ones(v.shape)
+            if "norm" in k and k.endswith("weight")
+            else torch.zeros(v.shape)
+        )
+        for k, v in shapes.items()
+    }
     with torch.inference_mode():
         return comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": SD_VAE, "embed_dim": 4}})
 
@@ -47,8 +65,12 @@ def parse_args():
     ap.add_argument("--latent", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-through", action="store_true", help="skip the through-the-model cases")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default); 1 gives stable "
-                                                           "numbers on a machine shared with other jobs")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (0 = torch's default); 1 gives stable numbers on a machine shared with other jobs",
+    )
     ap.add_argument("--no-write", action="store_true")
     return ap.parse_args()
 
@@ -109,8 +131,9 @@ def time_in_one_step(model, hooks: dict, patchers: list, latent: int, repeats: i
         for r in range(repeats):
             sync()
             t0 = time.perf_counter()
-            comfy.samplers.calc_cond_batch(a["model"], [a["cond"], a["uncond"]], a["input"], a["sigma"],
-                                           a["model_options"])
+            comfy.samplers.calc_cond_batch(
+                a["model"], [a["cond"], a["uncond"]], a["input"], a["sigma"], a["model_options"]
+            )
             sync()
             times["model"].append(time.perf_counter() - t0)
             for name in hooks:
@@ -125,9 +148,19 @@ def time_in_one_step(model, hooks: dict, patchers: list, latent: int, repeats: i
     m.set_model_sampler_post_cfg_function(probe)
     pos, neg = H.cond(1, dim=768, tokens=77), H.cond(2, dim=768, tokens=77)
     with torch.inference_mode():
-        H.run_node("KSampler", model=m, seed=1, steps=1, cfg=7.0, sampler_name="euler", scheduler="normal",
-                   positive=pos, negative=neg, latent_image={"samples": torch.zeros(1, 4, latent, latent)},
-                   denoise=1.0)
+        H.run_node(
+            "KSampler",
+            model=m,
+            seed=1,
+            steps=1,
+            cfg=7.0,
+            sampler_name="euler",
+            scheduler="normal",
+            positive=pos,
+            negative=neg,
+            latent_image={"samples": torch.zeros(1, 4, latent, latent)},
+            denoise=1.0,
+        )
     return times
 
 
@@ -149,8 +182,11 @@ def table(med: dict, cases: dict, latent: int, repeats: int, cuda: bool) -> str:
     ]
     for name in cases:
         lines.append(f"| + CLIP guidance: {name} | {1000 * med[name]:.0f} | {med[name] / med['model']:.2f} |")
-    lines += ["", f"VAE decode vs linear map (detached): {med['VAE decode, detached'] / med['linear map, detached']:.0f}x "
-                  "the cost per step."]
+    lines += [
+        "",
+        f"VAE decode vs linear map (detached): {med['VAE decode, detached'] / med['linear map, detached']:.0f}x "
+        "the cost per step.",
+    ]
     return "\n".join(lines)
 
 
@@ -173,8 +209,12 @@ def main():
     print(text)
     if not args.no_write:
         key = f"clip-{'gpu' if cuda else 'cpu'}-l{args.latent}"
-        write_section(key, f"CLIP guidance cost per step, linear map vs VAE decode, {'GPU' if cuda else 'CPU'}, "
-                           f"{args.latent * 8} px (bench/bench_clip.py)", text)
+        write_section(
+            key,
+            f"CLIP guidance cost per step, linear map vs VAE decode, {'GPU' if cuda else 'CPU'}, "
+            f"{args.latent * 8} px (bench/bench_clip.py)",
+            text,
+        )
 
 
 if __name__ == "__main__":

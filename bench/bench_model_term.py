@@ -9,6 +9,7 @@ model-term markers.
 
     .venv/bin/python -m bench.bench_model_term [--repeats 7] [--width 64] [--latent 32]
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ from devkit import bench
 from devkit import comfy_host as H
 from devkit.lora import lora_state_dict, with_lora
 
-CASES = ("KSampler, cfg 1, no term", "model term = separate network (same weights)",
-         "model term = LoRA clone (shared network)")
+CASES = (
+    "KSampler, cfg 1, no term",
+    "model term = separate network (same weights)",
+    "model term = LoRA clone (shared network)",
+)
 
 
 def build(case: str, width: int):
@@ -37,17 +41,36 @@ def build(case: str, width: int):
 
 
 def run(model, steps, latent):
-    H.run_node("KSampler", model=model, seed=1, steps=steps, cfg=1.0, sampler_name="euler", scheduler="normal",
-               positive=H.cond(1), negative=H.cond(2), latent_image=latent, denoise=1.0)
+    H.run_node(
+        "KSampler",
+        model=model,
+        seed=1,
+        steps=steps,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=H.cond(1),
+        negative=H.cond(2),
+        latent_image=latent,
+        denoise=1.0,
+    )
 
 
 def memory_mb(case: str, args) -> dict:
     """Memory of a fresh process that builds the case and samples once (MB): peak RSS, the RSS the case added after
     ComfyUI's start-up, and the bytes of the distinct networks' weights."""
-    code = ("import json, sys; from bench import bench_model_term as B; "
-            "print(json.dumps(B.one_case(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))")
-    out = subprocess.run([sys.executable, "-c", code, case, str(args.width), str(args.latent), str(args.steps)],
-                         cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800)  # -c: cwd on sys.path
+    code = (
+        "import json, sys; from bench import bench_model_term as B; "
+        "print(json.dumps(B.one_case(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, case, str(args.width), str(args.latent), str(args.steps)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )  # -c: cwd on sys.path
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,10 +87,16 @@ def one_case(case: str, width: int, latent: int, steps: int) -> dict:
     before = rss_mb()
     model, nets = build(case, width)
     run(model, steps, H.empty_latent(1, latent))
-    weights = sum(p.numel() * p.element_size() for n in {id(n.model): n for n in nets}.values()
-                  for p in n.model.diffusion_model.parameters())
-    return {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "added": rss_mb() - before,
-            "weights": weights / 2**20}
+    weights = sum(
+        p.numel() * p.element_size()
+        for n in {id(n.model): n for n in nets}.values()
+        for p in n.model.diffusion_model.parameters()
+    )
+    return {
+        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "added": rss_mb() - before,
+        "weights": weights / 2**20,
+    }
 
 
 def main():
@@ -87,8 +116,9 @@ def main():
         for c in counters:
             c.close()
         shape[case] = (len(calls) / args.steps, sum(calls) / args.steps)
-    med = bench.interleaved_medians({c: (lambda m=m: run(m, args.steps, latent)) for c, (m, _) in built.items()},
-                                    args.repeats)
+    med = bench.interleaved_medians(
+        {c: (lambda m=m: run(m, args.steps, latent)) for c, (m, _) in built.items()}, args.repeats
+    )
     mem = {case: memory_mb(case, args) for case in CASES}
     base = med[CASES[1]]
     lines = [
@@ -105,14 +135,19 @@ def main():
     for case in CASES:
         calls, rows = shape[case]
         m = mem[case]
-        lines.append(f"| {case} | {calls:g} | {rows:g} | {med[case]:.4f} | {med[case] / base:.3f} | {m['peak']:.0f} "
-                     f"| {m['added']:.0f} | {m['weights']:.1f} |")
+        lines.append(
+            f"| {case} | {calls:g} | {rows:g} | {med[case]:.4f} | {med[case] / base:.3f} | {m['peak']:.0f} "
+            f"| {m['added']:.0f} | {m['weights']:.1f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        bench.write_section(f"model-term-w{args.width}-l{args.latent}",
-                            f"Model term as a LoRA clone vs a separate network, UNet width {args.width}, latent "
-                            f"{args.latent}x{args.latent} (bench/bench_model_term.py)", table)
+        bench.write_section(
+            f"model-term-w{args.width}-l{args.latent}",
+            f"Model term as a LoRA clone vs a separate network, UNet width {args.width}, latent "
+            f"{args.latent}x{args.latent} (bench/bench_model_term.py)",
+            table,
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ docs/BENCHMARKS.md between the nag-cost markers.
     GL_COMFYUI=$PWD/.comfyui-0.33.0 PYTHONPATH=$PWD/.comfyui-0.33.0/_pydeps .venv/bin/python -m bench.bench_nag
     .venv/bin/python -m bench.bench_nag --wan --steps 8
 """
+
 from __future__ import annotations
 
 from devkit import bench
@@ -25,10 +26,27 @@ def wan_world(latent: int):
 
     from devkit import families as F
 
-    cfg = F._config("WAN21_T2V", dict(model_type="t2v", patch_size=(1, 2, 2), text_len=WAN_TEXT, in_dim=16, dim=WAN_DIM,
-                                      ffn_dim=4 * WAN_DIM, freq_dim=64, text_dim=64, out_dim=16, num_heads=4,
-                                      num_layers=WAN_LAYERS, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True,
-                                      eps=1e-6, dtype=torch.float32))
+    cfg = F._config(
+        "WAN21_T2V",
+        dict(
+            model_type="t2v",
+            patch_size=(1, 2, 2),
+            text_len=WAN_TEXT,
+            in_dim=16,
+            dim=WAN_DIM,
+            ffn_dim=4 * WAN_DIM,
+            freq_dim=64,
+            text_dim=64,
+            out_dim=16,
+            num_heads=4,
+            num_layers=WAN_LAYERS,
+            window_size=(-1, -1),
+            qk_norm=True,
+            cross_attn_norm=True,
+            eps=1e-6,
+            dtype=torch.float32,
+        ),
+    )
     model = F._patcher(cfg.get_model({}, device="cpu"), 16)
     conds = [H.cond(s, tokens=WAN_TEXT, dim=64) for s in (1, 2)]
     return model, conds, {"samples": torch.zeros(1, 16, 4, latent, latent)}
@@ -51,22 +69,28 @@ def main():
     if args.wan:
         model, (pos, neg), latent = wan_world(args.latent)
         forms = ("paper",)
-        what = (f"ComfyUI WanModel (Wan 2.1 text-to-video), dim {WAN_DIM}, {WAN_LAYERS} blocks, random weights; prompts of "
-                f"{WAN_TEXT} tokens; latent 16x4x{args.latent}x{args.latent} ({args.latent ** 2} image tokens)")
+        what = (
+            f"ComfyUI WanModel (Wan 2.1 text-to-video), dim {WAN_DIM}, {WAN_LAYERS} blocks, random weights; prompts of "
+            f"{WAN_TEXT} tokens; latent 16x4x{args.latent}x{args.latent} ({args.latent**2} image tokens)"
+        )
     else:
         model = H.tiny_model("eps", width=args.width, cross_gain=3.0)
         pos, neg = H.cond(1, tokens=77), H.cond(2, tokens=77)
         latent = H.empty_latent(1, args.latent)
         forms = ("paper", "comfyui")
-        what = (f"ComfyUI UNetModel, model_channels={args.width}, channel_mult [1,2], eps, random weights; prompts of 77 "
-                f"tokens; latent 4x{args.latent}x{args.latent}")
+        what = (
+            f"ComfyUI UNetModel, model_channels={args.width}, channel_mult [1,2], eps, random weights; prompts of 77 "
+            f"tokens; latent 4x{args.latent}x{args.latent}"
+        )
     unguided = "KSampler, cfg 1 (unguided)"
     cases = {unguided: (model, 1.0)}
     for form in forms:
         cases[f"Guidance Lab NAG term, {form} form, cfg 1"] = (nag_patch(model, form), 1.0)
     if "NAGuidance" in H.boot().NODE_CLASS_MAPPINGS and not args.wan:
-        cases["ComfyUI NAGuidance (scale 5), cfg 1"] = (H.run_node("NAGuidance", model=model, nag_scale=5.0, nag_alpha=0.25,
-                                                                    nag_tau=2.5)[0], 1.0)
+        cases["ComfyUI NAGuidance (scale 5), cfg 1"] = (
+            H.run_node("NAGuidance", model=model, nag_scale=5.0, nag_alpha=0.25, nag_tau=2.5)[0],
+            1.0,
+        )
     cases["KSampler, cfg 5 with the negative prompt (CFG)"] = (model, 5.0)
     measured = bench.ksampler_cases(cases, args.steps, args.repeats, latent, pos, neg)
     lines = [
@@ -84,10 +108,13 @@ def main():
     print(table)
     if not args.no_write:
         key = f"nag-cost-wan-d{WAN_DIM}-l{args.latent}" if args.wan else f"nag-cost-w{args.width}-l{args.latent}"
-        title = (f"NAG at cfg 1 on Wan 2.1 (paper form on its text cross-attention), dim {WAN_DIM}, latent "
-                 f"{args.latent}x{args.latent}x4" if args.wan else
-                 f"NAG at cfg 1: cost against the unguided step, NAGuidance and CFG, UNet width {args.width}, "
-                 f"latent {args.latent}x{args.latent}")
+        title = (
+            f"NAG at cfg 1 on Wan 2.1 (paper form on its text cross-attention), dim {WAN_DIM}, latent "
+            f"{args.latent}x{args.latent}x4"
+            if args.wan
+            else f"NAG at cfg 1: cost against the unguided step, NAGuidance and CFG, UNet width {args.width}, "
+            f"latent {args.latent}x{args.latent}"
+        )
         bench.write_section(key, f"{title} (bench/bench_nag.py)", table)
 
 

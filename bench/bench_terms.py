@@ -8,6 +8,7 @@ between the pag-batched markers.
 
     .venv/bin/python -m bench.bench_terms [--repeats 7] [--width 64] [--latent 32]
 """
+
 from __future__ import annotations
 
 import os
@@ -18,13 +19,13 @@ from devkit import comfy_host as H
 from devkit import bench
 
 
-
 def calc_cond_batch_as_comfyui(args):
     """A sampler_calc_cond_batch_function that batches as ComfyUI does (another node's hook, doing nothing else)."""
     import comfy.samplers
 
-    return comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"],
-                                          args["model_options"])
+    return comfy.samplers.calc_cond_batch(
+        args["model"], args["conds"], args["input"], args["sigma"], args["model_options"]
+    )
 
 
 def main():
@@ -43,14 +44,18 @@ def main():
     tpg_term = H.run_node("GuidanceLabPerturbedTerm", mode="tpg", blocks="middle.0", weight=3.0, seg_sigma=10.0)[0]
     cases = {
         "KSampler, CFG 5 (no PAG)": model,
-        "ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5": H.run_node("PerturbedAttentionGuidance", model=model,
-                                                                           scale=3.0)[0],
-        "Guidance Lab PAG term (w 3) + CFG 5, batched": H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0,
-                                                                   terms=pag_term)[0],
-        "Guidance Lab SEG term (w 3, sigma 10) + CFG 5, batched": H.run_node("GuidanceLabCFGPatch", model=model,
-                                                                             neg_scale=0.0, terms=seg_term)[0],
+        "ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5": H.run_node(
+            "PerturbedAttentionGuidance", model=model, scale=3.0
+        )[0],
+        "Guidance Lab PAG term (w 3) + CFG 5, batched": H.run_node(
+            "GuidanceLabCFGPatch", model=model, neg_scale=0.0, terms=pag_term
+        )[0],
+        "Guidance Lab SEG term (w 3, sigma 10) + CFG 5, batched": H.run_node(
+            "GuidanceLabCFGPatch", model=model, neg_scale=0.0, terms=seg_term
+        )[0],
         "Guidance Lab TPG term (w 3, middle block) + CFG 5, batched": H.run_node(
-            "GuidanceLabCFGPatch", model=model, neg_scale=0.0, terms=tpg_term)[0],
+            "GuidanceLabCFGPatch", model=model, neg_scale=0.0, terms=tpg_term
+        )[0],
     }
     # the same terms with their perturbed rows in a call of their own: what the runtime does where another node
     # batches the model calls its own way (a sampler_calc_cond_batch_function, here ComfyUI's own calc_cond_batch)
@@ -58,8 +63,9 @@ def main():
         own = cases[next(n for n in cases if n.startswith(f"Guidance Lab {kind} term"))].clone()
         own.set_model_sampler_calc_cond_batch_function(calc_cond_batch_as_comfyui)
         cases[f"Guidance Lab {kind} term + CFG 5, perturbed rows in a call of their own"] = own
-    measured = bench.ksampler_cases({name: (m, 5.0) for name, m in cases.items()}, args.steps, args.repeats, latent,
-                                    pos, neg)
+    measured = bench.ksampler_cases(
+        {name: (m, 5.0) for name, m in cases.items()}, args.steps, args.repeats, latent, pos, neg
+    )
     base = measured["ComfyUI PerturbedAttentionGuidance (scale 3) + CFG 5"][2]
     device = bench.device_line()
     lines = [
@@ -75,10 +81,13 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        bench.write_section(f"pag-batched-w{args.width}-l{args.latent}",
-                            f"PAG, SEG, TPG + CFG in one batched forward vs ComfyUI's PAG node and vs their rows in a "
-                            f"call of their own, UNet width {args.width}, latent "
-                            f"{args.latent}x{args.latent} (bench/bench_terms.py)", table)
+        bench.write_section(
+            f"pag-batched-w{args.width}-l{args.latent}",
+            f"PAG, SEG, TPG + CFG in one batched forward vs ComfyUI's PAG node and vs their rows in a "
+            f"call of their own, UNet width {args.width}, latent "
+            f"{args.latent}x{args.latent} (bench/bench_terms.py)",
+            table,
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ speed does not depend on the content). Writes its section of docs/BENCHMARKS.md.
 
     .venv/bin/python -m bench.bench_training [--steps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,14 @@ def throughput(shape, steps, batch, device):
     latents = torch.randn(n, *shape)
     labels = torch.arange(n) % 10
     spec = NoiseSpec("eps", 0.0292, 14.61)
-    tr = Trainer(latents, labels, [str(i) for i in range(10)], spec,
-                 TrainConfig(steps=steps + 2, batch_size=batch, val_fraction=0.0), device=device)
+    tr = Trainer(
+        latents,
+        labels,
+        [str(i) for i in range(10)],
+        spec,
+        TrainConfig(steps=steps + 2, batch_size=batch, val_fraction=0.0),
+        device=device,
+    )
     tr.config.steps = 2
     tr.run()  # warm-up
     tr.config.steps = steps + 2
@@ -50,16 +57,23 @@ def main():
     for shape in ((3, 32, 32), (4, 64, 64)):
         rows.append((shape, throughput(shape, args.steps, args.batch, device)))
     name = device_line()
-    lines = [f"NoiseAwareClassifier width 64 (channel_mult 1,2,2), batch {args.batch}, AdamW, {args.steps} timed steps "
-             f"after warm-up. Device: {name}; torch {torch.__version__}.", "",
-             "| latent shape | images / s |", "|---|---|"]
+    lines = [
+        f"NoiseAwareClassifier width 64 (channel_mult 1,2,2), batch {args.batch}, AdamW, {args.steps} timed steps "
+        f"after warm-up. Device: {name}; torch {torch.__version__}.",
+        "",
+        "| latent shape | images / s |",
+        "|---|---|",
+    ]
     lines += [f"| {'x'.join(map(str, s))} | {ips:.0f} |" for s, ips in rows]
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
         key = "training-gpu" if device.type == "cuda" else "training-cpu"
-        write_section(key, f"Classifier training throughput, {'GPU' if device.type == 'cuda' else 'CPU'} "
-                           "(bench/bench_training.py)", table)
+        write_section(
+            key,
+            f"Classifier training throughput, {'GPU' if device.type == 'cuda' else 'CPU'} (bench/bench_training.py)",
+            table,
+        )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ and a ComfyUI server started here gets it through PYTHONPATH (python_env).
   bench             docs/BENCHMARKS.md sections and side-by-side timing
   reliability       the reliability checks in a real server (soak, interrupts, faults, hostile input, report)
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Benchmark helpers: side-by-side timing and the marked sections of docs/BENCHMARKS.md."""
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ def write_section(key: str, title: str, body: str):
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nNumbers written by the scripts in bench/.\n"
     block = f"{start}\n## {title}\n\n{body}\n{end}"
     if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     from guidance_core.files import atomic_bytes
@@ -77,8 +78,19 @@ def ksampler_run(model, cfg, steps, latent, pos, neg):
     """One stock KSampler run (euler, normal, seed 1, full denoise)."""
     from . import comfy_host as H
 
-    H.run_node("KSampler", model=model, seed=1, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal",
-               positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    H.run_node(
+        "KSampler",
+        model=model,
+        seed=1,
+        steps=steps,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=pos,
+        negative=neg,
+        latent_image=latent,
+        denoise=1.0,
+    )
 
 
 def ksampler_cases(cases: dict, steps: int, repeats: int, latent, pos, neg) -> dict:
@@ -95,6 +107,8 @@ def ksampler_cases(cases: dict, steps: int, repeats: int, latent, pos, neg) -> d
             counter.close()
         calls = [r for r, _ in counter.calls]
         shape[name] = (len(calls) / steps, sum(calls) / steps)
-    runs = {name: (lambda m=m, cfg=cfg: ksampler_run(m, cfg, steps, latent, pos, neg)) for name, (m, cfg) in cases.items()}
+    runs = {
+        name: (lambda m=m, cfg=cfg: ksampler_run(m, cfg, steps, latent, pos, neg)) for name, (m, cfg) in cases.items()
+    }
     med = interleaved_medians(runs, repeats)
     return {name: (*shape[name], med[name]) for name in cases}

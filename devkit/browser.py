@@ -1,5 +1,6 @@
 """Headless Chromium against a running ComfyUI server, for the browser tests: the page object with console and
 network error capture, and what a fresh offline ComfyUI's own frontend logs (so that anything else fails)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,16 @@ from . import frontends as FE
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = os.path.join(ROOT, "test-artifacts", "web")
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
 
 OURS = re.compile(r"guidance[_-]?lab", re.I)  # console text: the pack's files, routes, node types, extension name
 # failed requests: the pack's files and routes only (/extensions/guidance-lab/, /guidance_lab/); both frontends
@@ -60,7 +69,9 @@ def launched():
     import pytest
 
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Debian chromium is not installed ({CHROMIUM}); scripts/setup.sh installs it (apt-get install chromium)")
+        pytest.skip(
+            f"Debian chromium is not installed ({CHROMIUM}); scripts/setup.sh installs it (apt-get install chromium)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -90,8 +101,11 @@ def tree_args(work: str) -> list[str]:
 
 
 def frontend_noise(frontend):
-    return (COMFY_NOISE + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
-            + VERSION_NOISE.get(frontend.version, []))
+    return (
+        COMFY_NOISE
+        + (NEWER_FRONTEND_NOISE if frontend.name != "pinned" else [])
+        + VERSION_NOISE.get(frontend.version, [])
+    )
 
 
 class Page:
@@ -101,8 +115,10 @@ class Page:
         self.frontend = getattr(server, "frontend", None) or FE.pinned()
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
         # the frontend's "try Nodes 2.0" / "prefer the legacy design?" banners, dismissed as a user would
-        self.page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');"
-                                  "localStorage.setItem('comfy.vueNodesMigration.dismissed', 'true');")
+        self.page.add_init_script(
+            "localStorage.setItem('vueNodesBannerDismissed', 'true');"
+            "localStorage.setItem('comfy.vueNodesMigration.dismissed', 'true');"
+        )
         self.console, self.failed = [], []
         self.page.on("console", lambda m: self.console.append((m.type, m.text)))
         self.page.on("pageerror", lambda e: self.console.append(("pageerror", f"{e}\n{getattr(e, 'stack', '')}")))
@@ -110,14 +126,19 @@ class Page:
         self.page.on("requestfailed", lambda r: self.failed.append((r.failure, r.url)))
         # A fresh ComfyUI (as in CI) opens its workflow-templates dialog over the canvas on the first
         # visit; a user who has been there before has this setting, so the page opens on the canvas.
-        req = urllib.request.Request(server.url + "/settings/Comfy.TutorialCompleted", data=b"true",
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            server.url + "/settings/Comfy.TutorialCompleted",
+            data=b"true",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         urllib.request.urlopen(req, timeout=30).close()
         self.page.goto(server.url, wait_until="load")
         self.page.wait_for_function("() => !!(window.app?.graph && window.LiteGraph && app.canvas)", timeout=90_000)
         self.page.wait_for_function(
             "() => !!(app.extensionManager?.setting && LiteGraph.registered_node_types['GuidanceLabSchedule'])",
-            timeout=60_000)
+            timeout=60_000,
+        )
         # the frontend we meant to test is the one the page runs
         assert self.js("() => window.__COMFYUI_FRONTEND_VERSION__") == self.frontend.version, self.frontend
         # litegraph's deprecation warnings (input.link in 1.58, ...) are logged once per page, whoever caused
@@ -141,9 +162,9 @@ class Page:
 
     def errors(self, since=(0, 0)):
         """(ours, others): console errors/page errors mentioning the pack, and every other one."""
-        errs = [(t, m) for t, m in self.console[since[0]:] if t in ("error", "pageerror")]
+        errs = [(t, m) for t, m in self.console[since[0] :] if t in ("error", "pageerror")]
         ours = [m for _, m in errs if OURS.search(m)]
-        ours += [f"{s} {u}" for s, u in self.failed[since[1]:] if OUR_URLS.search(u)]
+        ours += [f"{s} {u}" for s, u in self.failed[since[1] :] if OUR_URLS.search(u)]
         others = [m for _, m in errs if m not in ours]
         return ours, others
 
@@ -158,12 +179,13 @@ class Page:
         noise = frontend_noise(self.frontend)
         unexplained = [m for m in others if not any(p.search(m) for p in noise)]
         assert unexplained == [], unexplained
-        assert not [m for t, m in self.console[since[0]:] if t == "warning" and OURS.search(m)]
+        assert not [m for t, m in self.console[since[0] :] if t == "warning" and OURS.search(m)]
         assert self.js("() => window.__guidanceLabDeprecated") == [], "the pack uses a deprecated litegraph API"
 
     def setup_graph(self, vue: bool):
         assert not self.js("() => !!document.querySelector('.p-dialog-mask')"), "a dialog covers the canvas"
-        self.js("""async (vue) => {
+        self.js(
+            """async (vue) => {
             const s = app.extensionManager.setting;
             await s.set("Comfy.VueNodes.Enabled", vue);
             await s.set("Comfy.Minimap.Visible", false);
@@ -171,29 +193,40 @@ class Page:
             app.canvas.ds.offset = [0, 0];
             app.canvas.ds.scale = 1;
             app.canvas.setDirty(true, true);
-        }""", vue)
+        }""",
+            vue,
+        )
 
     def add_node(self, node_type, x, y):
-        return self.js("""([t, x, y]) => {
+        return self.js(
+            """([t, x, y]) => {
             const n = LiteGraph.createNode(t);
             n.pos = [x, y];
             app.graph.add(n);
             app.canvas.setDirty(true, true);
             return n.id;
-        }""", [node_type, x, y])
+        }""",
+            [node_type, x, y],
+        )
 
     def fetches(self, node_id):
         return self.js("(id) => app.graph.getNodeById(id).__guidanceLabPlot.fetches", node_id)
 
     def wait_plot(self, node_id, after=0):
         """Wait until the node's plot has drawn a route answer newer than `after` fetches; return its state."""
-        self.wait("([id, k]) => { const s = app.graph.getNodeById(id)?.__guidanceLabPlot; "
-                  "return s && s.fetches > k && s.canvas.clientWidth > 0; }", [node_id, after])
+        self.wait(
+            "([id, k]) => { const s = app.graph.getNodeById(id)?.__guidanceLabPlot; "
+            "return s && s.fetches > k && s.canvas.clientWidth > 0; }",
+            [node_id, after],
+        )
         self.page.wait_for_timeout(150)  # the frame after drawing
-        return self.js("""(id) => {
+        return self.js(
+            """(id) => {
             const s = app.graph.getNodeById(id).__guidanceLabPlot;
             return {fetches: s.fetches, error: s.error, series: s.series};
-        }""", node_id)
+        }""",
+            node_id,
+        )
 
     def plot_png(self, node_id) -> bytes:
         handle = self.page.evaluate_handle("(id) => app.graph.getNodeById(id).__guidanceLabPlot.canvas", node_id)
@@ -201,7 +234,8 @@ class Page:
 
     def widget_center(self, node_id, name):
         """Page coordinates of a widget's centre (classic canvas renderer)."""
-        return self.js("""([id, name]) => {
+        return self.js(
+            """([id, name]) => {
             const n = app.graph.getNodeById(id);
             const w = n.widgets.find((w) => w.name === name);
             const h = w.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT;
@@ -209,7 +243,9 @@ class Page:
             const r = app.canvas.canvas.getBoundingClientRect();
             return [r.left + cx, r.top + cy, app.canvas.ds.convertOffsetToCanvas([n.pos[0], 0])[0] + r.left,
                     n.size[0] * app.canvas.ds.scale];
-        }""", [node_id, name])
+        }""",
+            [node_id, name],
+        )
 
     def screenshot(self, name):
         os.makedirs(ARTIFACTS, exist_ok=True)
@@ -225,8 +261,12 @@ class Page:
             deprecated = self.js("() => window.__guidanceLabDeprecated ?? []")
         except PlaywrightError as e:  # a closed or crashed page
             deprecated = [f"(not read: {e})"]
-        return {"frontend": str(self.frontend), "console": self.console, "failed": [list(x) for x in self.failed],
-                "deprecated": deprecated}
+        return {
+            "frontend": str(self.frontend),
+            "console": self.console,
+            "failed": [list(x) for x in self.failed],
+            "deprecated": deprecated,
+        }
 
     def close(self, name: str):
         """Keep the browser console and failed requests of this test in test-artifacts/web/."""

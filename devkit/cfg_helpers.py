@@ -1,29 +1,57 @@
 """Helpers of the CFG tests: sample through KSampler / SamplerCustomAdvanced with the pack's nodes or
 ComfyUI's own, on the tiny real models of comfy_host."""
+
 from . import comfy_host as H
 from guidance_core import schedules as S
 
 POS, NEG, EMPTY, OTHER = H.cond(1), H.cond(2), H.cond(3), H.cond(4)
 
 
-def ksample(model, cfg, sampler="euler", steps=8, seed=5, denoise=1.0, pos=POS, neg=NEG, batch=1,
-            scheduler="normal", latent=None):
-    out = H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-                     scheduler=scheduler, positive=pos, negative=neg,
-                     latent_image=H.empty_latent(batch) if latent is None else latent, denoise=denoise)[0]
+def ksample(
+    model,
+    cfg,
+    sampler="euler",
+    steps=8,
+    seed=5,
+    denoise=1.0,
+    pos=POS,
+    neg=NEG,
+    batch=1,
+    scheduler="normal",
+    latent=None,
+):
+    out = H.run_node(
+        "KSampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        sampler_name=sampler,
+        scheduler=scheduler,
+        positive=pos,
+        negative=neg,
+        latent_image=H.empty_latent(batch) if latent is None else latent,
+        denoise=denoise,
+    )[0]
     return out["samples"]
 
 
-def custom_sample(model, guider, sampler="euler", steps=8, seed=5, denoise=1.0, batch=1, sigmas=None,
-                  scheduler="normal", latent=None):
+def custom_sample(
+    model, guider, sampler="euler", steps=8, seed=5, denoise=1.0, batch=1, sigmas=None, scheduler="normal", latent=None
+):
     """sampler: a name (KSamplerSelect) or a SAMPLER."""
     if sigmas is None:
         sigmas = H.run_node("BasicScheduler", model=model, scheduler=scheduler, steps=steps, denoise=denoise)[0]
     if isinstance(sampler, str):
         sampler = H.run_node("KSamplerSelect", sampler_name=sampler)[0]
-    return H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=seed)[0], guider=guider,
-                      sampler=sampler, sigmas=sigmas,
-                      latent_image=H.empty_latent(batch) if latent is None else latent)[0]["samples"]
+    return H.run_node(
+        "SamplerCustomAdvanced",
+        noise=H.run_node("RandomNoise", noise_seed=seed)[0],
+        guider=guider,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=H.empty_latent(batch) if latent is None else latent,
+    )[0]["samples"]
 
 
 def our_guider(model, cfg, **kw):
@@ -49,8 +77,17 @@ def schedule(**kw):
 
 
 def post(**kw):
-    args = dict(rescale_phi=0.0, rescale_space="auto", cfg_zero_star=False, zero_init_steps=0, apg=False,
-                apg_eta=1.0, apg_momentum=0.0, apg_norm_threshold=0.0, perp_neg=False)
+    args = dict(
+        rescale_phi=0.0,
+        rescale_space="auto",
+        cfg_zero_star=False,
+        zero_init_steps=0,
+        apg=False,
+        apg_eta=1.0,
+        apg_momentum=0.0,
+        apg_norm_threshold=0.0,
+        perp_neg=False,
+    )
     args.update(kw)
     return H.run_node("GuidanceLabPostProcess", **args)[0]
 
@@ -65,9 +102,9 @@ def raw_parts(model):
     rec = model.clone()
     xs = []
     rec.set_model_sampler_post_cfg_function(lambda a: (xs.append(a["input"].clone()), a["denoised"])[1])
-    parts = {name: one_step(rec, our_guider(rec, 1.0, positive=c))[0]
-             for name, c in (("pos", POS), ("neg", NEG), ("empty", EMPTY))}
+    parts = {
+        name: one_step(rec, our_guider(rec, 1.0, positive=c))[0]
+        for name, c in (("pos", POS), ("neg", NEG), ("empty", EMPTY))
+    }
     sig = one_step(model, native_guider(model, 1.0))[1]
     return parts, xs[0], float(sig[0])
-
-

@@ -3,6 +3,7 @@
 Also builds tiny real models: ComfyUI's own UNetModel at small width inside BaseModel +
 ModelPatcher, for eps, v-prediction and flow parameterizations.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ import os
 import sys
 
 from . import ROOT
+
 COMFY = os.path.abspath(os.environ.get("GL_COMFYUI", os.path.join(ROOT, ".comfyui")))
 PACK = os.path.join(COMFY, "custom_nodes", "guidance-lab")
 
@@ -61,8 +63,15 @@ def run_node(node_id, **inputs):
     return getattr(obj, cls.FUNCTION)(**inputs)
 
 
-def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim: int = 32, width: int = 32,
-               cross_gain: float = 3.0, family: str = "base"):
+def tiny_model(
+    kind: str = "eps",
+    seed: int = 0,
+    channels: int = 4,
+    context_dim: int = 32,
+    width: int = 32,
+    cross_gain: float = 3.0,
+    family: str = "base",
+):
     """ComfyUI's UNetModel at tiny width, as a real MODEL (ModelPatcher). kind: eps | v | flow.
     family "refiner": ComfyUI's SDXLRefiner class (ADM vector from the pooled output, size and aesthetic
     score; the score depends on the cond's prompt_type), conds from cond(..., pooled=1280)."""
@@ -79,17 +88,33 @@ def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim:
         latent_format = comfy.latent_formats.LatentFormat
         sampling_settings = {"shift": 3.0, "multiplier": 1000} if kind == "flow" else {}
 
-    unet = dict(image_size=32, in_channels=channels, out_channels=channels, model_channels=width,
-                num_res_blocks=[1, 1], channel_mult=[1, 2], num_head_channels=16,  # per level, as ComfyUI detects it
-                use_spatial_transformer=True, transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1],
-                transformer_depth_middle=1, context_dim=context_dim, use_linear_in_transformer=True,
-                adm_in_channels=None, legacy=False, dtype=torch.float32)
+    unet = dict(
+        image_size=32,
+        in_channels=channels,
+        out_channels=channels,
+        model_channels=width,
+        num_res_blocks=[1, 1],
+        channel_mult=[1, 2],
+        num_head_channels=16,  # per level, as ComfyUI detects it
+        use_spatial_transformer=True,
+        transformer_depth=[0, 1],
+        transformer_depth_output=[0, 0, 1, 1],
+        transformer_depth_middle=1,
+        context_dim=context_dim,
+        use_linear_in_transformer=True,
+        adm_in_channels=None,
+        legacy=False,
+        dtype=torch.float32,
+    )
     if family == "refiner":
         unet.update(adm_in_channels=2560, num_classes="sequential")
     cfg = TinyConfig(unet)
     cfg.latent_format = comfy.latent_formats.LatentFormat()
-    mtype = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION,
-             "flow": comfy.model_base.ModelType.FLOW}[kind]
+    mtype = {
+        "eps": comfy.model_base.ModelType.EPS,
+        "v": comfy.model_base.ModelType.V_PREDICTION,
+        "flow": comfy.model_base.ModelType.FLOW,
+    }[kind]
     torch.manual_seed(seed)
     model_class = {"base": comfy.model_base.BaseModel, "refiner": comfy.model_base.SDXLRefiner}[family]
     model = model_class(cfg, model_type=mtype, device="cpu")
@@ -99,8 +124,7 @@ def tiny_model(kind: str = "eps", seed: int = 0, channels: int = 4, context_dim:
             gain = cross_gain if ".attn2." in name else 0.3  # strong prompt influence: guidance must show
             p.copy_(torch.randn(p.shape, generator=g) * (gain / max(1, p[0].numel()) ** 0.5))
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
-                                            offload_device=torch.device("cpu"))
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def cond(seed: int, batch: int = 1, tokens: int = 4, dim: int = 32, pooled: int = 0):
@@ -183,8 +207,9 @@ def pixel_space_vae():
         vae.vae_dtype = comfy.model_management.vae_dtype(vae.device, vae.working_dtypes)
         vae.first_stage_model.to(vae.vae_dtype)
         vae.output_device = comfy.model_management.intermediate_device()
-        vae.patcher = comfy.model_patcher.ModelPatcher(vae.first_stage_model, load_device=vae.device,
-                                                       offload_device=comfy.model_management.vae_offload_device())
+        vae.patcher = comfy.model_patcher.ModelPatcher(
+            vae.first_stage_model, load_device=vae.device, offload_device=comfy.model_management.vae_offload_device()
+        )
         return vae
 
 
@@ -261,14 +286,26 @@ def demo_module():
 
 def tiny_clip_config(layers: int = 2) -> dict:
     """A tiny open_clip architecture (both towers, random weights in the tests): 32-pixel images, width 64."""
-    return {"embed_dim": 32,
-            "vision_cfg": {"image_size": 32, "layers": layers, "width": 64, "patch_size": 8, "head_width": 32},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": layers}}
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": layers, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": layers},
+    }
 
 
 def tiny_vae_ddconfig(channels: int = 4) -> dict:
-    return {"double_z": True, "z_channels": channels, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-            "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    return {
+        "double_z": True,
+        "z_channels": channels,
+        "resolution": 32,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 32,
+        "ch_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
 
 
 def tiny_vae(channels: int = 4, seed: int = 0, dtype=None):
@@ -284,9 +321,16 @@ def tiny_vae(channels: int = 4, seed: int = 0, dtype=None):
     g = torch.Generator().manual_seed(seed)
     with torch.inference_mode(False):
         shapes = AE.AutoencoderKL(ddconfig=dd, embed_dim=channels).state_dict()
-    sd = {k: (torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5 if v.ndim > 1 else
-              torch.ones(v.shape) if ("norm" in k and k.endswith("weight")) else torch.zeros(v.shape))
-          for k, v in shapes.items()}
+    sd = {
+        k: (
+            torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5
+            if v.ndim > 1
+            else torch.ones(v.shape)
+            if ("norm" in k and k.endswith("weight"))
+            else torch.zeros(v.shape)
+        )
+        for k, v in shapes.items()
+    }
     with torch.inference_mode():
         vae = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": dd, "embed_dim": channels}}, dtype=dtype)
     vae.latent_channels = channels

@@ -2,6 +2,7 @@
 
 Used by the demo runner (scripts/run_demo.py) and the server tests. Not shipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ def server_folders(work: str, extra_args: list[str]) -> list[str]:
 
 
 class ComfyServer:
-    def __init__(self, output_dir: str, port: int | None = None, log_path: str | None = None,
-                 extra_args: list[str] | None = None):
+    def __init__(
+        self, output_dir: str, port: int | None = None, log_path: str | None = None, extra_args: list[str] | None = None
+    ):
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])  # more ComfyUI command-line options
         self.output_dir = os.path.abspath(output_dir)
@@ -86,10 +88,22 @@ class ComfyServer:
         os.makedirs(self.output_dir, exist_ok=True)
         self.work = tempfile.mkdtemp(prefix="gl-server-")
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, os.path.join(COMFY, "main.py"), "--cpu", "--listen", "127.0.0.1",
-               "--port", str(self.port), "--output-directory", self.output_dir, "--disable-auto-launch",
-               "--database-url", "sqlite:///:memory:", *server_folders(self.work, self.extra_args),
-               *self.extra_args]
+        cmd = [
+            sys.executable,
+            os.path.join(COMFY, "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--output-directory",
+            self.output_dir,
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            *server_folders(self.work, self.extra_args),
+            *self.extra_args,
+        ]
         self.proc = subprocess.Popen(cmd, cwd=COMFY, stdout=self.log, stderr=subprocess.STDOUT, env=python_env())
         t0 = time.time()
         while time.time() - t0 < timeout:
@@ -182,8 +196,15 @@ def quick_test_log(tree: str, pythonpath: str = "", extra_args: list[str] | tupl
     env.pop("PYTHONPATH", None)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    cmd = [sys.executable, "main.py", "--cpu", "--quick-test-for-ci", "--database-url", "sqlite:///:memory:",
-           *extra_args]
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--quick-test-for-ci",
+        "--database-url",
+        "sqlite:///:memory:",
+        *extra_args,
+    ]
     r = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"ComfyUI's start-up check of {tree} exited with {r.returncode}:\n{r.stdout[-4000:]}")

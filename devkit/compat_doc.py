@@ -6,6 +6,7 @@ version sections; "Frontends", the rows scripts/compat_frontends.py wrote per Co
 scripts/compat_matrix.py run on that version (between `<!-- comfyui VERSION {run json} -->` and
 `<!-- /comfyui VERSION -->`), newest version first. A script replaces only its own block; the rest is kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,27 @@ import os
 import re
 
 from . import ROOT
+
 DOC = os.path.join(ROOT, "docs", "COMPATIBILITY.md")
 # the ComfyUI whose section holds the full matrix: the one set-up installs as .comfyui (the others: the quick slice)
 FULL_MATRIX_COMFYUI = "0.3.75"
 TOL = 1e-5
 STATUSES = ("exact", "finite", "refused", "limitation", "FAIL")
-SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES = ("Samplers", "Schedulers", "ComfyUI guidance nodes",
-                                                       "Conditioning features", "Model families")
+SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES = (
+    "Samplers",
+    "Schedulers",
+    "ComfyUI guidance nodes",
+    "Conditioning features",
+    "Model families",
+)
 AREAS = (SAMPLERS, SCHEDULERS, NODES, CONDITIONING, FAMILIES)
 COLUMNS = ("item", "check", "route", "status", "detail")
-FRONTEND_CHECKS = ("schedule plot (classic and Vue node renderer)",
-                   "label picker (and the plot on every node that takes a schedule)",
-                   "help pages (bundle's help URL, help panel shows every page)",
-                   "every example workflow loads: no missing nodes, no errors, graphToPrompt = converter")
+FRONTEND_CHECKS = (
+    "schedule plot (classic and Vue node renderer)",
+    "label picker (and the plot on every node that takes a schedule)",
+    "help pages (bundle's help URL, help panel shows every page)",
+    "every example workflow loads: no missing nodes, no errors, graphToPrompt = converter",
+)
 FRONTEND_COLUMNS = ("ComfyUI", "frontend", "role", "check", "passed", "failed", "skipped", "status", "detail")
 FRONTEND_STATUSES = ("pass", "limitation", "FAIL")
 SECTION = re.compile(r"<!-- comfyui (\S+) (\{.*?\}) -->\n(.*?)<!-- /comfyui \1 -->\n", re.S)
@@ -76,8 +85,11 @@ def table_rows(lines) -> list:
 
 # ------------------------------------------------------------------ the matrix sections, one per ComfyUI version
 def how_made(run: dict) -> str:
-    env = "" if run["comfyui"] == "0.3.75" else (f"GL_COMFYUI=$PWD/.comfyui-{run['comfyui']} "
-                                                 f"PYTHONPATH=$PWD/.comfyui-{run['comfyui']}/_pydeps ")
+    env = (
+        ""
+        if run["comfyui"] == "0.3.75"
+        else (f"GL_COMFYUI=$PWD/.comfyui-{run['comfyui']} PYTHONPATH=$PWD/.comfyui-{run['comfyui']}/_pydeps ")
+    )
     cmd = f"{env}.venv/bin/python -m scripts.compat_matrix" + (" --quick --write-section" if run["quick"] else "")
     kind = "quick slice (CI's)" if run["quick"] else "full matrix"
     took = f", {run['seconds']} s" if run.get("seconds") is not None else ""
@@ -92,13 +104,24 @@ def render_section(run: dict) -> str:
     counts = {a: {s: 0 for s in STATUSES} for a in AREAS}
     for r in rows:
         counts[r["area"]][r["status"]] += 1
-    scope = (" The quick slice is what CI reruns: one sampler of each kind, three schedulers, every guidance node "
-             "and conditioning feature, every model family without its per-schedule-kind rows; the full matrix of "
-             f"ComfyUI {FULL_MATRIX_COMFYUI} has every row." if run["quick"] else "")
-    lines = [f"<!-- comfyui {run['comfyui']} {json.dumps(meta, sort_keys=True)} -->",
-             f"## ComfyUI {run['comfyui']}", "",
-             f"Generated from real runs inside ComfyUI {run['comfyui']}, {how_made(run)}.{scope}", "",
-             "### Summary", "", "| area | " + " | ".join(STATUSES) + " |", "|---|" + "---|" * len(STATUSES)]
+    scope = (
+        " The quick slice is what CI reruns: one sampler of each kind, three schedulers, every guidance node "
+        "and conditioning feature, every model family without its per-schedule-kind rows; the full matrix of "
+        f"ComfyUI {FULL_MATRIX_COMFYUI} has every row."
+        if run["quick"]
+        else ""
+    )
+    lines = [
+        f"<!-- comfyui {run['comfyui']} {json.dumps(meta, sort_keys=True)} -->",
+        f"## ComfyUI {run['comfyui']}",
+        "",
+        f"Generated from real runs inside ComfyUI {run['comfyui']}, {how_made(run)}.{scope}",
+        "",
+        "### Summary",
+        "",
+        "| area | " + " | ".join(STATUSES) + " |",
+        "|---|" + "---|" * len(STATUSES),
+    ]
     lines += [f"| {a} | " + " | ".join(str(counts[a][s]) for s in STATUSES) + " |" for a in AREAS]
     for area in AREAS:
         lines += ["", f"### {area}", "", "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
@@ -123,8 +146,17 @@ def parse(text: str, version: str) -> list:
             area = line[4:].strip() if line[4:].strip() in AREAS else None
         elif area and line.startswith("| ") and not line.startswith("| item |") and not line.startswith("|---"):
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-            rows.append({"area": area, "item": cells[0], "check": cells[1], "route": cells[2], "status": cells[3],
-                         "detail": cells[4], "value": None})
+            rows.append(
+                {
+                    "area": area,
+                    "item": cells[0],
+                    "check": cells[1],
+                    "route": cells[2],
+                    "status": cells[3],
+                    "detail": cells[4],
+                    "value": None,
+                }
+            )
     return rows
 
 
@@ -169,15 +201,25 @@ def frontend_how(text: str) -> dict:
 
 
 def render_frontends(rows: list, how: dict) -> str:
-    rows = sorted(rows, key=lambda r: (tuple(-x for x in version_key(r["ComfyUI"])), r["role"] != "pinned",
-                                       FRONTEND_CHECKS.index(r["check"]) if r["check"] in FRONTEND_CHECKS else 99))
-    lines = ["<!-- frontends -->",
-             "The browser tests (headless Debian Chromium, a real ComfyUI server) on the frontend each ComfyUI "
-             "version pins (`pinned`, comfyui-frontend-package of its requirements) and on the newest on PyPI "
-             "(`newest`, served with `--front-end-root`; `bash scripts/setup_frontend.sh`), counted per check from "
-             "pytest's junit report. **pass**: every case of the check passed; **limitation**: every case skipped "
-             "(detail = why); **FAIL**: a case failed.", "",
-             "| " + " | ".join(FRONTEND_COLUMNS) + " |", "|---" * len(FRONTEND_COLUMNS) + "|"]
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            tuple(-x for x in version_key(r["ComfyUI"])),
+            r["role"] != "pinned",
+            FRONTEND_CHECKS.index(r["check"]) if r["check"] in FRONTEND_CHECKS else 99,
+        ),
+    )
+    lines = [
+        "<!-- frontends -->",
+        "The browser tests (headless Debian Chromium, a real ComfyUI server) on the frontend each ComfyUI "
+        "version pins (`pinned`, comfyui-frontend-package of its requirements) and on the newest on PyPI "
+        "(`newest`, served with `--front-end-root`; `bash scripts/setup_frontend.sh`), counted per check from "
+        "pytest's junit report. **pass**: every case of the check passed; **limitation**: every case skipped "
+        "(detail = why); **FAIL**: a case failed.",
+        "",
+        "| " + " | ".join(FRONTEND_COLUMNS) + " |",
+        "|---" * len(FRONTEND_COLUMNS) + "|",
+    ]
     lines += ["| " + " | ".join(cell(r[c]) for c in FRONTEND_COLUMNS) + " |" for r in rows]
     lines += [""] + [f"- ComfyUI {v}: {how[v]}" for v in sorted(how, key=version_key, reverse=True)]
     lines += ["<!-- /frontends -->"]
@@ -223,46 +265,53 @@ def assemble(blocks: dict, frontends: str | None) -> str:
         "|---" * (len(STATUSES) + 3) + "|",
     ]
     lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in summary_rows(secs)]
-    lines += ["", "## Frontends", "", (frontends or render_frontends([], {})).rstrip("\n"), "",
-              "## What the rows mean", "",
-              "Every row is one combination, sampled with ComfyUI's own nodes (KSampler, SamplerCustomAdvanced, the "
-              "nodes named) on ComfyUI's UNet at tiny width (eps prediction, 8 steps, cfg 6 unless stated). Routes: "
-              "`patch` = CFG Patch (Guidance Lab) on the stock KSampler, `guider` = CFG Guider (Guidance Lab) in "
-              "SamplerCustomAdvanced; for ComfyUI's guidance nodes, `node → patch` applies the node first and our "
-              "patch to its output, `patch → node` the other way round. Classifier guidance (a tiny noise-aware "
-              "classifier, random weights): `patch` = Classifier Guidance on the CFG-patched model, `guider` = "
-              "Classifier Guidance Sampler around the sampler, with the CFG Guider.",
-              "",
-              f"- **exact**: the result equals ComfyUI's own (native KSampler / CFGGuider / node at the scale "
-              f"stated); detail = max abs difference (< {TOL:g}). For the interval schedule: every model call "
-              "evaluates the rows the schedule says (2 inside, 1 outside).",
-              "- **finite**: runs and the output is finite; detail = max abs difference from plain CFG at the same "
-              "settings (how much the setting changed the result).",
-              "- **refused**: stops before the first model call with the error in detail.",
-              "- **limitation**: cannot take effect; detail says why.",
-              "- **FAIL**: a defect (a crash, NaN, a wrong result).",
-              "",
-              "Model families: tiny random instances of ComfyUI's own model classes and configs "
-              "(`devkit/families.py`: SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its "
-              "per-channel latent format, SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video "
-              "latents, Cosmos-Predict2 text-to-image on Wan latents, Chroma, Lumina 2, Qwen-Image on Wan latents, "
-              "Qwen-Image Edit and Flux.1 Kontext with a reference latent (ComfyUI's ReferenceLatent node), LTXV with "
-              "128-channel 5-D latents, HunyuanVideo), each with its own model_sampling, latent format and conditioning inputs; euler, 4 steps. "
-              "Classifier guidance there uses a tiny noise-aware classifier made for the family's latent channels, "
-              "format and input scaling; CLIP guidance a tiny random open_clip model through Load CLIP Classifier "
-              "with decode `linear` (the family's own latent_rgb_factors; on 5-D latents frame by frame, logits "
-              "averaged over the frames); the trainer row runs Train Classifier (4 steps, 8 images, ComfyUI's VAE "
-              "class at tiny width with the family's latent channels, on Wan 2.1 latents a real Wan 2.1 VAE "
-              "(comfy.ldm.wan.vae.WanVAE, each image encoded alone as one frame); the latent cache must equal the family's "
-              "`latent_format.process_in` of the VAE latents; on 5-D families an image is one frame, the cache "
-              "holds it as [B, C, H, W]) and guides with the result; on 5-D families the guided latent is the "
-              "family's own (a video of 2-3 frames is refused when sampling starts, a one-frame image is guided). "
-              "Exactness of classifier "
-              "guidance under every family's model_sampling (the analytic Gaussian mixture, guided D = E[x0 | x, y] "
-              "at every step) is `tests/test_family_exactness.py`.",
-              "",
-              "Samplers run with the `normal` scheduler, schedulers with `euler`. Note: KSampler drops the "
-              "penultimate sigma for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 (SamplerCustomAdvanced does not), "
-              "so the two routes' references differ there; each route is compared with ComfyUI on the same route.",
-              ""]
+    lines += [
+        "",
+        "## Frontends",
+        "",
+        (frontends or render_frontends([], {})).rstrip("\n"),
+        "",
+        "## What the rows mean",
+        "",
+        "Every row is one combination, sampled with ComfyUI's own nodes (KSampler, SamplerCustomAdvanced, the "
+        "nodes named) on ComfyUI's UNet at tiny width (eps prediction, 8 steps, cfg 6 unless stated). Routes: "
+        "`patch` = CFG Patch (Guidance Lab) on the stock KSampler, `guider` = CFG Guider (Guidance Lab) in "
+        "SamplerCustomAdvanced; for ComfyUI's guidance nodes, `node → patch` applies the node first and our "
+        "patch to its output, `patch → node` the other way round. Classifier guidance (a tiny noise-aware "
+        "classifier, random weights): `patch` = Classifier Guidance on the CFG-patched model, `guider` = "
+        "Classifier Guidance Sampler around the sampler, with the CFG Guider.",
+        "",
+        f"- **exact**: the result equals ComfyUI's own (native KSampler / CFGGuider / node at the scale "
+        f"stated); detail = max abs difference (< {TOL:g}). For the interval schedule: every model call "
+        "evaluates the rows the schedule says (2 inside, 1 outside).",
+        "- **finite**: runs and the output is finite; detail = max abs difference from plain CFG at the same "
+        "settings (how much the setting changed the result).",
+        "- **refused**: stops before the first model call with the error in detail.",
+        "- **limitation**: cannot take effect; detail says why.",
+        "- **FAIL**: a defect (a crash, NaN, a wrong result).",
+        "",
+        "Model families: tiny random instances of ComfyUI's own model classes and configs "
+        "(`devkit/families.py`: SD1.5, SD2.x v-prediction, SDXL, Playground v2.5 with EDM sigma_data 0.5 and its "
+        "per-channel latent format, SD3.5 MMDiT, Flux.1 dev with its guidance embedding, Wan 2.1 with 5-D video "
+        "latents, Cosmos-Predict2 text-to-image on Wan latents, Chroma, Lumina 2, Qwen-Image on Wan latents, "
+        "Qwen-Image Edit and Flux.1 Kontext with a reference latent (ComfyUI's ReferenceLatent node), LTXV with "
+        "128-channel 5-D latents, HunyuanVideo), each with its own model_sampling, latent format and conditioning inputs; euler, 4 steps. "
+        "Classifier guidance there uses a tiny noise-aware classifier made for the family's latent channels, "
+        "format and input scaling; CLIP guidance a tiny random open_clip model through Load CLIP Classifier "
+        "with decode `linear` (the family's own latent_rgb_factors; on 5-D latents frame by frame, logits "
+        "averaged over the frames); the trainer row runs Train Classifier (4 steps, 8 images, ComfyUI's VAE "
+        "class at tiny width with the family's latent channels, on Wan 2.1 latents a real Wan 2.1 VAE "
+        "(comfy.ldm.wan.vae.WanVAE, each image encoded alone as one frame); the latent cache must equal the family's "
+        "`latent_format.process_in` of the VAE latents; on 5-D families an image is one frame, the cache "
+        "holds it as [B, C, H, W]) and guides with the result; on 5-D families the guided latent is the "
+        "family's own (a video of 2-3 frames is refused when sampling starts, a one-frame image is guided). "
+        "Exactness of classifier "
+        "guidance under every family's model_sampling (the analytic Gaussian mixture, guided D = E[x0 | x, y] "
+        "at every step) is `tests/test_family_exactness.py`.",
+        "",
+        "Samplers run with the `normal` scheduler, schedulers with `euler`. Note: KSampler drops the "
+        "penultimate sigma for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2 (SamplerCustomAdvanced does not), "
+        "so the two routes' references differ there; each route is compared with ComfyUI on the same route.",
+        "",
+    ]
     return "\n".join(lines) + "\n" + text

@@ -24,6 +24,7 @@ from all_rows() or all_rows(quick=True); `tests/test_compat_matrix_quick.py` run
 with that version's section. Nodes run as the running ComfyUI declares them (node_inputs_of_this_comfyui). Every run is made as ComfyUI runs a prompt (under
 torch.inference_mode), on one CPU thread (see cpu_settings).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,24 +32,64 @@ import contextlib
 import torch
 
 from . import comfy_host as H
-from .compat_doc import (AREAS, CONDITIONING, FAMILIES, NODES, SAMPLERS, SCHEDULERS, STATUSES, TOL,  # noqa: F401
-                         render_section, replace_section, versions)
+from .compat_doc import (
+    AREAS,
+    CONDITIONING,
+    FAMILIES,
+    NODES,
+    SAMPLERS,
+    SCHEDULERS,
+    STATUSES,
+    TOL,  # noqa: F401
+    render_section,
+    replace_section,
+    versions,
+)
 from .compat_measure import cpu_settings, float64  # noqa: F401
-from .compat_rows_families import (comfy_ltxv_stg, family_rows, ltxav_block_rule, nag_rows,  # noqa: F401
-                                   perturbation_kind_rows, reshaper_rows)
+from .compat_rows_families import (
+    comfy_ltxv_stg,
+    family_rows,
+    ltxav_block_rule,
+    nag_rows,  # noqa: F401
+    perturbation_kind_rows,
+    reshaper_rows,
+)
 from .compat_rows_forms import sampling_form_rows
-from .compat_rows_nodes import (NODE_INPUTS, SDXL_MIDDLE_DEPTH, attention_chain_rows, chain_rows,  # noqa: F401
-                                comfy_pag_with_sag_row, conditioning_rows, guidance_node_rows, middle_block_unets,
-                                model_term_rows, pag_term, pag_then_sag, reference_pag, sag)
+from .compat_rows_nodes import (
+    NODE_INPUTS,
+    SDXL_MIDDLE_DEPTH,
+    attention_chain_rows,
+    chain_rows,  # noqa: F401
+    comfy_pag_with_sag_row,
+    conditioning_rows,
+    guidance_node_rows,
+    middle_block_unets,
+    model_term_rows,
+    pag_term,
+    pag_then_sag,
+    reference_pag,
+    sag,
+)
 from .compat_rows_sampling import sampler_rows, scheduler_rows, step_rows
 
 
 def all_rows(quick: bool = False) -> list:
     with cpu_settings(), node_inputs_of_this_comfyui():
-        return (sampler_rows(quick) + scheduler_rows(quick) + guidance_node_rows() + chain_rows() + model_term_rows()
-                + conditioning_rows() + family_rows(quick) + nag_rows() + perturbation_kind_rows() + reshaper_rows()
-                + sampling_form_rows()
-                + attention_chain_rows() + step_rows())
+        return (
+            sampler_rows(quick)
+            + scheduler_rows(quick)
+            + guidance_node_rows()
+            + chain_rows()
+            + model_term_rows()
+            + conditioning_rows()
+            + family_rows(quick)
+            + nag_rows()
+            + perturbation_kind_rows()
+            + reshaper_rows()
+            + sampling_form_rows()
+            + attention_chain_rows()
+            + step_rows()
+        )
 
 
 def inputs_this_comfyui_lacks() -> dict:

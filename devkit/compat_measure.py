@@ -2,6 +2,7 @@
 reference: exact, finite, refused or FAIL), counted() (the model calls of a run), the tiny models and inputs built
 once, Guidance Lab's routes (the CFG Patch under KSampler, the CFG Guider under SamplerCustomAdvanced) and ComfyUI's
 own result on each, and the checks shared by several areas (interval_row, float64, family_guidance_run)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,22 @@ from .compat_doc import TOL
 CFG = 6.0
 PATCH, GUIDER = "patch", "guider"
 # the CI slice: one sampler of each family, three schedulers of different shapes
-QUICK_SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_2m_sde",
-                  "lcm", "uni_pc", "ddim", "res_multistep", "er_sde", "sa_solver"]
+QUICK_SAMPLERS = [
+    "euler",
+    "euler_cfg_pp",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "dpmpp_2m",
+    "dpmpp_sde",
+    "dpmpp_2m_sde",
+    "lcm",
+    "uni_pc",
+    "ddim",
+    "res_multistep",
+    "er_sde",
+    "sa_solver",
+]
 QUICK_SCHEDULERS = ["simple", "karras", "beta"]
 
 GuidanceConfigError = H.pack_module("guidance_core.errors").GuidanceConfigError  # the class ComfyUI loaded
@@ -42,16 +57,24 @@ def cpu_settings():
 
 # ------------------------------------------------------------------ one row
 def row(area, item, check, route, status, detail="", value=None) -> dict:
-    return {"area": area, "item": item, "check": check, "route": route, "status": status, "detail": detail,
-            "value": value}
+    return {
+        "area": area,
+        "item": item,
+        "check": check,
+        "route": route,
+        "status": status,
+        "detail": detail,
+        "value": value,
+    }
 
 
 def error_text(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:300].rstrip()  # a table cell keeps no trailing space
 
 
-def measure(key: tuple, run, ref=None, exact: bool = False, refuse: bool = False, model=None,
-            relative: bool = False) -> dict:
+def measure(
+    key: tuple, run, ref=None, exact: bool = False, refuse: bool = False, model=None, relative: bool = False
+) -> dict:
     """Run `run()` (a sampler's output) and make the row `key` = (area, item, check, route) from it: compared
     with `ref()` (exact: below TOL, else finite: the difference is the value), or expected to be refused.
     relative: the difference divided by max(1, max |ref|), for references that compute the same formula in
@@ -153,13 +176,26 @@ def tiny_classifier():
 def classifier_guided(route, model, sampler, **kw):
     """Classifier guidance on top of Guidance Lab's CFG at cfg 6: the patch (KSampler), or the sampler
     wrapper with the CFG Guider (SamplerCustomAdvanced)."""
-    args = dict(classifier=tiny_classifier(), target="a", scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
-                rms_clamp=0.0, dtype="float32")
+    args = dict(
+        classifier=tiny_classifier(),
+        target="a",
+        scale=10.0,
+        sigma_lo=0.0,
+        sigma_hi=1.0e4,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+    )
     if route == PATCH:
-        return ksample(H.run_node("GuidanceLabClassifierGuidance", model=patch(model), **args)[0], CFG, sampler=sampler,
-                       **kw)
-    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, **args,
-                         sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0])[0]
+        return ksample(
+            H.run_node("GuidanceLabClassifierGuidance", model=patch(model), **args)[0], CFG, sampler=sampler, **kw
+        )
+    wrapped = H.run_node(
+        "GuidanceLabClassifierSampler",
+        model=model,
+        **args,
+        sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0],
+    )[0]
     return custom_sample(model, our_guider(model, CFG), sampler=wrapped, **kw)
 
 
@@ -182,8 +218,13 @@ def interval_row(key, sampler, scheduler, model=None, **io) -> dict:
     lo, hi = math.sqrt(sig[steps // 2 - 1] * sig[steps // 2]), sig[0] + 1.0
     interval = dict(cfg_schedule=schedule(kind="interval", sigma_lo=lo, sigma_hi=hi))
     calls, at_cfg1 = [], []
-    done = measure(key, lambda: counted(calls, lambda: guided(route, m, CFG, interval, sampler=sampler,
-                                                              scheduler=scheduler, steps=steps, **io), m), model=m)
+    done = measure(
+        key,
+        lambda: counted(
+            calls, lambda: guided(route, m, CFG, interval, sampler=sampler, scheduler=scheduler, steps=steps, **io), m
+        ),
+        model=m,
+    )
     if done["status"] != "finite":
         return done
     with torch.inference_mode():
@@ -192,8 +233,13 @@ def interval_row(key, sampler, scheduler, model=None, **io) -> dict:
     wrong = [(rows, s) for rows, s in calls if rows != (2 if lo < s <= hi else outside)]
     if wrong or not calls:
         first = f", first: {wrong[0][0]} rows at sigma {wrong[0][1]:.4g}" if wrong else ""
-        return row(*key, "FAIL", f"{len(wrong)} of {len(calls)} model calls with other rows than the interval "
-                                 f"{lo:.4g} < sigma <= {hi:.4g} says{first}", float(len(wrong) or 1))
+        return row(
+            *key,
+            "FAIL",
+            f"{len(wrong)} of {len(calls)} model calls with other rows than the interval "
+            f"{lo:.4g} < sigma <= {hi:.4g} says{first}",
+            float(len(wrong) or 1),
+        )
     note = " (2 outside too: the sampler reads the uncond, as at cfg 1 in ComfyUI)" if outside == 2 else ""
     return row(*key, "exact", f"{len(calls)} model calls, each with the scheduled rows{note}", 0.0)
 
@@ -210,11 +256,24 @@ def float64(patcher):
 def family_guidance_run(route, model, classifier, target, run):
     """Classifier Guidance (patch, under KSampler) or the Classifier Guidance Sampler around euler with the CFG
     Guider (SamplerCustomAdvanced), at cfg 6 and scale 10."""
-    args = dict(classifier=classifier, target=target, scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
-                rms_clamp=0.0, dtype="float32", allow_other_latent_format=False)
+    args = dict(
+        classifier=classifier,
+        target=target,
+        scale=10.0,
+        sigma_lo=0.0,
+        sigma_hi=1.0e4,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+        allow_other_latent_format=False,
+    )
     if route == PATCH:
         return ksample(H.run_node("GuidanceLabClassifierGuidance", model=model, **args)[0], CFG, **run)
     io = {k: v for k, v in run.items() if k not in ("pos", "neg")}
-    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, **args,
-                         sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0])[0]
+    wrapped = H.run_node(
+        "GuidanceLabClassifierSampler",
+        model=model,
+        **args,
+        sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+    )[0]
     return custom_sample(model, our_guider(model, CFG, positive=run["pos"], negative=run["neg"]), sampler=wrapped, **io)

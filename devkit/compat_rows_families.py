@@ -1,6 +1,7 @@
 """Compatibility rows of every model family of devkit/families.py (devkit/compat_matrix.py): the patch and the guider
 with every setting, classifier guidance, CLIP guidance with the family's linear latent->RGB map, Train Classifier on
 the family's latent format, NAG terms, TPG and STG terms, and the guidance reshapers against their references."""
+
 from __future__ import annotations
 
 import atexit
@@ -17,8 +18,20 @@ from . import comfy_host as H
 from . import wan_vae
 from .cfg_helpers import ksample, patch, post, schedule
 from .compat_doc import FAMILIES
-from .compat_measure import (CFG, GUIDER, PATCH, constant, family_guidance_run, float64, guided, interval_row, measure,
-                             native, row, settings)
+from .compat_measure import (
+    CFG,
+    GUIDER,
+    PATCH,
+    constant,
+    family_guidance_run,
+    float64,
+    guided,
+    interval_row,
+    measure,
+    native,
+    row,
+    settings,
+)
 
 # ------------------------------------------------------------------ model families
 SCHEDULE_KINDS = {  # one of each kind of the Guidance Schedule node
@@ -39,11 +52,16 @@ def family_classifier(model):
     fmt = model.model.latent_format
     with torch.inference_mode(False):
         torch.manual_seed(0)
-        net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=fmt.latent_channels, num_classes=2,
-                                                          base_channels=16))
-    meta = {"labels": ["a", "b"], "latent_channels": fmt.latent_channels, "latent_format": type(fmt).__name__,
-            "parameterization": H.pack_module("nodes.sampling_facts").parameterization_of(ms),
-            "input_scaling": param.identify_input_scaling(ms.calculate_input)}
+        net = na.NoiseAwareClassifier(
+            na.ClassifierConfig(in_channels=fmt.latent_channels, num_classes=2, base_channels=16)
+        )
+    meta = {
+        "labels": ["a", "b"],
+        "latent_channels": fmt.latent_channels,
+        "latent_format": type(fmt).__name__,
+        "parameterization": H.pack_module("nodes.sampling_facts").parameterization_of(ms),
+        "input_scaling": param.identify_input_scaling(ms.calculate_input),
+    }
     return H.pack_module("nodes.classifier_nodes").LoadedClassifier(net, meta, "tiny-random")
 
 
@@ -66,23 +84,54 @@ def family_rows(quick: bool = False) -> list:
             cases = {k: v for k, v in cases.items() if not k.startswith("schedule ")}
         for route in (PATCH, GUIDER):
             plain = functools.cache(lambda: native(route, m, CFG, **run))
-            rows.append(measure(area_key("plain cfg 6", route), lambda: guided(route, m, CFG, **run), plain,
-                                exact=True, model=m))
-            rows.append(measure(area_key("schedule 0 at cfg 6 = cfg 1", route),
-                                lambda: guided(route, m, CFG, {"cfg_schedule": constant(0.0)}, **run),
-                                lambda: native(route, m, 1.0, **run), exact=True, model=m))
+            rows.append(
+                measure(
+                    area_key("plain cfg 6", route), lambda: guided(route, m, CFG, **run), plain, exact=True, model=m
+                )
+            )
+            rows.append(
+                measure(
+                    area_key("schedule 0 at cfg 6 = cfg 1", route),
+                    lambda: guided(route, m, CFG, {"cfg_schedule": constant(0.0)}, **run),
+                    lambda: native(route, m, 1.0, **run),
+                    exact=True,
+                    model=m,
+                )
+            )
             for check, cfg_settings in cases.items():
-                rows.append(measure(area_key(check, route), lambda: guided(route, m, CFG, cfg_settings, **run), plain,
-                                    model=m))
-            rows.append(interval_row(area_key("interval schedule: rows per model call", route), "euler", "normal",
-                                     model=m, **io))
+                rows.append(
+                    measure(area_key(check, route), lambda: guided(route, m, CFG, cfg_settings, **run), plain, model=m)
+                )
+            rows.append(
+                interval_row(
+                    area_key("interval schedule: rows per model call", route), "euler", "normal", model=m, **io
+                )
+            )
         term = H.run_node("GuidanceLabTerm", conditioning=fam.cond(4), weight=1.5)[0]
-        rows.append(measure(area_key("a Guidance Term (weight 1.5)", GUIDER),
-                            lambda: guided(GUIDER, m, CFG, {"terms": term}, **run), plain, model=m))
-        rows.append(measure(area_key("classifier guidance (patch, scale 10)", PATCH),
-                            lambda: family_guidance_run(PATCH, m, family_classifier(m), "a", run), plain, model=m))
-        rows.append(measure(area_key("classifier guidance (sampler wrapper, scale 10)", GUIDER),
-                            lambda: family_guidance_run(GUIDER, m, family_classifier(m), "a", run), plain, model=m))
+        rows.append(
+            measure(
+                area_key("a Guidance Term (weight 1.5)", GUIDER),
+                lambda: guided(GUIDER, m, CFG, {"terms": term}, **run),
+                plain,
+                model=m,
+            )
+        )
+        rows.append(
+            measure(
+                area_key("classifier guidance (patch, scale 10)", PATCH),
+                lambda: family_guidance_run(PATCH, m, family_classifier(m), "a", run),
+                plain,
+                model=m,
+            )
+        )
+        rows.append(
+            measure(
+                area_key("classifier guidance (sampler wrapper, scale 10)", GUIDER),
+                lambda: family_guidance_run(GUIDER, m, family_classifier(m), "a", run),
+                plain,
+                model=m,
+            )
+        )
         for route in (PATCH, GUIDER):
             rows.append(clip_row(area_key("CLIP guidance (linear decode, scale 10)", route), m, run, plain))
         rows.append(measure(area_key(TRAINER_CHECK, PATCH), lambda: family_trainer_run(m, run), plain, model=m))
@@ -118,22 +167,52 @@ def nag_rows() -> list:
         m64 = float64(fam.build()) if unet else m  # Wan casts its input to float32: float32 there
         reference = reference_model if unet else reference_wan
         for cfg in (1.0, 4.0) if dit else (1.0,):
-            rows.append(measure(key(f"NAG term, paper form, cfg {cfg:g} = the formula"),
-                                lambda: ksample(patch(m64, terms=term("paper")), cfg, **run),
-                                lambda: ksample(reference(m64, neg[0][0], 4.0, 2.5, 0.5), cfg, **run), exact=True,
-                                model=m64))
+            rows.append(
+                measure(
+                    key(f"NAG term, paper form, cfg {cfg:g} = the formula"),
+                    lambda: ksample(patch(m64, terms=term("paper")), cfg, **run),
+                    lambda: ksample(reference(m64, neg[0][0], 4.0, 2.5, 0.5), cfg, **run),
+                    exact=True,
+                    model=m64,
+                )
+            )
         for cfg in (1.0, 4.0):
-            comfy_nag = lambda: ksample(H.run_node("NAGuidance", model=m, nag_scale=5.0, nag_alpha=0.5,  # noqa: E731
-                                                   nag_tau=2.5)[0], cfg, **run)
+            comfy_nag = lambda: ksample(
+                H.run_node(
+                    "NAGuidance",
+                    model=m,
+                    nag_scale=5.0,
+                    nag_alpha=0.5,  # noqa: E731
+                    nag_tau=2.5,
+                )[0],
+                cfg,
+                **run,
+            )
             plain = lambda: ksample(m, cfg, **run)  # noqa: E731
             check = f"NAG term, comfyui form, cfg {cfg:g}" + (" = NAGuidance" if have_nag else "")
-            rows.append(measure(key(check), lambda: ksample(patch(m, terms=term("comfyui")), cfg, **run),
-                                comfy_nag if have_nag else plain, exact=have_nag, model=m))
-        g = H.run_node("FluxGuidance", conditioning=pos, guidance=2.5)[0] if "FluxGuidance" in H.boot().NODE_CLASS_MAPPINGS else pos
-        rows.append(measure(key("Distilled Guidance Schedule, constant = FluxGuidance"),
-                            lambda: ksample(H.run_node("GuidanceLabDistilledGuidance", model=m, guidance=2.5)[0], 1.0,
-                                            **run),
-                            lambda: ksample(m, 1.0, **dict(run, pos=g)), exact=True, model=m))
+            rows.append(
+                measure(
+                    key(check),
+                    lambda: ksample(patch(m, terms=term("comfyui")), cfg, **run),
+                    comfy_nag if have_nag else plain,
+                    exact=have_nag,
+                    model=m,
+                )
+            )
+        g = (
+            H.run_node("FluxGuidance", conditioning=pos, guidance=2.5)[0]
+            if "FluxGuidance" in H.boot().NODE_CLASS_MAPPINGS
+            else pos
+        )
+        rows.append(
+            measure(
+                key("Distilled Guidance Schedule, constant = FluxGuidance"),
+                lambda: ksample(H.run_node("GuidanceLabDistilledGuidance", model=m, guidance=2.5)[0], 1.0, **run),
+                lambda: ksample(m, 1.0, **dict(run, pos=g)),
+                exact=True,
+                model=m,
+            )
+        )
     return rows
 
 
@@ -162,8 +241,15 @@ def perturbation_kind_rows() -> list:
                 rows.append(measure(key, ours, refuse=True, model=m))
             elif mode == "stg" and have_stg_node and type(m.model.diffusion_model).__name__ == "LTXVModel":
                 node = comfy_ltxv_stg(ltxav_block_rule(m, have[0][1]), 3.0, have[0][1])
-                rows.append(measure(key[:2] + (key[2] + " = LTXVSpatioTemporalGuidance",) + key[3:], ours,
-                                    lambda node=node, run=run: ksample(node, CFG, **run), exact=True, model=m))
+                rows.append(
+                    measure(
+                        key[:2] + (key[2] + " = LTXVSpatioTemporalGuidance",) + key[3:],
+                        ours,
+                        lambda node=node, run=run: ksample(node, CFG, **run),
+                        exact=True,
+                        model=m,
+                    )
+                )
             else:
                 rows.append(measure(key, ours, plain, model=m))
     return rows
@@ -187,8 +273,9 @@ def ltxav_block_rule(model, block: int = 0):
 
 def comfy_ltxv_stg(model, scale: float, block: int, start: float = 0.0, end: float = 1.0):
     """ComfyUI's LTXVSpatioTemporalGuidance on `block` of `model` as it is (ltxav_block_rule: its block set read)."""
-    return H.run_node("LTXVSpatioTemporalGuidance", model=model, scale=scale, blocks=str(block), start_percent=start,
-                      end_percent=end)[0]
+    return H.run_node(
+        "LTXVSpatioTemporalGuidance", model=model, scale=scale, blocks=str(block), start_percent=start, end_percent=end
+    )[0]
 
 
 def reshaper_rows() -> list:
@@ -214,21 +301,32 @@ def reshaper_rows() -> list:
         video = getattr(m.model.latent_format, "latent_dimensions", 2) == 3  # sampled as [B, C, T, H, W]
         cases = [
             ("TCFG = ComfyUI's TCFG", dict(tcfg=True), lambda: H.run_node("TCFG", model=m)[0], True),
-            ("FreSca = ComfyUI's FreSca", dict(fresca=True, fresca_low=0.9, fresca_high=1.4, fresca_cutoff=2),
-             lambda: H.run_node("FreSca", model=m, scale_low=0.9, scale_high=1.4, freq_cutoff=2)[0],
-             None if fresca_frames_fixed or not video else False),
+            (
+                "FreSca = ComfyUI's FreSca",
+                dict(fresca=True, fresca_low=0.9, fresca_high=1.4, fresca_cutoff=2),
+                lambda: H.run_node("FreSca", model=m, scale_low=0.9, scale_high=1.4, freq_cutoff=2)[0],
+                None if fresca_frames_fixed or not video else False,
+            ),
             ("FDG = diffusers' FDG", dict(fdg=True, fdg_low=0.4, fdg_high=1.3), lambda: R.fdg_model(m, 0.4, 1.3), None),
             ("MaMBo-G = diffusers' MaMBo-G", dict(mambo_alpha=2.0), lambda: R.mambo_model(m, 2.0), None),
-            ("dynamic thresholding (mimic) = sd-dynamic-thresholding",
-             dict(dyn_thresh="mimic", dyn_mimic_scale=2.0, dyn_percentile=0.9), lambda: R.dyn_mimic_model(m, 2.0, 0.9),
-             None),
+            (
+                "dynamic thresholding (mimic) = sd-dynamic-thresholding",
+                dict(dyn_thresh="mimic", dyn_mimic_scale=2.0, dyn_percentile=0.9),
+                lambda: R.dyn_mimic_model(m, 2.0, 0.9),
+                None,
+            ),
         ]
         for check, post_settings, reference, exact in cases:
-            rows.append(measure((FAMILIES, name, check, PATCH),
-                                lambda post_settings=post_settings: ksample(patch(m, post=post(**post_settings)), 4.0,
-                                                                            **run),
-                                lambda reference=reference: ksample(reference(), 4.0, **run), exact=exact, model=m,
-                                relative=True))
+            rows.append(
+                measure(
+                    (FAMILIES, name, check, PATCH),
+                    lambda post_settings=post_settings: ksample(patch(m, post=post(**post_settings)), 4.0, **run),
+                    lambda reference=reference: ksample(reference(), 4.0, **run),
+                    exact=exact,
+                    model=m,
+                    relative=True,
+                )
+            )
     return rows
 
 
@@ -261,8 +359,9 @@ def clip_checkpoint() -> str | None:
     with torch.inference_mode(False):
         torch.manual_seed(0)
         net = open_clip.create_model(CLIP_ARCH, pretrained=None, pretrained_text=False, pretrained_image=False)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()},
-                  os.path.join(folder, "compat_clip.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in net.state_dict().items()}, os.path.join(folder, "compat_clip.safetensors")
+        )
     folder_paths.add_model_folder_path("guidance_clip", folder)
     return "compat_clip.safetensors"
 
@@ -275,8 +374,16 @@ def clip_row(key, model, run, plain) -> dict:
         return row(*key, "limitation", "open_clip is not installed (only CLIP guidance needs it)")
 
     def run_it():
-        clf = H.run_node("GuidanceLabCLIPClassifierLoader", architecture=CLIP_ARCH, checkpoint=name,
-                         labels="\n".join(CLIP_LABELS), decode="linear", gradient="detached", cutouts=0, tau=0.0)[0]
+        clf = H.run_node(
+            "GuidanceLabCLIPClassifierLoader",
+            architecture=CLIP_ARCH,
+            checkpoint=name,
+            labels="\n".join(CLIP_LABELS),
+            decode="linear",
+            gradient="detached",
+            cutouts=0,
+            tau=0.0,
+        )[0]
         return family_guidance_run(key[3], model, clf, CLIP_LABELS[1], run)
 
     return measure(key, run_it, plain, model=model)
@@ -327,10 +434,21 @@ def family_trainer_run(model, run):
     DS = H.pack_module("guidance_core.datasets")
     TN = H.pack_module("nodes.training_nodes")
     with H.user_folders(trainer_root()) as root:
-        clf, _, report = H.run_node("GuidanceLabTrainClassifier", model=model, vae=vae, dataset="compat_data",
-                                    output_name=f"compat_{type(fmt).__name__}", steps=4, batch_size=4, lr=1e-3,
-                                    seed=0, resolution=32, sigma_distribution="log_uniform", class_balance=False,
-                                    width=8)
+        clf, _, report = H.run_node(
+            "GuidanceLabTrainClassifier",
+            model=model,
+            vae=vae,
+            dataset="compat_data",
+            output_name=f"compat_{type(fmt).__name__}",
+            steps=4,
+            batch_size=4,
+            lr=1e-3,
+            seed=0,
+            resolution=32,
+            sigma_distribution="log_uniform",
+            class_balance=False,
+            width=8,
+        )
         cache = DS.load_latent_cache(json.loads(report)["latent_cache"])[0]["latents"]
         items, _ = DS.scan_dataset(os.path.join(root, "input", "compat_data"))
         raw = TN.encode_dataset(vae, items, 32)[0].clone()

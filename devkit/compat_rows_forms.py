@@ -1,6 +1,7 @@
 """Compatibility rows of the model sampling forms (devkit/compat_matrix.py): each model_sampling form ComfyUI defines,
 on the exact Gaussian-mixture model of devkit/sampling_forms.py, with classifier guidance, CFG-Zero* zero-init and
 CFG rescale through the patch."""
+
 from __future__ import annotations
 
 import functools
@@ -23,34 +24,52 @@ def sampling_form_worlds() -> dict:
     means = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     tau, priors = 0.3, torch.tensor([0.5, 0.3, 0.2])
     demo = H.demo_module()
-    edm_in = lambda sd: (lambda s: 1.0 / torch.sqrt(s * s + sd * sd))  # noqa: E731
+    edm_in = lambda sd: lambda s: 1.0 / torch.sqrt(s * s + sd * sd)  # noqa: E731
     eps, _ = F.gmm_world(means, tau, priors, "eps")
     flow, gmm = F.gmm_world(means, tau, priors, "flow")
     worlds = {
-        "EPS (discrete)": (eps, gmm, dict(param="eps", alpha=F.unit_alpha, input_scaling={"kind": "edm", "sigma_data": 1.0},
-                                          c_in=edm_in(1.0))),
-        "V_PREDICTION (discrete)": (F.gmm_world(means, tau, priors, "v")[0], gmm,
-                                    dict(param="v", alpha=F.unit_alpha, input_scaling={"kind": "edm", "sigma_data": 1.0},
-                                         c_in=edm_in(1.0))),
-        "EDM (sigma_data 0.5)": (demo.gmm_model(means, tau, priors, "eps", {"sigma_data": 0.5, "sigma_min": 0.002,
-                                                                             "sigma_max": 80.0}, "EDM"), gmm,
-                                 dict(param="v", alpha=F.unit_alpha, input_scaling={"kind": "edm", "sigma_data": 0.5},
-                                      c_in=edm_in(0.5))),
-        "COSMOS_RFLOW": (demo.gmm_model(means, tau, priors, "eps", {"sigma_data": 1.0, "sigma_min": 0.002,
-                                                                     "sigma_max": 80.0}, "FLOW_COSMOS"), gmm,
-                         dict(param="eps", alpha=F.unit_alpha, input_scaling={"kind": "cosmos_rflow"},
-                              c_in=lambda s: 1.0 / (1.0 + s))),
+        "EPS (discrete)": (
+            eps,
+            gmm,
+            dict(param="eps", alpha=F.unit_alpha, input_scaling={"kind": "edm", "sigma_data": 1.0}, c_in=edm_in(1.0)),
+        ),
+        "V_PREDICTION (discrete)": (
+            F.gmm_world(means, tau, priors, "v")[0],
+            gmm,
+            dict(param="v", alpha=F.unit_alpha, input_scaling={"kind": "edm", "sigma_data": 1.0}, c_in=edm_in(1.0)),
+        ),
+        "EDM (sigma_data 0.5)": (
+            demo.gmm_model(
+                means, tau, priors, "eps", {"sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80.0}, "EDM"
+            ),
+            gmm,
+            dict(param="v", alpha=F.unit_alpha, input_scaling={"kind": "edm", "sigma_data": 0.5}, c_in=edm_in(0.5)),
+        ),
+        "COSMOS_RFLOW": (
+            demo.gmm_model(
+                means, tau, priors, "eps", {"sigma_data": 1.0, "sigma_min": 0.002, "sigma_max": 80.0}, "FLOW_COSMOS"
+            ),
+            gmm,
+            dict(
+                param="eps", alpha=F.unit_alpha, input_scaling={"kind": "cosmos_rflow"}, c_in=lambda s: 1.0 / (1.0 + s)
+            ),
+        ),
         "CONST (flow)": (flow, gmm, dict(param="flow", alpha=F.flow_alpha)),
     }
     if hasattr(F.comfy_model_sampling(), "V_PREDICTION_DDPM"):
         worlds["V_PREDICTION_DDPM"] = (F.v_ddpm_world(means, tau, priors)[0], gmm, dict(param="v", alpha=F.unit_alpha))
     if F.has_noise_scale():
         worlds[f"CONST noise_scale {F.NOISE_SCALE:g} (ModelNoiseScale)"] = (
-            F.noise_scaled(F.gmm_world(means, tau, priors, "flow", noise=F.NOISE_SCALE)[0]), gmm,
-            dict(param="flow", alpha=F.flow_alpha, c=F.NOISE_SCALE, noise_scale=F.NOISE_SCALE))
+            F.noise_scaled(F.gmm_world(means, tau, priors, "flow", noise=F.NOISE_SCALE)[0]),
+            gmm,
+            dict(param="flow", alpha=F.flow_alpha, c=F.NOISE_SCALE, noise_scale=F.NOISE_SCALE),
+        )
     if F.has_img_to_img_flow():
-        worlds["IMG_TO_IMG_FLOW (ModelSamplingDiscrete img_to_img_flow)"] = (F.img_to_img_flow(flow), gmm,
-                                                                             dict(param="flow", alpha=F.flow_alpha))
+        worlds["IMG_TO_IMG_FLOW (ModelSamplingDiscrete img_to_img_flow)"] = (
+            F.img_to_img_flow(flow),
+            gmm,
+            dict(param="flow", alpha=F.flow_alpha),
+        )
     worlds["a made-up model_sampling (no known form)"] = (F.made_up(flow), gmm, dict(param="flow", alpha=F.flow_alpha))
     return worlds
 
@@ -75,14 +94,30 @@ def sampling_form_rows() -> list:
         spec = dict(spec)
         param, alpha, c = spec.pop("param"), spec.pop("alpha"), spec.get("c", 1.0)
         clf = F.exact_loaded(gmm, ["a", "b", "c"], param, alpha, **spec)
-        rows.append(exact_steps_row(key("classifier guidance: E[x0 | x, y] at every step (exact GMM)"), m, gmm, alpha, c,
-                                    lambda: F.classifier_patch(m, clf),
-                                    lambda rec: sample(rec, cfg=1.0, denoise=0.9, prompt=empty)))
-        rows.append(zero_init_start_row(key("CFG-Zero* zero_init_steps 1: start from the model's own noise"), m, sample))
+        rows.append(
+            exact_steps_row(
+                key("classifier guidance: E[x0 | x, y] at every step (exact GMM)"),
+                m,
+                gmm,
+                alpha,
+                c,
+                lambda: F.classifier_patch(m, clf),
+                lambda rec: sample(rec, cfg=1.0, denoise=0.9, prompt=empty),
+            )
+        )
+        rows.append(
+            zero_init_start_row(key("CFG-Zero* zero_init_steps 1: start from the model's own noise"), m, sample)
+        )
         plain = functools.cache(lambda: sample(m))
         for space in ("auto", "eps"):
-            rows.append(measure(key(f"rescale_phi 0.7, rescale_space {space}"),
-                                lambda: sample(patch(m, post=post(rescale_phi=0.7, rescale_space=space))), plain, model=m))
+            rows.append(
+                measure(
+                    key(f"rescale_phi 0.7, rescale_space {space}"),
+                    lambda: sample(patch(m, post=post(rescale_phi=0.7, rescale_space=space))),
+                    plain,
+                    model=m,
+                )
+            )
     return rows
 
 

@@ -1,6 +1,7 @@
 """Compatibility rows of ComfyUI's own nodes with Guidance Lab's (devkit/compat_matrix.py): its guidance nodes chained
 before and after the patch and before the guider, its guiders, the nodes that touch the same step (0.33's and DiT
 ones), model terms by how the weak model is made, conditioning features, and perturbed attention chained with SAG."""
+
 from __future__ import annotations
 
 import atexit
@@ -14,8 +15,21 @@ import torch
 from . import comfy_host as H
 from .cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, patch
 from .compat_doc import CONDITIONING, NODES, TOL
-from .compat_measure import (CFG, GUIDER, PATCH, constant, eps_model, float64, guided, image_latent, measure, native,
-                             right_half_mask, row, settings)
+from .compat_measure import (
+    CFG,
+    GUIDER,
+    PATCH,
+    constant,
+    eps_model,
+    float64,
+    guided,
+    image_latent,
+    measure,
+    native,
+    right_half_mask,
+    row,
+    settings,
+)
 
 # ------------------------------------------------------------------ ComfyUI's guidance nodes
 NODE_INPUTS = {
@@ -29,17 +43,19 @@ NODE_INPUTS = {
     "SelfAttentionGuidance": dict(scale=0.5, blur_sigma=2.0),
     "PerturbedAttentionGuidance": dict(scale=3.0),
     "SkipLayerGuidanceSD3": dict(layers="0, 1", scale=3.0, start_percent=0.0, end_percent=1.0),
-    "SkipLayerGuidanceDiT": dict(double_layers="0, 1", single_layers="0, 1", scale=3.0, start_percent=0.0,
-                                 end_percent=1.0, rescaling_scale=0.0),
+    "SkipLayerGuidanceDiT": dict(
+        double_layers="0, 1", single_layers="0, 1", scale=3.0, start_percent=0.0, end_percent=1.0, rescaling_scale=0.0
+    ),
     "SkipLayerGuidanceDiTSimple": dict(double_layers="0, 1", single_layers="0, 1", start_percent=0.0, end_percent=1.0),
     "DifferentialDiffusion": dict(strength=1.0),
 }
 NO_EFFECT = {  # why a node cannot act on ComfyUI's UNet (checked: its output equals the model's without it)
     "SkipLayerGuidanceSD3": "skips DiT blocks (patches_replace 'dit'); ComfyUI's UNet has none, so the node "
-                            "changes nothing on UNet models (SD1.5, SDXL)",
+    "changes nothing on UNet models (SD1.5, SDXL)",
 }
 NO_EFFECT_TOL = 1e-3
 NO_EFFECT["SkipLayerGuidanceDiT"] = NO_EFFECT["SkipLayerGuidanceDiTSimple"] = NO_EFFECT["SkipLayerGuidanceSD3"]
+
 
 def apply_node(node_id, model):
     """ComfyUI's guidance node `node_id` with NODE_INPUTS on `model` (a new one per run: APG and SAG keep state)."""
@@ -60,7 +76,8 @@ def guidance_node_rows() -> list:
     checks = (  # check, cfg of ComfyUI's reference, our settings at cfg 7, exact
         ("schedule 0.5 at cfg 7 = node at cfg 4", 4.0, {"cfg_schedule": constant(0.5)}, True),
         ("schedule 0 at cfg 7 = node at cfg 1", 1.0, {"cfg_schedule": constant(0.0)}, True),
-        ("three-way (empty, neg_scale 2) at cfg 7", 7.0, settings()["three-way (empty, neg_scale 2)"], False))
+        ("three-way (empty, neg_scale 2) at cfg 7", 7.0, settings()["three-way (empty, neg_scale 2)"], False),
+    )
     rows = []
     for node_id in NODE_INPUTS:
         if node_id in NO_EFFECT:
@@ -72,12 +89,24 @@ def guidance_node_rows() -> list:
             ref_k = functools.cache(lambda: ksample(node(m), ref_cfg, **kw))
             ref_c = functools.cache(lambda: native(GUIDER, node(m), ref_cfg, **kw))
             rows += [
-                measure((NODES, node_id, check, "node → patch"), lambda: ksample(patch(node(m), **ours), 7.0, **kw),
-                        ref_k, exact=exact),
-                measure((NODES, node_id, check, "patch → node"), lambda: ksample(node(patch(m, **ours)), 7.0, **kw),
-                        ref_k, exact=exact),
-                measure((NODES, node_id, check, "node → guider"), lambda: guided(GUIDER, node(m), 7.0, ours, **kw),
-                        ref_c, exact=exact),
+                measure(
+                    (NODES, node_id, check, "node → patch"),
+                    lambda: ksample(patch(node(m), **ours), 7.0, **kw),
+                    ref_k,
+                    exact=exact,
+                ),
+                measure(
+                    (NODES, node_id, check, "patch → node"),
+                    lambda: ksample(node(patch(m, **ours)), 7.0, **kw),
+                    ref_k,
+                    exact=exact,
+                ),
+                measure(
+                    (NODES, node_id, check, "node → guider"),
+                    lambda: guided(GUIDER, node(m), 7.0, ours, **kw),
+                    ref_c,
+                    exact=exact,
+                ),
             ]
     return rows + guider_rows()
 
@@ -96,19 +125,29 @@ def guider_rows() -> list:
     """ComfyUI's guiders with the patched model: CFGGuider is driven by the patch, the others refused."""
     m = eps_model()
     pm = patch(m, cfg_schedule=constant(0.5))
-    rows = [measure((NODES, "CFGGuider", "schedule 0.5 at cfg 7 = cfg 4", "patch → guider"),
-                    lambda: custom_sample(pm, native_guider(pm, 7.0)),
-                    lambda: custom_sample(m, native_guider(m, 4.0)), exact=True)]
+    rows = [
+        measure(
+            (NODES, "CFGGuider", "schedule 0.5 at cfg 7 = cfg 4", "patch → guider"),
+            lambda: custom_sample(pm, native_guider(pm, 7.0)),
+            lambda: custom_sample(m, native_guider(m, 4.0)),
+            exact=True,
+        )
+    ]
     guiders = {
-        "DualCFGGuider": dict(cond1=POS, cond2=OTHER, negative=NEG, cfg_conds=5.0, cfg_cond2_negative=2.0,
-                              style="regular"),
+        "DualCFGGuider": dict(
+            cond1=POS, cond2=OTHER, negative=NEG, cfg_conds=5.0, cfg_cond2_negative=2.0, style="regular"
+        ),
         "PerpNegGuider": dict(positive=POS, negative=NEG, empty_conditioning=EMPTY, cfg=5.0, neg_scale=1.0),
         "BasicGuider": dict(conditioning=POS),
     }
     for node_id, inputs in guiders.items():
-        rows.append(measure((NODES, node_id, "the patched model in this guider", "patch → guider"),
-                            lambda: custom_sample(pm, H.run_node(node_id, model=pm, **inputs)[0]),
-                            refuse=True))
+        rows.append(
+            measure(
+                (NODES, node_id, "the patched model in this guider", "patch → guider"),
+                lambda: custom_sample(pm, H.run_node(node_id, model=pm, **inputs)[0]),
+                refuse=True,
+            )
+        )
     return rows
 
 
@@ -135,12 +174,18 @@ def chain_rows() -> list:
 
     unet = (eps_model(), {}, EMPTY)
     nodes = {  # node_id: ((model, run arguments, empty), inputs, item)
-        "SkipLayerGuidanceDiTSimple": (family("SD3.5 (MMDiT, flow)"), dict(double_layers="0", single_layers="",
-                                       start_percent=0.0, end_percent=1.0), "SkipLayerGuidanceDiTSimple (SD3.5)"),
+        "SkipLayerGuidanceDiTSimple": (
+            family("SD3.5 (MMDiT, flow)"),
+            dict(double_layers="0", single_layers="", start_percent=0.0, end_percent=1.0),
+            "SkipLayerGuidanceDiTSimple (SD3.5)",
+        ),
         "NAGuidance": (unet, dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5), "NAGuidance"),
         "CFGOverride": (unet, dict(cfg=1.5, start_percent=0.5, end_percent=1.0), "CFGOverride"),
-        "LTXVSpatioTemporalGuidance": (family("LTXV (video, 5-D, 128 channels)"), dict(scale=1.0, blocks="0", start_percent=0.0,
-                                       end_percent=1.0), "LTXVSpatioTemporalGuidance (LTXV)"),
+        "LTXVSpatioTemporalGuidance": (
+            family("LTXV (video, 5-D, 128 channels)"),
+            dict(scale=1.0, blocks="0", start_percent=0.0, end_percent=1.0),
+            "LTXVSpatioTemporalGuidance (LTXV)",
+        ),
     }
     rows = []
     for node_id, ((m, io, empty), inputs, item) in nodes.items():
@@ -154,17 +199,37 @@ def chain_rows() -> list:
             ref_k = functools.cache(lambda: ksample(node(m), cfg, **pn, **run))
             check = f"two-way at cfg {cfg:g} = ComfyUI's"
             rows += [
-                measure((NODES, item, check, "node → patch"), lambda: ksample(patch(node(m)), cfg, **pn, **run),
-                        ref_k, exact=True, model=m),
-                measure((NODES, item, check, "patch → node"), lambda: ksample(node(patch(m)), cfg, **pn, **run),
-                        ref_k, exact=True, model=m),
-                measure((NODES, item, check, "node → guider"), lambda: guided(GUIDER, node(m), cfg, **pn, **run),
-                        lambda: native(GUIDER, node(m), cfg, **pn, **run), exact=True, model=m),
+                measure(
+                    (NODES, item, check, "node → patch"),
+                    lambda: ksample(patch(node(m)), cfg, **pn, **run),
+                    ref_k,
+                    exact=True,
+                    model=m,
+                ),
+                measure(
+                    (NODES, item, check, "patch → node"),
+                    lambda: ksample(node(patch(m)), cfg, **pn, **run),
+                    ref_k,
+                    exact=True,
+                    model=m,
+                ),
+                measure(
+                    (NODES, item, check, "node → guider"),
+                    lambda: guided(GUIDER, node(m), cfg, **pn, **run),
+                    lambda: native(GUIDER, node(m), cfg, **pn, **run),
+                    exact=True,
+                    model=m,
+                ),
             ]
         three = dict(empty=empty, neg_scale=2.0)
-        rows.append(measure((NODES, item, "three-way (empty, neg_scale 2) at cfg 4", "node → patch"),
-                            lambda: ksample(patch(node(m), **three), 4.0, **pn, **run),
-                            lambda: ksample(node(m), 4.0, **pn, **run), model=m))
+        rows.append(
+            measure(
+                (NODES, item, "three-way (empty, neg_scale 2) at cfg 4", "node → patch"),
+                lambda: ksample(patch(node(m), **three), 4.0, **pn, **run),
+                lambda: ksample(node(m), 4.0, **pn, **run),
+                model=m,
+            )
+        )
     return rows + dual_model_rows()
 
 
@@ -176,8 +241,9 @@ def dual_model_rows() -> list:
     if "LTXVDualCFGGuider" not in H.boot().NODE_CLASS_MAPPINGS:
         rows.append(absent_row(key, "LTXVDualCFGGuider"))
     else:
-        guider = functools.partial(H.run_node, "LTXVDualCFGGuider", positive=POS, negative=NEG, video_cfg=3.0,
-                                   audio_cfg=7.0)
+        guider = functools.partial(
+            H.run_node, "LTXVDualCFGGuider", positive=POS, negative=NEG, video_cfg=3.0, audio_cfg=7.0
+        )
         rows.append(measure(key, lambda: custom_sample(m, guider(model=patch(m))[0]), refuse=True))
     key = (NODES, "DualModelGuider", "the patched model as its model", "patch → guider")
     if "DualModelGuider" not in H.boot().NODE_CLASS_MAPPINGS:
@@ -186,9 +252,16 @@ def dual_model_rows() -> list:
     guider = functools.partial(H.run_node, "DualModelGuider", positive=POS, cfg=4.0, negative=NEG)
     return rows + [
         measure(key, lambda: custom_sample(m, guider(model=patch(m), model_negative=other)[0]), refuse=True),
-        row(NODES, "DualModelGuider", "the patched model as its model_negative", "patch → guider", "limitation",
+        row(
+            NODES,
+            "DualModelGuider",
+            "the patched model as its model_negative",
+            "patch → guider",
+            "limitation",
             "ComfyUI runs the negative model with the positive model's options: the patch there is never called "
-            "(put it on `model`, or use the CFG Guider with a model term)")]
+            "(put it on `model`, or use the CFG Guider with a model term)",
+        ),
+    ]
 
 
 # ------------------------------------------------------------------ model terms (autoguidance) by how the weak model is made
@@ -213,18 +286,27 @@ def model_term_rows() -> list:
 
     net = build()
     cases = {  # item: (run, reference with separate networks or None)
-        "LoRA clone (sampled + LoRA)": (lambda: ksample(patch(net, terms=term(with_lora(net, lora))), 3.0),
-                                        lambda: ksample(patch(build(), terms=term(with_lora(build(), lora))), 3.0)),
+        "LoRA clone (sampled + LoRA)": (
+            lambda: ksample(patch(net, terms=term(with_lora(net, lora))), 3.0),
+            lambda: ksample(patch(build(), terms=term(with_lora(build(), lora))), 3.0),
+        ),
         "LoRA clone (sampled - its LoRA)": (
             lambda: ksample(patch(with_lora(net, lora), terms=term(net)), 3.0),
-            lambda: ksample(patch(with_lora(build(), lora), terms=term(build())), 3.0)),
-        "LoRA downstream of the patch": (lambda: ksample(with_lora(patch(net, terms=term(net)), lora), 3.0),
-                                         lambda: ksample(with_lora(patch(net, terms=term(build())), lora), 3.0)),
-        "separate checkpoint in float64": (lambda: ksample(patch(net, terms=term(f64(build()))), 3.0),
-                                           lambda: ksample(patch(net, terms=term(build())), 3.0)),
+            lambda: ksample(patch(with_lora(build(), lora), terms=term(build())), 3.0),
+        ),
+        "LoRA downstream of the patch": (
+            lambda: ksample(with_lora(patch(net, terms=term(net)), lora), 3.0),
+            lambda: ksample(with_lora(patch(net, terms=term(build())), lora), 3.0),
+        ),
+        "separate checkpoint in float64": (
+            lambda: ksample(patch(net, terms=term(f64(build()))), 3.0),
+            lambda: ksample(patch(net, terms=term(build())), 3.0),
+        ),
     }
-    return [measure((NODES, "Model Term (Guidance Lab)", item, PATCH), run, ref, exact="LoRA" in item, model=net)
-            for item, (run, ref) in cases.items()]
+    return [
+        measure((NODES, "Model Term (Guidance Lab)", item, PATCH), run, ref, exact="LoRA" in item, model=net)
+        for item, (run, ref) in cases.items()
+    ]
 
 
 # ------------------------------------------------------------------ conditioning features
@@ -236,11 +318,23 @@ def tiny_controlnet():
 
     g = torch.Generator().manual_seed(1)
     with torch.inference_mode(False), torch.no_grad():
-        net = comfy.cldm.cldm.ControlNet(image_size=32, in_channels=4, model_channels=32, hint_channels=3,
-                                         num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
-                                         use_spatial_transformer=True, transformer_depth=[0, 1],
-                                         transformer_depth_middle=1, context_dim=32, use_linear_in_transformer=True,
-                                         legacy=False, dtype=torch.float32, device="cpu")
+        net = comfy.cldm.cldm.ControlNet(
+            image_size=32,
+            in_channels=4,
+            model_channels=32,
+            hint_channels=3,
+            num_res_blocks=1,
+            channel_mult=[1, 2],
+            num_head_channels=16,
+            use_spatial_transformer=True,
+            transformer_depth=[0, 1],
+            transformer_depth_middle=1,
+            context_dim=32,
+            use_linear_in_transformer=True,
+            legacy=False,
+            dtype=torch.float32,
+            device="cpu",
+        )
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (0.3 / max(1, p[0].numel()) ** 0.5))
     return comfy.controlnet.ControlNet(net, load_device=torch.device("cpu"))
@@ -266,32 +360,43 @@ def tiny_lora_hooks():
 
 
 def with_hooks(conditioning, hooks):
-    return H.run_node("ConditioningSetProperties", cond_NEW=conditioning, strength=1.0, set_cond_area="default",
-                      hooks=hooks)[0]
+    return H.run_node(
+        "ConditioningSetProperties", cond_NEW=conditioning, strength=1.0, set_cond_area="default", hooks=hooks
+    )[0]
 
 
 def conditioning_features() -> tuple:
     """({name: inputs of a run (pos, neg, latent, denoise) using the feature}, the LoRA hooks)."""
+
     def combine(a, b):
         return H.run_node("ConditioningCombine", conditioning_1=a, conditioning_2=b)[0]
 
     area = H.run_node("ConditioningSetArea", conditioning=OTHER, width=64, height=64, x=0, y=0, strength=1.0)[0]
-    masked = H.run_node("ConditioningSetMask", conditioning=OTHER, mask=right_half_mask(), set_cond_area="default",
-                        strength=1.0)[0]
+    masked = H.run_node(
+        "ConditioningSetMask", conditioning=OTHER, mask=right_half_mask(), set_cond_area="default", strength=1.0
+    )[0]
     early = H.run_node("ConditioningSetTimestepRange", conditioning=POS, start=0.0, end=0.5)[0]
     late = H.run_node("ConditioningSetTimestepRange", conditioning=OTHER, start=0.5, end=1.0)[0]
     hooks = tiny_lora_hooks()
-    cn_pos, cn_neg = H.run_node("ControlNetApplyAdvanced", positive=POS, negative=NEG, control_net=tiny_controlnet(),
-                                image=torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(3)),
-                                strength=1.0, start_percent=0.0, end_percent=1.0)[:2]
+    cn_pos, cn_neg = H.run_node(
+        "ControlNetApplyAdvanced",
+        positive=POS,
+        negative=NEG,
+        control_net=tiny_controlnet(),
+        image=torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(3)),
+        strength=1.0,
+        start_percent=0.0,
+        end_percent=1.0,
+    )[:2]
     return {
         "area (ConditioningSetArea)": dict(pos=combine(area, POS)),
         "mask (ConditioningSetMask)": dict(pos=combine(masked, POS)),
         "timestep range (ConditioningSetTimestepRange)": dict(pos=combine(early, late)),
         "LoRA hooks with keyframes (CreateHookLora)": dict(pos=with_hooks(POS, hooks), neg=with_hooks(NEG, hooks)),
         "ControlNet (tiny comfy.cldm)": dict(pos=cn_pos, neg=cn_neg),
-        "inpainting (SetLatentNoiseMask)": dict(latent=H.run_node("SetLatentNoiseMask", samples=image_latent(),
-                                                                   mask=right_half_mask())[0]),
+        "inpainting (SetLatentNoiseMask)": dict(
+            latent=H.run_node("SetLatentNoiseMask", samples=image_latent(), mask=right_half_mask())[0]
+        ),
         "img2img (denoise 0.5)": dict(latent=image_latent(), denoise=0.5),
     }, hooks
 
@@ -305,15 +410,23 @@ def conditioning_rows() -> list:
     for item, kw in features.items():
         item_checks = dict(checks)
         if "hooks" in item:
-            item_checks["three-way, the empty prompt with the hooks"] = {"empty": with_hooks(EMPTY, hooks),
-                                                                         "neg_scale": 2.0}
+            item_checks["three-way, the empty prompt with the hooks"] = {
+                "empty": with_hooks(EMPTY, hooks),
+                "neg_scale": 2.0,
+            }
         for route in (PATCH, GUIDER):
             plain = functools.cache(lambda: native(route, m, CFG, **kw))
-            rows.append(measure((CONDITIONING, item, "plain cfg 6", route), lambda: guided(route, m, CFG, **kw), plain,
-                                exact=True))
+            rows.append(
+                measure(
+                    (CONDITIONING, item, "plain cfg 6", route), lambda: guided(route, m, CFG, **kw), plain, exact=True
+                )
+            )
             for check, cfg_settings in item_checks.items():
-                rows.append(measure((CONDITIONING, item, check, route),
-                                    lambda: guided(route, m, CFG, cfg_settings, **kw), plain))
+                rows.append(
+                    measure(
+                        (CONDITIONING, item, check, route), lambda: guided(route, m, CFG, cfg_settings, **kw), plain
+                    )
+                )
     return rows
 
 
@@ -330,13 +443,25 @@ def middle_block_unets() -> dict:
 
     from . import families as F
 
-    cfg = F._config("SDXL", dict(F.UNET_TINY, adm_in_channels=2816, num_classes="sequential",
-                                 transformer_depth_middle=SDXL_MIDDLE_DEPTH))
+    cfg = F._config(
+        "SDXL",
+        dict(F.UNET_TINY, adm_in_channels=2816, num_classes="sequential", transformer_depth_middle=SDXL_MIDDLE_DEPTH),
+    )
     sdxl = float64(F._patcher(comfy.model_base.SDXL(cfg, device="cpu"), 12))
-    return {f"SDXL middle block ({SDXL_MIDDLE_DEPTH} transformers)":
-            (sdxl, F.FAMILIES["SDXL"].cond(1), F.FAMILIES["SDXL"].cond(2), SDXL_MIDDLE_DEPTH),
-            "SD1.5 middle block (1 transformer)":
-            (float64(F.sd15()), F.FAMILIES["SD1.5"].cond(1), F.FAMILIES["SD1.5"].cond(2), 1)}
+    return {
+        f"SDXL middle block ({SDXL_MIDDLE_DEPTH} transformers)": (
+            sdxl,
+            F.FAMILIES["SDXL"].cond(1),
+            F.FAMILIES["SDXL"].cond(2),
+            SDXL_MIDDLE_DEPTH,
+        ),
+        "SD1.5 middle block (1 transformer)": (
+            float64(F.sd15()),
+            F.FAMILIES["SD1.5"].cond(1),
+            F.FAMILIES["SD1.5"].cond(2),
+            1,
+        ),
+    }
 
 
 def sag(model):
@@ -389,12 +514,27 @@ def attention_chain_rows() -> list:
         ref_k = functools.cache(lambda: ksample(pag_then_sag(m, range(depth)), CFG, **io))
         ref_c = functools.cache(lambda: native(GUIDER, pag_then_sag(m, range(depth)), CFG, **io))
         rows += [
-            measure((NODES, "SelfAttentionGuidance", check, "node → patch"),
-                    lambda: ksample(patch(sag(m), terms=pag_term()), CFG, **io), ref_k, exact=True, model=m),
-            measure((NODES, "SelfAttentionGuidance", check, "patch → node"),
-                    lambda: ksample(sag(patch(m, terms=pag_term())), CFG, **io), ref_k, exact=True, model=m),
-            measure((NODES, "SelfAttentionGuidance", check, "node → guider"),
-                    lambda: guided(GUIDER, sag(m), CFG, dict(terms=pag_term()), **io), ref_c, exact=True, model=m),
+            measure(
+                (NODES, "SelfAttentionGuidance", check, "node → patch"),
+                lambda: ksample(patch(sag(m), terms=pag_term()), CFG, **io),
+                ref_k,
+                exact=True,
+                model=m,
+            ),
+            measure(
+                (NODES, "SelfAttentionGuidance", check, "patch → node"),
+                lambda: ksample(sag(patch(m, terms=pag_term())), CFG, **io),
+                ref_k,
+                exact=True,
+                model=m,
+            ),
+            measure(
+                (NODES, "SelfAttentionGuidance", check, "node → guider"),
+                lambda: guided(GUIDER, sag(m), CFG, dict(terms=pag_term()), **io),
+                ref_c,
+                exact=True,
+                model=m,
+            ),
         ]
     return rows + [comfy_pag_with_sag_row()]
 
@@ -407,15 +547,38 @@ def comfy_pag_with_sag_row() -> dict:
     (sdxl, pos, neg, depth), (sd15, pos15, neg15, _) = middle_block_unets().values()
     comfy_pag = functools.partial(apply_node, "PerturbedAttentionGuidance")
     with torch.inference_mode():
-        off = [float((ksample(comfy_pag(sag(sdxl)), CFG, pos=pos, neg=neg, steps=SAG_CHECK_STEPS)
-                      - ksample(reference_pag(sag(sdxl), range(1, depth)), CFG, pos=pos, neg=neg,
-                                steps=SAG_CHECK_STEPS)).abs().max()),
-               float((ksample(comfy_pag(sag(sd15)), CFG, pos=pos15, neg=neg15, steps=SAG_CHECK_STEPS)
-                      - ksample(sag(sd15), CFG, pos=pos15, neg=neg15, steps=SAG_CHECK_STEPS)).abs().max())]
+        off = [
+            float(
+                (
+                    ksample(comfy_pag(sag(sdxl)), CFG, pos=pos, neg=neg, steps=SAG_CHECK_STEPS)
+                    - ksample(reference_pag(sag(sdxl), range(1, depth)), CFG, pos=pos, neg=neg, steps=SAG_CHECK_STEPS)
+                )
+                .abs()
+                .max()
+            ),
+            float(
+                (
+                    ksample(comfy_pag(sag(sd15)), CFG, pos=pos15, neg=neg15, steps=SAG_CHECK_STEPS)
+                    - ksample(sag(sd15), CFG, pos=pos15, neg=neg15, steps=SAG_CHECK_STEPS)
+                )
+                .abs()
+                .max()
+            ),
+        ]
     if max(off) >= TOL:
-        return row(*key, "FAIL", f"listed as shadowed on the middle block's first transformer, but differs from that "
-                                 f"by {max(off):.2g}: ComfyUI's lookup changed, update this row", max(off))
-    return row(*key, "limitation", "ComfyUI looks up SAG's attn1 patch (middle, 0, transformer 0) before PAG's "
-               "(middle, 0): PAG does not act on the middle block's first transformer (SDXL: "
-               f"{depth - 1} of {depth} perturbed; SD1.5: none, PAG adds nothing); Guidance Lab's PAG term chains "
-               "with SAG exactly", max(off))
+        return row(
+            *key,
+            "FAIL",
+            f"listed as shadowed on the middle block's first transformer, but differs from that "
+            f"by {max(off):.2g}: ComfyUI's lookup changed, update this row",
+            max(off),
+        )
+    return row(
+        *key,
+        "limitation",
+        "ComfyUI looks up SAG's attn1 patch (middle, 0, transformer 0) before PAG's "
+        "(middle, 0): PAG does not act on the middle block's first transformer (SDXL: "
+        f"{depth - 1} of {depth} perturbed; SD1.5: none, PAG adds nothing); Guidance Lab's PAG term chains "
+        "with SAG exactly",
+        max(off),
+    )

@@ -1,5 +1,6 @@
 """Compatibility rows of samplers and schedulers (devkit/compat_matrix.py): every sampler and scheduler through the
 patch and the guider, and which step a call is in (adaptive stops on multi-stage samplers and on FlipSigmas' run)."""
+
 from __future__ import annotations
 
 import functools
@@ -10,8 +11,23 @@ import torch
 from . import comfy_host as H
 from .cfg_helpers import custom_sample, our_guider, post, schedule
 from .compat_doc import SAMPLERS, SCHEDULERS
-from .compat_measure import (CFG, GUIDER, PATCH, QUICK_SAMPLERS, QUICK_SCHEDULERS, classifier_guided, constant,
-                             eps_model, error_text, guided, interval_row, measure, native, row, settings)
+from .compat_measure import (
+    CFG,
+    GUIDER,
+    PATCH,
+    QUICK_SAMPLERS,
+    QUICK_SCHEDULERS,
+    classifier_guided,
+    constant,
+    eps_model,
+    error_text,
+    guided,
+    interval_row,
+    measure,
+    native,
+    row,
+    settings,
+)
 from .sampler_steps import mixed_steps, rows_by_step
 
 
@@ -37,16 +53,23 @@ def sampling_rows(area, item, **kw) -> list:
     rows = []
     for route in (PATCH, GUIDER):
         plain = functools.cache(lambda: native(route, m, CFG, **kw))  # the lambdas below run in this iteration
-        rows.append(measure((area, item, "plain cfg 6", route), lambda: guided(route, m, CFG, **kw), plain,
-                            exact=True))
-        rows.append(measure((area, item, "schedule 0 at cfg 6 = cfg 1", route),
-                            lambda: guided(route, m, CFG, dict(cfg_schedule=constant(0.0)), **kw),
-                            lambda: native(route, m, 1.0, **kw), exact=True))
+        rows.append(measure((area, item, "plain cfg 6", route), lambda: guided(route, m, CFG, **kw), plain, exact=True))
+        rows.append(
+            measure(
+                (area, item, "schedule 0 at cfg 6 = cfg 1", route),
+                lambda: guided(route, m, CFG, dict(cfg_schedule=constant(0.0)), **kw),
+                lambda: native(route, m, 1.0, **kw),
+                exact=True,
+            )
+        )
         for name, cfg_settings in settings().items():
             rows.append(measure((area, item, name, route), lambda: guided(route, m, CFG, cfg_settings, **kw), plain))
         rows.append(interval_row((area, item, "interval schedule: rows per model call", route), **kw))
-        rows.append(measure((area, item, "classifier guidance (scale 10)", route),
-                            lambda: classifier_guided(route, m, **kw), plain))
+        rows.append(
+            measure(
+                (area, item, "classifier guidance (scale 10)", route), lambda: classifier_guided(route, m, **kw), plain
+            )
+        )
     return rows
 
 
@@ -81,8 +104,11 @@ def step_rows() -> list:
         for route in (PATCH, GUIDER):
             key = (SAMPLERS, sampler, "adaptive stop after step 0: whole steps", route)
             rows.append(whole_steps_row(key, lambda: guided(route, m, CFG, stop, sampler=sampler, steps=n), m, [0]))
-    flip = functools.cache(lambda: H.run_node("FlipSigmas", sigmas=H.run_node(
-        "BasicScheduler", model=m, scheduler="normal", steps=n, denoise=1.0)[0])[0])
+    flip = functools.cache(
+        lambda: H.run_node(
+            "FlipSigmas", sigmas=H.run_node("BasicScheduler", model=m, scheduler="normal", steps=n, denoise=1.0)[0]
+        )[0]
+    )
     item = "FlipSigmas (increasing sigmas)"
     for sampler in ("euler", "heun"):
         key = (SAMPLERS, item, f"{sampler}: adaptive stop after step 0", GUIDER)

@@ -1,4 +1,5 @@
 """API-format prompts that exercise Guidance Lab on the demo shapes world (scripts/demo_nodes)."""
+
 from __future__ import annotations
 
 
@@ -18,15 +19,34 @@ def _save(p, samples_ref, prefix):
 
 
 def schedule_node(**kw):
-    inputs = {"kind": "constant", "axis": "progress", "start": 1.0, "end": 0.0, "exponent": 2.0, "sigma_lo": 0.28,
-              "sigma_hi": 5.42, "inside": 1.0, "outside": 0.0, "keyframes": "0:1, 1:0"}
+    inputs = {
+        "kind": "constant",
+        "axis": "progress",
+        "start": 1.0,
+        "end": 0.0,
+        "exponent": 2.0,
+        "sigma_lo": 0.28,
+        "sigma_hi": 5.42,
+        "inside": 1.0,
+        "outside": 0.0,
+        "keyframes": "0:1, 1:0",
+    }
     inputs.update(kw)
     return {"class_type": "GuidanceLabSchedule", "inputs": inputs}
 
 
 def post_node(**kw):
-    inputs = {"rescale_phi": 0.0, "rescale_space": "auto", "cfg_zero_star": False, "zero_init_steps": 0,
-              "apg": False, "apg_eta": 1.0, "apg_momentum": 0.0, "apg_norm_threshold": 0.0, "perp_neg": False}
+    inputs = {
+        "rescale_phi": 0.0,
+        "rescale_space": "auto",
+        "cfg_zero_star": False,
+        "zero_init_steps": 0,
+        "apg": False,
+        "apg_eta": 1.0,
+        "apg_momentum": 0.0,
+        "apg_norm_threshold": 0.0,
+        "perp_neg": False,
+    }
     inputs.update(kw)
     return {"class_type": "GuidanceLabPostProcess", "inputs": inputs}
 
@@ -36,11 +56,25 @@ def ksampler_patch(cfg=4.0, seed=7, prefix="guidance-lab/ksampler_patch"):
     p = _base(seed=seed)
     p["sched"] = schedule_node(kind="linear", start=1.0, end=0.0)
     p["post"] = post_node(rescale_phi=0.5)
-    p["patch"] = {"class_type": "GuidanceLabCFGPatch", "inputs": {
-        "model": ["model", 0], "neg_scale": 0.0, "cfg_schedule": ["sched", 0], "post": ["post", 0]}}
-    p["ks"] = {"class_type": "KSampler", "inputs": {
-        "model": ["patch", 0], "seed": seed, "steps": 20, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal",
-        "positive": ["pos", 0], "negative": ["empty", 0], "latent_image": ["latent", 0], "denoise": 1.0}}
+    p["patch"] = {
+        "class_type": "GuidanceLabCFGPatch",
+        "inputs": {"model": ["model", 0], "neg_scale": 0.0, "cfg_schedule": ["sched", 0], "post": ["post", 0]},
+    }
+    p["ks"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["patch", 0],
+            "seed": seed,
+            "steps": 20,
+            "cfg": cfg,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "positive": ["pos", 0],
+            "negative": ["empty", 0],
+            "latent_image": ["latent", 0],
+            "denoise": 1.0,
+        },
+    }
     return _save(p, ["ks", 0], prefix)
 
 
@@ -48,8 +82,14 @@ def guider(prefix="guidance-lab/guider_interval", cfg=5.0, seed=7, sampler="dpmp
     """SamplerCustomAdvanced + the CFG GUIDER with an interval schedule (and optional extra terms)."""
     p = _base(label=label, seed=seed)
     p["sched"] = schedule_node(kind="interval", sigma_lo=0.28, sigma_hi=5.42)
-    inputs = {"model": ["model", 0], "positive": ["pos", 0], "negative": ["empty", 0], "cfg": cfg,
-              "neg_scale": 0.0, "cfg_schedule": ["sched", 0]}
+    inputs = {
+        "model": ["model", 0],
+        "positive": ["pos", 0],
+        "negative": ["empty", 0],
+        "cfg": cfg,
+        "neg_scale": 0.0,
+        "cfg_schedule": ["sched", 0],
+    }
     if terms:
         prev = None
         for i, (label_i, w) in enumerate(terms):
@@ -63,11 +103,20 @@ def guider(prefix="guidance-lab/guider_interval", cfg=5.0, seed=7, sampler="dpmp
     p["guider"] = {"class_type": "GuidanceLabCFGGuider", "inputs": inputs}
     p["noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
     p["sampler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
-    p["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "normal",
-                                                             "steps": 20, "denoise": 1.0}}
-    p["sca"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
-        "latent_image": ["latent", 0]}}
+    p["sigmas"] = {
+        "class_type": "BasicScheduler",
+        "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": 20, "denoise": 1.0},
+    }
+    p["sca"] = {
+        "class_type": "SamplerCustomAdvanced",
+        "inputs": {
+            "noise": ["noise", 0],
+            "guider": ["guider", 0],
+            "sampler": ["sampler", 0],
+            "sigmas": ["sigmas", 0],
+            "latent_image": ["latent", 0],
+        },
+    }
     return _save(p, ["sca", 0], prefix)
 
 
@@ -75,6 +124,7 @@ def all_prompts():
     return {
         "ksampler_patch": ksampler_patch(),
         "guider_interval": guider(),
-        "composable_circle_and_cross": guider(prefix="guidance-lab/composable", cfg=1.0, label="circle",
-                                              terms=[("cross", 1.0)]),
+        "composable_circle_and_cross": guider(
+            prefix="guidance-lab/composable", cfg=1.0, label="circle", terms=[("cross", 1.0)]
+        ),
     }

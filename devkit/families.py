@@ -6,6 +6,7 @@ the outputs mean nothing; what matters is that every code path of the family run
 FAMILIES[name] = Family(build, cond, latent): build() -> ModelPatcher; cond(seed) -> CONDITIONING as that
 family's text encoder node gives it (shapes shrunk to the tiny widths); latent(batch) -> LATENT.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,14 +87,28 @@ def _latent(channels, size=16, frames=None):
     def make(batch=1):
         shape = (batch, channels, frames, size, size) if frames else (batch, channels, size, size)
         return {"samples": torch.zeros(shape)}
+
     return make
 
 
 # ------------------------------------------------------------------ UNet families
-UNET_TINY = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[0, 1],
-                 transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, num_head_channels=16,
-                 context_dim=32, use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False,
-                 image_size=32, dtype=torch.float32)
+UNET_TINY = dict(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    num_res_blocks=[1, 1],
+    channel_mult=[1, 2],
+    transformer_depth=[0, 1],
+    transformer_depth_output=[0, 0, 1, 1],
+    transformer_depth_middle=1,
+    num_head_channels=16,
+    context_dim=32,
+    use_linear_in_transformer=True,
+    use_spatial_transformer=True,
+    legacy=False,
+    image_size=32,
+    dtype=torch.float32,
+)
 
 
 def sd15():
@@ -107,7 +122,9 @@ def sd21_v():
     import comfy.model_base
 
     cfg = _config("SD20", dict(UNET_TINY))
-    return _patcher(comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu"), 11)
+    return _patcher(
+        comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.V_PREDICTION, device="cpu"), 11
+    )
 
 
 def sdxl():
@@ -123,7 +140,11 @@ def playground_v25():
     import comfy.latent_formats
     import comfy.model_base
 
-    cfg = _config("SDXL", dict(UNET_TINY, adm_in_channels=2816, num_classes="sequential"), latent_format=comfy.latent_formats.SDXL_Playground_2_5())
+    cfg = _config(
+        "SDXL",
+        dict(UNET_TINY, adm_in_channels=2816, num_classes="sequential"),
+        latent_format=comfy.latent_formats.SDXL_Playground_2_5(),
+    )
     cfg.sampling_settings = {"sigma_data": 0.5, "sigma_max": 80.0, "sigma_min": 0.002}
     return _patcher(comfy.model_base.SDXL(cfg, model_type=comfy.model_base.ModelType.EDM, device="cpu"), 13)
 
@@ -131,11 +152,23 @@ def playground_v25():
 # ------------------------------------------------------------------ DiT families
 def sd35():
     """MMDiT (hidden size = 64 * depth), flow matching with shift 3."""
-    cfg = _config("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=1, input_size=None,
-                              adm_in_channels=16, pos_embed_max_size=16, num_patches=256, qk_norm="rms",
-                              context_embedder_config={"target": "torch.nn.Linear",
-                                                       "params": {"in_features": 16, "out_features": 64}},
-                              x_block_self_attn_layers=[], dtype=torch.float32))
+    cfg = _config(
+        "SD3",
+        dict(
+            in_channels=16,
+            out_channels=16,
+            patch_size=2,
+            depth=1,
+            input_size=None,
+            adm_in_channels=16,
+            pos_embed_max_size=16,
+            num_patches=256,
+            qk_norm="rms",
+            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 16, "out_features": 64}},
+            x_block_self_attn_layers=[],
+            dtype=torch.float32,
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 14)
 
 
@@ -143,32 +176,91 @@ def flux_dev():
     """Flux.1 dev: guidance-distilled (a guidance embedding, no real CFG needed), flow with Flux's time shift."""
     import comfy.ldm.flux.model
 
-    cfg = _config("Flux", _flux_fields(comfy.ldm.flux.model.FluxParams, dict(
-        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=8, context_in_dim=16, hidden_size=32,
-        mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
-        qkv_bias=True, guidance_embed=True, dtype=torch.float32)))
+    cfg = _config(
+        "Flux",
+        _flux_fields(
+            comfy.ldm.flux.model.FluxParams,
+            dict(
+                image_model="flux",
+                in_channels=16,
+                out_channels=16,
+                vec_in_dim=8,
+                context_in_dim=16,
+                hidden_size=32,
+                mlp_ratio=2.0,
+                num_heads=2,
+                depth=1,
+                depth_single_blocks=1,
+                axes_dim=[4, 6, 6],
+                theta=10000,
+                patch_size=2,
+                qkv_bias=True,
+                guidance_embed=True,
+                dtype=torch.float32,
+            ),
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 15)
 
 
 def wan21():
     """Wan 2.1 text-to-video: 5-D latents [B, 16, T, H, W], flow with shift."""
-    cfg = _config("WAN21_T2V", dict(model_type="t2v", patch_size=(1, 2, 2), text_len=8, in_dim=16, dim=32, ffn_dim=64,
-                                    freq_dim=32, text_dim=16, out_dim=16, num_heads=2, num_layers=1,
-                                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-                                    dtype=torch.float32))
+    cfg = _config(
+        "WAN21_T2V",
+        dict(
+            model_type="t2v",
+            patch_size=(1, 2, 2),
+            text_len=8,
+            in_dim=16,
+            dim=32,
+            ffn_dim=64,
+            freq_dim=32,
+            text_dim=16,
+            out_dim=16,
+            num_heads=2,
+            num_layers=1,
+            window_size=(-1, -1),
+            qk_norm=True,
+            cross_attn_norm=True,
+            eps=1e-6,
+            dtype=torch.float32,
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 16)
 
 
 def cosmos_predict2():
     """Cosmos-Predict2 text-to-image: EDM-style sampling (sigma_data 1, sigma_max 80), Wan 2.1 latents [B, 16, 1, H, W]."""
-    cfg = _config("CosmosT2IPredict2", dict(image_model="cosmos_predict2", max_img_h=32, max_img_w=32, max_frames=4,
-                                            in_channels=16, out_channels=16, patch_spatial=2, patch_temporal=1,
-                                            model_channels=32, concat_padding_mask=True, crossattn_emb_channels=16,
-                                            pos_emb_cls="rope3d", pos_emb_learnable=True, pos_emb_interpolation="crop",
-                                            min_fps=1, max_fps=30, use_adaln_lora=True, adaln_lora_dim=8,
-                                            num_blocks=1, num_heads=2, extra_per_block_abs_pos_emb=False,
-                                            rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0,
-                                            rope_t_extrapolation_ratio=1.0, dtype=torch.float32))
+    cfg = _config(
+        "CosmosT2IPredict2",
+        dict(
+            image_model="cosmos_predict2",
+            max_img_h=32,
+            max_img_w=32,
+            max_frames=4,
+            in_channels=16,
+            out_channels=16,
+            patch_spatial=2,
+            patch_temporal=1,
+            model_channels=32,
+            concat_padding_mask=True,
+            crossattn_emb_channels=16,
+            pos_emb_cls="rope3d",
+            pos_emb_learnable=True,
+            pos_emb_interpolation="crop",
+            min_fps=1,
+            max_fps=30,
+            use_adaln_lora=True,
+            adaln_lora_dim=8,
+            num_blocks=1,
+            num_heads=2,
+            extra_per_block_abs_pos_emb=False,
+            rope_h_extrapolation_ratio=4.0,
+            rope_w_extrapolation_ratio=4.0,
+            rope_t_extrapolation_ratio=1.0,
+            dtype=torch.float32,
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 17)
 
 
@@ -178,10 +270,32 @@ def chroma():
     (multiplier 1); 16-channel Flux latents packed 2x2 (in_channels 64); T5-only conditioning (no pooled output)."""
     import comfy.ldm.chroma.model
 
-    cfg = _config("Chroma", _flux_fields(comfy.ldm.chroma.model.ChromaParams, dict(
-        image_model="chroma", in_channels=64, out_channels=64, context_in_dim=16, hidden_size=32, mlp_ratio=2.0,
-        num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, patch_size=2, qkv_bias=True,
-        in_dim=64, out_dim=32, hidden_dim=32, n_layers=1, dtype=torch.float32)))
+    cfg = _config(
+        "Chroma",
+        _flux_fields(
+            comfy.ldm.chroma.model.ChromaParams,
+            dict(
+                image_model="chroma",
+                in_channels=64,
+                out_channels=64,
+                context_in_dim=16,
+                hidden_size=32,
+                mlp_ratio=2.0,
+                num_heads=2,
+                depth=1,
+                depth_single_blocks=1,
+                axes_dim=[4, 6, 6],
+                theta=10000,
+                patch_size=2,
+                qkv_bias=True,
+                in_dim=64,
+                out_dim=32,
+                hidden_dim=32,
+                n_layers=1,
+                dtype=torch.float32,
+            ),
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 18)
 
 
@@ -189,28 +303,70 @@ def lumina2():
     """Lumina Image 2.0 (NextDiT): flow with shift 6, Flux latents, Gemma conditioning with its attention mask."""
     import comfy.ldm.lumina.model
 
-    cfg = _config("Lumina2", _accepted(dict(image_model="lumina2", patch_size=2, in_channels=16, dim=32,
-                                            cap_feat_dim=16, n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=1,
-                                            multiple_of=16, ffn_dim_multiplier=2.0, qk_norm=True, axes_dims=[4, 6, 6],
-                                            axes_lens=[300, 64, 64], rope_theta=10000.0, dtype=torch.float32),
-                                       _signature(comfy.ldm.lumina.model.NextDiT)))
+    cfg = _config(
+        "Lumina2",
+        _accepted(
+            dict(
+                image_model="lumina2",
+                patch_size=2,
+                in_channels=16,
+                dim=32,
+                cap_feat_dim=16,
+                n_layers=1,
+                n_refiner_layers=1,
+                n_heads=2,
+                n_kv_heads=1,
+                multiple_of=16,
+                ffn_dim_multiplier=2.0,
+                qk_norm=True,
+                axes_dims=[4, 6, 6],
+                axes_lens=[300, 64, 64],
+                rope_theta=10000.0,
+                dtype=torch.float32,
+            ),
+            _signature(comfy.ldm.lumina.model.NextDiT),
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 19)
 
 
 def qwen_image():
     """Qwen-Image (MMDiT): Flux-type time shift (1.15, multiplier 1), Wan 2.1 latents (sampled as [B, 16, 1, H, W]),
     Qwen2.5-VL conditioning (no pooled output; the all-ones attention mask is dropped by its encoder)."""
-    cfg = _config("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
-                                    num_layers=1, attention_head_dim=16, num_attention_heads=2,
-                                    joint_attention_dim=16, axes_dims_rope=[4, 6, 6], dtype=torch.float32))
+    cfg = _config(
+        "QwenImage",
+        dict(
+            image_model="qwen_image",
+            patch_size=2,
+            in_channels=64,
+            out_channels=16,
+            num_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=[4, 6, 6],
+            dtype=torch.float32,
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 20)
 
 
 def ltxv():
     """LTX-Video: 5-D latents [B, 128, T, H, W], Flux-type time shift 2.37, T5 conditioning with its attention mask
     (integer) and the frame rate (default 25)."""
-    cfg = _config("LTXV", dict(image_model="ltxv", in_channels=128, cross_attention_dim=32, attention_head_dim=16,
-                               num_attention_heads=2, caption_channels=16, num_layers=1, dtype=torch.float32))
+    cfg = _config(
+        "LTXV",
+        dict(
+            image_model="ltxv",
+            in_channels=128,
+            cross_attention_dim=32,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            caption_channels=16,
+            num_layers=1,
+            dtype=torch.float32,
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 21)
 
 
@@ -220,13 +376,35 @@ def hunyuan_video():
     import comfy.ldm.hunyuan_video.model
 
     fields = [f.name for f in dataclasses.fields(comfy.ldm.hunyuan_video.model.HunyuanVideoParams)]
-    cfg = _config("HunyuanVideo", _accepted(dict(image_model="hunyuan_video", in_channels=16, out_channels=16,
-                                                 vec_in_dim=8, context_in_dim=16, hidden_size=32, mlp_ratio=2.0,
-                                                 num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
-                                                 theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True,
-                                                 byt5=False, meanflow=False, meanflow_sum=False,
-                                                 use_cond_type_embedding=False, vision_in_dim=None,
-                                                 dtype=torch.float32), fields))
+    cfg = _config(
+        "HunyuanVideo",
+        _accepted(
+            dict(
+                image_model="hunyuan_video",
+                in_channels=16,
+                out_channels=16,
+                vec_in_dim=8,
+                context_in_dim=16,
+                hidden_size=32,
+                mlp_ratio=2.0,
+                num_heads=2,
+                depth=1,
+                depth_single_blocks=1,
+                axes_dim=[4, 6, 6],
+                theta=256,
+                patch_size=[1, 2, 2],
+                qkv_bias=True,
+                guidance_embed=True,
+                byt5=False,
+                meanflow=False,
+                meanflow_sum=False,
+                use_cond_type_embedding=False,
+                vision_in_dim=None,
+                dtype=torch.float32,
+            ),
+            fields,
+        ),
+    )
     return _patcher(cfg.get_model({}, device="cpu"), 22)
 
 
@@ -245,18 +423,24 @@ FAMILIES = {
     "SD3.5 (MMDiT, flow)": Family(sd35, lambda s: _cond(s, 4, 16, pooled=16), _latent(16)),
     "Flux.1 dev (guidance-distilled)": Family(flux_dev, lambda s: _cond(s, 4, 16, pooled=8, guidance=3.5), _latent(16)),
     "Wan 2.1 (video, 5-D)": Family(wan21, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=3)),
-    "Cosmos-Predict2 (text to image)": Family(cosmos_predict2, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=1)),
+    "Cosmos-Predict2 (text to image)": Family(
+        cosmos_predict2, lambda s: _cond(s, 4, 16), _latent(16, size=8, frames=1)
+    ),
     "Chroma (flow, no pooled vector)": Family(chroma, lambda s: _cond(s, 4, 16, pooled_output=None), _latent(16)),
     "Lumina 2 (NextDiT, flow)": Family(lumina2, lambda s: _cond(s, 4, 16, attention_mask=_mask(4)), _latent(16)),
     "Qwen-Image (MMDiT, Wan latents)": Family(qwen_image, lambda s: _cond(s, 4, 16), _latent(16)),
     "Qwen-Image Edit (reference latent)": Family(
-        qwen_image, lambda s: _with_reference(_cond(s, 4, 16), (1, 16, 1, 16, 16)), _latent(16)),
+        qwen_image, lambda s: _with_reference(_cond(s, 4, 16), (1, 16, 1, 16, 16)), _latent(16)
+    ),
     "Flux.1 Kontext (reference latent)": Family(
-        flux_dev, lambda s: _with_reference(_cond(s, 4, 16, pooled=8, guidance=2.5), (1, 16, 16, 16)), _latent(16)),
-    "LTXV (video, 5-D, 128 channels)": Family(ltxv, lambda s: _cond(s, 4, 16, attention_mask=_mask(4)),
-                                              _latent(128, size=4, frames=2)),
-    "HunyuanVideo (video, 5-D)": Family(hunyuan_video, lambda s: _cond(s, 4, 16, pooled=8, guidance=6.0),
-                                        _latent(16, size=8, frames=3)),
+        flux_dev, lambda s: _with_reference(_cond(s, 4, 16, pooled=8, guidance=2.5), (1, 16, 16, 16)), _latent(16)
+    ),
+    "LTXV (video, 5-D, 128 channels)": Family(
+        ltxv, lambda s: _cond(s, 4, 16, attention_mask=_mask(4)), _latent(128, size=4, frames=2)
+    ),
+    "HunyuanVideo (video, 5-D)": Family(
+        hunyuan_video, lambda s: _cond(s, 4, 16, pooled=8, guidance=6.0), _latent(16, size=8, frames=3)
+    ),
 }
 
 

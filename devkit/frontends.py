@@ -7,6 +7,7 @@ newest one is skipped, with the command that installs it, when it is not there. 
 static folder (what scripts/setup_frontend.sh prints); otherwise the highest version in .frontends/ is used.
 GL_REQUIRE_NEW_FRONTEND=1 (for CI) makes a missing newest frontend a failure instead of a skip.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ import re
 import pytest
 
 from . import ROOT
+
 FRONTENDS_DIR = os.path.join(ROOT, ".frontends")
 SETUP = "bash scripts/setup_frontend.sh"
 
@@ -42,7 +44,7 @@ def _version_of(static: str) -> str:
     pkg = os.path.dirname(os.path.abspath(static))
     infos = glob.glob(os.path.join(os.path.dirname(pkg), "comfyui_frontend_package-*.dist-info"))
     if len(infos) == 1:
-        return os.path.basename(infos[0])[len("comfyui_frontend_package-"):-len(".dist-info")]
+        return os.path.basename(infos[0])[len("comfyui_frontend_package-") : -len(".dist-info")]
     return os.path.basename(os.path.dirname(pkg))  # .frontends/<version>/comfyui_frontend_package/static
 
 
@@ -58,8 +60,11 @@ def pinned() -> Frontend:
 def newest() -> Frontend | None:
     static = os.environ.get("GL_NEW_FRONTEND")
     if not static:
-        found = [d for d in glob.glob(os.path.join(FRONTENDS_DIR, "*", "comfyui_frontend_package", "static"))
-                 if os.path.isfile(os.path.join(d, "index.html"))]
+        found = [
+            d
+            for d in glob.glob(os.path.join(FRONTENDS_DIR, "*", "comfyui_frontend_package", "static"))
+            if os.path.isfile(os.path.join(d, "index.html"))
+        ]
         if not found:
             return None
         static = max(found, key=lambda d: _version_key(_version_of(d)))
@@ -73,8 +78,10 @@ def get(name: str) -> Frontend:
         return pinned()
     fe = newest()
     if fe is None:
-        (pytest.fail if os.environ.get("GL_REQUIRE_NEW_FRONTEND") == "1" else pytest.skip)(f"the newest frontend is not installed: run `{SETUP}` (installs comfyui-frontend-package "
-                    f"into .frontends/<version>/) or set GL_NEW_FRONTEND to its static folder")
+        (pytest.fail if os.environ.get("GL_REQUIRE_NEW_FRONTEND") == "1" else pytest.skip)(
+            f"the newest frontend is not installed: run `{SETUP}` (installs comfyui-frontend-package "
+            f"into .frontends/<version>/) or set GL_NEW_FRONTEND to its static folder"
+        )
     return fe
 
 

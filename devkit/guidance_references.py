@@ -8,6 +8,7 @@ method as its reference defines it, on ComfyUI's own scores (x - D) or the netwo
 - dynamic thresholding: the sd-dynamic-thresholding algorithm (mimic scale, MEAN start, AD measure, separate feature
   channels, constant modes) as its ComfyUI node runs it, and Imagen's percentile clamp of D, written here;
 - TCFG and FreSca: ComfyUI's own TCFG and FreSca nodes (devkit users call them by node id)."""
+
 from __future__ import annotations
 
 import torch
@@ -32,6 +33,7 @@ def fdg_model(model, f_low: float, f_high: float):
         c, u = args["cond"], args["uncond"]
         score = guider.forward(_frames_as_channels(c), _frames_as_channels(u)).pred
         return score.reshape(c.shape)
+
     return _cfg_clone(model, fn)
 
 
@@ -52,6 +54,7 @@ def mambo_model(model, alpha: float):
         f_c, f_u = (args["cond_denoised"] - ax) / b, (args["uncond_denoised"] - ax) / b
         f = mambo_guidance(f_c.flatten(1), f_u.flatten(1), args["cond_scale"], alpha).reshape(x.shape)
         return x - (ax + b * f)
+
     return _cfg_clone(model, fn)
 
 
@@ -78,6 +81,7 @@ def thresholded_targets(cfg_target, mim_target, percentile, phi=1.0):
 def dyn_mimic_model(model, mimic_scale: float, percentile: float, phi: float = 1.0):
     def fn(args):
         return sd_dynamic_thresholding(args["cond"], args["uncond"], args["cond_scale"], mimic_scale, percentile, phi)
+
     return _cfg_clone(model, fn)
 
 
@@ -87,4 +91,5 @@ def dyn_imagen_model(model, percentile: float):
         t = torch.quantile(d.flatten(1).abs(), percentile, dim=1).clamp(min=1.0)
         t = t.reshape(-1, *([1] * (d.dim() - 1)))
         return args["input"] - d.clamp(-t, t) / t
+
     return _cfg_clone(model, fn)

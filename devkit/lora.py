@@ -1,5 +1,6 @@
 """LoRA weights for the dev kit's tiny models, applied by ComfyUI's own LoRA code (comfy.sd.load_lora_for_models,
 what LoraLoaderModelOnly runs on a file's state dict)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ def lora_state_dict(patcher, rank: int = 4, seed: int = 2, gain: float = 0.3, su
     lora = {}
     for name, w in patcher.model.diffusion_model.state_dict().items():
         if w.ndim == 2 and name.endswith(tuple(suffixes)):
-            base = "diffusion_model." + name[:-len(".weight")]
+            base = "diffusion_model." + name[: -len(".weight")]
             lora[base + ".lora_up.weight"] = torch.randn(w.shape[0], rank, generator=g) * gain
             lora[base + ".lora_down.weight"] = torch.randn(rank, w.shape[1], generator=g) * gain
     if not lora:

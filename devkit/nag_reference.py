@@ -1,6 +1,7 @@
 """Direct implementations of NAG for the tests and the compatibility matrix, independent of the pack's code: the
 paper's equations (Chen et al. 2025, arXiv 2505.21179, eq. 5-7) and a UNet clone whose cross-attention computes them
 with a softmax written here."""
+
 import math
 
 import torch
@@ -48,6 +49,7 @@ def reference_model(model, neg_context, phi, tau, alpha):
                 z_neg = manual_attention(q[rows], layer.to_k(ctx), layer.to_v(ctx), heads)
                 z[rows] = direct_nag(z[rows], z_neg, phi, tau, alpha)
             return z
+
         return attn2
 
     for part, i, _ in layers:
@@ -76,6 +78,7 @@ def reference_wan(model, neg_context, phi, tau, alpha):
                 rows = slice(j * size, (j + 1) * size)
                 z[rows] = direct_nag(z[rows], manual_attention(q[rows], k_neg, v_neg, heads), phi, tau, alpha)
             return layer.o(z)
+
         return forward
 
     for i, block in enumerate(net.blocks):

@@ -1,5 +1,6 @@
 """The sampler's own step of a model call, read from its loop, as an independent reference for the pack's step
 counter (guidance_core.schedules.StepCounter): tests and compatibility rows count guided calls per step with it."""
+
 import inspect
 
 

@@ -6,6 +6,7 @@ has the class or option; where it lacks one (0.3.75 has no IMG_TO_IMG_FLOW, no n
 The exact world (NoiseScaled, ExactClassifier) states each form's alpha(sigma) and noise coefficient itself,
 independent of the pack's probe (nodes/sampling_facts.py sampling_form).
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,11 +75,11 @@ def v_prediction_ddpm_class():
 
         def calculate_denoised(self, sigma, model_output, model_input):
             sigma = per_sample(sigma, model_output)
-            return model_input / (sigma ** 2 + 1.0) ** 0.5 - model_output * sigma / (sigma ** 2 + 1.0) ** 0.5
+            return model_input / (sigma**2 + 1.0) ** 0.5 - model_output * sigma / (sigma**2 + 1.0) ** 0.5
 
         def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
             sigma = per_sample(sigma, noise)
-            return noise * (torch.sqrt(1.0 + sigma ** 2.0) if max_denoise else sigma) + latent_image
+            return noise * (torch.sqrt(1.0 + sigma**2.0) if max_denoise else sigma) + latent_image
 
         def inverse_noise_scaling(self, sigma, latent):
             return latent
@@ -119,6 +120,7 @@ class MadeUp:
 def with_sampling(model, base, kind):
     """`model` with model_sampling = class(base, kind), built on its config and patched in as ComfyUI's
     ModelSampling* nodes do (a clone with an object patch)."""
+
     class ModelSamplingAdvanced(base, kind):
         pass
 
@@ -223,10 +225,16 @@ def v_ddpm_world(means, tau, priors):
 
 def exact_loaded(gmm, labels, param, alpha, c=1.0, input_scaling=None, c_in=None, **meta):
     """The mixture's exact classifier as a Load Classifier output (a LoadedClassifier with its metadata)."""
-    meta = dict(labels=list(labels), latent_channels=int(gmm.means.shape[1]), parameterization=param,
-                input_scaling=input_scaling or {"kind": "identity"}, **meta)
-    return H.pack_module("nodes.classifier_nodes").LoadedClassifier(ExactClassifier(gmm, alpha, c, c_in), meta,
-                                                                    "exact-gmm")
+    meta = dict(
+        labels=list(labels),
+        latent_channels=int(gmm.means.shape[1]),
+        parameterization=param,
+        input_scaling=input_scaling or {"kind": "identity"},
+        **meta,
+    )
+    return H.pack_module("nodes.classifier_nodes").LoadedClassifier(
+        ExactClassifier(gmm, alpha, c, c_in), meta, "exact-gmm"
+    )
 
 
 def guidance_args(**kw):
@@ -245,7 +253,8 @@ def recorder(model):
     """A clone of `model` whose post-CFG hook records (x, sigma, D) of every model call; and that list."""
     rec, seen = model.clone(), []
     rec.set_model_sampler_post_cfg_function(
-        lambda a: (seen.append((a["input"].clone(), a["sigma"].clone(), a["denoised"].clone())), a["denoised"])[1])
+        lambda a: (seen.append((a["input"].clone(), a["sigma"].clone(), a["denoised"].clone())), a["denoised"])[1]
+    )
     return rec, seen
 
 

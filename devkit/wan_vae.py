@@ -4,6 +4,7 @@ loads a Wan VAE checkpoint (it recognises the architecture by its keys and reads
 decoder.head.0.gamma). Random weights; what matters is that ComfyUI's video-VAE code paths run as with a
 real checkpoint: VAE.encode reads a stack of images [N, H, W, 3] as ONE N-frame video and compresses time
 (1 + (N - 1) // 4 latent frames), 8x spatial compression, 16 latent channels."""
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,15 @@ def wan21_state_dict(dim: int = 8, seed: int = 0) -> dict:
     import comfy.ldm.wan.vae as wan_vae
 
     with torch.inference_mode(False):
-        shapes = wan_vae.WanVAE(dim=dim, z_dim=WAN21_LATENT_CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                                attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0).state_dict()
+        shapes = wan_vae.WanVAE(
+            dim=dim,
+            z_dim=WAN21_LATENT_CHANNELS,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=2,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+            dropout=0.0,
+        ).state_dict()
     g = torch.Generator().manual_seed(seed)
 
     def value(key, v):

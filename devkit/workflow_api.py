@@ -15,6 +15,7 @@ The conversion follows what the frontend's graphToPrompt does (ComfyUI frontend 
   passes its first input of the output's type through (as the frontend does).
 Subgraphs (frontend 1.24+ `definitions.subgraphs`) are not supported and are refused with a clear error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ class WorkflowError(ValueError):
 
 
 # ---------------------------------------------------------------- node definitions (/object_info)
+
 
 def input_type(spec) -> str:
     """'COMBO' for a list of options (V1) or COMBO (V3), else the type name."""
@@ -89,13 +91,15 @@ def widget_value_count(node_def: dict) -> int:
 
 # ---------------------------------------------------------------- UI -> API
 
+
 def _links(workflow: dict) -> dict:
     """link id -> (origin id, origin slot, target id, target slot, type); list and dict link forms."""
     out = {}
     for link in workflow.get("links", []):
         if isinstance(link, dict):
-            lid, o, os_, t, ts, typ = (link[k] for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot",
-                                                           "type"))
+            lid, o, os_, t, ts, typ = (
+                link[k] for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+            )
         else:
             lid, o, os_, t, ts, typ = link[:6]
         out[lid] = (o, os_, t, ts, typ)
@@ -153,8 +157,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     inputs[name] = values[name]
         elif values is not None:
             if len(values) < widget_value_count(ndef):
-                raise WorkflowError(f"node {node['id']} ({ctype}): {len(values)} widget values, the node has "
-                                    f"{widget_value_count(ndef)} ({', '.join(n for n, _, _ in widgets)} + controls)")
+                raise WorkflowError(
+                    f"node {node['id']} ({ctype}): {len(values)} widget values, the node has "
+                    f"{widget_value_count(ndef)} ({', '.join(n for n, _, _ in widgets)} + controls)"
+                )
             i = 0
             for name, _, control in widgets:
                 inputs[name] = values[i]
@@ -170,12 +176,16 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = got[1]
             else:
                 inputs[name] = [got[1], got[2]]
-        prompt[str(node["id"])] = {"inputs": inputs, "class_type": ctype,
-                                   "_meta": {"title": node.get("title") or ndef.get("display_name") or ctype}}
+        prompt[str(node["id"])] = {
+            "inputs": inputs,
+            "class_type": ctype,
+            "_meta": {"title": node.get("title") or ndef.get("display_name") or ctype},
+        }
     return prompt
 
 
 # ---------------------------------------------------------------- validation
+
 
 def _type_matches(out_type: str, in_type: str) -> bool:
     """ComfyUI's rule (execution.validate_node_input): equal, '*' on either side, or a shared member
@@ -238,8 +248,10 @@ def validate_api(prompt: dict, object_info: dict, user_files: dict | None = None
                     continue
                 outs = (object_info.get(src["class_type"]) or {}).get("output", [])
                 if not (isinstance(value[1], int) and 0 <= value[1] < len(outs)):
-                    errors.append(f"{where}: input {name!r} links to output {value[1]} of node {value[0]}, "
-                                  f"which has {len(outs)} outputs")
+                    errors.append(
+                        f"{where}: input {name!r} links to output {value[1]} of node {value[0]}, "
+                        f"which has {len(outs)} outputs"
+                    )
                     continue
                 out_t = outs[value[1]]
                 out_t = "COMBO" if isinstance(out_t, list) else out_t
@@ -334,8 +346,9 @@ def main(argv=None):
     for e in validate_ui(wf, info) + errors:
         print("error:", e, file=sys.stderr)
     for nid, ctype, name, value in missing:
-        print(f"note: node {nid} ({ctype}) {name}={value!r}: put this file in the server's model folder",
-              file=sys.stderr)
+        print(
+            f"note: node {nid} ({ctype}) {name}={value!r}: put this file in the server's model folder", file=sys.stderr
+        )
     json.dump(prompt, sys.stdout, indent=1)
     print()
     return 1 if errors else 0

@@ -11,6 +11,7 @@ values come out as the frontend would write them. Used by scripts/make_workflows
 An input given a node output (`node["name"]` or `node[0]`) is linked; any other value sets the widget;
 widgets not given take the node's default (a COMBO without one, its first option, as the frontend does).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -21,14 +22,30 @@ from .workflow_api import combo_options, has_control_widget, input_options, inpu
 # (20 px per slot row, 24 px per widget, 14 px of header/padding). The frontend enlarges a loaded node
 # that is smaller than it needs, so these only decide the layout.
 SIZES = {
-    "GuidanceLabToyModelLoader": (300, 78), "GuidanceLabToyClass": (310, 82), "GuidanceLabToyDecode": (275, 58),
-    "GuidanceLabTerm": (340, 252), "GuidanceLabSchedule": (340, 452), "GuidanceLabCFGGuider": (340, 376),
-    "GuidanceLabCFGPatch": (340, 292), "GuidanceLabPostProcess": (275, 250), "GuidanceLabClassifierLoader": (320, 58),
-    "GuidanceLabClassifierGuidance": (400, 286), "GuidanceLabClassifierSampler": (400, 306),
-    "GuidanceLabCLIPClassifierLoader": (400, 232), "KSampler": (300, 262), "SamplerCustomAdvanced": (240, 106),
-    "KSamplerSelect": (270, 58), "BasicScheduler": (270, 106), "RandomNoise": (270, 82), "EmptyLatentImage": (270, 106),
-    "SaveImage": (300, 300), "CheckpointLoaderSimple": (320, 98), "CLIPTextEncode": (400, 160), "VAEDecode": (210, 46),
-    "BasicGuider": (240, 46), "PreviewImage": (300, 300),
+    "GuidanceLabToyModelLoader": (300, 78),
+    "GuidanceLabToyClass": (310, 82),
+    "GuidanceLabToyDecode": (275, 58),
+    "GuidanceLabTerm": (340, 252),
+    "GuidanceLabSchedule": (340, 452),
+    "GuidanceLabCFGGuider": (340, 376),
+    "GuidanceLabCFGPatch": (340, 292),
+    "GuidanceLabPostProcess": (275, 250),
+    "GuidanceLabClassifierLoader": (320, 58),
+    "GuidanceLabClassifierGuidance": (400, 286),
+    "GuidanceLabClassifierSampler": (400, 306),
+    "GuidanceLabCLIPClassifierLoader": (400, 232),
+    "KSampler": (300, 262),
+    "SamplerCustomAdvanced": (240, 106),
+    "KSamplerSelect": (270, 58),
+    "BasicScheduler": (270, 106),
+    "RandomNoise": (270, 82),
+    "EmptyLatentImage": (270, 106),
+    "SaveImage": (300, 300),
+    "CheckpointLoaderSimple": (320, 98),
+    "CLIPTextEncode": (400, 160),
+    "VAEDecode": (210, 46),
+    "BasicGuider": (240, 46),
+    "PreviewImage": (300, 300),
 }
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"
 OPTIONAL_SLOT_SHAPE = 7  # the frontend draws optional inputs as hollow circles
@@ -80,8 +97,9 @@ class Graph:
         self.links: list[list] = []
         self.groups: list[dict] = []
 
-    def add(self, ctype: str, col: int = 0, title: str | None = None, size=None, control: str = "fixed",
-            **values) -> Node:
+    def add(
+        self, ctype: str, col: int = 0, title: str | None = None, size=None, control: str = "fixed", **values
+    ) -> Node:
         """A node of type `ctype` in layout column `col`; keyword arguments are its inputs."""
         if ctype not in self.object_info:
             raise KeyError(f"node type {ctype!r} is not in /object_info")
@@ -102,8 +120,15 @@ class Graph:
                 node.widgets_values.append(value)
                 if has_control_widget(name, spec):
                     node.widgets_values.append(control)
-                widget_slots.append({"localized_name": name, "name": name, "type": input_type(spec),
-                                     "widget": {"name": name}, "link": None})
+                widget_slots.append(
+                    {
+                        "localized_name": name,
+                        "name": name,
+                        "type": input_type(spec),
+                        "widget": {"name": name},
+                        "link": None,
+                    }
+                )
             else:
                 slot = {"localized_name": name, "name": name, "type": input_type(spec), "link": None}
                 if not required:
@@ -182,12 +207,22 @@ class Graph:
         order = self._order()
         nodes = []
         for n in self.nodes:
-            d = {"id": n.id, "type": n.type, "pos": n.pos, "size": n.size, "flags": {}, "order": order[n.id],
-                 "mode": 0, "inputs": n.inputs,
-                 "outputs": [{"localized_name": nm, "name": nm, "type": t, "links": links}
-                             for nm, t, links in zip(n.output_names, n.output_types, n.out_links)],
-                 "properties": {} if n.type == "MarkdownNote" else {"Node name for S&R": n.type},
-                 "widgets_values": n.widgets_values}
+            d = {
+                "id": n.id,
+                "type": n.type,
+                "pos": n.pos,
+                "size": n.size,
+                "flags": {},
+                "order": order[n.id],
+                "mode": 0,
+                "inputs": n.inputs,
+                "outputs": [
+                    {"localized_name": nm, "name": nm, "type": t, "links": links}
+                    for nm, t, links in zip(n.output_names, n.output_types, n.out_links)
+                ],
+                "properties": {} if n.type == "MarkdownNote" else {"Node name for S&R": n.type},
+                "widgets_values": n.widgets_values,
+            }
             if n.title:
                 d["title"] = n.title
             d.update(n.extra)
@@ -198,8 +233,16 @@ class Graph:
             y0 = min(n.pos[1] for n in g["nodes"]) - g["pad"] - 40
             x1 = max(n.pos[0] + n.size[0] for n in g["nodes"]) + g["pad"]
             y1 = max(n.pos[1] + n.size[1] for n in g["nodes"]) + g["pad"]
-            groups.append({"id": i + 1, "title": g["title"], "bounding": [x0, y0, x1 - x0, y1 - y0],
-                           "color": g["color"], "font_size": 24, "flags": {}})
+            groups.append(
+                {
+                    "id": i + 1,
+                    "title": g["title"],
+                    "bounding": [x0, y0, x1 - x0, y1 - y0],
+                    "color": g["color"],
+                    "font_size": 24,
+                    "flags": {},
+                }
+            )
         width = max(n.pos[0] + n.size[0] for n in self.nodes) + MARGIN
         height = max(n.pos[1] + n.size[1] for n in self.nodes) + MARGIN
         # the view a template opens with: everything visible in a 1400x900 window right of the frontend's

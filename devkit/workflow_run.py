@@ -1,5 +1,6 @@
 """Run example workflows (UI format) on a headless ComfyUI server and lay out what they made. Used by
 scripts/run_demo.py (the README's main command), scripts/make_workflow_thumbnails.py and the tests. Not shipped."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from .comfy_server import error_of, images_of
 from .workflow_api import ui_to_api
 
 from . import ROOT
+
 EXAMPLES = os.path.join(ROOT, "example_workflows")
 
 

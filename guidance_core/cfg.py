@@ -9,6 +9,7 @@ The combiner writes every guidance rule as  D = D_pos + sum_k c_k (D_k - D_ref_k
 c_k = weight_k * schedule_k(step). A term whose c_k is 0 at a step needs no model
 evaluation; when every c_k is 0 only the positive prompt is evaluated.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,7 @@ import torch
 
 from . import guidance_filters
 from . import schedules
-from .parameterization import (SPACES, default_rescale_space, from_space, per_sample, rescale_space_problem,
-                               to_space)
+from .parameterization import SPACES, default_rescale_space, from_space, per_sample, rescale_space_problem, to_space
 from .errors import GuidanceConfigError, require_finite
 
 # Defaults and ranges, imported by the node schema.
@@ -33,16 +33,32 @@ MAX_RATIO_DEFAULT, MAX_RATIO_MAX = 0.0, 10.0  # a term's push cap (cap_push); 0 
 DISTILLED_GUIDANCE_DEFAULT, DISTILLED_GUIDANCE_RANGE = 3.5, (0.0, 100.0)
 APG_ETA_DEFAULT, APG_MOMENTUM_DEFAULT, APG_NORM_DEFAULT = 0.0, -0.5, 15.0
 # Accepted ranges (inclusive) of the post-processing settings; the node schema reads them, PostProcess checks them.
-POST_RANGES = {"rescale_phi": (0.0, 1.0), "zero_init_steps": (0, 100), "apg_eta": (-10.0, 10.0),
-               "apg_momentum": (-0.99, 0.99), "apg_norm_threshold": (0.0, 1000.0),
-               "fresca_low": (0.0, 10.0), "fresca_high": (0.0, 10.0), "fresca_cutoff": (1, 10000),  # ComfyUI's FreSca
-               "fdg_low": (0.0, 10.0), "fdg_high": (0.0, 10.0), "mambo_alpha": (0.0, 100.0),
-               "dyn_mimic_scale": (0.0, 100.0), "dyn_percentile": (0.0, 1.0), "dyn_phi": (0.0, 1.0)}
+POST_RANGES = {
+    "rescale_phi": (0.0, 1.0),
+    "zero_init_steps": (0, 100),
+    "apg_eta": (-10.0, 10.0),
+    "apg_momentum": (-0.99, 0.99),
+    "apg_norm_threshold": (0.0, 1000.0),
+    "fresca_low": (0.0, 10.0),
+    "fresca_high": (0.0, 10.0),
+    "fresca_cutoff": (1, 10000),  # ComfyUI's FreSca
+    "fdg_low": (0.0, 10.0),
+    "fdg_high": (0.0, 10.0),
+    "mambo_alpha": (0.0, 100.0),
+    "dyn_mimic_scale": (0.0, 100.0),
+    "dyn_percentile": (0.0, 1.0),
+    "dyn_phi": (0.0, 1.0),
+}
 FRESCA_HIGH_DEFAULT, FRESCA_CUTOFF_DEFAULT = 1.25, 20  # ComfyUI's FreSca node (its scale_low default is 1)
 FDG_LOW_DEFAULT, FDG_HIGH_DEFAULT = 0.5, 1.0  # diffusers' guidance_scales [10, 5]: the low band at half the scale
 MAMBO_ALPHA_DEFAULT = 8.0  # diffusers' MagnitudeAwareGuidance
 DYN_MIMIC_DEFAULT, DYN_PERCENTILE_DEFAULT = 7.0, 1.0  # sd-dynamic-thresholding's node
-TERM_WEIGHT_DEFAULTS = {"prompt": 1.0, "perturbed": 3.0, "model": 1.0, "nag": 4.0}  # ComfyUI's PAG scale is 3; NAG's 5 = 1 + 4
+TERM_WEIGHT_DEFAULTS = {
+    "prompt": 1.0,
+    "perturbed": 3.0,
+    "model": 1.0,
+    "nag": 4.0,
+}  # ComfyUI's PAG scale is 3; NAG's 5 = 1 + 4
 RESCALE_SPACES = ("auto",) + SPACES
 POSITIVE, NEGATIVE, EMPTY = "positive", "negative", "empty"
 
@@ -73,8 +89,9 @@ def composable(d_empty: torch.Tensor, preds: Sequence[torch.Tensor], weights: Se
     return out
 
 
-def rescale(d_pos: torch.Tensor, d_cfg: torch.Tensor, phi: float, x: torch.Tensor, sigma, alpha,
-            space: str = "v") -> torch.Tensor:
+def rescale(
+    d_pos: torch.Tensor, d_cfg: torch.Tensor, phi: float, x: torch.Tensor, sigma, alpha, space: str = "v"
+) -> torch.Tensor:
     """CFG rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
     Flawed", arXiv 2305.08891, Alg. 2), computed in prediction space `space` (y = a*D + b*x):
         y_resc = y_cfg * std(y_pos) / std(y_cfg)     (std per sample over C, H, W)
@@ -114,8 +131,14 @@ def project(v: torch.Tensor, onto: torch.Tensor):
     return par, v - par
 
 
-def apg_delta(delta: torch.Tensor, d_pos: torch.Tensor, eta: float, norm_threshold: float,
-              running: torch.Tensor | None, momentum: float):
+def apg_delta(
+    delta: torch.Tensor,
+    d_pos: torch.Tensor,
+    eta: float,
+    norm_threshold: float,
+    running: torch.Tensor | None,
+    momentum: float,
+):
     """Adaptive projected guidance (Sadat et al. 2025, "Eliminating Oversaturation and Artifacts
     of High Guidance Scales in Diffusion Models", arXiv 2410.02416, Alg. 1):
         delta_bar = delta + beta * delta_bar_prev          (momentum beta, usually < 0)
@@ -193,30 +216,42 @@ class ExtraTerm:
     - nag: normalized attention guidance (nag.py) inside the positive row's forward, phi = w f: it changes D_pos
       itself (every term that reads D_pos reads the NAG one); reference auto = positive, the only row it acts on.
     reference: "auto", "positive", "negative", "empty" or "term N" (another term's prediction, 1-based)."""
+
     weight: float
     schedule: schedules.Schedule = schedules.CONSTANT_ONE
     kind: str = "prompt"
     reference: str = "auto"
-    max_ratio: float = MAX_RATIO_DEFAULT  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push)
+    max_ratio: float = (
+        MAX_RATIO_DEFAULT  # cap of the push |w f (D_key - D_ref)| at max_ratio |D_pos| per sample (cap_push)
+    )
 
     def __post_init__(self):
         require_finite("term weight", self.weight)
         if not 0.0 <= require_finite("term max_ratio", self.max_ratio) <= MAX_RATIO_MAX:
-            raise GuidanceConfigError(f"term max_ratio={self.max_ratio}; use a value in [0, {MAX_RATIO_MAX:g}] (the push's "
-                                      "largest size relative to the prediction; 0 = no cap)")
+            raise GuidanceConfigError(
+                f"term max_ratio={self.max_ratio}; use a value in [0, {MAX_RATIO_MAX:g}] (the push's "
+                "largest size relative to the prediction; 0 = no cap)"
+            )
         if self.kind == "nag" and self.max_ratio:
-            raise GuidanceConfigError("a nag term has no push of its own to cap (NAG caps itself: tau); set max_ratio 0")
+            raise GuidanceConfigError(
+                "a nag term has no push of its own to cap (NAG caps itself: tau); set max_ratio 0"
+            )
         if self.kind not in TERM_KINDS:
             raise GuidanceConfigError(f"term kind={self.kind!r}; accepted: {', '.join(TERM_KINDS)}")
         if self.kind == "nag" and self.schedule.kind == "adaptive":
-            raise GuidanceConfigError("a nag term with an adaptive schedule: its stop criterion compares a term's prediction "
-                                      "with its reference, and NAG has no prediction of its own; use another schedule kind")
+            raise GuidanceConfigError(
+                "a nag term with an adaptive schedule: its stop criterion compares a term's prediction "
+                "with its reference, and NAG has no prediction of its own; use another schedule kind"
+            )
         if self.kind == "nag" and self.reference not in ("auto", POSITIVE):
-            raise GuidanceConfigError(f"nag term reference={self.reference!r}; NAG acts on the positive prompt's row: "
-                                      "use auto or positive")
+            raise GuidanceConfigError(
+                f"nag term reference={self.reference!r}; NAG acts on the positive prompt's row: use auto or positive"
+            )
         if self.reference not in REFERENCES and not re.fullmatch(r"term [1-9][0-9]*", self.reference):
-            raise GuidanceConfigError(f"term reference={self.reference!r}; accepted: {', '.join(REFERENCES)} or "
-                                      "'term N' (another term, 1-based)")
+            raise GuidanceConfigError(
+                f"term reference={self.reference!r}; accepted: {', '.join(REFERENCES)} or "
+                "'term N' (another term, 1-based)"
+            )
 
     @property
     def moves_away(self) -> bool:
@@ -233,26 +268,27 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class PostProcess:
     """Optional post-processing; the defaults switch everything off."""
-    rescale_phi: float = 0.0            # Lin et al. rescale strength in [0, 1]; 0 = off
-    rescale_space: str = "auto"         # auto = v for eps/v models, x0 for flow models
-    cfg_zero_star: bool = False         # Fan et al. optimized scale
-    zero_init_steps: int = 0            # Fan et al. zero-init: x unchanged for the first K steps (flow)
-    apg: bool = False                   # Sadat et al. adaptive projected guidance
+
+    rescale_phi: float = 0.0  # Lin et al. rescale strength in [0, 1]; 0 = off
+    rescale_space: str = "auto"  # auto = v for eps/v models, x0 for flow models
+    cfg_zero_star: bool = False  # Fan et al. optimized scale
+    zero_init_steps: int = 0  # Fan et al. zero-init: x unchanged for the first K steps (flow)
+    apg: bool = False  # Sadat et al. adaptive projected guidance
     apg_eta: float = APG_ETA_DEFAULT
     apg_momentum: float = APG_MOMENTUM_DEFAULT
     apg_norm_threshold: float = APG_NORM_DEFAULT
-    perp_neg: bool = False              # Perp-Neg projection of the negative term
+    perp_neg: bool = False  # Perp-Neg projection of the negative term
     # the guidance term's reshapers (guidance_core/guidance_filters.py); each default is off
-    tcfg: bool = False                  # Kwon et al. tangential damping of the reference
-    fresca: bool = False                # Huang et al. frequency scaling of delta (FFT)
+    tcfg: bool = False  # Kwon et al. tangential damping of the reference
+    fresca: bool = False  # Huang et al. frequency scaling of delta (FFT)
     fresca_low: float = 1.0
     fresca_high: float = FRESCA_HIGH_DEFAULT
     fresca_cutoff: int = FRESCA_CUTOFF_DEFAULT
-    fdg: bool = False                   # Sadat et al. frequency-decoupled guidance (Laplacian pyramid)
+    fdg: bool = False  # Sadat et al. frequency-decoupled guidance (Laplacian pyramid)
     fdg_low: float = FDG_LOW_DEFAULT
     fdg_high: float = FDG_HIGH_DEFAULT
-    mambo_alpha: float = 0.0            # MaMBo-G damping of the coefficient; 0 = off
-    dyn_thresh: str = "off"             # dynamic thresholding of the result: off, mimic, imagen
+    mambo_alpha: float = 0.0  # MaMBo-G damping of the coefficient; 0 = off
+    dyn_thresh: str = "off"  # dynamic thresholding of the result: off, mimic, imagen
     dyn_mimic_scale: float = DYN_MIMIC_DEFAULT
     dyn_percentile: float = DYN_PERCENTILE_DEFAULT
     dyn_phi: float = 1.0
@@ -261,7 +297,9 @@ class PostProcess:
         if self.rescale_space not in RESCALE_SPACES:
             raise GuidanceConfigError(f"rescale_space={self.rescale_space!r}; accepted: {', '.join(RESCALE_SPACES)}")
         if self.dyn_thresh not in guidance_filters.DYN_THRESH_MODES:
-            raise GuidanceConfigError(f"dyn_thresh={self.dyn_thresh!r}; accepted: {', '.join(guidance_filters.DYN_THRESH_MODES)}")
+            raise GuidanceConfigError(
+                f"dyn_thresh={self.dyn_thresh!r}; accepted: {', '.join(guidance_filters.DYN_THRESH_MODES)}"
+            )
         for name in ("zero_init_steps", "fresca_cutoff"):
             if int(getattr(self, name)) != getattr(self, name):
                 raise GuidanceConfigError(f"{name}={getattr(self, name)}; use a whole number")
@@ -273,7 +311,7 @@ class PostProcess:
     @property
     def reshapes(self) -> bool:
         """Whether a reshaper of guidance_filters is on."""
-        return (self.tcfg or self.fresca or self.fdg or self.mambo_alpha > 0 or self.dyn_thresh != "off")
+        return self.tcfg or self.fresca or self.fdg or self.mambo_alpha > 0 or self.dyn_thresh != "off"
 
     @classmethod
     def default(cls, name: str):
@@ -285,6 +323,7 @@ class PostProcess:
 class CFGConfig:
     """The guidance of a run but its CFG scale: the scale s is the sampler's (ComfyUI's cfg, which the GUIDER sets
     from its own input and the KSampler from its widget), given to CFGCombiner.plan at every call."""
+
     cfg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
     neg_scale: float = NEG_SCALE_DEFAULT
     neg_schedule: schedules.Schedule = schedules.CONSTANT_ONE
@@ -298,14 +337,15 @@ class CFGConfig:
 
 
 class Role(str, Enum):
-    GUIDANCE = "guidance"   # D_pos - D_baseline, coefficient f * (s - 1)
-    NEGATIVE = "negative"   # D_neg - D_empty of three-way CFG, coefficient -neg_scale * f
-    TERM = "term"           # D_term - D_baseline, coefficient w * f
+    GUIDANCE = "guidance"  # D_pos - D_baseline, coefficient f * (s - 1)
+    NEGATIVE = "negative"  # D_neg - D_empty of three-way CFG, coefficient -neg_scale * f
+    TERM = "term"  # D_term - D_baseline, coefficient w * f
 
 
 class ActiveTerm(NamedTuple):
     """One term of D = D_pos + sum_k coef_k (D_key - D_ref) at this step; `name` identifies it across steps
     ("cfg", "neg", "term{i}"), for adaptive schedules."""
+
     key: str
     ref: str
     coef: float
@@ -316,6 +356,7 @@ class ActiveTerm(NamedTuple):
 
 class NAGStep(NamedTuple):
     """The NAG term of this step: its index and NAG's s = 1 + phi, phi = w f (nag.nag_attention)."""
+
     index: int
     scale: float
 
@@ -324,6 +365,7 @@ class NAGStep(NamedTuple):
 class StepPlan:
     """What one step needs: its active terms, the cond keys to evaluate (positive first) and the NAG term acting
     inside the positive row's forward (None where none is active)."""
+
     active: list[ActiveTerm]
     needed: list[str]
     nag: NAGStep | None = None
@@ -336,6 +378,7 @@ class StepPlan:
 class StepContext:
     """One model call: its sigma, the run's sigmas, the model's sigma range and the call's step, which
     CFGCombiner.plan fills in (schedules.StepCounter: one definition for every sampler)."""
+
     sigma: float
     sample_sigmas: Sequence[float] | None = None
     sigma_min: float | None = None
@@ -367,21 +410,27 @@ class CFGCombiner:
         self.uncond_slot = NEGATIVE if has_negative else self.baseline
         post = config.post
         if post.perp_neg and not (has_negative and has_empty):
-            raise GuidanceConfigError("perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off")
+            raise GuidanceConfigError(
+                "perp_neg needs both a negative and an empty conditioning; connect 'empty' or turn perp_neg off"
+            )
         self.term_refs = [self._term_ref(i, t) for i, t in enumerate(config.terms)]
         nag_terms = [i + 1 for i, t in enumerate(config.terms) if t.kind == "nag"]
         if len(nag_terms) > 1:
-            raise GuidanceConfigError(f"terms {', '.join(map(str, nag_terms))} are all NAG terms; one NAG term acts on "
-                                      "the positive row: keep one (its negative prompt can be a combined conditioning)")
+            raise GuidanceConfigError(
+                f"terms {', '.join(map(str, nag_terms))} are all NAG terms; one NAG term acts on "
+                "the positive row: keep one (its negative prompt can be a combined conditioning)"
+            )
         self.null_terms = set()  # terms known to be exactly 0 (D_term is D_ref itself): never active
         if post.rescale_phi > 0 and post.rescale_space == "eps" and parameterization == "flow":
             raise GuidanceConfigError(
                 "rescale_space='eps' is undefined for flow models: at sigma = 1 (the first step) alpha = 0 and D "
-                "cannot be recovered from eps; use rescale_space auto, x0 or velocity")
+                "cannot be recovered from eps; use rescale_space auto, x0 or velocity"
+            )
         if post.zero_init_steps > 0 and parameterization != "flow":
             raise GuidanceConfigError(
                 f"zero_init_steps={post.zero_init_steps} is defined for flow models only (CFG-Zero*, Fan et al. 2025: "
-                f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0")
+                f"zero velocity in the first steps); this model is {parameterization}: set zero_init_steps to 0"
+            )
         space_problem = rescale_space_problem(parameterization, post.rescale_space) if post.rescale_phi > 0 else None
         if space_problem:
             raise GuidanceConfigError(space_problem)
@@ -395,18 +444,24 @@ class CFGCombiner:
         if ref == "auto":
             ref = POSITIVE if term.moves_away else self.baseline
             if ref is None:
-                raise GuidanceConfigError(f"term {i + 1} (prompt) needs a reference: connect a negative or an empty "
-                                          "conditioning, or set its reference to positive or another term")
+                raise GuidanceConfigError(
+                    f"term {i + 1} (prompt) needs a reference: connect a negative or an empty "
+                    "conditioning, or set its reference to positive or another term"
+                )
             return ref
         if ref.startswith("term "):
             j = int(ref[5:]) - 1
             if j == i or j >= len(self.config.terms):
-                raise GuidanceConfigError(f"term {i + 1} reference={ref!r}; name another of the {len(self.config.terms)} "
-                                          "terms (1-based), or auto, positive, negative, empty")
+                raise GuidanceConfigError(
+                    f"term {i + 1} reference={ref!r}; name another of the {len(self.config.terms)} "
+                    "terms (1-based), or auto, positive, negative, empty"
+                )
             return f"term{j}"
         if (ref == NEGATIVE and not self.has_negative) or (ref == EMPTY and not self.has_empty):
-            raise GuidanceConfigError(f"term {i + 1} reference={ref!r} but no {ref} conditioning is connected; "
-                                      f"connect one or use reference auto or positive")
+            raise GuidanceConfigError(
+                f"term {i + 1} reference={ref!r} but no {ref} conditioning is connected; "
+                f"connect one or use reference auto or positive"
+            )
         return ref
 
     # -- per-run state (APG momentum, adaptive schedules)
@@ -488,9 +543,14 @@ class CFGCombiner:
                 nag = NAGStep(i, 1.0 + c) if c != 0.0 else None
             elif c != 0.0:
                 own, ref = f"term{i}", self.term_refs[i]
-                active.append(ActiveTerm(ref, own, c, Role.TERM, own, t.max_ratio) if t.moves_away
-                              else ActiveTerm(own, ref, c, Role.TERM, own, t.max_ratio))
-        return StepPlan(active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]), nag=nag)
+                active.append(
+                    ActiveTerm(ref, own, c, Role.TERM, own, t.max_ratio)
+                    if t.moves_away
+                    else ActiveTerm(own, ref, c, Role.TERM, own, t.max_ratio)
+                )
+        return StepPlan(
+            active=active, needed=self.evaluation_order([k for t in active for k in (t.key, t.ref)]), nag=nag
+        )
 
     def evaluation_order(self, keys) -> list:
         """Cond keys in batch order: positive first, the uncond slot second (the negative where connected, else
@@ -520,8 +580,16 @@ class CFGCombiner:
             return False
         return plan.active[0].role is Role.GUIDANCE
 
-    def combine(self, plan: StepPlan, preds: Mapping[str, torch.Tensor], x: torch.Tensor, sigma, alpha,
-                level: int | None = None, x_skip: torch.Tensor | None = None) -> torch.Tensor:
+    def combine(
+        self,
+        plan: StepPlan,
+        preds: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        sigma,
+        alpha,
+        level: int | None = None,
+        x_skip: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """D = D_pos + sum_k c_k (D_k - D_ref_k), then APG / CFG-Zero* / Perp-Neg on their terms
         and rescale on the result. `preds` maps cond keys to denoised predictions; the scale is
         already in the plan's coefficients. `level` is the call's step (StepContext.level, set by plan()):
@@ -552,7 +620,9 @@ class CFGCombiner:
                     d_ref = cfg_zero_star_uncond(d_pos, d_ref, x)
                 delta = d_pos - d_ref
                 if post.mambo_alpha > 0:
-                    coef = coef * guidance_filters.mambo_factor(delta, d_ref, x if x_skip is None else x_skip, post.mambo_alpha)
+                    coef = coef * guidance_filters.mambo_factor(
+                        delta, d_ref, x if x_skip is None else x_skip, post.mambo_alpha
+                    )
                 raw = delta
                 if post.fresca:
                     delta = guidance_filters.fresca(delta, post.fresca_low, post.fresca_high, post.fresca_cutoff)
@@ -561,8 +631,14 @@ class CFGCombiner:
                 if delta is not raw:  # a filter reshapes the whole step from the reference: D = D_ref + (c + 1) delta'
                     out = out + (delta - raw)
                 if post.apg:
-                    delta, running = apg_delta(delta, d_pos, post.apg_eta, post.apg_norm_threshold,
-                                               self._momentum_before(level), post.apg_momentum)
+                    delta, running = apg_delta(
+                        delta,
+                        d_pos,
+                        post.apg_eta,
+                        post.apg_norm_threshold,
+                        self._momentum_before(level),
+                        post.apg_momentum,
+                    )
                     if post.apg_momentum != 0.0:
                         self._running[level] = running
             else:
@@ -579,12 +655,17 @@ class CFGCombiner:
         if post.rescale_phi > 0 and plan.active:
             space = default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
             out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
-        plain_mimic = (guidance is not None and isinstance(guidance[0], float) and post.dyn_percentile == 1.0
-                       and post.dyn_mimic_scale - 1.0 == guidance[0])
+        plain_mimic = (
+            guidance is not None
+            and isinstance(guidance[0], float)
+            and post.dyn_percentile == 1.0
+            and post.dyn_mimic_scale - 1.0 == guidance[0]
+        )
         if post.dyn_thresh == "mimic" and guidance is not None and not plain_mimic:
             coef, delta = guidance  # the same step (before rescale) with the guidance term at the mimic scale m
-            out = guidance_filters.dynamic_threshold_mimic(out, summed + (post.dyn_mimic_scale - 1.0 - coef) * delta, x,
-                                             post.dyn_percentile, post.dyn_phi)
+            out = guidance_filters.dynamic_threshold_mimic(
+                out, summed + (post.dyn_mimic_scale - 1.0 - coef) * delta, x, post.dyn_percentile, post.dyn_phi
+            )
         elif post.dyn_thresh == "imagen" and plan.active:
             thresholded = guidance_filters.dynamic_threshold_imagen(out, post.dyn_percentile)
             out = thresholded if post.dyn_phi == 1.0 else thresholded * post.dyn_phi + out * (1.0 - post.dyn_phi)

@@ -30,6 +30,7 @@ What the classifier reads (its `wants`), one shift for all:
     of a model call per guided step). The classifier still reads the sampler's D (straight-through:
     value D, Jacobian of the recomputed D(x)), so both paths see the same image.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,14 @@ from .schedules import SIGMA_NO_BOUND, StepCounter, in_window
 
 SCALE_DEFAULT, SCALE_MAX = 1.0, 100.0
 # Defaults and ranges of the guidance settings: the node schemas read them here (one home).
-DEFAULTS = {"scale": SCALE_DEFAULT, "sigma_lo": 0.0, "sigma_hi": SIGMA_NO_BOUND, "every_n": 1, "rms_clamp": 0.0,
-            "dtype": "float32"}
+DEFAULTS = {
+    "scale": SCALE_DEFAULT,
+    "sigma_lo": 0.0,
+    "sigma_hi": SIGMA_NO_BOUND,
+    "every_n": 1,
+    "rms_clamp": 0.0,
+    "dtype": "float32",
+}
 RANGES = {"scale": (0.0, SCALE_MAX), "sigma": SCHEDULE_RANGES["sigma"], "every_n": (1, 100), "rms_clamp": (0.0, 1.0e4)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MIN_ALPHA = 1e-3  # below this (flow models at sigma ~ 1) x carries no signal: the step is left unguided
@@ -58,12 +65,12 @@ WANTS = (NOISY_INPUT, DENOISED_DETACHED, DENOISED_THROUGH_MODEL)
 
 @dataclass(frozen=True)
 class ClassifierGuidanceConfig:
-    scale: float = SCALE_DEFAULT      # s; 0 = off (exactly the unguided output)
+    scale: float = SCALE_DEFAULT  # s; 0 = off (exactly the unguided output)
     sigma_lo: float = DEFAULTS["sigma_lo"]  # guide only for sigma_lo < sigma <= sigma_hi (schedules.in_window)
     sigma_hi: float = DEFAULTS["sigma_hi"]  # SIGMA_NO_BOUND (or inf) = no upper bound
-    every_n: int = DEFAULTS["every_n"]      # guide on steps 0, N, 2N, ... (schedules.StepCounter's steps)
+    every_n: int = DEFAULTS["every_n"]  # guide on steps 0, N, 2N, ... (schedules.StepCounter's steps)
     rms_clamp: float = DEFAULTS["rms_clamp"]  # clamp of the gradient's RMS per sample; 0 = off
-    dtype: str = DEFAULTS["dtype"]          # compute dtype of the classifier forward/backward
+    dtype: str = DEFAULTS["dtype"]  # compute dtype of the classifier forward/backward
 
     def __post_init__(self):
         require_finite("scale", self.scale)
@@ -103,8 +110,9 @@ def parse_targets(text: str, labels: Sequence[str]) -> list[dict]:
             require_finite(f"target weight of {name!r}", w)
             key = name.lower()
             if key not in known:
-                raise GuidanceConfigError(f"unknown label {name!r} in target item {i + 1}; known labels: "
-                                          f"{', '.join(map(str, labels))}")
+                raise GuidanceConfigError(
+                    f"unknown label {name!r} in target item {i + 1}; known labels: {', '.join(map(str, labels))}"
+                )
             weights[known[key]] = weights.get(known[key], 0.0) + w
         out.append(weights)
     return out
@@ -125,13 +133,21 @@ def batch_weights(weights: torch.Tensor, batch: int) -> torch.Tensor:
     if weights.shape[0] == 1:
         return weights.expand(batch, -1)
     if weights.shape[0] != batch:
-        raise GuidanceConfigError(f"target has {weights.shape[0]} items but the batch has {batch} images; "
-                                  "give one target for all or one per image")
+        raise GuidanceConfigError(
+            f"target has {weights.shape[0]} items but the batch has {batch} images; "
+            "give one target for all or one per image"
+        )
     return weights
 
 
-def log_prob_gradient(classifier: Callable, model_input: Callable, x: torch.Tensor, sigma: torch.Tensor,
-                      weights: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def log_prob_gradient(
+    classifier: Callable,
+    model_input: Callable,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    weights: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """g = grad_x sum_y w_y log p(y | x, sigma), with log p = log_softmax(classifier(model_input(x), sigma)).
 
     Generic in what x is: the noisy sample (model_input = the model's input scaling), the denoised
@@ -167,14 +183,20 @@ def clamp_rms(grad: torch.Tensor, max_rms: float) -> torch.Tensor:
     return grad * torch.clamp(max_rms / rms.clamp(min=1e-30), max=1.0)
 
 
-def shift_denoised(denoised: torch.Tensor, grad: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor,
-                   scale: float, noise: float = 1.0) -> torch.Tensor:
+def shift_denoised(
+    denoised: torch.Tensor,
+    grad: torch.Tensor,
+    sigma: torch.Tensor,
+    alpha: torch.Tensor,
+    scale: float,
+    noise: float = 1.0,
+) -> torch.Tensor:
     """D' = D + s * (c^2 sigma^2 / alpha) * g   (Dhariwal & Nichol 2021, score form in D-space), for
     x = alpha*x0 + c*sigma*eps: Tweedie's formula E[x0 | x, y] = (x + c^2 sigma^2 grad log p(x, y)) / alpha makes
     the class-conditional D the unconditional one plus (c^2 sigma^2 / alpha) grad_x log p(y | x). c is the model's
     noise coefficient (ComfyUI's noise_scale; 1 for every model without one)."""
     sigma, alpha = per_sample(sigma, denoised), per_sample(alpha, denoised)
-    return denoised + scale * (noise ** 2 * sigma ** 2 / alpha) * grad.to(denoised)
+    return denoised + scale * (noise**2 * sigma**2 / alpha) * grad.to(denoised)
 
 
 class ClassifierGuidance:
@@ -182,8 +204,9 @@ class ClassifierGuidance:
     when the gradient is not finite. `wants` (default: the classifier's own `wants` attribute, else
     NOISY_INPUT) says what the classifier reads; see the module docstring."""
 
-    def __init__(self, classifier: Callable, weights: torch.Tensor, config: ClassifierGuidanceConfig,
-                 wants: str | None = None):
+    def __init__(
+        self, classifier: Callable, weights: torch.Tensor, config: ClassifierGuidanceConfig, wants: str | None = None
+    ):
         self.classifier, self.weights, self.config = classifier, weights, config
         self.wants = wants if wants is not None else getattr(classifier, "wants", NOISY_INPUT)
         if self.wants not in WANTS:
@@ -207,10 +230,13 @@ class ClassifierGuidance:
         if self.wants == DENOISED_DETACHED:
             return log_prob_gradient(self.classifier, lambda d: d, denoised, sigma, weights, dtype)
         if denoise_fn is None:
-            raise GuidanceConfigError("the gradient path through the model needs a differentiable D(x) "
-                                      "(denoise_fn); use the detached path here")
-        return log_prob_gradient(self.classifier, lambda xx: straight_through(denoised, denoise_fn(xx)), x, sigma,
-                                 weights, dtype)
+            raise GuidanceConfigError(
+                "the gradient path through the model needs a differentiable D(x) "
+                "(denoise_fn); use the detached path here"
+            )
+        return log_prob_gradient(
+            self.classifier, lambda xx: straight_through(denoised, denoise_fn(xx)), x, sigma, weights, dtype
+        )
 
     def __call__(self, denoised, x, sigma, alpha, model_input, sample_sigmas=None, denoise_fn=None, noise: float = 1.0):
         """D' = D + s*(c^2 sigma^2/alpha)*g, c = `noise` (x = alpha*x0 + c*sigma*eps, see shift_denoised).
@@ -223,8 +249,9 @@ class ClassifierGuidance:
         grad = self.gradient(denoised, x, sigma, model_input, w, denoise_fn)
         if not torch.isfinite(grad).all():
             if not self.warned:
-                logging.warning("Guidance Lab: classifier gradient is not finite at sigma=%.4g; "
-                                "this step is left unguided", sig)
+                logging.warning(
+                    "Guidance Lab: classifier gradient is not finite at sigma=%.4g; this step is left unguided", sig
+                )
                 self.warned = True
             return denoised
         grad = clamp_rms(grad, self.config.rms_clamp)

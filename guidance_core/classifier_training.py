@@ -13,6 +13,7 @@ t grid of flow models). Validation accuracy is reported per log-sigma bucket.
 Deterministic given a seed (one torch.Generator drives data order, sigmas and noise);
 resumable from a checkpoint that holds weights, optimizer state, step and generator state.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,10 +90,13 @@ class TrainConfig:
     lr: float = setting(3e-4, "AdamW learning rate, annealed linearly to 0 (ADM: 3e-4)", 1e-6, 1.0)
     weight_decay: float = setting(0.05, "AdamW weight decay (0 = none)", 0.0, math.inf)
     seed: int = setting(0, "seed: same seed, same classifier", 0, 2**31 - 1)
-    sigma_distribution: str = setting("log_uniform", "noise levels: log-uniform over the model's sigma range, or "
-                                      "the model's own training distribution", choices=SIGMA_DISTRIBUTIONS)
+    sigma_distribution: str = setting(
+        "log_uniform",
+        "noise levels: log-uniform over the model's sigma range, or the model's own training distribution",
+        choices=SIGMA_DISTRIBUTIONS,
+    )
     class_balance: bool = setting(False, "sample labels equally often (off = as in the data)")
-    val_fraction: float = 0.1      # held out for the report; in [0, 1)
+    val_fraction: float = 0.1  # held out for the report; in [0, 1)
     buckets: int = setting(5, "validation buckets over log sigma", 1, math.inf)
     eval_batches: int = setting(4, "validation batches per bucket", 1, math.inf)
     checkpoint_every: int = setting(0, "steps between checkpoints (0 = none)", 0, math.inf)
@@ -109,6 +113,7 @@ class TrainConfig:
 class NoiseSpec:
     """The target model's noise: parameterization (alpha), sigma range, (optionally) its sigma table, and its
     input scaling c_in (parameterization.INPUT_SCALINGS; default: the eps/v or flow convention)."""
+
     parameterization: str
     sigma_min: float
     sigma_max: float
@@ -117,16 +122,23 @@ class NoiseSpec:
 
     def __post_init__(self):
         if self.parameterization not in parameterization.PARAMETERIZATIONS:
-            raise GuidanceConfigError(f"parameterization={self.parameterization!r}; accepted: "
-                                      f"{', '.join(parameterization.PARAMETERIZATIONS)}")
-        self.input_scaling = parameterization.check_input_scaling(self.input_scaling or
-                                                   parameterization.default_input_scaling(self.parameterization))
+            raise GuidanceConfigError(
+                f"parameterization={self.parameterization!r}; accepted: {', '.join(parameterization.PARAMETERIZATIONS)}"
+            )
+        self.input_scaling = parameterization.check_input_scaling(
+            self.input_scaling or parameterization.default_input_scaling(self.parameterization)
+        )
 
     @classmethod
     def from_cache(cls, meta: dict, sigma_table: torch.Tensor | None = None) -> "NoiseSpec":
         """The spec recorded in a latent cache's metadata (guidance_core.datasets)."""
-        return cls(meta["parameterization"], float(meta["sigma_min"]), float(meta["sigma_max"]), sigma_table,
-                   meta.get("input_scaling"))
+        return cls(
+            meta["parameterization"],
+            float(meta["sigma_min"]),
+            float(meta["sigma_max"]),
+            sigma_table,
+            meta.get("input_scaling"),
+        )
 
     def sample(self, n: int, gen: torch.Generator, distribution: str) -> torch.Tensor:
         if distribution == "model":
@@ -164,8 +176,9 @@ def noisy_batch(x0, sigma, noise, spec: NoiseSpec):
 
 
 @torch.no_grad()
-def evaluate(model, latents, labels, spec: NoiseSpec, buckets: int, batches: int, batch_size: int, seed: int,
-             device) -> list[dict]:
+def evaluate(
+    model, latents, labels, spec: NoiseSpec, buckets: int, batches: int, batch_size: int, seed: int, device
+) -> list[dict]:
     """Accuracy per log-sigma bucket, with a fixed generator (same noise at every evaluation)."""
     gen = torch.Generator().manual_seed(seed + 104729)
     edges = spec.bucket_edges(buckets)
@@ -193,8 +206,16 @@ class Trainer:
     format's process_in), `labels` int64 class indices. The loop calls `on_step(step, loss)` after
     every step (raise from it to interrupt: nothing is written then) and `on_checkpoint(step)`."""
 
-    def __init__(self, latents: torch.Tensor, labels: torch.Tensor, label_names: list[str], spec: NoiseSpec,
-                 config: TrainConfig, device="cpu", distributed=None):
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        labels: torch.Tensor,
+        label_names: list[str],
+        spec: NoiseSpec,
+        config: TrainConfig,
+        device="cpu",
+        distributed=None,
+    ):
         config.validate()
         if latents.shape[0] != labels.shape[0]:
             raise GuidanceConfigError(f"{latents.shape[0]} latents but {labels.shape[0]} labels")
@@ -212,7 +233,8 @@ class Trainer:
         self.dist = distributed  # (rank, world_size) when running under torch.distributed
         if distributed is not None:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         rank = distributed[0] if distributed else 0
         self.gen = torch.Generator().manual_seed(config.seed * 1000003 + rank)
@@ -257,12 +279,27 @@ class Trainer:
     def report(self) -> dict:
         c = self.config
         val = self.val_idx if self.val_idx.numel() > 0 else self.train_idx
-        buckets = evaluate(self.model, self.latents[val], self.labels[val], self.spec, c.buckets, c.eval_batches,
-                           c.batch_size, c.seed, self.device)
-        return {"labels": self.label_names, "steps": self.step, "train_examples": int(self.train_idx.numel()),
-                "val_examples": int(self.val_idx.numel()), "parameterization": self.spec.parameterization,
-                "input_scaling": dict(self.spec.input_scaling),
-                "buckets": buckets, "config": asdict(c)}
+        buckets = evaluate(
+            self.model,
+            self.latents[val],
+            self.labels[val],
+            self.spec,
+            c.buckets,
+            c.eval_batches,
+            c.batch_size,
+            c.seed,
+            self.device,
+        )
+        return {
+            "labels": self.label_names,
+            "steps": self.step,
+            "train_examples": int(self.train_idx.numel()),
+            "val_examples": int(self.val_idx.numel()),
+            "parameterization": self.spec.parameterization,
+            "input_scaling": dict(self.spec.input_scaling),
+            "buckets": buckets,
+            "config": asdict(c),
+        }
 
     # -- checkpoints: safetensors tensors + JSON metadata, written atomically
     def state_tensors(self) -> dict:
@@ -294,15 +331,20 @@ class Trainer:
         self.step = int(meta["step"])
 
 
-
 def classifier_metadata(trainer: Trainer, latent_format: str = "", report: dict | None = None) -> dict:
     """Metadata of the classifier file format (guidance_core.classifiers.classifier_files)."""
-    meta = {"architecture": "noise_aware", "config": trainer.model.config.to_dict(), "labels": trainer.label_names,
-            "latent_channels": int(trainer.latents.shape[1]), "latent_format": latent_format,
-            "parameterization": trainer.spec.parameterization, "input_scaling": dict(trainer.spec.input_scaling),
-            "sigma_min": trainer.spec.sigma_min,
-            "sigma_max": trainer.spec.sigma_max, "train_steps": trainer.step}
+    meta = {
+        "architecture": "noise_aware",
+        "config": trainer.model.config.to_dict(),
+        "labels": trainer.label_names,
+        "latent_channels": int(trainer.latents.shape[1]),
+        "latent_format": latent_format,
+        "parameterization": trainer.spec.parameterization,
+        "input_scaling": dict(trainer.spec.input_scaling),
+        "sigma_min": trainer.spec.sigma_min,
+        "sigma_max": trainer.spec.sigma_max,
+        "train_steps": trainer.step,
+    }
     if report is not None:
         meta["val_accuracy"] = [round(b["accuracy"], 4) for b in report["buckets"]]
     return meta
-

@@ -14,6 +14,7 @@ latent_format.process_in to the VAE's output, so every trainer reads x0 exactly 
 Version 1 caches held raw VAE latents plus a scalar scale/shift; they are refused with a message
 saying how to rewrite them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,16 +44,21 @@ def _inside(root: str, path: str) -> bool:
 def scan_dataset(source: str):
     """(items, labels): items = [(path, label index)], labels = sorted label names."""
     if os.path.isdir(source):
-        labels = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)) and not d.startswith("."))
+        labels = sorted(
+            d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)) and not d.startswith(".")
+        )
         if not labels:
-            raise GuidanceConfigError(f"dataset folder {source!r} has no label subfolders; expected one subfolder "
-                                      "per label holding its images (ImageFolder layout), or a CSV of path,label")
+            raise GuidanceConfigError(
+                f"dataset folder {source!r} has no label subfolders; expected one subfolder "
+                "per label holding its images (ImageFolder layout), or a CSV of path,label"
+            )
         items = []
         for k, lb in enumerate(labels):
             files = sorted(f for f in os.listdir(os.path.join(source, lb)) if f.lower().endswith(IMAGE_EXTS))
             if not files:
-                raise GuidanceConfigError(f"label {lb!r} has no images in {os.path.join(source, lb)!r} "
-                                          f"(accepted: {', '.join(IMAGE_EXTS)})")
+                raise GuidanceConfigError(
+                    f"label {lb!r} has no images in {os.path.join(source, lb)!r} (accepted: {', '.join(IMAGE_EXTS)})"
+                )
             items += [(os.path.join(source, lb, f), k) for f in files]
         return items, labels
     if os.path.isfile(source) and source.lower().endswith(".csv"):
@@ -122,9 +128,11 @@ def read_latent_cache_meta(path: str) -> dict:
     if meta.get("format") != CACHE_FORMAT:
         raise GuidanceConfigError(f"{path} is not a Guidance Lab latent cache")
     if meta.get("version", 1) != CACHE_VERSION:
-        raise GuidanceConfigError(f"{path}: latent cache version {meta.get('version', 1)}; this Guidance Lab reads "
-                                  f"version {CACHE_VERSION} (latents after the latent format's process_in). Run Train "
-                                  "Classifier (Guidance Lab) with steps = 0 on the same images to write a new cache")
+        raise GuidanceConfigError(
+            f"{path}: latent cache version {meta.get('version', 1)}; this Guidance Lab reads "
+            f"version {CACHE_VERSION} (latents after the latent format's process_in). Run Train "
+            "Classifier (Guidance Lab) with steps = 0 on the same images to write a new cache"
+        )
     return meta
 
 

@@ -2,6 +2,7 @@
 half-written file is ever seen or left behind) and the check that a file is laid out as safetensors before it is
 opened as one (pickled checkpoints can run code when loaded; they are refused by name and by their first bytes).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,11 @@ def atomic_save(tensors: dict, path: str, metadata: dict) -> str:
 
 def atomic_bytes(path: str, data: bytes) -> str:
     """Bytes written atomically."""
+
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
+
     return _atomic_write(path, write)
 
 
@@ -58,16 +61,20 @@ def check_safetensors(path: str, what: str = "classifier", error: type[GuidanceC
     if not os.path.isfile(path):
         raise error(f"{what} file {name!r} does not exist (deleted or moved?)")
     if path.lower().endswith(PICKLE_EXTS):
-        raise error(f"{name}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are refused because loading them can "
-                    "run code; convert it to .safetensors")
+        raise error(
+            f"{name}: pickled checkpoints ({', '.join(PICKLE_EXTS)}) are refused because loading them can "
+            "run code; convert it to .safetensors"
+        )
     with open(path, "rb") as f:
         head = f.read(9)
     size = os.path.getsize(path)
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         n = int.from_bytes(head[:8], "little")
         if n > MAX_HEADER_BYTES:
-            raise error(f"{name}: safetensors header of {n} bytes; a {what} file's header (tensor index, labels, "
-                        f"config) is at most {MAX_HEADER_BYTES >> 20} MiB")
+            raise error(
+                f"{name}: safetensors header of {n} bytes; a {what} file's header (tensor index, labels, "
+                f"config) is at most {MAX_HEADER_BYTES >> 20} MiB"
+            )
         return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise error(f"{name} is a pickle/zip checkpoint, not safetensors; refused")

@@ -32,6 +32,7 @@ scale and c = s - 1 the guidance coefficient (D = D_pos + c delta), x the noisy 
 - Dynamic thresholding, "imagen" form (Saharia et al. 2022, arXiv 2205.11487, sec. 2.3): per sample,
   t = max(1, quantile(|D|, p)),  D' = clamp(D, -t, t) / t. (Defined for pixels in [-1, 1]; on latents it bounds D.)
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,8 +101,10 @@ def fdg(delta: torch.Tensor, f_low: float, f_high: float) -> torch.Tensor:
     if f_low == f_high:
         return delta if f_low == 1.0 else f_low * delta
     if delta.shape[-1] < 3 or delta.shape[-2] < 3:
-        raise GuidanceConfigError(f"FDG needs a latent of at least 3x3 (got {tuple(delta.shape[-2:])}): its blur reflects "
-                                  "2 pixels at the border; switch FDG off (fdg_low = fdg_high = 1) for this size")
+        raise GuidanceConfigError(
+            f"FDG needs a latent of at least 3x3 (got {tuple(delta.shape[-2:])}): its blur reflects "
+            "2 pixels at the border; switch FDG off (fdg_low = fdg_high = 1) for this size"
+        )
     low = laplacian_low(delta)
     return f_low * low + f_high * (delta - low)
 
@@ -109,12 +112,15 @@ def fdg(delta: torch.Tensor, f_low: float, f_high: float) -> torch.Tensor:
 def mambo_factor(delta: torch.Tensor, d_ref: torch.Tensor, x_skip: torch.Tensor, alpha: float) -> torch.Tensor:
     """exp(-alpha r) per sample, shaped to broadcast (MaMBo-G, module docstring); x_skip = a x."""
     dims = list(range(1, delta.dim()))
-    r = torch.linalg.vector_norm(delta, dim=dims, keepdim=True) / torch.linalg.vector_norm(x_skip - d_ref, dim=dims, keepdim=True)
+    r = torch.linalg.vector_norm(delta, dim=dims, keepdim=True) / torch.linalg.vector_norm(
+        x_skip - d_ref, dim=dims, keepdim=True
+    )
     return torch.exp(-alpha * r)
 
 
-def dynamic_threshold_mimic(d_guided: torch.Tensor, d_mimic: torch.Tensor, x: torch.Tensor, percentile: float,
-                            phi: float = 1.0) -> torch.Tensor:
+def dynamic_threshold_mimic(
+    d_guided: torch.Tensor, d_mimic: torch.Tensor, x: torch.Tensor, percentile: float, phi: float = 1.0
+) -> torch.Tensor:
     """The mimic form of dynamic thresholding (module docstring)."""
     y_s, y_m = (x - d_guided).flatten(2), (x - d_mimic).flatten(2)
     mu_s = y_s.mean(dim=2, keepdim=True)

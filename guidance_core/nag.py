@@ -17,6 +17,7 @@ Two forms (where the prompt's attention outputs come from):
 - comfyui: ComfyUI's NAGuidance (comfy_extras/nodes_nag.py, 0.33): a full row of the negative prompt in the same
   batch; Z+ and Z- are the self-attention outputs (after the output projection) of the two rows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from .errors import GuidanceConfigError, require_finite
 
 FORMS = ("paper", "comfyui")
 NORM_EPS = 1e-6
-TAU_RANGE = (1.0, 10.0)          # ComfyUI's NAGuidance accepts [1, 10]
+TAU_RANGE = (1.0, 10.0)  # ComfyUI's NAGuidance accepts [1, 10]
 ALPHA_RANGE = (0.0, 1.0)
 TAU_DEFAULT, ALPHA_DEFAULT = 2.5, 0.25  # the paper's settings for Flux and SD3.5 (sec. 5)
 
@@ -35,6 +36,7 @@ TAU_DEFAULT, ALPHA_DEFAULT = 2.5, 0.25  # the paper's settings for Flux and SD3.
 @dataclass(frozen=True)
 class NAGSettings:
     """A NAG term's own settings besides its weight phi (= ComfyUI's nag_scale - 1) and schedule."""
+
     form: str = "paper"
     tau: float = TAU_DEFAULT
     alpha: float = ALPHA_DEFAULT
@@ -43,8 +45,9 @@ class NAGSettings:
         if self.form not in FORMS:
             raise GuidanceConfigError(f"NAG form={self.form!r}; accepted: {', '.join(FORMS)}")
         if not TAU_RANGE[0] <= require_finite("nag tau", self.tau) <= TAU_RANGE[1]:
-            raise GuidanceConfigError(f"nag tau={self.tau}; use a value in [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}] "
-                                      "(the cap of |Z~| / |Z+|)")
+            raise GuidanceConfigError(
+                f"nag tau={self.tau}; use a value in [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}] (the cap of |Z~| / |Z+|)"
+            )
         if not ALPHA_RANGE[0] <= require_finite("nag alpha", self.alpha) <= ALPHA_RANGE[1]:
             raise GuidanceConfigError(f"nag alpha={self.alpha}; use a value in [0, 1] (0 = no effect, 1 = full)")
 

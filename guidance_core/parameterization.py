@@ -9,6 +9,7 @@ Every prediction space used here is affine in D for fixed (x, sigma):  y = a*D +
 That makes linear guidance combinations (CFG) identical in every space, while
 non-linear post-processing (rescale, norms, projections) depends on the space chosen.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ SPACES = ("x0", "eps", "v", "velocity")
 
 # What the CFG combiner is told about a model besides PARAMETERIZATIONS (see SamplingForm.parameterization):
 NOISE_FREE = "img2img"  # x carries no noise (ComfyUI's IMG_TO_IMG_FLOW, IMG_TO_IMG_VELOCITY): no alpha, no score
-UNKNOWN = "unknown"     # a model_sampling that matches no known form
+UNKNOWN = "unknown"  # a model_sampling that matches no known form
 FORM_FREE_SPACES = ("x0", "velocity")  # prediction spaces that read no alpha: defined for every form
 
 
@@ -46,8 +47,10 @@ def rescale_space_problem(parameterization: str, space: str) -> str | None:
     neither exists where x carries no noise or the form is unknown; x0 and velocity read no alpha."""
     if parameterization in (NOISE_FREE, UNKNOWN) and space not in FORM_FREE_SPACES + ("auto",):
         what = "x carries no noise" if parameterization == NOISE_FREE else "its model_sampling matches no known form"
-        return (f"rescale_space={space!r} needs the model's alpha(sigma), and this model has none ({what}); "
-                f"use rescale_space auto, x0 or velocity")
+        return (
+            f"rescale_space={space!r} needs the model's alpha(sigma), and this model has none ({what}); "
+            f"use rescale_space auto, x0 or velocity"
+        )
     return None
 
 
@@ -186,8 +189,14 @@ def identify_input_scaling(calculate_input: Callable) -> dict | None:
     calculate_input(sigma, 1) at a few sigmas (float64), matched by input_scaling_from_values. None when it is
     none of them (such a model is refused by the guidance)."""
     sig = torch.tensor(PROBE_SIGMAS, dtype=torch.float64)
-    c = torch.stack([calculate_input(s.reshape(1), torch.ones(1, 1, 1, 1, dtype=torch.float64)).reshape(())
-                     .to(device="cpu", dtype=torch.float64) for s in sig])
+    c = torch.stack(
+        [
+            calculate_input(s.reshape(1), torch.ones(1, 1, 1, 1, dtype=torch.float64))
+            .reshape(())
+            .to(device="cpu", dtype=torch.float64)
+            for s in sig
+        ]
+    )
     return input_scaling_from_values(sig, c)
 
 
@@ -204,7 +213,7 @@ def input_scaling_from_values(sig: torch.Tensor, c: torch.Tensor) -> dict | None
         return {"kind": "identity"}
     if _close(c, 1.0 / (1.0 + sig), atol=0):
         return {"kind": "cosmos_rflow"}
-    sd2 = 1.0 / c ** 2 - sig ** 2
+    sd2 = 1.0 / c**2 - sig**2
     if (sd2 > 0).all() and _close(sd2, sd2[:1].expand_as(sd2), atol=0):
         return {"kind": "edm", "sigma_data": round(math.sqrt(float(sd2[0])), 6)}
     return None
@@ -242,16 +251,16 @@ def _inverse(values: dict) -> str:
 
 class SamplingForm:
     """A model's sampling form, as fit_sampling_form learned it:
-      name              ComfyUI's name of the form (its model_sampling class) when it is a known one;
-      parameterization  "eps" | "v" | "flow" (alpha = 1, 1, 1 - sigma), NOISE_FREE or UNKNOWN;
-      noise             c in x = alpha*x0 + c*sigma*eps (ComfyUI's noise_scale; 0 when x carries no noise);
-      input_scaling     an INPUT_SCALINGS entry, or None when calculate_input is none of them;
-      prediction        what the network predicts (PREDICTIONS; "affine": another affine formula, e.g. LCM's);
-      inverse           inverse_noise_scaling, the end of sampling (INVERSES: "identity", "flow" y/(1 - sigma),
-                        "one_minus" 1 - y, "affine" another): recorded, not needed by guidance (it acts on D);
-      problem           None, or why x = alpha*x0 + c*sigma*eps does not hold for this model (then there is no
-                        p(y | x, sigma) to guide by and no start noise to solve for: classifier guidance and
-                        CFG-Zero* zero-init are refused, naming it)."""
+    name              ComfyUI's name of the form (its model_sampling class) when it is a known one;
+    parameterization  "eps" | "v" | "flow" (alpha = 1, 1, 1 - sigma), NOISE_FREE or UNKNOWN;
+    noise             c in x = alpha*x0 + c*sigma*eps (ComfyUI's noise_scale; 0 when x carries no noise);
+    input_scaling     an INPUT_SCALINGS entry, or None when calculate_input is none of them;
+    prediction        what the network predicts (PREDICTIONS; "affine": another affine formula, e.g. LCM's);
+    inverse           inverse_noise_scaling, the end of sampling (INVERSES: "identity", "flow" y/(1 - sigma),
+                      "one_minus" 1 - y, "affine" another): recorded, not needed by guidance (it acts on D);
+    problem           None, or why x = alpha*x0 + c*sigma*eps does not hold for this model (then there is no
+                      p(y | x, sigma) to guide by and no start noise to solve for: classifier guidance and
+                      CFG-Zero* zero-init are refused, naming it)."""
 
     def __init__(self, name, parameterization, noise, input_scaling, prediction, problem=None, inverse="affine"):
         self.name, self.parameterization, self.noise = name, parameterization, float(noise)
@@ -270,9 +279,11 @@ class SamplingForm:
         return f"{self.name}: x = {x0} + {c}sigma*eps"
 
     def __repr__(self):
-        return (f"SamplingForm({self.name!r}, {self.parameterization!r}, noise={self.noise:g}, "
-                f"input_scaling={self.input_scaling!r}, prediction={self.prediction!r}, inverse={self.inverse!r}, "
-                f"problem={self.problem!r})")
+        return (
+            f"SamplingForm({self.name!r}, {self.parameterization!r}, noise={self.noise:g}, "
+            f"input_scaling={self.input_scaling!r}, prediction={self.prediction!r}, inverse={self.inverse!r}, "
+            f"problem={self.problem!r})"
+        )
 
 
 def _affine_fit(values: dict, key: str):
@@ -295,12 +306,17 @@ def _prediction(sig, a, b, input_scaling) -> str:
     v / EDM (Karras et al. 2022 Table 1, sigma_data sd): D = sd^2/(sigma^2 + sd^2)*x -/+ sigma*sd/sqrt(sigma^2 + sd^2)*out;
     V_PREDICTION_DDPM: D = (x - sigma*out)/sqrt(sigma^2 + 1);  COSMOS_RFLOW: D = (1 - t)*x - t*out, t = sigma/(1 + sigma)."""
     sd = float(input_scaling["sigma_data"]) if input_scaling and input_scaling.get("kind") == "edm" else 1.0
-    root = torch.sqrt(sig ** 2 + sd ** 2)
+    root = torch.sqrt(sig**2 + sd**2)
     t = sig / (1.0 + sig)
-    known = {"eps": (1.0, -sig), "x0": (0.0, 1.0), "x_minus_out": (1.0, -1.0),
-             "v": (sd ** 2 / root ** 2, -sig * sd / root), "edm": (sd ** 2 / root ** 2, sig * sd / root),
-             "v_ddpm": (1.0 / torch.sqrt(sig ** 2 + 1), -sig / torch.sqrt(sig ** 2 + 1)),
-             "cosmos_rflow": (1.0 - t, -t)}
+    known = {
+        "eps": (1.0, -sig),
+        "x0": (0.0, 1.0),
+        "x_minus_out": (1.0, -1.0),
+        "v": (sd**2 / root**2, -sig * sd / root),
+        "edm": (sd**2 / root**2, sig * sd / root),
+        "v_ddpm": (1.0 / torch.sqrt(sig**2 + 1), -sig / torch.sqrt(sig**2 + 1)),
+        "cosmos_rflow": (1.0 - t, -t),
+    }
     for name, (wa, wb) in known.items():
         if _close(a, wa) and _close(b, wb):
             return name
@@ -308,11 +324,18 @@ def _prediction(sig, a, b, input_scaling) -> str:
 
 
 # (alpha kind, input scaling kind, prediction) -> ComfyUI's name of the form
-_NAMES = {("1", "edm", "eps"): "EPS", ("1", "edm", "v"): "V_PREDICTION", ("1", "edm", "edm"): "EDM",
-          ("1", "edm", "x0"): "X0", ("1", "identity", "v_ddpm"): "V_PREDICTION_DDPM",
-          ("1", "identity", "x0"): "IMG_TO_IMG", ("1", "cosmos_rflow", "cosmos_rflow"): "COSMOS_RFLOW",
-          ("1-sigma", "identity", "eps"): "CONST", ("none", "identity", "x0"): "IMG_TO_IMG_FLOW",
-          ("none", "identity", "x_minus_out"): "IMG_TO_IMG_VELOCITY"}
+_NAMES = {
+    ("1", "edm", "eps"): "EPS",
+    ("1", "edm", "v"): "V_PREDICTION",
+    ("1", "edm", "edm"): "EDM",
+    ("1", "edm", "x0"): "X0",
+    ("1", "identity", "v_ddpm"): "V_PREDICTION_DDPM",
+    ("1", "identity", "x0"): "IMG_TO_IMG",
+    ("1", "cosmos_rflow", "cosmos_rflow"): "COSMOS_RFLOW",
+    ("1-sigma", "identity", "eps"): "CONST",
+    ("none", "identity", "x0"): "IMG_TO_IMG_FLOW",
+    ("none", "identity", "x_minus_out"): "IMG_TO_IMG_VELOCITY",
+}
 
 
 def fit_sampling_form(values: dict, class_name: str = "model_sampling") -> SamplingForm:
@@ -327,16 +350,28 @@ def fit_sampling_form(values: dict, class_name: str = "model_sampling") -> Sampl
     sig = values["sigma"]
     where = f"asked at sigma = {', '.join(f'{float(s):g}' for s in sig)}"
     if values.get("error"):
-        return SamplingForm(class_name, UNKNOWN, float("nan"), None, "affine",
-                            f"{where}: asking it failed ({values['error']}); it matches no known model_sampling form")
+        return SamplingForm(
+            class_name,
+            UNKNOWN,
+            float("nan"),
+            None,
+            "affine",
+            f"{where}: asking it failed ({values['error']}); it matches no known model_sampling form",
+        )
     input_scaling = input_scaling_from_values(sig, values["c_in"]) if values.get("c_in") is not None else None
     den = _affine_fit(values, "denoised")
     prediction = _prediction(sig, den[1], den[0], input_scaling) if den is not None else None
     noise = _affine_fit(values, "noise")
     if noise is None:
-        return SamplingForm(class_name, UNKNOWN, float("nan"), input_scaling, prediction or "affine",
-                            f"{where}: its noise_scaling is not an affine, finite map of (noise, latent); it matches "
-                            "no known model_sampling form")
+        return SamplingForm(
+            class_name,
+            UNKNOWN,
+            float("nan"),
+            input_scaling,
+            prediction or "affine",
+            f"{where}: its noise_scaling is not an affine, finite map of (noise, latent); it matches "
+            "no known model_sampling form",
+        )
     a_n, b_n = noise
     c = a_n / sig
     if _close(a_n, 0.0) and _close(b_n, 1.0):
@@ -347,19 +382,37 @@ def fit_sampling_form(values: dict, class_name: str = "model_sampling") -> Sampl
         param = "flow" if alpha_kind == "1-sigma" else ("v" if prediction in ("v", "edm", "v_ddpm") else "eps")
     else:
         found = ", ".join(f"x = {float(b):.4g}*x0 + {float(a):.4g}*noise" for a, b in zip(a_n, b_n))
-        return SamplingForm(class_name, UNKNOWN, float("nan"), input_scaling, prediction or "affine",
-                            f"{where}: its noise_scaling gives {found}, none of the known forms x = x0 + c*sigma*noise "
-                            "(EPS, V_PREDICTION, EDM, ...) and x = (1 - sigma)*x0 + c*sigma*noise (CONST)")
+        return SamplingForm(
+            class_name,
+            UNKNOWN,
+            float("nan"),
+            input_scaling,
+            prediction or "affine",
+            f"{where}: its noise_scaling gives {found}, none of the known forms x = x0 + c*sigma*noise "
+            "(EPS, V_PREDICTION, EDM, ...) and x = (1 - sigma)*x0 + c*sigma*noise (CONST)",
+        )
     if prediction is None:
-        return SamplingForm(class_name, UNKNOWN, coef, input_scaling, "affine",
-                            f"{where}: its calculate_denoised is not an affine, finite map of (model output, x); it "
-                            "matches no known model_sampling form")
+        return SamplingForm(
+            class_name,
+            UNKNOWN,
+            coef,
+            input_scaling,
+            "affine",
+            f"{where}: its calculate_denoised is not an affine, finite map of (model output, x); it "
+            "matches no known model_sampling form",
+        )
     name = _NAMES.get((alpha_kind, (input_scaling or {}).get("kind"), prediction), class_name)
     if param == NOISE_FREE:
-        return SamplingForm(name, param, 0.0, input_scaling, prediction,
-                            "its noise_scaling adds no noise (x is the input latent at every sigma), so x is "
-                            "not a noisy sample of the data: there is no p(y | x, sigma) and no start noise",
-                            _inverse(values))
+        return SamplingForm(
+            name,
+            param,
+            0.0,
+            input_scaling,
+            prediction,
+            "its noise_scaling adds no noise (x is the input latent at every sigma), so x is "
+            "not a noisy sample of the data: there is no p(y | x, sigma) and no start noise",
+            _inverse(values),
+        )
     return SamplingForm(name, param, coef, input_scaling, prediction, inverse=_inverse(values))
 
 

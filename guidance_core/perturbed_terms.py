@@ -25,6 +25,7 @@ reference the guided prediction moves away from,  D += w f (D_pos - D_perturbed)
 Rows: a perturbed term is evaluated in the same batched forward as the prompt rows; the perturbation acts
 only on its own rows (`rows_of`), so prompt rows are computed as without it.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,14 +40,19 @@ from .errors import GuidanceConfigError, require_finite
 
 MODES = ("pag", "seg", "slg", "tpg", "stg")
 UNET_MODES = ("pag", "seg", "tpg")  # act on UNet transformer blocks
-DIT_MODES = ("slg", "stg")          # act on DiT transformer blocks
-UNET_PARTS = ("input", "middle", "output")   # UNet self-attention blocks (PAG, SEG, TPG)
-DIT_PARTS = ("double", "single")              # DiT transformer blocks (SLG, STG)
+DIT_MODES = ("slg", "stg")  # act on DiT transformer blocks
+UNET_PARTS = ("input", "middle", "output")  # UNet self-attention blocks (PAG, SEG, TPG)
+DIT_PARTS = ("double", "single")  # DiT transformer blocks (SLG, STG)
 # TPG: input.7 and input.8, SDXL's deepest down level, whose 20 transformers hold the authors' SDXL default (down
 # transformers d6..d23: 18 of them; the block is this pack's unit) and SD1.5's deepest down level; STG: block 29,
 # the default of ComfyUI's LTXVSpatioTemporalGuidance node
-DEFAULT_BLOCKS = {"pag": "middle.0", "seg": "middle.0", "slg": "double.7, double.8, double.9",
-                  "tpg": "input.7, input.8", "stg": "double.29"}
+DEFAULT_BLOCKS = {
+    "pag": "middle.0",
+    "seg": "middle.0",
+    "slg": "double.7, double.8, double.9",
+    "tpg": "input.7, input.8",
+    "stg": "double.29",
+}
 SEG_SIGMA_DEFAULT, SEG_SIGMA_INF = 10.0, 9999.0  # sigma >= SEG_SIGMA_INF: the mean query (the paper's limit)
 SEG_SIGMA_RANGE = (0.01, SEG_SIGMA_INF)
 _BLOCK = re.compile(r"^\s*([a-z]+)\s*[.:\s]\s*(\d+)\s*$")
@@ -55,6 +61,7 @@ _BLOCK = re.compile(r"^\s*([a-z]+)\s*[.:\s]\s*(\d+)\s*$")
 @dataclass(frozen=True)
 class Perturbation:
     """What to perturb: mode (pag, seg, slg), blocks ((part, index) pairs), SEG's blur sigma."""
+
     mode: str = "pag"
     blocks: tuple = (("middle", 0),)
     seg_sigma: float = SEG_SIGMA_DEFAULT
@@ -69,10 +76,13 @@ class Perturbation:
             if part not in parts:
                 raise GuidanceConfigError(
                     f"perturbation {self.mode}: block '{part}.{idx}'; {self.mode} acts on "
-                    f"{'DiT blocks double.N / single.N' if self.mode in DIT_MODES else 'UNet blocks input.N / middle.0 / output.N'}")
+                    f"{'DiT blocks double.N / single.N' if self.mode in DIT_MODES else 'UNet blocks input.N / middle.0 / output.N'}"
+                )
         if not SEG_SIGMA_RANGE[0] <= require_finite("seg_sigma", self.seg_sigma):
-            raise GuidanceConfigError(f"seg_sigma={self.seg_sigma}; use a blur std >= {SEG_SIGMA_RANGE[0]:g} tokens "
-                                      f"({SEG_SIGMA_INF:g} or more = mean query)")
+            raise GuidanceConfigError(
+                f"seg_sigma={self.seg_sigma}; use a blur std >= {SEG_SIGMA_RANGE[0]:g} tokens "
+                f"({SEG_SIGMA_INF:g} or more = mean query)"
+            )
 
 
 def parse_blocks(text: str, mode: str) -> tuple:
@@ -83,10 +93,14 @@ def parse_blocks(text: str, mode: str) -> tuple:
     for j, item in enumerate(c for c in re.split(r"[,;\n]", text or "") if c.strip()):
         m = _BLOCK.match(item.lower())
         if not m:
-            raise GuidanceConfigError(f"blocks item {j} {item.strip()!r}; write 'part.index', e.g. {DEFAULT_BLOCKS[mode]!r}")
+            raise GuidanceConfigError(
+                f"blocks item {j} {item.strip()!r}; write 'part.index', e.g. {DEFAULT_BLOCKS[mode]!r}"
+            )
         if len(m.group(2)) > 6:  # int() of thousands of digits is Python's ValueError, not a message
-            raise GuidanceConfigError(f"blocks item {j} {item.strip()[:40]!r}: an index of {len(m.group(2))} digits; "
-                                      f"a block index is a small whole number, e.g. {DEFAULT_BLOCKS[mode]!r}")
+            raise GuidanceConfigError(
+                f"blocks item {j} {item.strip()[:40]!r}: an index of {len(m.group(2))} digits; "
+                f"a block index is a small whole number, e.g. {DEFAULT_BLOCKS[mode]!r}"
+            )
         out.append((m.group(1), int(m.group(2))))
     if not out:
         raise GuidanceConfigError(f"blocks {text!r} lists no block; e.g. {DEFAULT_BLOCKS[mode]!r}")
@@ -146,6 +160,7 @@ def token_permutation(n_tokens: int, sigma: float, block: tuple, transformer: in
 def shuffle_tokens(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """TPG's norm-preserving shuffle of tokens [B, N, C] -> [B, N, C], the same permutation for every row."""
     if h.ndim != 3 or h.shape[1] != perm.numel():
-        raise GuidanceConfigError(f"TPG: hidden states of shape {tuple(h.shape)} are not [rows, {perm.numel()} tokens, "
-                                  "channels]")
+        raise GuidanceConfigError(
+            f"TPG: hidden states of shape {tuple(h.shape)} are not [rows, {perm.numel()} tokens, channels]"
+        )
     return h[:, perm.to(h.device)]

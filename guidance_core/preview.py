@@ -7,6 +7,7 @@ tests/test_web.py::test_preview_sigmas_equal_comfyui_normal_scheduler holds it e
 comfy.samplers.calculate_sigmas(ModelSamplingDiscrete(), "normal", steps). The core never imports ComfyUI, so
 the formulas are restated here (Rombach et al. 2022 betas; ComfyUI's normal scheduler).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,9 @@ def log_spaced_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[fl
     return [math.exp(math.log(hi) + (math.log(lo) - math.log(hi)) * i / (n - 1)) for i in range(n)] + [0.0]
 
 
-def preview_sigmas(steps: int, sigma_min: float | None = None,
-                   sigma_max: float | None = None) -> tuple[list[float], float, float]:
+def preview_sigmas(
+    steps: int, sigma_min: float | None = None, sigma_max: float | None = None
+) -> tuple[list[float], float, float]:
     """(this run's sigmas, the model's sigma_min, sigma_max) for a preview of `steps` steps.
 
     No range given: an SD1.5-like model (discrete_model_sigmas) with ComfyUI's "normal" scheduler,

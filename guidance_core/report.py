@@ -1,4 +1,5 @@
 """Training report: accuracy per noise bucket as a PNG chart (PIL only)."""
+
 from __future__ import annotations
 
 import math

@@ -24,6 +24,7 @@ Kinds (start -> end means f(0) = start, f(1) = end):
               for the rest of the run (adaptive guidance, Castillo et al. 2023, arXiv 2312.12487); decided
               while sampling (cfg.CFGCombiner.observe), so value() gives `start`, what it is until it stops
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,17 @@ AXES = ("progress", "sigma")
 
 # Defaults and ranges, imported by the node schema (one place).
 DEFAULTS = {
-    "kind": "constant", "axis": "progress", "start": 1.0, "end": 0.0, "exponent": 2.0,
-    "sigma_lo": 0.28, "sigma_hi": 5.42, "inside": 1.0, "outside": 0.0,
-    "keyframes": "0:1, 0.5:1, 1:0", "threshold": 0.99,
+    "kind": "constant",
+    "axis": "progress",
+    "start": 1.0,
+    "end": 0.0,
+    "exponent": 2.0,
+    "sigma_lo": 0.28,
+    "sigma_hi": 5.42,
+    "inside": 1.0,
+    "outside": 0.0,
+    "keyframes": "0:1, 0.5:1, 1:0",
+    "threshold": 0.99,
 }
 RANGES = {"value": (-100.0, 100.0), "exponent": (0.01, 100.0), "sigma": (0.0, 1.0e4), "threshold": (-1.0, 1.0)}
 # A sigma_hi of this value means "no upper bound": it lies above every model's sigma_max (EDM/Playground 80,
@@ -74,7 +83,6 @@ class Schedule:
         validate(self)
 
 
-
 def validate(s: Schedule) -> None:
     """Raise GuidanceConfigError naming the field when a schedule is unusable."""
     if s.kind not in KINDS:
@@ -100,7 +108,8 @@ def validate(s: Schedule) -> None:
         raise GuidanceConfigError(f"schedule sigma_lo={lo}; use a sigma >= 0")
     if lo > hi:
         raise GuidanceConfigError(
-            f"schedule sigma_lo={lo} is greater than sigma_hi={hi}; the interval needs sigma_lo <= sigma_hi")
+            f"schedule sigma_lo={lo} is greater than sigma_hi={hi}; the interval needs sigma_lo <= sigma_hi"
+        )
     if s.kind == "keyframes":
         if len(s.keyframes) == 0:
             raise GuidanceConfigError("schedule keyframes is empty; give at least one 'position:value' pair")
@@ -117,7 +126,8 @@ def validate(s: Schedule) -> None:
             if p <= prev:
                 raise GuidanceConfigError(
                     f"schedule keyframes[{j}] position={p} does not increase (previous {prev}); "
-                    "list keyframes with strictly increasing positions")
+                    "list keyframes with strictly increasing positions"
+                )
             prev = p
 
 
@@ -126,7 +136,9 @@ def parse_keyframes(text: str) -> tuple:
     pairs = []
     for j, chunk in enumerate(c for c in text.replace("\n", ",").replace(";", ",").split(",") if c.strip()):
         if ":" not in chunk:
-            raise GuidanceConfigError(f"schedule keyframes item {j} {chunk.strip()!r}; write 'position:value', e.g. '0.5:3'")
+            raise GuidanceConfigError(
+                f"schedule keyframes item {j} {chunk.strip()!r}; write 'position:value', e.g. '0.5:3'"
+            )
         p, v = chunk.split(":", 1)
         try:
             pairs.append((float(p), float(v)))
@@ -147,7 +159,7 @@ def _shape(s: Schedule, p: float) -> float:
     if s.kind == "cosine":
         return s.end + (s.start - s.end) * 0.5 * (1.0 + math.cos(math.pi * p))
     if s.kind == "power_up":
-        return s.start + (s.end - s.start) * p ** s.exponent
+        return s.start + (s.end - s.start) * p**s.exponent
     if s.kind == "power_down":
         return s.end + (s.start - s.end) * (1.0 - p) ** s.exponent
     if s.kind == "keyframes":
@@ -176,8 +188,15 @@ def sigma_position(sigma: float, sigma_min: float, sigma_max: float) -> float:
 # samplers at the log-midpoint of sigma_i and sigma_down, which is sigma_{i+1} itself at eta = 1
 # (sigma_down = sigma_{i+1}^2 / sigma_i). Every other sampler's later calls of a step lie between sigma_i and
 # sigma_{i+1} (dpm_2, dpmpp_sde, seeds_2/3), at sigma_i again (sa_solver_pece) or it calls once per step.
-SAMPLER_REACH = {"heun": 1, "heunpp2": 2, "dpm_2_ancestral": 1, "dpm_2_ancestral_RF": 1, "dpmpp_2s_ancestral": 1,
-                 "dpmpp_2s_ancestral_RF": 1, "dpmpp_2s_ancestral_cfg_pp": 1}
+SAMPLER_REACH = {
+    "heun": 1,
+    "heunpp2": 2,
+    "dpm_2_ancestral": 1,
+    "dpm_2_ancestral_RF": 1,
+    "dpmpp_2s_ancestral": 1,
+    "dpmpp_2s_ancestral_RF": 1,
+    "dpmpp_2s_ancestral_cfg_pp": 1,
+}
 STEP_RTOL = 1e-5  # two sigmas within this relative distance are the same noise level (float32 rounding)
 
 
@@ -210,8 +229,9 @@ def reached_step(sigma: float, sample_sigmas: Sequence[float]) -> int:
     per step this is the call's step; StepCounter gives it for every sampler."""
     sig = run_sigmas(sample_sigmas)
     if sig is None:
-        raise GuidanceConfigError(f"sample_sigmas has {len(sample_sigmas or ())} entries; a run needs at least 1 step "
-                                  "(2 sigmas)")
+        raise GuidanceConfigError(
+            f"sample_sigmas has {len(sample_sigmas or ())} entries; a run needs at least 1 step (2 sigmas)"
+        )
     d = _along(sig)
     j = 0
     for i in range(1, len(sig) - 1):
@@ -258,13 +278,16 @@ class StepCounter:
             self.started = False
             return None
         d, j = _along(sig), reached_step(sigma, sig)
-        restart = (self.step is None or sig != self.sigmas
-                   or not _beyond(sigma, sig[0], d) and _beyond(self.last, sig[0], d))  # back at s_0
+        restart = (
+            self.step is None or sig != self.sigmas or not _beyond(sigma, sig[0], d) and _beyond(self.last, sig[0], d)
+        )  # back at s_0
         self.started = restart
         if restart:
             self.sigmas, self.step, self.calls = sig, j, 0
-        elif not (j == self.step or (0 < self.calls <= self.reach and j <= self.step + self.reach
-                                     and _beyond(sigma, self.last, d))):
+        elif not (
+            j == self.step
+            or (0 < self.calls <= self.reach and j <= self.step + self.reach and _beyond(sigma, self.last, d))
+        ):
             self.step, self.calls = min(max(j, self.step + 1), len(sig) - 2), 0
         self.calls += 1
         self.last = sigma
@@ -281,8 +304,14 @@ def progress(step: int, sample_sigmas: Sequence[float]) -> float:
     return min(max(step / (n - 1), 0.0), 1.0)
 
 
-def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = None,
-          sigma_min: float | None = None, sigma_max: float | None = None, step: int | None = None) -> float:
+def value(
+    s: Schedule,
+    sigma: float,
+    sample_sigmas: Sequence[float] | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    step: int | None = None,
+) -> float:
     """The multiplier f at noise level `sigma`, in step `step` of the run.
 
     sample_sigmas (this run's sigmas) is needed for axis "progress", with the call's step (StepCounter;
@@ -304,8 +333,9 @@ def value(s: Schedule, sigma: float, sample_sigmas: Sequence[float] | None = Non
     return _shape(s, p)
 
 
-def step_values(s: Schedule, sample_sigmas: Sequence[float], sigma_min: float | None = None,
-                sigma_max: float | None = None) -> list[float]:
+def step_values(
+    s: Schedule, sample_sigmas: Sequence[float], sigma_min: float | None = None, sigma_max: float | None = None
+) -> list[float]:
     """The multiplier at each of the run's steps (sample_sigmas[:-1]): what a plot shows."""
     sig = [float(v) for v in sample_sigmas]
     if len(sig) < 2:
@@ -323,17 +353,42 @@ def step_values(s: Schedule, sample_sigmas: Sequence[float], sigma_min: float | 
 
 def scaled(s: Schedule, factor: float) -> Schedule:
     """The same schedule with every value multiplied by `factor` (matched mean-scale sweeps)."""
-    return replace(s, start=s.start * factor, end=s.end * factor, inside=s.inside * factor,
-                   outside=s.outside * factor, keyframes=tuple((p, v * factor) for p, v in s.keyframes))
+    return replace(
+        s,
+        start=s.start * factor,
+        end=s.end * factor,
+        inside=s.inside * factor,
+        outside=s.outside * factor,
+        keyframes=tuple((p, v * factor) for p, v in s.keyframes),
+    )
 
 
-def from_fields(kind: str = DEFAULTS["kind"], axis: str = DEFAULTS["axis"], start: float = DEFAULTS["start"],
-                end: float = DEFAULTS["end"], exponent: float = DEFAULTS["exponent"],
-                sigma_lo: float = DEFAULTS["sigma_lo"], sigma_hi: float = DEFAULTS["sigma_hi"],
-                inside: float = DEFAULTS["inside"], outside: float = DEFAULTS["outside"],
-                keyframes: str = DEFAULTS["keyframes"], threshold: float = DEFAULTS["threshold"]) -> Schedule:
+def from_fields(
+    kind: str = DEFAULTS["kind"],
+    axis: str = DEFAULTS["axis"],
+    start: float = DEFAULTS["start"],
+    end: float = DEFAULTS["end"],
+    exponent: float = DEFAULTS["exponent"],
+    sigma_lo: float = DEFAULTS["sigma_lo"],
+    sigma_hi: float = DEFAULTS["sigma_hi"],
+    inside: float = DEFAULTS["inside"],
+    outside: float = DEFAULTS["outside"],
+    keyframes: str = DEFAULTS["keyframes"],
+    threshold: float = DEFAULTS["threshold"],
+) -> Schedule:
     """A Schedule from the schedule node's fields (keyframes as text, parsed only for kind 'keyframes').
     Used by the node and by the preview route, so both build the same schedule."""
     kf = parse_keyframes(keyframes) if kind == "keyframes" else ()
-    return Schedule(kind=kind, axis=axis, start=start, end=end, exponent=exponent, sigma_lo=sigma_lo,
-                    sigma_hi=sigma_hi, inside=inside, outside=outside, keyframes=kf, threshold=threshold)
+    return Schedule(
+        kind=kind,
+        axis=axis,
+        start=start,
+        end=end,
+        exponent=exponent,
+        sigma_lo=sigma_lo,
+        sigma_hi=sigma_hi,
+        inside=inside,
+        outside=outside,
+        keyframes=kf,
+        threshold=threshold,
+    )

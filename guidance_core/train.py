@@ -12,6 +12,7 @@ classifier file records for guidance).
 Ctrl-C stops the run: the classifier file is written only at the very end (atomically), and
 checkpoints are complete files, so nothing half-written is ever left behind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,21 +26,32 @@ from .classifiers import classifier_files
 from .classifiers.noise_aware import ClassifierConfig
 from .datasets import load_latent_cache
 from .errors import GuidanceConfigError
-from .classifier_training import (NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range,
-                                  setting_field)
+from .classifier_training import NoiseSpec, TrainConfig, Trainer, classifier_metadata, describe_range, setting_field
 
 
 def build(tensors: dict, meta: dict, config: TrainConfig, device, distributed=None) -> Trainer:
     """A Trainer on a latent cache: its latents are already in the sampler's space (the node applied the
     model's own latent_format.process_in), its metadata holds the model's noise facts and input scaling."""
     spec = NoiseSpec.from_cache(meta, tensors.get("sigma_table"))
-    return Trainer(tensors["latents"], tensors["labels"], meta["labels"], spec, config, device=device,
-                   distributed=distributed)
+    return Trainer(
+        tensors["latents"], tensors["labels"], meta["labels"], spec, config, device=device, distributed=distributed
+    )
 
 
 # (config class, field) of each training setting on the command line; the flag is --field-with-dashes
-SETTINGS = [(TrainConfig, name) for name in ("steps", "batch_size", "lr", "weight_decay", "seed", "sigma_distribution",
-                                             "class_balance", "checkpoint_every")] + [(ClassifierConfig, "base_channels")]
+SETTINGS = [
+    (TrainConfig, name)
+    for name in (
+        "steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "seed",
+        "sigma_distribution",
+        "class_balance",
+        "checkpoint_every",
+    )
+] + [(ClassifierConfig, "base_channels")]
 
 
 def add_setting(ap: argparse.ArgumentParser, config, name: str):
@@ -49,15 +61,22 @@ def add_setting(ap: argparse.ArgumentParser, config, name: str):
     if isinstance(f.default, bool):
         ap.add_argument(flag, action="store_true", help=meta["help"])
     elif "choices" in meta:
-        ap.add_argument(flag, default=f.default, choices=list(meta["choices"]), help=f"{meta['help']} (default: %(default)s)")
+        ap.add_argument(
+            flag, default=f.default, choices=list(meta["choices"]), help=f"{meta['help']} (default: %(default)s)"
+        )
     else:
-        ap.add_argument(flag, type=type(f.default), default=f.default,
-                        help=f"{meta['help']} (default: %(default)s; {describe_range(*meta['range'])})")
+        ap.add_argument(
+            flag,
+            type=type(f.default),
+            default=f.default,
+            help=f"{meta['help']} (default: %(default)s; {describe_range(*meta['range'])})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m guidance_core.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m guidance_core.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--latents", required=True, help="latent cache (.safetensors) written by the Train Classifier node")
     ap.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
     for config, name in SETTINGS:
@@ -97,7 +116,10 @@ def main(argv=None) -> int:
 
     tensors, meta = load_latent_cache(args.latents)
     trainer = build(tensors, meta, config, device, distributed)
-    ckpt = args.checkpoint or (args.out[: -len(".safetensors")] if args.out.endswith(".safetensors") else args.out) + ".ckpt.safetensors"
+    ckpt = (
+        args.checkpoint
+        or (args.out[: -len(".safetensors")] if args.out.endswith(".safetensors") else args.out) + ".ckpt.safetensors"
+    )
     if args.resume:
         trainer.load_checkpoint(args.resume)
 
@@ -118,13 +140,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         bar.close()
         if rank == 0:
-            print(f"interrupted at step {trainer.step}; no classifier written"
-                  + (f"; last checkpoint: {ckpt}" if config.checkpoint_every else ""), file=sys.stderr)
+            print(
+                f"interrupted at step {trainer.step}; no classifier written"
+                + (f"; last checkpoint: {ckpt}" if config.checkpoint_every else ""),
+                file=sys.stderr,
+            )
         return 130
     bar.close()
     if rank == 0:
         report = trainer.report()
-        classifier_files.save_classifier(args.out, trainer.model, classifier_metadata(trainer, meta.get("latent_format", ""), report))
+        classifier_files.save_classifier(
+            args.out, trainer.model, classifier_metadata(trainer, meta.get("latent_format", ""), report)
+        )
         print(json.dumps({"out": args.out, "buckets": report["buckets"]}, indent=1))
     if distributed:
         dist.barrier()

@@ -1,4 +1,5 @@
 """ComfyUI glue of Guidance Lab (V3 schema). Math lives in guidance_core."""
+
 import logging
 
 from .cfg_nodes import CFG_NODES
@@ -21,8 +22,13 @@ def loadable(nodes) -> list:
         try:
             node.GET_SCHEMA()
         except Exception as e:  # any error of one node's schema must not cost the pack its other nodes
-            logging.warning("Guidance Lab: node %s is left out, its schema raises %s: %s", node.__name__,
-                            type(e).__name__, e, exc_info=True)
+            logging.warning(
+                "Guidance Lab: node %s is left out, its schema raises %s: %s",
+                node.__name__,
+                type(e).__name__,
+                e,
+                exc_info=True,
+            )
             continue
         out.append(node)
     return out

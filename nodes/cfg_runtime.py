@@ -23,6 +23,7 @@ cfg were this step's scale s' = 1 + f (s - 1), f the schedule):
   node (the single slot, e.g. RescaleCFG) gets (cond, uncond') with uncond' + s'(cond - uncond') = D in
   float64 (at s' = 1: (D, zeros)); post-CFG hooks get denoised = that result and the real pair.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Term(cfg_core.ExtraTerm):
     with what it runs on in ComfyUI: its conditioning (None = the positive prompt; for a NAG term the negative
     prompt), for a perturbed term its Perturbation, for a model term its MODEL, for a NAG term its NAGSettings.
     The CFG config holds these terms as they are; ComfyUI objects take no part in comparing terms."""
+
     conditioning: Any = field(default=None, compare=False)
     perturbation: perturbed_terms.Perturbation | None = None
     model: Any = field(default=None, compare=False)
@@ -98,8 +100,10 @@ def tag_negative(conditioning):
 def refuse_hooks(conditioning, name: str):
     """The patch adds its empty prompt after ComfyUI registered the conds' hooks: hooks there would be lost."""
     if any(c[1].get("hooks") is not None for c in conditioning):
-        raise GuidanceConfigError(f"the {name} conditioning carries hooks (e.g. LoRA keyframes); the CFG Patch cannot "
-                                  "register them: use the CFG Guider (Guidance Lab) or a conditioning without hooks")
+        raise GuidanceConfigError(
+            f"the {name} conditioning carries hooks (e.g. LoRA keyframes); the CFG Patch cannot "
+            "register them: use the CFG Guider (Guidance Lab) or a conditioning without hooks"
+        )
 
 
 class CFGRuntime:
@@ -122,7 +126,9 @@ class CFGRuntime:
             perturbation_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
         self.probe = perturbation_patches.Probe()
         self._pre_run = set()
-        self.separate = False  # perturbed rows in calls of their own (perturbation_patches.NoRowIds), found at the first call
+        self.separate = (
+            False  # perturbed rows in calls of their own (perturbation_patches.NoRowIds), found at the first call
+        )
 
     def _nag_source(self, model_patcher):
         """(settings, cond key of its negative prompt) of the NAG term, checked against the model; None without."""
@@ -133,8 +139,10 @@ class CFGRuntime:
             if model_patcher is not None:
                 nag_patches.check_supported(model_patcher, settings, i + 1)
             if t.conditioning is None and not self.combiner.has_negative:
-                raise GuidanceConfigError(f"term {i + 1} (nag) has no conditioning and no negative prompt is connected: "
-                                          "connect its conditioning (the prompt to steer away from) or a negative")
+                raise GuidanceConfigError(
+                    f"term {i + 1} (nag) has no conditioning and no negative prompt is connected: "
+                    "connect its conditioning (the prompt to steer away from) or a negative"
+                )
             return settings, (f"term{i}" if t.conditioning is not None else cfg_core.NEGATIVE)
         return None
 
@@ -182,7 +190,8 @@ class CFGRuntime:
             raise GuidanceConfigError(
                 f"the CFG Patch (Guidance Lab) drives ComfyUI's CFGGuider (KSampler, CFGGuider node); this model went "
                 f"into {type(guider).__name__}, whose own CFG rule it cannot combine with: remove the patch, or use "
-                "the CFG Guider (Guidance Lab)")
+                "the CFG Guider (Guidance Lab)"
+            )
         self.combiner.reset(sampling_facts.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         self.probe = perturbation_patches.Probe()
         self._pre_run = set()
@@ -194,25 +203,39 @@ class CFGRuntime:
             guider.conds[EMPTY_KEY] = [c.copy() for c in comfy.sampler_helpers.convert_cond(self.empty)]
         own_conds = term_conds(self.terms, None)  # None where a term runs with the KSampler's positive prompt
         for key, cond in own_conds.items():
-            guider.conds[key] = [c.copy() for c in (comfy.sampler_helpers.convert_cond(cond) if cond is not None
-                                                    else guider.conds[POSITIVE_KEY])]
+            guider.conds[key] = [
+                c.copy()
+                for c in (comfy.sampler_helpers.convert_cond(cond) if cond is not None else guider.conds[POSITIVE_KEY])
+            ]
         guider.predict_noise = lambda x, timestep, model_options={}, seed=None: self.predict(  # noqa: B006
-            guider.inner_model, guider.conds, guider.cfg, x, timestep, model_options)
+            guider.inner_model, guider.conds, guider.cfg, x, timestep, model_options
+        )
         try:
             return executor(*args, **kwargs)
         finally:
             del guider.predict_noise
 
-    def sampler_sample(self, executor, guider, sigmas, extra_args, callback, noise, latent_image=None,
-                       denoise_mask=None, disable_pbar=False):
+    def sampler_sample(
+        self,
+        executor,
+        guider,
+        sigmas,
+        extra_args,
+        callback,
+        noise,
+        latent_image=None,
+        denoise_mask=None,
+        disable_pbar=False,
+    ):
         """CFG-Zero* zero-init as whole sampler steps: x stays at the sampler's start for the first K steps
         (no model call, no noise, no corrector stage); the sampler then runs sigmas[K:] from that x."""
         k = self.combiner.config.post.zero_init_steps
         if k <= 0:
             return executor(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
         if denoise_mask is not None:
-            raise GuidanceConfigError("zero_init_steps > 0 with an inpainting mask (noise_mask) is not supported: "
-                                      "set zero_init_steps to 0")
+            raise GuidanceConfigError(
+                "zero_init_steps > 0 with an inpainting mask (noise_mask) is not supported: set zero_init_steps to 0"
+            )
         sampler = executor.class_obj
         ms = guider.inner_model.model_sampling
         # the start noise is solved from noise_scaling = A*n + B*z: only a known form with A = c*sigma > 0 has one
@@ -246,15 +269,31 @@ class CFGRuntime:
         preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options, plan.nag)
         comb.observe(plan, preds, x, ctx)
         conds_pair = [conds[POSITIVE_KEY], conds[cond_key(uncond)] if uncond else None]
-        out_pair = run_pre_cfg_hooks(model, conds_pair, [preds[cfg_core.POSITIVE], preds[uncond] if uncond else torch.zeros_like(x)],
-                                     scale, x, timestep, model_options)
+        out_pair = run_pre_cfg_hooks(
+            model,
+            conds_pair,
+            [preds[cfg_core.POSITIVE], preds[uncond] if uncond else torch.zeros_like(x)],
+            scale,
+            x,
+            timestep,
+            model_options,
+        )
         preds[cfg_core.POSITIVE] = out_pair[0]
         if uncond:
             preds[uncond] = out_pair[1]
         # ComfyUI's own cfg_function where the step is its CFG on that very pair
         if comb.is_plain(plan) and (not plan.active or uncond == comb.baseline):
-            return comfy.samplers.cfg_function(model, out_pair[0], out_pair[1], scale, x, timestep,
-                                               model_options=model_options, cond=conds_pair[0], uncond=conds_pair[1])
+            return comfy.samplers.cfg_function(
+                model,
+                out_pair[0],
+                out_pair[1],
+                scale,
+                x,
+                timestep,
+                model_options=model_options,
+                cond=conds_pair[0],
+                uncond=conds_pair[1],
+            )
         alpha = sampling_facts.alpha_of(comb.parameterization, timestep).to(x.dtype)
         x_skip = None  # a x of D = a x + b F (ComfyUI's calculate_denoised with F = 0): MaMBo-G's output space
         if comb.config.post.mambo_alpha > 0:
@@ -272,18 +311,26 @@ class CFGRuntime:
         alone = [k for k in batch if k in self.perturbed] if self.separate or own_batching else []
         batch = [k for k in batch if k not in alone]
         by_chunk = {i: self.perturbed[k] for i, k in enumerate(batch) if k in self.perturbed}
-        opts = (perturbation_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
-                if by_chunk else model_options)
+        opts = (
+            perturbation_patches.patched_options(model_options, by_chunk, self.probe, network=model.diffusion_model)
+            if by_chunk
+            else model_options
+        )
         paired = len(batch) > 1 and batch[1] == self.combiner.uncond_slot
         first = self.nag_options(model, conds, batch, opts, nag) if nag else None
         try:
-            preds = dict(zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first)))
-        except perturbation_patches.NoRowIds:  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
+            preds = dict(
+                zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first))
+            )
+        except (
+            perturbation_patches.NoRowIds
+        ):  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
             self.separate = True
             return self.evaluate_terms(model, conds, keys, x, timestep, model_options, nag)
         for k in alone:
-            opts = perturbation_patches.patched_options(model_options, {0: self.perturbed[k]}, self.probe, whole=True,
-                                                  network=model.diffusion_model)
+            opts = perturbation_patches.patched_options(
+                model_options, {0: self.perturbed[k]}, self.probe, whole=True, network=model.diffusion_model
+            )
             preds[k] = evaluate(model, [conds[cond_key(k)]], x, timestep, opts)[0]
         for k in set(self.perturbed) & (set(batch) | set(alone)):
             perturbation_patches.check_ran(self.probe, model.diffusion_model, int(k[4:]) + 1, self.perturbed[k])
@@ -291,8 +338,11 @@ class CFGRuntime:
             nag_patches.check_ran(self.nag_probe, model.diffusion_model, nag.index + 1, self.nag[0])
         for k in keys:
             if k in self.aliases:
-                preds[k] = preds[self.aliases[k]] if self.aliases[k] in preds else evaluate(
-                    model, [conds[POSITIVE_KEY]], x, timestep, model_options)[0]
+                preds[k] = (
+                    preds[self.aliases[k]]
+                    if self.aliases[k] in preds
+                    else evaluate(model, [conds[POSITIVE_KEY]], x, timestep, model_options)[0]
+                )
             elif k in self.shared:
                 with self.shared[k].active():
                     preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
@@ -305,13 +355,15 @@ class CFGRuntime:
         settings, source = self.nag
         self.nag_probe = nag_patches.Probe()
         if settings.form == "comfyui":
-            return nag_patches.patched_options(opts, None, settings, nag.scale, self.nag_probe,
-                                               neg_chunk=batch.index(source))
+            return nag_patches.patched_options(
+                opts, None, settings, nag.scale, self.nag_probe, neg_chunk=batch.index(source)
+            )
         if self.nag_cache is None or self.nag_cache.network is not model.diffusion_model:
             self.nag_cache = nag_patches.PaperCache(model.diffusion_model)
         context = nag_patches.negative_context(conds[cond_key(source)], nag.index + 1)
-        return nag_patches.patched_options(opts, self.nag_cache, settings, nag.scale, self.nag_probe,
-                                           neg_context=context)
+        return nag_patches.patched_options(
+            opts, self.nag_cache, settings, nag.scale, self.nag_probe, neg_context=context
+        )
 
     def evaluate_other(self, other, cond_list, x, timestep, model_options):
         """A model term: ComfyUI's batched evaluation on the other MODEL, with its own patches and options, at
@@ -337,15 +389,19 @@ def check_same_family(model_patcher, other, term_no: int) -> None:
         raise GuidanceConfigError(f"term {term_no}: the model term needs a MODEL, got {type(other).__name__}")
     a, b = model_patcher.model, other.model
     form_a, form_b = (sampling_facts.sampling_form(sampling_facts.model_sampling_of(p)) for p in (model_patcher, other))
-    facts = [("model class", type(a).__name__, type(b).__name__),
-             ("latent format", type(a.latent_format).__name__, type(b.latent_format).__name__),
-             ("parameterization", form_a.parameterization, form_b.parameterization),
-             ("noise_scale", f"{form_a.noise:g}", f"{form_b.noise:g}")]
+    facts = [
+        ("model class", type(a).__name__, type(b).__name__),
+        ("latent format", type(a.latent_format).__name__, type(b.latent_format).__name__),
+        ("parameterization", form_a.parameterization, form_b.parameterization),
+        ("noise_scale", f"{form_a.noise:g}", f"{form_b.noise:g}"),
+    ]
     for what, mine, theirs in facts:
         if mine != theirs:
-            raise GuidanceConfigError(f"term {term_no}: the model term's MODEL has {what} {theirs}, the sampled model "
-                                      f"{mine}; a model term needs a model of the same family (e.g. a smaller or "
-                                      "less trained version of the same architecture)")
+            raise GuidanceConfigError(
+                f"term {term_no}: the model term's MODEL has {what} {theirs}, the sampled model "
+                f"{mine}; a model term needs a model of the same family (e.g. a smaller or "
+                "less trained version of the same architecture)"
+            )
 
 
 def evaluate(model, cond_lists, x, timestep, model_options, paired: bool = False, first_options=None):
@@ -369,8 +425,16 @@ def evaluate(model, cond_lists, x, timestep, model_options, paired: bool = False
 def run_pre_cfg_hooks(model, conds_pair, out_pair, cond_scale, x, timestep, model_options):
     """Other nodes' pre-CFG hooks, called exactly as ComfyUI's sampling_function calls them."""
     for fn in model_options.get("sampler_pre_cfg_function", []):
-        args = {"conds": conds_pair, "conds_out": out_pair, "cond_scale": cond_scale, "timestep": timestep,
-                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        args = {
+            "conds": conds_pair,
+            "conds_out": out_pair,
+            "cond_scale": cond_scale,
+            "timestep": timestep,
+            "input": x,
+            "sigma": timestep,
+            "model": model,
+            "model_options": model_options,
+        }
         out_pair = fn(args)
     return out_pair
 
@@ -382,13 +446,33 @@ def cfg_stage(model, guided, out_pair, conds_pair, scale, x, timestep, model_opt
     fn = model_options.get("sampler_cfg_function")
     if fn is not None:
         c, u = cfg_core.fold_to_pair(cond_pred, guided, scale) if scale != 1.0 else (guided, uncond_pred)
-        args = {"cond": x - c, "uncond": x - u, "cond_scale": scale, "timestep": timestep, "input": x, "sigma": timestep,
-                "cond_denoised": c, "uncond_denoised": u, "model": model, "model_options": model_options,
-                "input_cond": conds_pair[0], "input_uncond": conds_pair[1]}
+        args = {
+            "cond": x - c,
+            "uncond": x - u,
+            "cond_scale": scale,
+            "timestep": timestep,
+            "input": x,
+            "sigma": timestep,
+            "cond_denoised": c,
+            "uncond_denoised": u,
+            "model": model,
+            "model_options": model_options,
+            "input_cond": conds_pair[0],
+            "input_uncond": conds_pair[1],
+        }
         result = (x - fn(args)).to(x.dtype)
     for post in model_options.get("sampler_post_cfg_function", []):
-        args = {"denoised": result, "cond": conds_pair[0], "uncond": conds_pair[1], "cond_scale": scale, "model": model,
-                "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
-                "model_options": model_options, "input": x}
+        args = {
+            "denoised": result,
+            "cond": conds_pair[0],
+            "uncond": conds_pair[1],
+            "cond_scale": scale,
+            "model": model,
+            "uncond_denoised": uncond_pred,
+            "cond_denoised": cond_pred,
+            "sigma": timestep,
+            "model_options": model_options,
+            "input": x,
+        }
         result = post(args)
     return result

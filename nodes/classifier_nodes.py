@@ -1,4 +1,5 @@
 """Classifier guidance nodes: loader, MODEL patch (post-CFG) and SAMPLER wrapper."""
+
 from __future__ import annotations
 
 import math
@@ -47,18 +48,22 @@ def require_image_latents(model_patcher, what: str) -> None:
     dims = int(getattr(fmt, "latent_dimensions", 2))
     if dims not in (2, 3):
         kind = {1: "audio (3-D latents [B, C, L])"}.get(dims, f"{dims + 2}-D latents")
-        raise GuidanceConfigError(f"{what} works on image latents ([B, C, H, W], or one frame [B, C, 1, H, W]); "
-                                  f"this model ({type(fmt).__name__} latents) is {kind}, which noise-aware "
-                                  "classifiers do not support")
+        raise GuidanceConfigError(
+            f"{what} works on image latents ([B, C, H, W], or one frame [B, C, 1, H, W]); "
+            f"this model ({type(fmt).__name__} latents) is {kind}, which noise-aware "
+            "classifiers do not support"
+        )
 
 
 def require_one_frame(shape, what: str) -> None:
     """A 5-D latent [B, C, T, H, W] holds images for a noise-aware (2-D) classifier only when T = 1."""
     if len(shape) == 5 and int(shape[2]) != 1:
-        raise GuidanceConfigError(f"{what} guides images: this latent {list(shape)} is a video of {int(shape[2])} "
-                                  "frames [B, C, T, H, W]; noise-aware classifiers are 2-D image networks and guide "
-                                  "one-frame latents (T = 1: Qwen-Image, Cosmos-Predict2 text to image, Wan with "
-                                  "length 1). For a video, use a CLIP classifier (it reads every frame)")
+        raise GuidanceConfigError(
+            f"{what} guides images: this latent {list(shape)} is a video of {int(shape[2])} "
+            "frames [B, C, T, H, W]; noise-aware classifiers are 2-D image networks and guide "
+            "one-frame latents (T = 1: Qwen-Image, Cosmos-Predict2 text to image, Wan with "
+            "length 1). For a video, use a CLIP classifier (it reads every frame)"
+        )
 
 
 def model_input_scaling(model_patcher) -> dict:
@@ -67,9 +72,11 @@ def model_input_scaling(model_patcher) -> dict:
     ms = sampling_facts.model_sampling_of(model_patcher)
     found = sampling_facts.sampling_form(ms).input_scaling
     if found is None:
-        raise GuidanceConfigError(f"the model's input scaling ({type(ms).__name__}.calculate_input) is none of "
-                                  "x/sqrt(sigma^2 + sigma_data^2), x, x/(1 + sigma); noise-aware classifiers cannot be "
-                                  "trained for or guide this model")
+        raise GuidanceConfigError(
+            f"the model's input scaling ({type(ms).__name__}.calculate_input) is none of "
+            "x/sqrt(sigma^2 + sigma_data^2), x, x/(1 + sigma); noise-aware classifiers cannot be "
+            "trained for or guide this model"
+        )
     return found
 
 
@@ -89,8 +96,10 @@ class LoadedClassifier:
         self.labels = [str(lb) for lb in meta["labels"]]
         self.input_scaling = classifier_files.input_scaling_of(meta)
         self.patcher = comfy.model_patcher.ModelPatcher(
-            module, load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.unet_offload_device())
+            module,
+            load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device(),
+        )
 
     def __deepcopy__(self, memo):
         return self
@@ -119,30 +128,42 @@ class LoadedClassifier:
         fmt = model_patcher.get_model_object("latent_format")
         want, have = int(self.meta["latent_channels"]), int(fmt.latent_channels)
         if want != have:
-            raise GuidanceConfigError(f"classifier {self.name!r} expects {want} latent channels, the model "
-                                      f"produces {have}; use a classifier trained on this model family")
+            raise GuidanceConfigError(
+                f"classifier {self.name!r} expects {want} latent channels, the model "
+                f"produces {have}; use a classifier trained on this model family"
+            )
         trained_fmt, model_fmt = str(self.meta.get("latent_format") or ""), latent_format_name(model_patcher)
         if trained_fmt and trained_fmt != model_fmt and not allow_other_latent_format:
-            raise GuidanceConfigError(f"classifier {self.name!r} was trained on {trained_fmt} latents, the model uses "
-                                      f"{model_fmt} latents: the same {have} channels, but another latent space; use a "
-                                      f"classifier trained for this model, or set allow_other_latent_format = true "
-                                      "if you know the two spaces are the same")
+            raise GuidanceConfigError(
+                f"classifier {self.name!r} was trained on {trained_fmt} latents, the model uses "
+                f"{model_fmt} latents: the same {have} channels, but another latent space; use a "
+                f"classifier trained for this model, or set allow_other_latent_format = true "
+                "if you know the two spaces are the same"
+            )
         trained = self.meta.get("parameterization", "eps")
-        form = sampling_facts.guidable_form(sampling_facts.model_sampling_of(model_patcher), f"classifier {self.name!r}")
+        form = sampling_facts.guidable_form(
+            sampling_facts.model_sampling_of(model_patcher), f"classifier {self.name!r}"
+        )
         if (trained == "flow") != (form.parameterization == "flow"):
-            raise GuidanceConfigError(f"classifier {self.name!r} was trained for {trained} models, the model is "
-                                      f"{form.parameterization}: their noisy inputs differ (alpha = 1 vs 1 - sigma)")
+            raise GuidanceConfigError(
+                f"classifier {self.name!r} was trained for {trained} models, the model is "
+                f"{form.parameterization}: their noisy inputs differ (alpha = 1 vs 1 - sigma)"
+            )
         trained_noise = float(self.meta.get("noise_scale", 1.0))
         if not math.isclose(trained_noise, form.noise, rel_tol=1e-4):
-            raise GuidanceConfigError(f"classifier {self.name!r} was trained on noise of scale {trained_noise:g} "
-                                      f"(noise_scale), the model's sampling is {form.describe()}: their noisy inputs "
-                                      "differ; use a classifier trained for this model's noise_scale")
+            raise GuidanceConfigError(
+                f"classifier {self.name!r} was trained on noise of scale {trained_noise:g} "
+                f"(noise_scale), the model's sampling is {form.describe()}: their noisy inputs "
+                "differ; use a classifier trained for this model's noise_scale"
+            )
         model_scaling = model_input_scaling(model_patcher)
         if not parameterization.same_input_scaling(self.input_scaling, model_scaling):
-            raise GuidanceConfigError(f"classifier {self.name!r} was trained on inputs "
-                                      f"{parameterization.describe_input_scaling(self.input_scaling)}, the model's input scaling is "
-                                      f"{parameterization.describe_input_scaling(model_scaling)}; use a classifier trained for this "
-                                      "model (Train Classifier records the model's input scaling)")
+            raise GuidanceConfigError(
+                f"classifier {self.name!r} was trained on inputs "
+                f"{parameterization.describe_input_scaling(self.input_scaling)}, the model's input scaling is "
+                f"{parameterization.describe_input_scaling(model_scaling)}; use a classifier trained for this "
+                "model (Train Classifier records the model's input scaling)"
+            )
 
 
 class NoClassifier:
@@ -201,13 +222,17 @@ def differentiable_denoised(args: dict, x: torch.Tensor) -> torch.Tensor:
     except RuntimeError as e:
         if "Inference tensors" not in str(e):
             raise
-        raise GuidanceConfigError("gradient path 'through_model': a module taking part in the model call (beyond the "
-                                  "diffusion model and ControlNets) has inference-tensor weights, which cannot be "
-                                  f"backpropagated; use the 'detached' path ({e})") from None
+        raise GuidanceConfigError(
+            "gradient path 'through_model': a module taking part in the model call (beyond the "
+            "diffusion model and ControlNets) has inference-tensor weights, which cannot be "
+            f"backpropagated; use the 'detached' path ({e})"
+        ) from None
     d = outs[1] + scale * (outs[0] - outs[1]) if use_uncond else outs[0]
     if not d.requires_grad:
-        raise GuidanceConfigError("gradient path 'through_model': the diffusion model's output does not depend "
-                                  "differentiably on x (a caching or compiled patch?); use the 'detached' path")
+        raise GuidanceConfigError(
+            "gradient path 'through_model': the diffusion model's output does not depend "
+            "differentiably on x (a caching or compiled patch?); use the 'detached' path"
+        )
     return d
 
 
@@ -218,14 +243,21 @@ class ClassifierHook:
     trained on; for classifiers of the denoised prediction see guidance_core.classifier_guidance). Used by
     the MODEL patch and by the SAMPLER wrapper (one code path)."""
 
-    def __init__(self, loaded, weights: torch.Tensor, config: classifier_guidance.ClassifierGuidanceConfig, classify=None,
-                 allow_other_latent_format: bool = False):
+    def __init__(
+        self,
+        loaded,
+        weights: torch.Tensor,
+        config: classifier_guidance.ClassifierGuidanceConfig,
+        classify=None,
+        allow_other_latent_format: bool = False,
+    ):
         self.loaded = loaded
         self._classify = classify if classify is not None else loaded.classify
         self.allow_other_latent_format = allow_other_latent_format
         self.input_scaling = getattr(loaded, "input_scaling", None)
-        self.guidance = classifier_guidance.ClassifierGuidance(self.classify, weights, config,
-                                             wants=getattr(loaded, "wants", classifier_guidance.NOISY_INPUT))
+        self.guidance = classifier_guidance.ClassifierGuidance(
+            self.classify, weights, config, wants=getattr(loaded, "wants", classifier_guidance.NOISY_INPUT)
+        )
 
     def __deepcopy__(self, memo):  # model_options are deep-copied on clone; keep one hook
         return self
@@ -251,16 +283,25 @@ class ClassifierHook:
     def __call__(self, args):
         denoised, x, sigma, model = args["denoised"], args["input"], args["sigma"], args["model"]
         ms = model.model_sampling
-        form = sampling_facts.guidable_form(ms, "classifier guidance")  # checked before sampling (check_run): never raises here
+        form = sampling_facts.guidable_form(
+            ms, "classifier guidance"
+        )  # checked before sampling (check_run): never raises here
         run_sigmas = sampling_facts.step_context(sigma, args["model_options"], ms).sample_sigmas
         through = self.guidance.wants == classifier_guidance.DENOISED_THROUGH_MODEL
         if self.input_scaling is not None:
             model_input = lambda xx: parameterization.scale_input(xx, sigma, self.input_scaling)  # noqa: E731
         else:
             model_input = lambda xx: ms.calculate_input(sigma, xx)  # noqa: E731
-        return self.guidance(denoised, x, sigma, form.alpha(sigma), model_input, run_sigmas,
-                             denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None,
-                             noise=form.noise)
+        return self.guidance(
+            denoised,
+            x,
+            sigma,
+            form.alpha(sigma),
+            model_input,
+            run_sigmas,
+            denoise_fn=(lambda xx: differentiable_denoised(args, xx)) if through else None,
+            noise=form.noise,
+        )
 
     def outer_sample(self, executor, noise, *args, **kwargs):
         self.check_run(noise.shape, getattr(executor.class_obj, "model_patcher", None))  # before the first step
@@ -270,35 +311,79 @@ class ClassifierHook:
 
 def _guidance_inputs():
     return [
-        socket_types.Classifier.Input("classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier "
-                                                 "(Guidance Lab)."),
-        io.String.Input("target", default="", multiline=True,
-                        tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
-                                "batch image for different targets; one line for all."),
-        io.Float.Input("scale", default=classifier_guidance.SCALE_DEFAULT, min=0.0, max=classifier_guidance.SCALE_MAX, step=0.1,
-                       tooltip="Classifier scale s; 1 = Bayes' conditional, larger = sharper; 0 = off (unchanged output)."),
-        io.Float.Input("sigma_lo", default=classifier_guidance.DEFAULTS["sigma_lo"], min=classifier_guidance.RANGES["sigma"][0], max=classifier_guidance.RANGES["sigma"][1],
-                       step=0.01, tooltip="Guide only for sigma > sigma_lo (0 = no lower bound)."),
-        io.Float.Input("sigma_hi", default=classifier_guidance.DEFAULTS["sigma_hi"], min=classifier_guidance.RANGES["sigma"][0], max=classifier_guidance.RANGES["sigma"][1],
-                       step=0.01, tooltip=f"Guide only for sigma <= sigma_hi ({classifier_guidance.SIGMA_NO_BOUND:g} = no upper bound)."),
-        io.Int.Input("every_n", default=classifier_guidance.DEFAULTS["every_n"], min=classifier_guidance.RANGES["every_n"][0], max=classifier_guidance.RANGES["every_n"][1],
-                     tooltip="Guide on every N-th step (1 = every step)."),
-        io.Float.Input("rms_clamp", default=classifier_guidance.DEFAULTS["rms_clamp"], min=classifier_guidance.RANGES["rms_clamp"][0],
-                       max=classifier_guidance.RANGES["rms_clamp"][1], step=0.01, tooltip="Clamp of the gradient's RMS per image; 0 = off."),
-        io.Combo.Input("dtype", options=list(classifier_guidance.DTYPES), default=classifier_guidance.DEFAULTS["dtype"],
-                       tooltip="Compute dtype of the classifier's forward/backward."),
-        io.Boolean.Input("allow_other_latent_format", default=False,
-                         tooltip="Off (default): a noise-aware classifier trained on another latent format than the "
-                                 "model's (e.g. SD1.5 vs SDXL, both 4 channels) is refused. On: use it anyway, when you "
-                                 "know the two latent spaces are the same. CLIP classifiers are not affected."),
+        socket_types.Classifier.Input(
+            "classifier", tooltip="From Load Classifier, Train Classifier or Load CLIP Classifier (Guidance Lab)."
+        ),
+        io.String.Input(
+            "target",
+            default="",
+            multiline=True,
+            tooltip="Label(s) to steer toward: 'cat', or 'cat:1, dog:-0.5' (negative = avoid). One line per "
+            "batch image for different targets; one line for all.",
+        ),
+        io.Float.Input(
+            "scale",
+            default=classifier_guidance.SCALE_DEFAULT,
+            min=0.0,
+            max=classifier_guidance.SCALE_MAX,
+            step=0.1,
+            tooltip="Classifier scale s; 1 = Bayes' conditional, larger = sharper; 0 = off (unchanged output).",
+        ),
+        io.Float.Input(
+            "sigma_lo",
+            default=classifier_guidance.DEFAULTS["sigma_lo"],
+            min=classifier_guidance.RANGES["sigma"][0],
+            max=classifier_guidance.RANGES["sigma"][1],
+            step=0.01,
+            tooltip="Guide only for sigma > sigma_lo (0 = no lower bound).",
+        ),
+        io.Float.Input(
+            "sigma_hi",
+            default=classifier_guidance.DEFAULTS["sigma_hi"],
+            min=classifier_guidance.RANGES["sigma"][0],
+            max=classifier_guidance.RANGES["sigma"][1],
+            step=0.01,
+            tooltip=f"Guide only for sigma <= sigma_hi ({classifier_guidance.SIGMA_NO_BOUND:g} = no upper bound).",
+        ),
+        io.Int.Input(
+            "every_n",
+            default=classifier_guidance.DEFAULTS["every_n"],
+            min=classifier_guidance.RANGES["every_n"][0],
+            max=classifier_guidance.RANGES["every_n"][1],
+            tooltip="Guide on every N-th step (1 = every step).",
+        ),
+        io.Float.Input(
+            "rms_clamp",
+            default=classifier_guidance.DEFAULTS["rms_clamp"],
+            min=classifier_guidance.RANGES["rms_clamp"][0],
+            max=classifier_guidance.RANGES["rms_clamp"][1],
+            step=0.01,
+            tooltip="Clamp of the gradient's RMS per image; 0 = off.",
+        ),
+        io.Combo.Input(
+            "dtype",
+            options=list(classifier_guidance.DTYPES),
+            default=classifier_guidance.DEFAULTS["dtype"],
+            tooltip="Compute dtype of the classifier's forward/backward.",
+        ),
+        io.Boolean.Input(
+            "allow_other_latent_format",
+            default=False,
+            tooltip="Off (default): a noise-aware classifier trained on another latent format than the "
+            "model's (e.g. SD1.5 vs SDXL, both 4 channels) is refused. On: use it anyway, when you "
+            "know the two latent spaces are the same. CLIP classifiers are not affected.",
+        ),
     ]
 
 
-def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_clamp, dtype,
-          allow_other_latent_format=False):
+def _hook(
+    model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_clamp, dtype, allow_other_latent_format=False
+):
     if classifier is None:
-        raise GuidanceConfigError("classifier is None (nothing came from the node connected to 'classifier'); connect "
-                                  "Load Classifier, Train Classifier (steps > 0) or Load CLIP Classifier")
+        raise GuidanceConfigError(
+            "classifier is None (nothing came from the node connected to 'classifier'); connect "
+            "Load Classifier, Train Classifier (steps > 0) or Load CLIP Classifier"
+        )
     sampling_facts.guidable_form(sampling_facts.model_sampling_of(model), "classifier guidance")
     if isinstance(classifier, LoadedClassifier):  # validates the classifier against this model
         classify = classifier.bind(model, allow_other_latent_format=allow_other_latent_format)
@@ -308,13 +393,21 @@ def _hook(model, classifier, target, scale, sigma_lo, sigma_hi, every_n, rms_cla
     for i, item in enumerate(targets):
         for label, w in item.items():
             if not -TARGET_WEIGHT_MAX <= w <= TARGET_WEIGHT_MAX:
-                raise GuidanceConfigError(f"target weight of {label!r} (item {i + 1}) = {w:g}; use a weight from "
-                                          f"{-TARGET_WEIGHT_MAX:g} to {TARGET_WEIGHT_MAX:g} (1 = the label once, "
-                                          "negative = avoid; the node's scale multiplies it)")
-    cfg = classifier_guidance.ClassifierGuidanceConfig(scale=scale, sigma_lo=sigma_lo, sigma_hi=sigma_hi,
-                                     every_n=every_n, rms_clamp=rms_clamp, dtype=dtype)
-    return ClassifierHook(classifier, classifier_guidance.target_matrix(targets, classifier.labels), cfg, classify,
-                          allow_other_latent_format)
+                raise GuidanceConfigError(
+                    f"target weight of {label!r} (item {i + 1}) = {w:g}; use a weight from "
+                    f"{-TARGET_WEIGHT_MAX:g} to {TARGET_WEIGHT_MAX:g} (1 = the label once, "
+                    "negative = avoid; the node's scale multiplies it)"
+                )
+    cfg = classifier_guidance.ClassifierGuidanceConfig(
+        scale=scale, sigma_lo=sigma_lo, sigma_hi=sigma_hi, every_n=every_n, rms_clamp=rms_clamp, dtype=dtype
+    )
+    return ClassifierHook(
+        classifier,
+        classifier_guidance.target_matrix(targets, classifier.labels),
+        cfg,
+        classify,
+        allow_other_latent_format,
+    )
 
 
 class GuidanceLabClassifierLoader(io.ComfyNode):
@@ -325,9 +418,14 @@ class GuidanceLabClassifierLoader(io.ComfyNode):
             display_name="Load Classifier (Guidance Lab)",
             category=CATEGORY,
             description="Loads a noise-aware classifier (.safetensors with Guidance Lab metadata) from models/classifiers. "
-                        "Pickled checkpoints are refused.",
-            inputs=[io.Combo.Input("classifier_name", options=folders.filename_list(FOLDER, EXTENSIONS),
-                                   tooltip="A file in models/classifiers.")],
+            "Pickled checkpoints are refused.",
+            inputs=[
+                io.Combo.Input(
+                    "classifier_name",
+                    options=folders.filename_list(FOLDER, EXTENSIONS),
+                    tooltip="A file in models/classifiers.",
+                )
+            ],
             outputs=[socket_types.Classifier.Output(display_name="classifier")],
         )
 
@@ -352,12 +450,14 @@ class GuidanceLabClassifierGuidance(io.ComfyNode):
             display_name="Classifier Guidance (Guidance Lab)",
             category=CATEGORY,
             description="MODEL patch for the stock KSampler: shifts the denoised prediction along the classifier's "
-                        "gradient, D' = D + s*c^2*sigma^2/alpha*grad log p(y|x,sigma) (Dhariwal & Nichol 2021; c the model's "
-                        "noise_scale, usually 1); with a CLIP "
-                        "classifier, the gradient of log p(y|image(D)). A post-CFG hook: stacks with other patches and "
-                        "with the CFG Guider.",
-            inputs=[io.Model.Input("model", tooltip="The diffusion model (cloned; the input stays unchanged)."),
-                    *_guidance_inputs()],
+            "gradient, D' = D + s*c^2*sigma^2/alpha*grad log p(y|x,sigma) (Dhariwal & Nichol 2021; c the model's "
+            "noise_scale, usually 1); with a CLIP "
+            "classifier, the gradient of log p(y|image(D)). A post-CFG hook: stacks with other patches and "
+            "with the CFG Guider.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (cloned; the input stays unchanged)."),
+                *_guidance_inputs(),
+            ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
@@ -380,8 +480,9 @@ class GuidedSampler(comfy.samplers.Sampler):
     def max_denoise(self, model_wrap, sigmas):
         return self.inner.max_denoise(model_wrap, sigmas)
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
+    def sample(
+        self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False
+    ):
         self.hook.check_run(noise.shape, getattr(model_wrap, "model_patcher", None))
         self.hook.guidance.steps.reset(sampling_facts.sampler_name(self.inner))
         comfy.model_management.load_models_gpu(self.hook.loaded.model_patchers())
@@ -400,10 +501,12 @@ class GuidanceLabClassifierSampler(io.ComfyNode):
             display_name="Classifier Guidance Sampler (Guidance Lab)",
             category=CATEGORY,
             description="Wraps a SAMPLER (e.g. from KSamplerSelect) for SamplerCustom / SamplerCustomAdvanced so that every "
-                        "step is classifier-guided. Works with any GUIDER, including the CFG Guider of this pack.",
-            inputs=[io.Sampler.Input("sampler", tooltip="The sampler to wrap."),
-                    io.Model.Input("model", tooltip="The model the sampler will run (checked against the classifier)."),
-                    *_guidance_inputs()],
+            "step is classifier-guided. Works with any GUIDER, including the CFG Guider of this pack.",
+            inputs=[
+                io.Sampler.Input("sampler", tooltip="The sampler to wrap."),
+                io.Model.Input("model", tooltip="The model the sampler will run (checked against the classifier)."),
+                *_guidance_inputs(),
+            ],
             outputs=[io.Sampler.Output(display_name="sampler")],
         )
 

@@ -7,6 +7,7 @@ apply_model); an APPLY_MODEL wrapper replaces it per call with the step's value,
 constant schedule (f = 1) is bit for bit FluxGuidance at g. The step of each call is schedules.StepCounter's (whole
 steps for multi-stage samplers), restarted per run by an OUTER_SAMPLE wrapper.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,8 @@ def check_guidance_input(model_patcher) -> None:
     if not reads or getattr(params, "guidance_embed", True) is False:
         raise GuidanceConfigError(
             f"{type(base).__name__} has no distilled-guidance input (a guidance embedding as in Flux dev or HunyuanVideo); "
-            "for this model use the CFG Guider or CFG Patch (a cfg schedule), or a NAG term at cfg 1")
+            "for this model use the CFG Guider or CFG Patch (a cfg schedule), or a NAG term at cfg 1"
+        )
 
 
 class DistilledGuidance:
@@ -61,11 +63,22 @@ class DistilledGuidance:
         f = schedules.value(self.schedule, ctx.sigma, ctx.sample_sigmas, ctx.sigma_min, ctx.sigma_max, step)
         return self.guidance if f == 1.0 else self.guidance * f
 
-    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006
-                    **kwargs):
+    def apply_model(
+        self,
+        executor,
+        x,
+        t,
+        c_concat=None,
+        c_crossattn=None,
+        control=None,
+        transformer_options={},  # noqa: B006
+        **kwargs,
+    ):
         if "guidance" not in kwargs:
-            raise GuidanceConfigError(f"{type(executor.class_obj).__name__} got no guidance input in this call; the "
-                                      "Distilled Guidance Schedule needs a guidance-distilled model (Flux dev, HunyuanVideo)")
+            raise GuidanceConfigError(
+                f"{type(executor.class_obj).__name__} got no guidance input in this call; the "
+                "Distilled Guidance Schedule needs a guidance-distilled model (Flux dev, HunyuanVideo)"
+            )
         g = kwargs["guidance"]
         kwargs["guidance"] = torch.full_like(g, self.value(t, transformer_options, executor.class_obj.model_sampling))
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -79,17 +92,25 @@ class GuidanceLabDistilledGuidance(io.ComfyNode):
             display_name="Distilled Guidance Schedule",
             category="Guidance Lab/cfg",
             description="The guidance value of a guidance-distilled model (Flux dev, Flux Kontext, HunyuanVideo: what "
-                        "FluxGuidance sets) per step: guidance * schedule. A constant schedule is exactly FluxGuidance at "
-                        "that value; the value set here replaces the conditioning's for every prompt. One model call per "
-                        "step, as without it.",
+            "FluxGuidance sets) per step: guidance * schedule. A constant schedule is exactly FluxGuidance at "
+            "that value; the value set here replaces the conditioning's for every prompt. One model call per "
+            "step, as without it.",
             inputs=[
                 io.Model.Input("model", tooltip="A guidance-distilled model (its guidance embedding is the input)."),
-                io.Float.Input("guidance", default=DISTILLED_GUIDANCE_DEFAULT, min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1],
-                               step=0.1,
-                               tooltip="The distilled guidance value g at schedule 1 (FluxGuidance's 'guidance'; Flux dev's "
-                                       "default 3.5)."),
-                socket_types.Schedule.Input("schedule", optional=True,
-                                       tooltip="Per-step multiplier f: the model reads g * f at each step. None = constant 1."),
+                io.Float.Input(
+                    "guidance",
+                    default=DISTILLED_GUIDANCE_DEFAULT,
+                    min=GUIDANCE_RANGE[0],
+                    max=GUIDANCE_RANGE[1],
+                    step=0.1,
+                    tooltip="The distilled guidance value g at schedule 1 (FluxGuidance's 'guidance'; Flux dev's "
+                    "default 3.5).",
+                ),
+                socket_types.Schedule.Input(
+                    "schedule",
+                    optional=True,
+                    tooltip="Per-step multiplier f: the model reads g * f at each step. None = constant 1.",
+                ),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )

@@ -4,6 +4,7 @@ A folder key's extension set is what every pack's `folder_paths.get_filename_lis
 that exists already (ComfyUI's own `classifiers`, another pack's, or one made by extra_model_paths.yaml)
 keeps its set and its paths; our node lists filter for our extensions themselves (`filename_list`).
 """
+
 from __future__ import annotations
 
 import os

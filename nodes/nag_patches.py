@@ -20,6 +20,7 @@ first) and leave every other row as it is.
   On joint-attention blocks (an `img_slice`) NAGuidance also writes the guided image features into the negative
   rows; this form does the same, so a workflow moves from NAGuidance without its images changing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,8 @@ def check_supported(model_patcher, settings: nag_core.NAGSettings, term_no: int)
             raise GuidanceConfigError(
                 f"term {term_no} (nag, form comfyui): {name}'s blocks do not call ComfyUI's attn1_output_patch hook in "
                 "this ComfyUI, so ComfyUI's NAGuidance has no effect on this model (it only doubles the rows); use "
-                "form paper where this model has one, or a CFG term")
+                "form paper where this model has one, or a CFG term"
+            )
         return
     keys = cross_attention_keys(net)
     if not keys and dit_cross_attention(net):
@@ -74,18 +76,21 @@ def check_supported(model_patcher, settings: nag_core.NAGSettings, term_no: int)
         raise GuidanceConfigError(
             f"term {term_no} (nag, form paper): the paper form acts on cross-attention (UNets: SD1.5, SDXL, the toy "
             f"model; DiTs: Wan 2.x text-to-video) and {name} has none (its text enters through joint attention); on "
-            "Flux and Chroma use form comfyui (ComfyUI's NAGuidance)")
+            "Flux and Chroma use form comfyui (ComfyUI's NAGuidance)"
+        )
     for part, idx, t in keys:
         if len(perturbation_patches.self_attention_layers(net, part, idx, t, "attn2")) > 1:
             raise GuidanceConfigError(
                 f"term {term_no} (nag, form paper): block {part}.{idx} runs several cross-attention layers under one "
-                "patch key (a spatial and a temporal transformer); the paper form cannot tell them apart on this model")
+                "patch key (a spatial and a temporal transformer); the paper form cannot tell them apart on this model"
+            )
     other = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     if other:
         raise GuidanceConfigError(
             f"term {term_no} (nag, form paper): another node set cross-attention replace patches on this model "
             f"({', '.join('.'.join(map(str, k)) for k in list(other)[:4])}; e.g. IPAdapter); the paper form replaces "
-            "cross-attention too: use form comfyui, or NAG without that node")
+            "cross-attention too: use form comfyui, or NAG without that node"
+        )
 
 
 class Probe:
@@ -129,8 +134,10 @@ class PaperCache:
             ctx = context.to(device=like.device, dtype=like.dtype)
             if ctx.shape[0] != rows:
                 if ctx.shape[0] != 1:
-                    raise GuidanceConfigError(f"nag: the negative prompt's batch of {ctx.shape[0]} does not match the "
-                                              f"{rows} rows of the positive; use a batch of 1 or {rows}")
+                    raise GuidanceConfigError(
+                        f"nag: the negative prompt's batch of {ctx.shape[0]} does not match the "
+                        f"{rows} rows of the positive; use a batch of 1 or {rows}"
+                    )
                 ctx = ctx.expand(rows, *ctx.shape[1:])
             self.kv[slot] = ctx if self.keys else self.network.text_embedding(ctx)
         return self.kv[slot]
@@ -178,13 +185,13 @@ def _attn1_output_patch(neg_chunk: int, scale, settings, probe):
             return out
         probe.hits += 1
         img = extra_options.get("img_slice")
-        view = out[:, img[0]:img[1]] if img is not None else out
+        view = out[:, img[0] : img[1]] if img is not None else out
         pos = _chunk_rows(out.shape[0], ids, POSITIVE_CHUNK)
         neg = _chunk_rows(out.shape[0], ids, neg_chunk)
         z = nag_core.nag_attention(view[pos], view[neg], scale, settings.tau, settings.alpha)
         if img is not None:  # as NAGuidance: the guided image features go to the negative rows too
-            out[neg, img[0]:img[1]] = z
-            out[pos, img[0]:img[1]] = z
+            out[neg, img[0] : img[1]] = z
+            out[pos, img[0] : img[1]] = z
         else:
             out[pos] = z
         return out
@@ -198,8 +205,11 @@ def dit_cross_attention(network) -> list[tuple[str, torch.nn.Module]]:
     blocks = getattr(network, "blocks", None)
     if blocks is None or not hasattr(network, "text_embedding"):
         return []
-    return [(f"diffusion_model.blocks.{i}.cross_attn", b.cross_attn) for i, b in enumerate(blocks)
-            if type(getattr(b, "cross_attn", None)).__name__ in DIT_CROSS_ATTENTION]
+    return [
+        (f"diffusion_model.blocks.{i}.cross_attn", b.cross_attn)
+        for i, b in enumerate(blocks)
+        if type(getattr(b, "cross_attn", None)).__name__ in DIT_CROSS_ATTENTION
+    ]
 
 
 def check_dit_cross_attention(network, term_no: int) -> None:
@@ -208,13 +218,15 @@ def check_dit_cross_attention(network, term_no: int) -> None:
     if len(layers) != len(network.blocks):
         raise GuidanceConfigError(
             f"term {term_no} (nag, form paper): some blocks of {type(network).__name__} have another cross-attention "
-            "than Wan's text-to-video one (image-to-video adds CLIP image tokens); the paper form covers text-to-video")
+            "than Wan's text-to-video one (image-to-video adds CLIP image tokens); the paper form covers text-to-video"
+        )
     forward = type(layers[0][1]).forward
     if "transformer_options" not in inspect.signature(forward).parameters:
         raise GuidanceConfigError(
             f"term {term_no} (nag, form paper): in this ComfyUI, {type(layers[0][1]).__name__} does not receive the "
             "batch's transformer_options, so the paper form cannot tell the positive rows (ComfyUI 0.3.75 and newer "
-            "pass them): update ComfyUI")
+            "pass them): update ComfyUI"
+        )
 
 
 def install_dit_patches(model_patcher) -> None:
@@ -242,13 +254,19 @@ def _dit_cross_attention_forward(layer, name: str):
             return own(layer, x, context, transformer_options=transformer_options, **kwargs)
         size = x.shape[0] // len(ids)
         k_neg, v_neg = call.cache.negative_kv(name, call.context, size, x)
-        out = own(layer, x, context, transformer_options=transformer_options, **kwargs) if len(mine) < len(ids) else None
+        out = (
+            own(layer, x, context, transformer_options=transformer_options, **kwargs) if len(mine) < len(ids) else None
+        )
         guided = []
         for j in mine:
             rows = slice(j * size, (j + 1) * size)
             q = layer.norm_q(layer.q(x[rows]))
-            attend = functools.partial(comfy.ldm.modules.attention.optimized_attention, q, heads=layer.num_heads,
-                                       transformer_options=transformer_options)
+            attend = functools.partial(
+                comfy.ldm.modules.attention.optimized_attention,
+                q,
+                heads=layer.num_heads,
+                transformer_options=transformer_options,
+            )
             z_pos = attend(layer.norm_k(layer.k(context[rows])), layer.v(context[rows]))
             z = nag_core.nag_attention(z_pos, attend(k_neg, v_neg), call.scale, call.settings.tau, call.settings.alpha)
             guided.append((rows, layer.o(z)))
@@ -266,17 +284,27 @@ def _dit_cross_attention_forward(layer, name: str):
 def negative_context(cond_list, term_no: int) -> torch.Tensor:
     """The cross-attention context of the NAG negative prompt, from ComfyUI's processed conds."""
     if len(cond_list) != 1:
-        raise GuidanceConfigError(f"term {term_no} (nag, form paper): its negative prompt has {len(cond_list)} entries "
-                                  "(areas, masks or timestep ranges); the paper form takes a single prompt")
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form paper): its negative prompt has {len(cond_list)} entries "
+            "(areas, masks or timestep ranges); the paper form takes a single prompt"
+        )
     c = cond_list[0].get("model_conds", {}).get("c_crossattn")
     if c is None:
-        raise GuidanceConfigError(f"term {term_no} (nag, form paper): its negative prompt has no cross-attention "
-                                  "context for this model")
+        raise GuidanceConfigError(
+            f"term {term_no} (nag, form paper): its negative prompt has no cross-attention context for this model"
+        )
     return c.cond
 
 
-def patched_options(model_options: dict, cache: PaperCache | None, settings, scale: float, probe: Probe,
-                    neg_context=None, neg_chunk: int | None = None) -> dict:
+def patched_options(
+    model_options: dict,
+    cache: PaperCache | None,
+    settings,
+    scale: float,
+    probe: Probe,
+    neg_context=None,
+    neg_chunk: int | None = None,
+) -> dict:
     """A copy of model_options with NAG at s = `scale` on the positive rows: the paper form's attn2 patches (with
     the negative prompt's context and the run's PaperCache) or the comfyui form's attn1 output patch (with the
     negative prompt's chunk)."""
@@ -284,14 +312,18 @@ def patched_options(model_options: dict, cache: PaperCache | None, settings, sca
     if settings.form == "comfyui":
         patches = opts.setdefault("transformer_options", {}).setdefault("patches", {})
         patches["attn1_output_patch"] = list(patches.get("attn1_output_patch", [])) + [
-            _attn1_output_patch(neg_chunk, scale, settings, probe)]
+            _attn1_output_patch(neg_chunk, scale, settings, probe)
+        ]
         return opts
     if not cache.keys:  # a DiT's cross-attention: its object patches (install_dit_patches) read this call
-        opts.setdefault("transformer_options", {})[TRANSFORMER_KEY] = NagCall(cache, neg_context, scale, settings, probe)
+        opts.setdefault("transformer_options", {})[TRANSFORMER_KEY] = NagCall(
+            cache, neg_context, scale, settings, probe
+        )
         return opts
     for part, idx in dict.fromkeys((p, i) for p, i, _ in cache.keys):
         opts = comfy.model_patcher.set_model_options_patch_replace(
-            opts, _attn2_patch(cache, (part, idx), neg_context, scale, settings, probe), "attn2", part, idx)
+            opts, _attn2_patch(cache, (part, idx), neg_context, scale, settings, probe), "attn2", part, idx
+        )
     return opts
 
 
@@ -300,7 +332,11 @@ def check_ran(probe: Probe, network, term_no: int, settings) -> None:
         raise GuidanceConfigError(
             f"term {term_no} (nag, form {settings.form}): NAG never reached the positive prompt's rows in "
             f"{type(network).__name__}: "
-            + ("the positive and the negative prompt ran in separate model calls (ComfyUI splits a batch that does not "
-               "fit in memory; ComfyUI's NAGuidance then silently does nothing); use the paper form or a smaller batch"
-               if settings.form == "comfyui" else "another node runs the model's batches its own way; remove that node")
-            + ", or the model does not call the hook")
+            + (
+                "the positive and the negative prompt ran in separate model calls (ComfyUI splits a batch that does not "
+                "fit in memory; ComfyUI's NAGuidance then silently does nothing); use the paper form or a smaller batch"
+                if settings.form == "comfyui"
+                else "another node runs the model's batches its own way; remove that node"
+            )
+            + ", or the model does not call the hook"
+        )

@@ -26,6 +26,7 @@ A block the model does not have would leave the term unperturbed: `check_blocks`
 and `Probe` records, per block, the transformers that ran on perturbed rows: `check_ran` refuses a block (or a
 transformer of it) that never did, as a backstop.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,10 @@ from ..guidance_core.errors import GuidanceConfigError
 DIT_KEYS = {"double": "double_block", "single": "single_block"}
 # the attribute holding each DiT's blocks that read patches_replace["dit"] (Flux, Chroma, HunyuanVideo: both kinds;
 # MMDiT (SD3.x): joint_blocks; Wan, LTXV, Lumina...: blocks)
-DIT_BLOCK_LISTS = {"double": ("double_blocks", "joint_blocks", "blocks", "transformer_blocks"), "single": ("single_blocks",)}
+DIT_BLOCK_LISTS = {
+    "double": ("double_blocks", "joint_blocks", "blocks", "transformer_blocks"),
+    "single": ("single_blocks",),
+}
 
 
 def _has_attention(block) -> bool:
@@ -54,8 +58,14 @@ def available_blocks(diffusion_model, mode: str) -> list[tuple]:
     if mode in perturbed_terms.DIT_MODES:
         out = []
         for part, names in DIT_BLOCK_LISTS.items():
-            blocks = next((getattr(diffusion_model, n) for n in names if isinstance(getattr(diffusion_model, n, None),
-                                                                                     torch.nn.ModuleList)), None)
+            blocks = next(
+                (
+                    getattr(diffusion_model, n)
+                    for n in names
+                    if isinstance(getattr(diffusion_model, n, None), torch.nn.ModuleList)
+                ),
+                None,
+            )
             out += [(part, i) for i in range(len(blocks or ()))]
         return out
     out = []
@@ -76,27 +86,36 @@ def check_blocks(model_patcher, perturbations) -> None:
         missing = [b for b in pert.blocks if b not in have]
         if missing:
             shown = ", ".join(f"{p}.{i}" for p, i in have[:24]) + (" ..." if len(have) > 24 else "")
-            kind = ("DiT transformer blocks (SLG, STG)" if pert.mode in perturbed_terms.DIT_MODES
-                    else "UNet self-attention blocks (PAG, SEG, TPG)")
+            kind = (
+                "DiT transformer blocks (SLG, STG)"
+                if pert.mode in perturbed_terms.DIT_MODES
+                else "UNet self-attention blocks (PAG, SEG, TPG)"
+            )
             hint = ""
             if not have:
-                hint = (". PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg" if pert.mode in perturbed_terms.UNET_MODES
-                        else ". SLG and STG act on DiT blocks that ComfyUI's 'dit' replace hook reaches; for UNet models "
-                             "use pag, seg or tpg")
+                hint = (
+                    ". PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg"
+                    if pert.mode in perturbed_terms.UNET_MODES
+                    else ". SLG and STG act on DiT blocks that ComfyUI's 'dit' replace hook reaches; for UNet models "
+                    "use pag, seg or tpg"
+                )
             raise GuidanceConfigError(
                 f"term {term_no} ({pert.mode}): block(s) {', '.join(f'{p}.{i}' for p, i in missing)} not in this model "
-                f"({type(net).__name__}); its {kind}: {shown or 'none'}" + hint)
+                f"({type(net).__name__}); its {kind}: {shown or 'none'}" + hint
+            )
         if pert.mode in perturbed_terms.DIT_MODES:
             unhooked = [part for part in dict.fromkeys(p for p, _ in pert.blocks) if not _calls_dit_hook(net, part)]
             if unhooked:
                 raise GuidanceConfigError(
                     f"term {term_no} ({pert.mode}): {type(net).__name__} does not call ComfyUI's 'dit' replace hook for "
                     f"its {', '.join(DIT_KEYS[p] for p in unhooked)}s, so {pert.mode} cannot reach them; this model "
-                    "takes no SLG / STG")
+                    "takes no SLG / STG"
+                )
         if pert.mode == "stg" and not hasattr(attention, "wrap_attn"):
             raise GuidanceConfigError(
                 f"term {term_no} (stg): this ComfyUI's attention functions take no optimized_attention_override (ComfyUI "
-                "0.3.75 and newer have it), so STG cannot reach the blocks' self-attention: update ComfyUI")
+                "0.3.75 and newer have it), so STG cannot reach the blocks' self-attention: update ComfyUI"
+            )
         if pert.mode in ("pag", "seg"):
             for part, idx in pert.blocks:
                 for t in range(transformer_count(net, part, idx)):
@@ -138,8 +157,14 @@ def self_attention_layers(network, part: str, idx: int, transformer: int, attr: 
 
 def transformer_count(network, part: str, idx: int) -> int:
     """How many transformers of UNet block (part, idx) ComfyUI calls (block_index 0 .. n-1)."""
-    return max((len(m.transformer_blocks) for m in _unet_block(network, part, idx).modules()
-                if isinstance(getattr(m, "transformer_blocks", None), torch.nn.ModuleList)), default=0)
+    return max(
+        (
+            len(m.transformer_blocks)
+            for m in _unet_block(network, part, idx).modules()
+            if isinstance(getattr(m, "transformer_blocks", None), torch.nn.ModuleList)
+        ),
+        default=0,
+    )
 
 
 def attention_backend(network, part: str, idx: int, transformer: int, attr: str = "attn1"):
@@ -155,7 +180,8 @@ def attention_backend(network, part: str, idx: int, transformer: int, attr: str 
     if len({id(getattr(b, "function", None)) for b in backends}) > 1:
         raise GuidanceConfigError(
             f"block {part}.{idx}, transformer {transformer}: its {attr} layers run different attention backends under "
-            "one patch key (a spatial and a temporal layer); a patch there cannot call the right one for each")
+            "one patch key (a spatial and a temporal layer); a patch there cannot call the right one for each"
+        )
     return backends[0]
 
 
@@ -229,7 +255,9 @@ def _attn1_patch(prev, by_chunk: dict, key, probe, whole: bool = False, network=
             return attend(q, k, v, extra_options)
         probe.hit(key, extra_options.get("block_index"))
         if q.shape[0] % len(ids):
-            raise GuidanceConfigError(f"block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {len(ids)} equal chunks")
+            raise GuidanceConfigError(
+                f"block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {len(ids)} equal chunks"
+            )
         size = q.shape[0] // len(ids)
         outs, plain = [], []
 
@@ -277,21 +305,27 @@ def _dit_patch(prev, by_chunk: dict, key, probe, whole: bool = False):
         if stg:
             options = dict(args.get("transformer_options") or {})
             options["optimized_attention_override"] = _stg_override(
-                options.get("optimized_attention_override"), stg, len(ids), key, probe)
+                options.get("optimized_attention_override"), stg, len(ids), key, probe
+            )
             args = dict(args, transformer_options=options)
         if not skip:
             return run(args)
         probe.hit(key)
         # the block's input rows of the skipped chunks, copied first: some blocks (Flux's) update their input in place
-        kept = {name: [(rows, args[name][rows].clone()) for rows in perturbed_terms.rows_of(args[name].shape[0], ids, skip)]
-                for name in ("img", "txt", "x") if torch.is_tensor(args.get(name))}
+        kept = {
+            name: [(rows, args[name][rows].clone()) for rows in perturbed_terms.rows_of(args[name].shape[0], ids, skip)]
+            for name in ("img", "txt", "x")
+            if torch.is_tensor(args.get(name))
+        }
         out = dict(run(args))
         for name, parts in kept.items():
             if torch.is_tensor(out.get(name)) and out[name].shape[0] == args[name].shape[0]:
                 t = out[name].clone()
                 for rows, value in parts:
                     if t[rows].shape != value.shape:
-                        raise GuidanceConfigError(f"SLG: block {key[0]}.{key[1]} changes the shape of '{name}'; it cannot be skipped")
+                        raise GuidanceConfigError(
+                            f"SLG: block {key[0]}.{key[1]} changes the shape of '{name}'; it cannot be skipped"
+                        )
                     t[rows] = value
                 out[name] = t
         return out
@@ -317,7 +351,9 @@ def _stg_override(prev, chunks: list, n_chunks: int, key, probe):
 
     def override(func, q, k, v, heads, *args, **kwargs):
         def attend(q_, k_, v_, **kw):
-            return prev(func, q_, k_, v_, heads, *args, **kw) if prev is not None else func(q_, k_, v_, heads, *args, **kw)
+            return (
+                prev(func, q_, k_, v_, heads, *args, **kw) if prev is not None else func(q_, k_, v_, heads, *args, **kw)
+            )
 
         calls[0] += 1
         if calls[0] != 1:
@@ -326,9 +362,12 @@ def _stg_override(prev, chunks: list, n_chunks: int, key, probe):
         if q.shape[tokens] != k.shape[tokens]:
             raise GuidanceConfigError(
                 f"STG: the first attention of block {key[0]}.{key[1]} is not a self-attention ({q.shape[tokens]} queries, "
-                f"{k.shape[tokens]} keys); STG acts on video DiT blocks that start with their self-attention (LTXV, Wan)")
+                f"{k.shape[tokens]} keys); STG acts on video DiT blocks that start with their self-attention (LTXV, Wan)"
+            )
         if q.shape[0] % n_chunks:
-            raise GuidanceConfigError(f"STG: block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {n_chunks} equal chunks")
+            raise GuidanceConfigError(
+                f"STG: block {key[0]}.{key[1]}: {q.shape[0]} rows do not split into {n_chunks} equal chunks"
+            )
         probe.hit(key)
         size = q.shape[0] // n_chunks
         passthrough = _values_as_output(v, heads, kwargs)
@@ -336,7 +375,7 @@ def _stg_override(prev, chunks: list, n_chunks: int, key, probe):
             return passthrough
         keep = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
         for j in chunks:
-            keep[j * size:(j + 1) * size] = False
+            keep[j * size : (j + 1) * size] = False
         mask = kwargs.get("mask")
         if mask is None:  # the attention of the other rows only
             out = passthrough.clone()
@@ -360,13 +399,17 @@ def _tpg_middle_patch(by_chunk: dict, probe, whole: bool = False):
             return x
         key = (block[0], block[1])
         ids = _chunk_ids(extra_options, whole) or [0]
-        mine = [j for j, c in enumerate(ids) if c in by_chunk and by_chunk[c].mode == "tpg" and key in by_chunk[c].blocks]
+        mine = [
+            j for j, c in enumerate(ids) if c in by_chunk and by_chunk[c].mode == "tpg" and key in by_chunk[c].blocks
+        ]
         if not mine:
             return x
         t = extra_options.get("block_index", 0)
         probe.hit(key, t)
         if x.shape[0] % len(ids):
-            raise GuidanceConfigError(f"TPG: block {key[0]}.{key[1]}: {x.shape[0]} rows do not split into {len(ids)} equal chunks")
+            raise GuidanceConfigError(
+                f"TPG: block {key[0]}.{key[1]}: {x.shape[0]} rows do not split into {len(ids)} equal chunks"
+            )
         sigmas = extra_options.get("sigmas")
         sigma = float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) and sigmas.numel() else 0.0
         perm = perturbed_terms.token_permutation(x.shape[1], sigma, key, t, device=x.device)
@@ -399,11 +442,15 @@ def check_ran(probe: Probe, network, term_no: int, pert) -> None:
     transformers ran something else on them (an attention patch set where the term could not wrap it)."""
     missed = ", ".join(f"{p}.{i}" for p, i in pert.blocks if probe.hits.get((p, i), 0) == 0)
     if missed:
-        hook = {"slg": "'dit' replace hook", "stg": "'dit' replace hook with an optimized_attention_override",
-                "tpg": "transformer 'middle_patch'"}.get(pert.mode, "'attn1' replace hook")
+        hook = {
+            "slg": "'dit' replace hook",
+            "stg": "'dit' replace hook with an optimized_attention_override",
+            "tpg": "transformer 'middle_patch'",
+        }.get(pert.mode, "'attn1' replace hook")
         raise GuidanceConfigError(
             f"term {term_no} ({pert.mode}): block(s) {missed} never ran on its rows in {type(network).__name__}: the "
-            f"model does not call ComfyUI's {hook} there; perturb other blocks")
+            f"model does not call ComfyUI's {hook} there; perturb other blocks"
+        )
     if pert.mode in perturbed_terms.DIT_MODES or network is None:
         return
     for part, idx in pert.blocks:
@@ -412,7 +459,8 @@ def check_ran(probe: Probe, network, term_no: int, pert) -> None:
             raise GuidanceConfigError(
                 f"term {term_no} ({pert.mode}): transformer(s) {', '.join(map(str, skipped))} of block {part}.{idx} "
                 "ran another attention patch on the term's rows instead of the perturbation (a patch set while the "
-                "model runs, e.g. by a model wrapper of another node); remove that node or perturb other blocks")
+                "model runs, e.g. by a model wrapper of another node); remove that node or perturb other blocks"
+            )
 
 
 def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bool = False, network=None) -> dict:
@@ -433,14 +481,16 @@ def patched_options(model_options: dict, by_chunk: dict, probe: Probe, whole: bo
             key = (DIT_KEYS[part], idx)
             prev = replace.get("dit", {}).get(key)
             opts = comfy.model_patcher.set_model_options_patch_replace(
-                opts, _dit_patch(prev, by_chunk, (part, idx), probe, whole), "dit", DIT_KEYS[part], idx)
+                opts, _dit_patch(prev, by_chunk, (part, idx), probe, whole), "dit", DIT_KEYS[part], idx
+            )
         if not modes & {"pag", "seg"}:
             continue
         attn1 = replace.get("attn1", {})
         for t in [None] + [k[2] for k in attn1 if len(k) == 3 and tuple(k[:2]) == (part, idx)]:
             prev = attn1.get((part, idx) if t is None else (part, idx, t))
             opts = comfy.model_patcher.set_model_options_patch_replace(
-                opts, _attn1_patch(prev, by_chunk, (part, idx), probe, whole, network), "attn1", part, idx, t)
+                opts, _attn1_patch(prev, by_chunk, (part, idx), probe, whole, network), "attn1", part, idx, t
+            )
     if any("tpg" in modes for modes in blocks.values()):
         patches = opts.setdefault("transformer_options", {}).setdefault("patches", {})  # opts is a nested copy
         patches["middle_patch"] = list(patches.get("middle_patch", [])) + [_tpg_middle_patch(by_chunk, probe, whole)]

@@ -13,6 +13,7 @@
       200: {"name", "labels", "latent_channels", "parameterization", "architecture"}
 Every error is JSON: {"error": message naming the value and what is accepted}.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,9 @@ def schedule_request(body) -> tuple[schedules.Schedule, int, float | None, float
         raise GuidanceConfigError(f"request body is {type(body).__name__}; send a JSON object of the schedule's fields")
     unknown = sorted(set(body) - set(schedules.DEFAULTS) - set(EXTRA_FIELDS))
     if unknown:
-        raise GuidanceConfigError(f"unknown field(s) {unknown}; accepted: {', '.join((*schedules.DEFAULTS, *EXTRA_FIELDS))}")
+        raise GuidanceConfigError(
+            f"unknown field(s) {unknown}; accepted: {', '.join((*schedules.DEFAULTS, *EXTRA_FIELDS))}"
+        )
     fields = {}
     for name in TEXT_FIELDS:
         if name in body:
@@ -108,16 +111,24 @@ async def classifier_labels(request: web.Request) -> web.Response:
         return error(400, f"classifier name {name!r} {reason}")
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
-        return error(404, f"classifier {name!r} not found in the '{FOLDER}' model folders; "
-                          "give a name listed by Load Classifier (Guidance Lab)")
+        return error(
+            404,
+            f"classifier {name!r} not found in the '{FOLDER}' model folders; "
+            "give a name listed by Load Classifier (Guidance Lab)",
+        )
     try:
         meta = classifier_files.read_metadata(path)
     except classifier_files.ClassifierFileError as e:
         return error(422, str(e))
-    return web.json_response({"name": name, "labels": [str(lb) for lb in meta["labels"]],
-                              "latent_channels": meta.get("latent_channels"),
-                              "parameterization": meta.get("parameterization"),
-                              "architecture": meta.get("architecture")})
+    return web.json_response(
+        {
+            "name": name,
+            "labels": [str(lb) for lb in meta["labels"]],
+            "latent_channels": meta.get("latent_channels"),
+            "parameterization": meta.get("parameterization"),
+            "architecture": meta.get("architecture"),
+        }
+    )
 
 
 def register(routes) -> bool:

@@ -5,6 +5,7 @@ sigmas), the sampler's name, and the conditionings' batch sizes.
 Read by the GUIDER (SamplerCustomAdvanced) and the MODEL patch (stock KSampler) alike, and by the classifier and
 training nodes, so every node learns these facts the same way.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,9 @@ def _affine_probe(fn, sigmas) -> tuple:
     rows = []
     for s in sigmas:
         s = s.reshape(1)
-        zero, one, two, mix = (_scalar(fn(s, _probe_tensor(u), _probe_tensor(v))) for u, v in ((0, 0), (1, 0), (0, 1), (2, 3)))
+        zero, one, two, mix = (
+            _scalar(fn(s, _probe_tensor(u), _probe_tensor(v))) for u, v in ((0, 0), (1, 0), (0, 1), (2, 3))
+        )
         p, q = one - zero, two - zero
         rows.append((p, q, torch.maximum(zero.abs(), (mix - 2 * p - 3 * q).abs())))
     return tuple(torch.stack(c) for c in zip(*rows))
@@ -49,15 +52,18 @@ def probe_model_sampling(model_sampling) -> dict:
     out = {"sigma": sig}
     try:
         with torch.no_grad():
-            for key, fn in (("noise", lambda s, n, z: ms.noise_scaling(s, n, z, max_denoise=False)),
-                            ("denoised", ms.calculate_denoised)):
+            for key, fn in (
+                ("noise", lambda s, n, z: ms.noise_scaling(s, n, z, max_denoise=False)),
+                ("denoised", ms.calculate_denoised),
+            ):
                 out[f"{key}_1"], out[f"{key}_2"], out[f"{key}_residual"] = _affine_probe(fn, sig)
             out["c_in"] = torch.stack([_scalar(ms.calculate_input(s.reshape(1), _probe_tensor(1))) for s in sig])
             # y -> p*y + q read as (y, w) -> inverse(y) - (1 - w)*inverse(0) = p*y + q*w
             out["inverse_sigma"] = sig[sig < 1]
             out["inverse_1"], out["inverse_2"], out["inverse_residual"] = _affine_probe(
                 lambda s, y, w: ms.inverse_noise_scaling(s, y) - (1 - w) * ms.inverse_noise_scaling(s, 0 * y),
-                out["inverse_sigma"])
+                out["inverse_sigma"],
+            )
     except Exception as e:  # a made-up object may lack a method or fail on these inputs: it is refused, naming this
         out["error"] = f"{type(e).__name__}: {e}"
     return out
@@ -74,8 +80,10 @@ def guidable_form(model_sampling, what: str) -> parameterization.SamplingForm:
     a GuidanceConfigError naming the form when the model has none (no noise, or no known form)."""
     form = sampling_form(model_sampling)
     if form.problem is not None:
-        raise GuidanceConfigError(f"{what} needs x = alpha*x0 + c*sigma*eps (a model whose noise_scaling adds noise "
-                                  f"in a known form); this model's sampling is {form.describe()}; refused")
+        raise GuidanceConfigError(
+            f"{what} needs x = alpha*x0 + c*sigma*eps (a model whose noise_scaling adds noise "
+            f"in a known form); this model's sampling is {form.describe()}; refused"
+        )
     return form
 
 
@@ -85,9 +93,11 @@ def trainable_parameterization(model_sampling, what: str) -> str:
     noise coefficient c != 1 (noise_scale) is refused, naming the form."""
     form = guidable_form(model_sampling, what)
     if form.noise != 1.0:
-        raise GuidanceConfigError(f"{what} trains on noise x = alpha*x0 + sigma*eps; this model's sampling is "
-                                  f"{form.describe()} (noise_scale {form.noise:g}); refused: a classifier trained here "
-                                  "would read other inputs than the model gives it")
+        raise GuidanceConfigError(
+            f"{what} trains on noise x = alpha*x0 + sigma*eps; this model's sampling is "
+            f"{form.describe()} (noise_scale {form.noise:g}); refused: a classifier trained here "
+            "would read other inputs than the model gives it"
+        )
     return form.parameterization
 
 
@@ -106,8 +116,12 @@ def step_context(sigma: torch.Tensor, model_options: dict, model_sampling) -> cf
     sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas", None)
     if sample_sigmas is not None:
         sample_sigmas = [float(v) for v in sample_sigmas]
-    return cfg_core.StepContext(sigma=float(sigma.max()), sample_sigmas=sample_sigmas,
-                         sigma_min=float(model_sampling.sigma_min), sigma_max=float(model_sampling.sigma_max))
+    return cfg_core.StepContext(
+        sigma=float(sigma.max()),
+        sample_sigmas=sample_sigmas,
+        sigma_min=float(model_sampling.sigma_min),
+        sigma_max=float(model_sampling.sigma_max),
+    )
 
 
 def sampler_name(sampler) -> str | None:
@@ -120,7 +134,7 @@ def sampler_name(sampler) -> str | None:
         fn = getattr(sampler, "sampler_function", None)
         if fn is not None:
             name = getattr(fn, "__name__", "")
-            return name[len("sample_"):] if name.startswith("sample_") else None
+            return name[len("sample_") :] if name.startswith("sample_") else None
         sampler = getattr(sampler, "inner", None)
     return None
 
@@ -145,8 +159,9 @@ def check_batches(named_conds: dict) -> None:
     big = {b for b in sizes.values() if b != 1}
     if len(big) > 1:
         listing = ", ".join(f"{n}={b}" for n, b in sizes.items())
-        raise GuidanceConfigError(f"conditioning batch sizes do not match ({listing}); "
-                                  "each must be 1 or the same batch size")
+        raise GuidanceConfigError(
+            f"conditioning batch sizes do not match ({listing}); each must be 1 or the same batch size"
+        )
 
 
 @functools.lru_cache(maxsize=256)

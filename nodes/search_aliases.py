@@ -2,6 +2,7 @@
 similar nodes of other packs). ComfyUI's node schema has `search_aliases` from 0.33.0 on (io.Schema field, sent in
 /object_info, searched by the frontend); on an older ComfyUI (0.3.52, 0.3.75) the schema has no such field and the
 nodes get none: feature-detected, never an error."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,15 +11,34 @@ from comfy_api.latest import io
 
 # node_id -> aliases
 ALIASES = {
-    "GuidanceLabSchedule": ["guidance schedule", "CFG schedule", "guidance interval", "limited interval guidance",
-                            "dynamic CFG", "adaptive guidance"],
+    "GuidanceLabSchedule": [
+        "guidance schedule",
+        "CFG schedule",
+        "guidance interval",
+        "limited interval guidance",
+        "dynamic CFG",
+        "adaptive guidance",
+    ],
     "GuidanceLabTerm": ["composable diffusion", "prompt weight", "multi prompt guidance", "conditioning term"],
-    "GuidanceLabPerturbedTerm": ["PAG", "perturbed attention guidance", "SEG", "smoothed energy guidance", "SLG",
-                                 "skip layer guidance"],
+    "GuidanceLabPerturbedTerm": [
+        "PAG",
+        "perturbed attention guidance",
+        "SEG",
+        "smoothed energy guidance",
+        "SLG",
+        "skip layer guidance",
+    ],
     "GuidanceLabModelTerm": ["autoguidance", "auto guidance", "bad model guidance", "weak model guidance"],
     "GuidanceLabNAGTerm": ["NAG", "normalized attention guidance", "negative prompt at cfg 1"],
-    "GuidanceLabPostProcess": ["CFG rescale", "RescaleCFG", "CFG-Zero*", "CFGZeroStar", "APG",
-                               "adaptive projected guidance", "Perp-Neg"],
+    "GuidanceLabPostProcess": [
+        "CFG rescale",
+        "RescaleCFG",
+        "CFG-Zero*",
+        "CFGZeroStar",
+        "APG",
+        "adaptive projected guidance",
+        "Perp-Neg",
+    ],
     "GuidanceLabCFGGuider": ["CFG", "classifier-free guidance", "CFG guider"],
     "GuidanceLabCFGPatch": ["CFG", "classifier-free guidance", "KSampler CFG schedule"],
     "GuidanceLabDistilledGuidance": ["FluxGuidance schedule", "distilled guidance", "Flux guidance"],
@@ -50,8 +70,9 @@ def with_search_aliases(nodes: list) -> list:
 
         def define_schema(cls, _define=define.__func__):
             schema = _define(cls)
-            schema.search_aliases = list(dict.fromkeys([*(schema.search_aliases or []),
-                                                        *ALIASES.get(schema.node_id, [])]))
+            schema.search_aliases = list(
+                dict.fromkeys([*(schema.search_aliases or []), *ALIASES.get(schema.node_id, [])])
+            )
             return schema
 
         define_schema._guidance_lab_aliases = True

@@ -7,6 +7,7 @@ shared network is never loaded by ComfyUI: for each of its calls its weights (an
 ModelSamplingFlux shift) are put on the network and the sampled model's put back after, both computed once per run by
 ComfyUI's own patch code (ModelPatcher.patch_weight_to_device on the original weights).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,13 +22,18 @@ from ..guidance_core.errors import GuidanceConfigError
 def same_weights(a, b) -> bool:
     """Two patchers of one network whose weights and object patches are the same (what a model term with the
     sampled model's weights reads; other options, wrappers and callbacks may differ)."""
-    return (a.model is b.model and a.patches_uuid == b.patches_uuid
-            and a.hook_patches.keys() == b.hook_patches.keys() and object_patches_equal(a, b))
+    return (
+        a.model is b.model
+        and a.patches_uuid == b.patches_uuid
+        and a.hook_patches.keys() == b.hook_patches.keys()
+        and object_patches_equal(a, b)
+    )
 
 
 def object_patches_equal(a, b) -> bool:
     return a.object_patches.keys() == b.object_patches.keys() and all(
-        a.object_patches[k] is b.object_patches[k] for k in a.object_patches)
+        a.object_patches[k] is b.object_patches[k] for k in a.object_patches
+    )
 
 
 class SharedNetwork:
@@ -45,7 +51,8 @@ class SharedNetwork:
                 f"term {self.term_no}: the model term shares its network with the sampled model (a clone with other "
                 "weight patches, e.g. another LoRA), and the sampled model is only partly loaded (low VRAM), so its "
                 "weights cannot be swapped per call: load the term's weights as a model of their own (another "
-                "checkpoint loader node), or free memory")
+                "checkpoint loader node), or free memory"
+            )
 
     def _prepare(self):
         """The term's weights, by ComfyUI's patch code on the original weights; the network left as it was."""
@@ -70,8 +77,12 @@ class SharedNetwork:
         self.current = current
         names = set(self.term.object_patches) | set(self.sampled.object_patches)
         originals = self.sampled.object_patches_backup
-        self.objects = {n: self.term.object_patches[n] if n in self.term.object_patches
-                        else originals.get(n, comfy.utils.get_attr(model, n)) for n in names}
+        self.objects = {
+            n: self.term.object_patches[n]
+            if n in self.term.object_patches
+            else originals.get(n, comfy.utils.get_attr(model, n))
+            for n in names
+        }
 
     @contextlib.contextmanager
     def active(self):

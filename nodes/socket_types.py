@@ -1,4 +1,5 @@
 """Custom socket types of the pack."""
+
 from comfy_api.latest import io
 
 Schedule = io.Custom("GUIDANCE_SCHEDULE")

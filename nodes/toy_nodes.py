@@ -7,6 +7,7 @@ A guidance-distilled student of the toy model (bench/toy/train_distilled.py; Men
 scale as an input, as Flux dev does: the value travels in the CONDITIONING as "guidance" (ComfyUI's FluxGuidance
 node sets it), reaches the UNet as the forward kwarg `guidance` (one value per batch row) and is embedded
 (sinusoidal, then the UNet's own label_emb / y path) into the timestep embedding. One model call per step."""
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,36 @@ TOY_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 TOY_DIR = os.path.join(TOY_ROOT, "diffusion")
 TOY_CLASSIFIER_DIR = os.path.join(TOY_ROOT, "classifiers")
 TOY_FOLDER = "guidance_lab_toy"
-FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle boot"]
+FASHION_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CONTEXT_DIM = 32
-TOY_UNET = dict(image_size=32, in_channels=1, out_channels=1, model_channels=32, num_res_blocks=[1, 1, 1],
-                channel_mult=[1, 2, 2], num_head_channels=32, use_spatial_transformer=True,
-                transformer_depth=[0, 0, 1], transformer_depth_output=[0, 0, 0, 0, 1, 1],
-                transformer_depth_middle=1, context_dim=CONTEXT_DIM, use_linear_in_transformer=True,
-                adm_in_channels=None, legacy=False)
+TOY_UNET = dict(
+    image_size=32,
+    in_channels=1,
+    out_channels=1,
+    model_channels=32,
+    num_res_blocks=[1, 1, 1],
+    channel_mult=[1, 2, 2],
+    num_head_channels=32,
+    use_spatial_transformer=True,
+    transformer_depth=[0, 0, 1],
+    transformer_depth_output=[0, 0, 0, 0, 1, 1],
+    transformer_depth_middle=1,
+    context_dim=CONTEXT_DIM,
+    use_linear_in_transformer=True,
+    adm_in_channels=None,
+    legacy=False,
+)
 # The guidance-distilled student: TOY_UNET plus an MLP (label_emb, "sequential") from the guidance scale's sinusoidal
 # embedding (GUIDANCE_DIM wide, of g * GUIDANCE_FACTOR, as Flux's guidance_in embeds g * 1000 at width 256; at width 32
 # a factor of 100 keeps half the frequencies smooth over g in [1, 6]) into the timestep embedding.
@@ -62,6 +85,7 @@ if TOY_CLASSIFIER_DIR not in folder_paths.folder_names_and_paths[classifier_node
 
 class ToyLatent(comfy.latent_formats.LatentFormat):
     """Pixels in [-1, 1], one channel."""
+
     latent_channels = 1
 
 
@@ -86,13 +110,21 @@ class GuidanceToyUNet(UNetModel):
     """The toy UNetModel with the CFG scale as an input: forward kwarg `guidance` (a tensor, one value per batch
     row, as ComfyUI hands Flux its guidance), embedded through the UNet's y path. Without one, DEFAULT_GUIDANCE."""
 
-    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, guidance=None,
-                **kwargs):
+    def forward(
+        self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, guidance=None, **kwargs
+    ):
         if guidance is None:
             guidance = torch.full((1,), DEFAULT_GUIDANCE)
         y = guidance_embedding(guidance.to(x.device), x.shape[0]).to(x.dtype)
-        return super().forward(x, timesteps, context=context, y=y, control=control,
-                               transformer_options={} if transformer_options is None else transformer_options, **kwargs)
+        return super().forward(
+            x,
+            timesteps,
+            context=context,
+            y=y,
+            control=control,
+            transformer_options={} if transformer_options is None else transformer_options,
+            **kwargs,
+        )
 
 
 class GuidanceToyModel(comfy.model_base.BaseModel):
@@ -110,8 +142,9 @@ def build_toy_model(dtype=torch.float32, device="cpu", student: bool = False):
     guidance-distilled variant (GuidanceToyModel around GuidanceToyUNet)."""
     if student:
         cfg = ToyConfig(dict(TOY_STUDENT_UNET, dtype=dtype))
-        return GuidanceToyModel(cfg, model_type=comfy.model_base.ModelType.EPS, device=device,
-                                unet_model=GuidanceToyUNet)
+        return GuidanceToyModel(
+            cfg, model_type=comfy.model_base.ModelType.EPS, device=device, unet_model=GuidanceToyUNet
+        )
     cfg = ToyConfig(dict(TOY_UNET, dtype=dtype))
     return comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.EPS, device=device)
 
@@ -131,14 +164,17 @@ def load_toy(path: str):
             raise GuidanceConfigError(f"{os.path.basename(path)} is not a Guidance Lab toy model file")
         variant = meta.get("variant")
         if variant not in (None, STUDENT_VARIANT):
-            raise GuidanceConfigError(f"{os.path.basename(path)}: toy model variant {variant!r} unknown; accepted: "
-                                      f"none (the toy model) or {STUDENT_VARIANT!r}")
+            raise GuidanceConfigError(
+                f"{os.path.basename(path)}: toy model variant {variant!r} unknown; accepted: "
+                f"none (the toy model) or {STUDENT_VARIANT!r}"
+            )
         model = build_toy_model(student=variant == STUDENT_VARIANT)
-        unet_state = {k[len("diffusion_model."):]: v for k, v in state.items() if k.startswith("diffusion_model.")}
+        unet_state = {k[len("diffusion_model.") :]: v for k, v in state.items() if k.startswith("diffusion_model.")}
         model.diffusion_model.load_state_dict(unet_state, strict=True)
     dev = comfy.model_management.get_torch_device()
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=dev,
-                                               offload_device=comfy.model_management.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(
+        model, load_device=dev, offload_device=comfy.model_management.unet_offload_device()
+    )
     return patcher, state["class_embedding.weight"], meta.get("labels", FASHION_LABELS)
 
 
@@ -164,9 +200,14 @@ class GuidanceLabToyModelLoader(io.ComfyNode):
             display_name="Load Toy Model (Guidance Lab)",
             category=CATEGORY,
             description="The project's Fashion-MNIST diffusion model (ComfyUI UNet, eps, 1x32x32): a MODEL for any "
-                        "sampler and a TOY WORLD for class prompts. Runs in seconds on a CPU.",
-            inputs=[io.Combo.Input("toy_model", options=folder_paths.get_filename_list(TOY_FOLDER) or ["(none)"],
-                                   tooltip="A toy model file shipped in the pack's toy_models folder.")],
+            "sampler and a TOY WORLD for class prompts. Runs in seconds on a CPU.",
+            inputs=[
+                io.Combo.Input(
+                    "toy_model",
+                    options=folder_paths.get_filename_list(TOY_FOLDER) or ["(none)"],
+                    tooltip="A toy model file shipped in the pack's toy_models folder.",
+                )
+            ],
             outputs=[io.Model.Output(display_name="model"), ToyType.Output(display_name="toy_world")],
         )
 
@@ -192,10 +233,16 @@ class GuidanceLabToyClass(io.ComfyNode):
             display_name="Toy Class Prompt (Guidance Lab)",
             category=CATEGORY,
             description="CONDITIONING for one Fashion-MNIST class; 'empty' is the null label (the unconditional prompt).",
-            inputs=[ToyType.Input("toy_world", tooltip="From Load Toy Model."),
-                    io.Combo.Input("label", options=["empty", *FASHION_LABELS], default="Trouser",
-                                   tooltip="The class to prompt; 'empty' = unconditional (null label)."),
-                    io.Int.Input("batch", default=1, min=1, max=4096, tooltip="Batch size of the conditioning.")],
+            inputs=[
+                ToyType.Input("toy_world", tooltip="From Load Toy Model."),
+                io.Combo.Input(
+                    "label",
+                    options=["empty", *FASHION_LABELS],
+                    default="Trouser",
+                    tooltip="The class to prompt; 'empty' = unconditional (null label).",
+                ),
+                io.Int.Input("batch", default=1, min=1, max=4096, tooltip="Batch size of the conditioning."),
+            ],
             outputs=[io.Conditioning.Output(display_name="conditioning")],
         )
 
@@ -215,8 +262,10 @@ class GuidanceLabToyDecode(io.ComfyNode):
             display_name="Toy Decode (Guidance Lab)",
             category=CATEGORY,
             description="The toy latent is the image itself (1 channel in [-1, 1]): shown as RGB, upscaled.",
-            inputs=[io.Latent.Input("samples", tooltip="Latent from a sampler running the toy model."),
-                    io.Int.Input("upscale", default=4, min=1, max=16, tooltip="Nearest-neighbour upscale factor.")],
+            inputs=[
+                io.Latent.Input("samples", tooltip="Latent from a sampler running the toy model."),
+                io.Int.Input("upscale", default=4, min=1, max=16, tooltip="Nearest-neighbour upscale factor."),
+            ],
             outputs=[io.Image.Output(display_name="image")],
         )
 

@@ -2,6 +2,7 @@
 in its custom_nodes folder, nothing but ComfyUI's own files and the pack as set-up links it, so the next run
 starts from the same state (the dev kit's servers bring their demo nodes from a temporary folder). .ci/run runs it.
 Usage: python -m scripts.check_leftovers     (exit 1 naming each leftover)"""
+
 from __future__ import annotations
 
 import glob
@@ -18,8 +19,10 @@ def main() -> int:
     found = [entry for tree in trees for entry in leftovers(tree)]
     for entry in found:
         print(f"[leftovers] not ComfyUI's and not set-up's: {entry}")
-    print(f"[leftovers] {len(trees)} ComfyUI trees checked ({', '.join(os.path.basename(t) for t in trees)}): "
-          f"{len(found)} leftovers")
+    print(
+        f"[leftovers] {len(trees)} ComfyUI trees checked ({', '.join(os.path.basename(t) for t in trees)}): "
+        f"{len(found)} leftovers"
+    )
     return 1 if found else 0
 
 

@@ -11,6 +11,7 @@ missing nodes) with --junitxml, and counts passed / failed / skipped per fronten
 is the one scripts/setup_frontend.sh installed (or GL_NEW_FRONTEND). --from-junit summarizes a saved report
 instead of running. Exits 1 when a browser test fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,11 @@ def summarize(junit: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--junit", default=os.path.join(ROOT, "test-artifacts", "compat_frontends.xml"),
-                    help="where pytest writes its report")
+    ap.add_argument(
+        "--junit",
+        default=os.path.join(ROOT, "test-artifacts", "compat_frontends.xml"),
+        help="where pytest writes its report",
+    )
     ap.add_argument("--from-junit", action="store_true", help="summarize the report at --junit; run nothing")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds the browser tests may take")
     ap.add_argument("--out", help=f"write the document here instead of {DOC}")
@@ -93,8 +97,20 @@ def main(argv=None) -> int:
     if not args.from_junit:
         os.makedirs(os.path.dirname(args.junit), exist_ok=True)
         start = time.time()
-        cmd = [sys.executable, "-m", "pytest", "-c", "tests/pytest.ini", *FILES, "-k", SELECT, "-q",
-               "-p", "no:cacheprovider", f"--junitxml={args.junit}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            "tests/pytest.ini",
+            *FILES,
+            "-k",
+            SELECT,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={args.junit}",
+        ]
         print("running:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.timeout, check=False)
         print(f"pytest took {time.time() - start:.0f} s")
@@ -114,17 +130,22 @@ def main(argv=None) -> int:
                 status, detail = "limitation", "skipped: " + "; ".join(c["reasons"])
             else:
                 status, detail = "FAIL", "no test ran"
-            rows.append(D.frontend_row(comfyui, versions[fe], fe, check, c["passed"], c["failed"], c["skipped"],
-                                       status, detail))
+            rows.append(
+                D.frontend_row(comfyui, versions[fe], fe, check, c["passed"], c["failed"], c["skipped"], status, detail)
+            )
     for r in rows:
         print(" | ".join(str(r[k]) for k in D.FRONTEND_COLUMNS))
     with open(DOC, encoding="utf-8") as f:
         doc_text = f.read()
     suite = ET.parse(args.junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    prefix = "" if comfyui == "0.3.75" else f"GL_COMFYUI=$PWD/.comfyui-{comfyui} PYTHONPATH=$PWD/.comfyui-{comfyui}/_pydeps "
-    how = (f"`{prefix}.venv/bin/python -m scripts.compat_frontends`, {date}, pytest "
-           f"{float(suite.get('time', 0)):.0f} s, headless Chromium")
+    prefix = (
+        "" if comfyui == "0.3.75" else f"GL_COMFYUI=$PWD/.comfyui-{comfyui} PYTHONPATH=$PWD/.comfyui-{comfyui}/_pydeps "
+    )
+    how = (
+        f"`{prefix}.venv/bin/python -m scripts.compat_frontends`, {date}, pytest "
+        f"{float(suite.get('time', 0)):.0f} s, headless Chromium"
+    )
     out = args.out or DOC
     D.write_atomic(out, D.replace_frontend_rows(doc_text, comfyui, rows, how))
     print(f"wrote the ComfyUI {comfyui} rows of the Frontends table of {out}")

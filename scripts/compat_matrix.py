@@ -11,6 +11,7 @@ Which ComfyUI runs is GL_COMFYUI's (devkit/comfy_host.py; default .comfyui, 0.3.
 tests/test_compat_matrix_quick.py does. --json saves the rows of the run (and --from-json renders saved rows without
 running anything).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def write_atomic(path: str, text: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the CI slice; compare it with this version's section")
-    ap.add_argument("--write-section", action="store_true",
-                    help="write the run as this ComfyUI version's section (replacing only it); default without --quick")
+    ap.add_argument(
+        "--write-section",
+        action="store_true",
+        help="write the run as this ComfyUI version's section (replacing only it); default without --quick",
+    )
     ap.add_argument("--out", help=f"write the document here instead of {DOC} (the sections kept come from {DOC})")
     ap.add_argument("--json", help="also save the rows of the run (and how it was made) in this JSON file")
     ap.add_argument("--from-json", help="render the rows saved by --json instead of running the matrices")
@@ -50,14 +54,22 @@ def main(argv=None) -> int:
     else:
         start = time.time()
         rows = M.all_rows(quick=args.quick)
-        run = {"comfyui": M.comfyui_version(), "torch": M.torch_version(), "quick": args.quick,
-               "seconds": round(time.time() - start), "date": datetime.date.today().isoformat(), "rows": rows}
+        run = {
+            "comfyui": M.comfyui_version(),
+            "torch": M.torch_version(),
+            "quick": args.quick,
+            "seconds": round(time.time() - start),
+            "date": datetime.date.today().isoformat(),
+            "rows": rows,
+        }
         if args.json:
             write_atomic(args.json, json.dumps(run, indent=1))
     rows = run["rows"]
     counts = collections.Counter(r["status"] for r in rows)
-    print(f"ComfyUI {run['comfyui']}, {'quick slice' if run['quick'] else 'full matrix'}: {len(rows)} rows in "
-          f"{run['seconds']} s: " + ", ".join(f"{s} {counts[s]}" for s in M.STATUSES))
+    print(
+        f"ComfyUI {run['comfyui']}, {'quick slice' if run['quick'] else 'full matrix'}: {len(rows)} rows in "
+        f"{run['seconds']} s: " + ", ".join(f"{s} {counts[s]}" for s in M.STATUSES)
+    )
     for r in rows:
         if r["status"] == "FAIL":
             print(f"FAIL {M.key_of(r)}: {r['detail']}")

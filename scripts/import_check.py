@@ -2,6 +2,7 @@
 main.py --quick-test-for-ci, as a user runs it (no dev kit on PYTHONPATH), then the pack's own folder
 (custom_nodes/guidance-lab, matched exactly) must have loaded and no node of the pack may have been left out.
 Usage: python -m scripts.import_check TREE [--pythonpath PATHS]     (exit 1 naming the folder that failed)"""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ text uses Pillow's own embedded font, not the machine's): running it again write
 
 Usage: .venv/bin/python -m scripts.make_banner [OUT.png]
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,7 @@ def draw(size: tuple[int, int] = SIZE) -> Image.Image:
     r = 0.04 * h
     d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 246, 214, 255))
     d.text((0.05 * w, 0.30 * h), TITLE, font=ImageFont.load_default(size=int(0.22 * h)), fill=(236, 240, 250, 255))
-    d.text((0.05 * w, 0.60 * h), SUBTITLE, font=ImageFont.load_default(size=int(0.075 * h)),
-           fill=(170, 186, 220, 255))
+    d.text((0.05 * w, 0.60 * h), SUBTITLE, font=ImageFont.load_default(size=int(0.075 * h)), fill=(170, 186, 220, 255))
     return img.resize(size, Image.LANCZOS).convert("RGB")
 
 

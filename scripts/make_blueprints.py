@@ -6,6 +6,7 @@ file name in the node library ("Subgraph Blueprints"); 0.3.52 has no such route 
 
     .venv/bin/python -m scripts.make_blueprints
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,9 @@ BLUEPRINTS = [
     {
         "name": "Autoguidance sampler (Guidance Lab)",
         "description": "Autoguidance (Karras et al. 2024) on SamplerCustomAdvanced: the CFG Guider at cfg 1 with a "
-                       "Model Term of weight 1 (Karras's w = 2) whose model is a weaker version of the sampled one "
-                       "(smaller or trained less, same family). Open the subgraph to change the seed, steps, "
-                       "sampler and weight.",
+        "Model Term of weight 1 (Karras's w = 2) whose model is a weaker version of the sampled one "
+        "(smaller or trained less, same family). Open the subgraph to change the seed, steps, "
+        "sampler and weight.",
         "nodes": [
             ("model", "GuidanceLabToyModelLoader", [0, 0], {}),
             ("weak", "GuidanceLabToyModelLoader", [0, 150], {"toy_model": "fashion_diffusion_weak.safetensors"}),
@@ -43,23 +44,32 @@ BLUEPRINTS = [
             ("decode", "GuidanceLabToyDecode", [1350, 200], {}),
         ],
         "links": [
-            ("model", "model", "guider", "model"), ("model", "model", "sigmas", "model"),
-            ("weak", "model", "term", "model"), ("term", "terms", "guider", "terms"),
+            ("model", "model", "guider", "model"),
+            ("model", "model", "sigmas", "model"),
+            ("weak", "model", "term", "model"),
+            ("term", "terms", "guider", "terms"),
             ("cond", "conditioning", "guider", "positive"),
-            ("noise", "NOISE", "sample", "noise"), ("guider", "guider", "sample", "guider"),
-            ("select", "SAMPLER", "sample", "sampler"), ("sigmas", "SIGMAS", "sample", "sigmas"),
-            ("latent", "LATENT", "sample", "latent_image"), ("sample", 0, "decode", "samples"),
+            ("noise", "NOISE", "sample", "noise"),
+            ("guider", "guider", "sample", "guider"),
+            ("select", "SAMPLER", "sample", "sampler"),
+            ("sigmas", "SIGMAS", "sample", "sigmas"),
+            ("latent", "LATENT", "sample", "latent_image"),
+            ("sample", 0, "decode", "samples"),
         ],
         "inner": ["term", "guider", "noise", "select", "sigmas", "sample"],
-        "inputs": {"GuidanceLabCFGGuider.model": "model", "GuidanceLabModelTerm.model": "weak_model",
-                   "GuidanceLabCFGGuider.positive": "positive", "SamplerCustomAdvanced.latent_image": "latent_image"},
+        "inputs": {
+            "GuidanceLabCFGGuider.model": "model",
+            "GuidanceLabModelTerm.model": "weak_model",
+            "GuidanceLabCFGGuider.positive": "positive",
+            "SamplerCustomAdvanced.latent_image": "latent_image",
+        },
         "outputs": {"SamplerCustomAdvanced.output": "LATENT"},
     },
     {
         "name": "CFG with schedule (Guidance Lab)",
         "description": "The stock KSampler with a per-step CFG schedule: a Guidance Schedule (cosine, full strength "
-                       "at high noise down to 0.25 of it) on a CFG Patch. Open the subgraph to change the schedule, "
-                       "cfg, seed and steps.",
+        "at high noise down to 0.25 of it) on a CFG Patch. Open the subgraph to change the schedule, "
+        "cfg, seed and steps.",
         "nodes": [
             ("model", "GuidanceLabToyModelLoader", [0, 0], {}),
             ("pos", "GuidanceLabToyClass", [0, 150], {}),
@@ -67,20 +77,38 @@ BLUEPRINTS = [
             ("latent", "EmptyLatentImage", [0, 450], {}),
             ("schedule", "GuidanceLabSchedule", [350, 0], {"kind": "cosine", "start": 1.0, "end": 0.25}),
             ("patch", "GuidanceLabCFGPatch", [700, 0], {"neg_scale": 0.0}),
-            ("ksampler", "KSampler", [1000, 150], {"seed": 0, "control_after_generate": "fixed", "steps": 20,
-                                                   "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                                                   "denoise": 1.0}),
+            (
+                "ksampler",
+                "KSampler",
+                [1000, 150],
+                {
+                    "seed": 0,
+                    "control_after_generate": "fixed",
+                    "steps": 20,
+                    "cfg": 5.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "denoise": 1.0,
+                },
+            ),
             ("decode", "GuidanceLabToyDecode", [1350, 150], {}),
         ],
         "links": [
-            ("model", "model", "patch", "model"), ("schedule", "schedule", "patch", "cfg_schedule"),
-            ("patch", "model", "ksampler", "model"), ("pos", "conditioning", "ksampler", "positive"),
-            ("neg", "conditioning", "ksampler", "negative"), ("latent", "LATENT", "ksampler", "latent_image"),
+            ("model", "model", "patch", "model"),
+            ("schedule", "schedule", "patch", "cfg_schedule"),
+            ("patch", "model", "ksampler", "model"),
+            ("pos", "conditioning", "ksampler", "positive"),
+            ("neg", "conditioning", "ksampler", "negative"),
+            ("latent", "LATENT", "ksampler", "latent_image"),
             ("ksampler", "LATENT", "decode", "samples"),
         ],
         "inner": ["schedule", "patch", "ksampler"],
-        "inputs": {"GuidanceLabCFGPatch.model": "model", "KSampler.positive": "positive",
-                   "KSampler.negative": "negative", "KSampler.latent_image": "latent_image"},
+        "inputs": {
+            "GuidanceLabCFGPatch.model": "model",
+            "KSampler.positive": "positive",
+            "KSampler.negative": "negative",
+            "KSampler.latent_image": "latent_image",
+        },
         "outputs": {"KSampler.LATENT": "LATENT"},
     },
 ]

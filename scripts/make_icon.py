@@ -6,6 +6,7 @@ on the right (the class or prompt they are guided to).
 
 Usage: .venv/bin/python -m scripts.make_icon [OUT.png]
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def trajectory(y0: float, bend: float, n: int = 64):
     pts = []
     for i in range(n + 1):
         t = i / n
-        pull = t ** 1.6  # guidance pulls harder as the noise goes down
+        pull = t**1.6  # guidance pulls harder as the noise goes down
         x = 0.14 + 0.66 * t
         y = y0 + (0.5 - y0) * pull + bend * math.sin(math.pi * t) * (1 - t)
         pts.append((x, y))

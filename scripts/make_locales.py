@@ -16,6 +16,7 @@ locales/translated_from.json (outside the language folders, which are all ComfyU
 English text each translated string was made from: the test names every string whose English changed since (a
 stale translation), and --mark-translated records the current English once a translator has updated a language.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ def english() -> dict[str, dict]:
     H.boot()
     pack = H.pack_module("nodes")
     infos = [cls.GET_NODE_INFO_V1() for cls in pack.loadable(pack.NODES)]
-    return {"main.json": {"nodeCategories": {part: part for part in categories(infos)}},
-            "nodeDefs.json": {info["name"]: node_def(info) for info in infos}}
+    return {
+        "main.json": {"nodeCategories": {part: part for part in categories(infos)}},
+        "nodeDefs.json": {info["name"]: node_def(info) for info in infos},
+    }
 
 
 def dumps(data) -> str:
@@ -118,8 +121,13 @@ def mark_translated(langs) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="compare with the shipped files instead of writing")
-    ap.add_argument("--mark-translated", nargs="+", metavar="LANG", choices=LANGUAGES[1:],
-                    help="record the current English as what these languages' translations were made from")
+    ap.add_argument(
+        "--mark-translated",
+        nargs="+",
+        metavar="LANG",
+        choices=LANGUAGES[1:],
+        help="record the current English as what these languages' translations were made from",
+    )
     args = ap.parse_args(argv)
     if args.mark_translated:
         mark_translated(args.mark_translated)

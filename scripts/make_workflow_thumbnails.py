@@ -13,6 +13,7 @@ Not shipped.
 
     .venv/bin/python -m scripts.make_workflow_thumbnails [NAME ...] [--readme-graph NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,8 @@ def show_graph(page, workflow: dict, name: str) -> list[float]:
     """Load `workflow` into the page's frontend at zoom 1 (litegraph draws every title and widget there), the
     window sized to the whole graph; returns the graph's bounds in page px [x0, y0, x1, y1]."""
     page.setup_graph(False)
-    b = page.js("""async ([wf, name]) => {
+    b = page.js(
+        """async ([wf, name]) => {
         await app.loadGraphData(wf, true, false, name);
         let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
         const th = LiteGraph.NODE_TITLE_HEIGHT;
@@ -65,16 +67,21 @@ def show_graph(page, workflow: dict, name: str) -> list[float]:
             x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
         }
         return [x0, y0, x1, y1];
-    }""", [workflow, name])
+    }""",
+        [workflow, name],
+    )
     mx, my = MARGIN
     page.page.set_viewport_size({"width": int(b[2] - b[0]) + 2 * mx, "height": int(b[3] - b[1]) + my + 90})
     page.page.wait_for_timeout(300)
-    page.js("""([x0, y0, mx, my]) => {
+    page.js(
+        """([x0, y0, mx, my]) => {
         app.canvas.show_info = false;  // the frame-time overlay
         app.canvas.ds.scale = 1;
         app.canvas.ds.offset = [mx - x0, my - y0];
         app.canvas.setDirty(true, true);
-    }""", [b[0], b[1], mx, my])
+    }""",
+        [b[0], b[1], mx, my],
+    )
     page.page.wait_for_timeout(800)  # a few frames: the pack's schedule plots draw after their route answers
     return [mx, my, mx + b[2] - b[0], my + b[3] - b[1]]
 
@@ -83,8 +90,11 @@ def queue_and_wait(page, timeout_ms: int = 300_000):
     """Queue the loaded graph from the page (the Run button's call) and wait until its Save Image node shows
     the images it made."""
     page.js("async () => { await app.queuePrompt(0, 1); }")
-    page.wait("() => app.graph.nodes.some((n) => n.type === 'SaveImage' && n.imgs?.length > 0 "
-              "&& n.imgs.every((i) => i.complete))", timeout=timeout_ms)
+    page.wait(
+        "() => app.graph.nodes.some((n) => n.type === 'SaveImage' && n.imgs?.length > 0 "
+        "&& n.imgs.every((i) => i.complete))",
+        timeout=timeout_ms,
+    )
     page.js("() => app.canvas.setDirty(true, true)")
     page.page.wait_for_timeout(500)
 

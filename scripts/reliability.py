@@ -10,6 +10,7 @@ The servers run with `--base-directory` in a temporary folder (models/, input/, 
 shared ComfyUI tree is never written. Its custom_nodes/ links the pack, the demo nodes and the probe
 (devkit/reliability/probe.py, as `gl_reliability_probe.py`). Not shipped (scripts/ and devkit/ are in .comfyignore).
 """
+
 from __future__ import annotations
 
 import sys

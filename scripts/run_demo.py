@@ -3,6 +3,7 @@
 MODEL patch and as a SAMPLER) through POST /prompt, exactly as saved for the frontend (converted to the API
 format by devkit/workflow_api.py), and write their images plus a contact sheet to OUTDIR (default: out/).
 CPU only, nothing to download: the toy world's model and classifier ship with the pack."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def main(argv=None):
     if rows:
         sheet = R.contact_sheet(rows, os.path.join(out, "contact_sheet.png"))
         print(f"contact sheet: {sheet}")
-    print(f"done in {time.time() - t_start:.0f} s: {len(names) - failed} workflows ran, {failed} failed; "
-          f"images in {out}")
+    print(
+        f"done in {time.time() - t_start:.0f} s: {len(names) - failed} workflows ran, {failed} failed; images in {out}"
+    )
     return 1 if failed else 0
 
 

@@ -9,6 +9,7 @@ Tiers (pytest markers, registered in pytest.ini): every test carries exactly one
 A file of one tier says so in `pytestmark`; a file that mixes tiers marks each test. `slow_sweep` marks tests that
 repeat other tests' code paths many times over (the hypothesis sweep of the CFG settings, the toy tradeoff
 benchmark): scripts/test.sh runs them in the ComfyUI 0.3.75 pass only."""
+
 import os
 import re
 
@@ -29,11 +30,16 @@ def pytest_collection_modifyitems(config, items):
 
 def check_tiers(items):
     """Every test has exactly one tier: a new test without one (or with two) stops the collection, named."""
-    wrong = [f"{item.nodeid}: {tiers or 'none'}" for item in items
-             if len(tiers := sorted({m.name for m in item.iter_markers()} & set(TIERS))) != 1]
+    wrong = [
+        f"{item.nodeid}: {tiers or 'none'}"
+        for item in items
+        if len(tiers := sorted({m.name for m in item.iter_markers()} & set(TIERS))) != 1
+    ]
     if wrong:
-        raise pytest.UsageError(f"each test needs exactly one tier marker of {', '.join(TIERS)} (tests/conftest.py); "
-                                f"{len(wrong)} tests have none or several: " + "; ".join(wrong))
+        raise pytest.UsageError(
+            f"each test needs exactly one tier marker of {', '.join(TIERS)} (tests/conftest.py); "
+            f"{len(wrong)} tests have none or several: " + "; ".join(wrong)
+        )
 
 
 # ---------------------------------------------------------------- browser tests on ComfyUI 0.3.52's own frontend
@@ -52,8 +58,10 @@ def skip_browser_cases(items):
     browser = os.environ.get("GL_BROWSER")
     if browser in ("0", "pinned"):
         skipped = ("pinned", "newest") if browser == "0" else ("newest",)
-        skip = pytest.mark.skip(reason=f"{'/'.join(skipped)} frontend cases run in the ComfyUI 0.3.75 pass of "
-                                       f"scripts/test.sh (GL_BROWSER={browser})")
+        skip = pytest.mark.skip(
+            reason=f"{'/'.join(skipped)} frontend cases run in the ComfyUI 0.3.75 pass of "
+            f"scripts/test.sh (GL_BROWSER={browser})"
+        )
         for item in items:
             params = getattr(getattr(item, "callspec", None), "params", {}).values()
             if any(isinstance(v, str) and v in skipped for v in params):
@@ -69,10 +77,12 @@ def skip_browser_cases(items):
     if tuple(int(x) for x in re.findall(r"\d+", frontend)[:2]) >= (1, 32):
         return
     version = comfyui_version_of_tree()
-    reason = (f"ComfyUI {version} pins comfyui-frontend-package {frontend}, older than the browser tests drive: "
-              "no Vue node renderer (setting Comfy.VueNodes.Enabled), an older node help panel (no normalizePackId), "
-              "a missing-nodes dialog worded 'Some Nodes Are Missing' that Escape does not close; they run on "
-              "1.32.9 (ComfyUI 0.3.75's) and newer")
+    reason = (
+        f"ComfyUI {version} pins comfyui-frontend-package {frontend}, older than the browser tests drive: "
+        "no Vue node renderer (setting Comfy.VueNodes.Enabled), an older node help panel (no normalizePackId), "
+        "a missing-nodes dialog worded 'Some Nodes Are Missing' that Escape does not close; they run on "
+        "1.32.9 (ComfyUI 0.3.75's) and newer"
+    )
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "pinned" in params.values():
@@ -93,10 +103,16 @@ def env():
     """The pack's modules as ComfyUI's loader imported them, for the classifier tests: the demo world with the
     Gaussian mixture's exact denoiser (scripts/demo_nodes), the mixture itself, the classifier and training nodes,
     the trainer, the parameterizations, classifier guidance and the errors."""
-    return {"demo": H.demo_module(), "gmm": H.pack_module("guidance_core.reference.gmm"),
-            "nodes": H.pack_module("nodes.classifier_nodes"), "training_nodes": H.pack_module("nodes.training_nodes"),
-            "TR": H.pack_module("guidance_core.classifier_training"), "P": H.pack_module("guidance_core.parameterization"),
-            "G": H.pack_module("guidance_core.classifier_guidance"), "errors": H.pack_module("guidance_core.errors")}
+    return {
+        "demo": H.demo_module(),
+        "gmm": H.pack_module("guidance_core.reference.gmm"),
+        "nodes": H.pack_module("nodes.classifier_nodes"),
+        "training_nodes": H.pack_module("nodes.training_nodes"),
+        "TR": H.pack_module("guidance_core.classifier_training"),
+        "P": H.pack_module("guidance_core.parameterization"),
+        "G": H.pack_module("guidance_core.classifier_guidance"),
+        "errors": H.pack_module("guidance_core.errors"),
+    }
 
 
 # ---------------------------------------------------------------- a real ComfyUI server per module (and frontend)
@@ -106,6 +122,7 @@ def start_server():
     (folder, frontend, extra ComfyUI options) -> the started server, writing into `folder`, serving `frontend`
     (devkit/frontends.py), which it names as .frontend. A module overrides this fixture to give its servers more
     (a models folder), calling this one."""
+
     def start(folder, frontend, extra_args=()):
         srv = ComfyServer(str(folder), extra_args=[*extra_args, *frontend.server_args]).start()
         srv.frontend = frontend
@@ -118,6 +135,7 @@ def start_server():
 def stop_server():
     """How the module stops its servers: a function (server) -> the server's log, read after it stopped. A module
     overrides this fixture to check that log, calling this one."""
+
     def stop(srv):
         srv.stop()
         with open(srv.log_path) as f:

@@ -1,5 +1,6 @@
 """Exactness of every CFG formula against independent references computed by hand (numpy,
 written element by element from the papers' equations) on small tensors."""
+
 import math
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_composable_by_hand():
 
 def _vp(x, sigma):
     """Independent VP quantities: abar = 1/(1+sigma^2), x_vp = sqrt(abar) x."""
-    abar = 1.0 / (1.0 + sigma ** 2)
+    abar = 1.0 / (1.0 + sigma**2)
     return math.sqrt(abar), math.sqrt(1 - abar)
 
 
@@ -95,13 +96,13 @@ def test_rescale_matches_comfyui_rescalecfg_formula():
     # ComfyUI's RescaleCFG (nodes_model_advanced.py), restated on its own terms
     x0, dp, dn = rand(1, 4, 2, 2) * 3, rand(1, 4, 2, 2), rand(1, 4, 2, 2)
     sigma, s, phi = 1.3, 5.0, 0.5
-    x = x0 / (sigma ** 2 + 1)
-    cond = (x - dp) * (sigma ** 2 + 1) ** 0.5 / sigma
-    unc = (x - dn) * (sigma ** 2 + 1) ** 0.5 / sigma
+    x = x0 / (sigma**2 + 1)
+    cond = (x - dp) * (sigma**2 + 1) ** 0.5 / sigma
+    unc = (x - dn) * (sigma**2 + 1) ** 0.5 / sigma
     xc = unc + s * (cond - unc)
     xr = xc * cond.std(ddof=1) / xc.std(ddof=1)
     xf = phi * xr + (1 - phi) * xc
-    ref = x - xf * sigma / (sigma ** 2 + 1) ** 0.5
+    ref = x - xf * sigma / (sigma**2 + 1) ** 0.5
     got = C.rescale(t(dp), t(dn + s * (dp - dn)), phi, t(x0), t(sigma), t(1.0), "v").numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
 
@@ -130,7 +131,7 @@ def test_cfg_zero_star_by_hand():
     ref = np.empty_like(x)
     for b in range(2):
         vc, vu = (x[b] - dp[b]) / sigma, (x[b] - du[b]) / sigma  # flow velocity (x - D)/sigma
-        a = float((vc * vu).sum() / ((vu * vu).sum() + 1e-8 / sigma ** 2))
+        a = float((vc * vu).sum() / ((vu * vu).sum() + 1e-8 / sigma**2))
         v = a * vu + s * (vc - a * vu)
         ref[b] = x[b] - sigma * v
     du2 = C.cfg_zero_star_uncond(t(dp), t(du), t(x))
@@ -255,8 +256,9 @@ def test_apg_momentum_advances_once_per_step():
     comb.reset("heun")
     g = torch.Generator().manual_seed(0)
     calls = [3.0, 2.0, 2.0, 1.0, 1.0]
-    preds = [{k: torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64) for k in ("positive", "negative")}
-             for _ in calls]
+    preds = [
+        {k: torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64) for k in ("positive", "negative")} for _ in calls
+    ]
     x = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
     outs = []
     for s, p in zip(calls, preds):
@@ -270,11 +272,17 @@ def test_apg_momentum_advances_once_per_step():
         torch.testing.assert_close(outs[i], preds[i]["positive"] + 2.0 * want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad, field", [
-    (dict(rescale_phi=1.5), "rescale_phi"), (dict(rescale_phi=float("nan")), "rescale_phi"),
-    (dict(zero_init_steps=-1), "zero_init_steps"), (dict(apg_momentum=1.0), "apg_momentum"),
-    (dict(rescale_space="y"), "rescale_space"), (dict(apg_norm_threshold=-1.0), "apg_norm_threshold"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(rescale_phi=1.5), "rescale_phi"),
+        (dict(rescale_phi=float("nan")), "rescale_phi"),
+        (dict(zero_init_steps=-1), "zero_init_steps"),
+        (dict(apg_momentum=1.0), "apg_momentum"),
+        (dict(rescale_space="y"), "rescale_space"),
+        (dict(apg_norm_threshold=-1.0), "apg_norm_threshold"),
+    ],
+)
 def test_post_process_errors_name_the_field(bad, field):
     with pytest.raises(C.GuidanceConfigError, match=field):
         C.PostProcess(**bad)

@@ -1,10 +1,23 @@
 """Issue 12: the CFG GUIDER and MODEL patch at the edges where real graphs go. Each test here failed on the
 code before the shared CFG runtime (nodes/cfg_runtime.py); all run inside a real ComfyUI."""
+
 import pytest
 import torch
 
 from devkit import comfy_host as H
-from devkit.cfg_helpers import EMPTY, NEG, OTHER, POS, custom_sample, ksample, native_guider, our_guider, patch, post, schedule
+from devkit.cfg_helpers import (
+    EMPTY,
+    NEG,
+    OTHER,
+    POS,
+    custom_sample,
+    ksample,
+    native_guider,
+    our_guider,
+    patch,
+    post,
+    schedule,
+)
 
 pytestmark = pytest.mark.comfy
 
@@ -25,8 +38,9 @@ def test_unguided_steps_give_hooks_cfg1_semantics(models, order):
     ref = ksample(apg(m), 1.0)
     chained = patch(apg(m), cfg_schedule=off) if order == "apg_first" else apg(patch(m, cfg_schedule=off))
     torch.testing.assert_close(ksample(chained, 7.0), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(custom_sample(apg(m), our_guider(apg(m), 7.0, cfg_schedule=off)), ref,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        custom_sample(apg(m), our_guider(apg(m), 7.0, cfg_schedule=off)), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_scheduled_steps_give_hooks_the_effective_scale(models):
@@ -37,8 +51,9 @@ def test_scheduled_steps_give_hooks_the_effective_scale(models):
     ref = ksample(apg(m), 4.0)
     torch.testing.assert_close(ksample(patch(apg(m), cfg_schedule=half), 7.0), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ksample(apg(patch(m, cfg_schedule=half)), 7.0), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(custom_sample(apg(m), our_guider(apg(m), 7.0, cfg_schedule=half)), ref,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        custom_sample(apg(m), our_guider(apg(m), 7.0, cfg_schedule=half)), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_interval_hooks_see_cfg1_outside_and_real_uncond_inside(models):
@@ -46,15 +61,23 @@ def test_interval_hooks_see_cfg1_outside_and_real_uncond_inside(models):
     seen = []
 
     def record(args):
-        seen.append((float(args["sigma"][0]), args["cond_scale"], args["conds"][1] is None,
-                     float(args["conds_out"][1].abs().max())))
+        seen.append(
+            (
+                float(args["sigma"][0]),
+                args["cond_scale"],
+                args["conds"][1] is None,
+                float(args["conds_out"][1].abs().max()),
+            )
+        )
         return args["conds_out"]
 
     m.set_model_sampler_pre_cfg_function(record)
     sig = [float(v) for v in H.run_node("BasicScheduler", model=m, scheduler="normal", steps=8, denoise=1.0)[0]]
     interval = schedule(kind="interval", sigma_lo=sig[4], sigma_hi=sig[0] + 1)
-    for run in (lambda: ksample(patch(m, cfg_schedule=interval), 7.0),
-                lambda: custom_sample(m, our_guider(m, 7.0, cfg_schedule=interval))):
+    for run in (
+        lambda: ksample(patch(m, cfg_schedule=interval), 7.0),
+        lambda: custom_sample(m, our_guider(m, 7.0, cfg_schedule=interval)),
+    ):
         seen.clear()
         run()
         assert len(seen) == 8
@@ -73,15 +96,22 @@ def test_cfg_pp_samplers_get_a_real_uncond_on_unguided_steps(models, sampler):
     off = schedule(kind="constant", start=0.0)
     ref = ksample(m, 1.0, sampler=sampler)
     torch.testing.assert_close(ksample(patch(m, cfg_schedule=off), 7.0, sampler=sampler), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(custom_sample(m, our_guider(m, 7.0, cfg_schedule=off), sampler=sampler),
-                               custom_sample(m, native_guider(m, 1.0), sampler=sampler), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        custom_sample(m, our_guider(m, 7.0, cfg_schedule=off), sampler=sampler),
+        custom_sample(m, native_guider(m, 1.0), sampler=sampler),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_post_cfg_hooks_see_the_real_uncond_with_three_way(models):
     m = models["eps"].clone()
     seen = []
     m.set_model_sampler_post_cfg_function(
-        lambda a: (seen.append((a["uncond_denoised"].clone(), a["cond_scale"], a["denoised"].clone())), a["denoised"])[1])
+        lambda a: (seen.append((a["uncond_denoised"].clone(), a["cond_scale"], a["denoised"].clone())), a["denoised"])[
+            1
+        ]
+    )
     custom_sample(m, our_guider(m, 5.0, empty=EMPTY, neg_scale=2.0), steps=1)
     ref_parts = []
     r = models["eps"].clone()
@@ -126,9 +156,18 @@ def context_windows(model, length=8):
     overlapping; the cond lists are rebuilt per window, as for video frames. FreeNoise (an input since ComfyUI
     0.33) off: the windows alone."""
     extra = {"freenoise": False} if "freenoise" in H.declared_inputs("ContextWindowsManual") else {}
-    return H.run_node("ContextWindowsManual", model=model, context_length=length, context_overlap=4,
-                      context_schedule="standard_uniform", context_stride=1, closed_loop=False,
-                      fuse_method="pyramid", dim=2, **extra)[0]
+    return H.run_node(
+        "ContextWindowsManual",
+        model=model,
+        context_length=length,
+        context_overlap=4,
+        context_schedule="standard_uniform",
+        context_stride=1,
+        closed_loop=False,
+        fuse_method="pyramid",
+        dim=2,
+        **extra,
+    )[0]
 
 
 def test_patch_and_guider_work_under_context_windows(models):
@@ -138,8 +177,12 @@ def test_patch_and_guider_work_under_context_windows(models):
     assert (ref - ksample(models["eps"], 4.0)).abs().max() > 1e-2  # the windows are in effect
     assert (ref - ksample(m, 7.0)).abs().max() > 1e-2  # the schedule matters here
     torch.testing.assert_close(ksample(patch(m, cfg_schedule=half), 7.0), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(custom_sample(m, our_guider(m, 7.0, cfg_schedule=half)),
-                               custom_sample(m, native_guider(m, 4.0)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        custom_sample(m, our_guider(m, 7.0, cfg_schedule=half)),
+        custom_sample(m, native_guider(m, 4.0)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     # three-way with neg_scale = s - 1 is standard CFG, also window by window
     three = {"empty": EMPTY, "neg_scale": 4.0}
     torch.testing.assert_close(ksample(patch(m, **three), 5.0), ksample(m, 5.0), rtol=1e-4, atol=1e-4)
@@ -147,8 +190,16 @@ def test_patch_and_guider_work_under_context_windows(models):
 
 def test_patch_refuses_guiders_it_cannot_drive(models):
     m = patch(models["eps"], cfg_schedule=schedule(kind="constant", start=0.5))
-    dual = H.run_node("DualCFGGuider", model=m, cond1=POS, cond2=OTHER, negative=NEG, cfg_conds=5.0,
-                      cfg_cond2_negative=2.0, style="regular")[0]
+    dual = H.run_node(
+        "DualCFGGuider",
+        model=m,
+        cond1=POS,
+        cond2=OTHER,
+        negative=NEG,
+        cfg_conds=5.0,
+        cfg_cond2_negative=2.0,
+        style="regular",
+    )[0]
     with pytest.raises(GuidanceConfigError, match="Guider_DualCFG"):
         custom_sample(m, dual)
 
@@ -177,9 +228,14 @@ def test_zero_init_leaves_x_unchanged_for_whole_steps(models, sampler):
     sig = sigmas_of(m, 6)
     noise = H.run_node("RandomNoise", noise_seed=5)[0].generate_noise(H.empty_latent())
     x_start = float(sig[0]) * noise  # flow: x = sigma * noise for an empty latent
-    ref = H.run_node("SamplerCustomAdvanced", noise=StartNoise(x_start / float(sig[2])), guider=native_guider(m, 5.0),
-                     sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0], sigmas=sig[2:],
-                     latent_image=H.empty_latent())[0]["samples"]
+    ref = H.run_node(
+        "SamplerCustomAdvanced",
+        noise=StartNoise(x_start / float(sig[2])),
+        guider=native_guider(m, 5.0),
+        sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0],
+        sigmas=sig[2:],
+        latent_image=H.empty_latent(),
+    )[0]["samples"]
     rc = H.RowCounter(m)
     try:
         got = custom_sample(m, our_guider(m, 5.0, post=post(zero_init_steps=2)), sampler=sampler, sigmas=sig)
@@ -220,13 +276,20 @@ def test_empty_and_negative_terms_carry_negative_prompt_type():
     p, n, e = (H.cond(s, pooled=1280) for s in (11, 12, 13))
     # empty as the baseline: D = D_e + s (D_p - D_e), ComfyUI's CFGGuider with e as its negative
     ref = custom_sample(m, native_guider(m, 5.0, pos=p, neg=e), steps=3)
-    torch.testing.assert_close(custom_sample(m, our_guider(m, 5.0, positive=p, negative=None, empty=e), steps=3),
-                               ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ksample(patch(m, empty=e, neg_scale=0.0), 5.0, steps=3, pos=p, neg=n),
-                               ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        custom_sample(m, our_guider(m, 5.0, positive=p, negative=None, empty=e), steps=3), ref, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        ksample(patch(m, empty=e, neg_scale=0.0), 5.0, steps=3, pos=p, neg=n), ref, rtol=1e-5, atol=1e-5
+    )
     # a term of weight -1: D = D_p - (D_e - D_n), ComfyUI's DualCFGGuider (its middle cond is tagged negative)
-    dual = H.run_node("DualCFGGuider", model=m, cond1=p, cond2=e, negative=n, cfg_conds=1.0,
-                      cfg_cond2_negative=0.0, style="regular")[0]
+    dual = H.run_node(
+        "DualCFGGuider", model=m, cond1=p, cond2=e, negative=n, cfg_conds=1.0, cfg_cond2_negative=0.0, style="regular"
+    )[0]
     term = H.run_node("GuidanceLabTerm", conditioning=e, weight=-1.0)[0]
-    torch.testing.assert_close(custom_sample(m, our_guider(m, 1.0, positive=p, negative=n, terms=term), steps=3),
-                               custom_sample(m, dual, steps=3), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        custom_sample(m, our_guider(m, 1.0, positive=p, negative=n, terms=term), steps=3),
+        custom_sample(m, dual, steps=3),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -1,13 +1,26 @@
 """The CFG combiner inside a real ComfyUI: KSampler, SamplerCustomAdvanced, real samplers,
 ComfyUI's own UNet at tiny width. No mocks."""
+
 import copy
 
 import pytest
 import torch
 
 from devkit import comfy_host as H
-from devkit.cfg_helpers import (EMPTY, OTHER, POS, custom_sample, ksample, native_guider, one_step, our_guider, patch,
-                         post, raw_parts, schedule)
+from devkit.cfg_helpers import (
+    EMPTY,
+    OTHER,
+    POS,
+    custom_sample,
+    ksample,
+    native_guider,
+    one_step,
+    our_guider,
+    patch,
+    post,
+    raw_parts,
+    schedule,
+)
 
 pytestmark = pytest.mark.comfy
 
@@ -34,9 +47,11 @@ def test_guider_and_patch_reproduce_native(models, kind, sampler):
 
 def test_cfg1_costs_one_row_per_step(models):
     m = models["eps"]
-    for run in (lambda: custom_sample(m, our_guider(m, 1.0), steps=6),
-                lambda: custom_sample(m, our_guider(m, 1.0, negative=None), steps=6),
-                lambda: ksample(patch(m), 1.0, steps=6)):
+    for run in (
+        lambda: custom_sample(m, our_guider(m, 1.0), steps=6),
+        lambda: custom_sample(m, our_guider(m, 1.0, negative=None), steps=6),
+        lambda: ksample(patch(m), 1.0, steps=6),
+    ):
         rc = H.RowCounter(m)
         try:
             run()
@@ -137,8 +152,9 @@ def test_other_packs_pre_cfg_hooks_run_inside_the_guider(models):
     m.set_model_sampler_pre_cfg_function(drop_guidance)
     got = custom_sample(m, our_guider(m, 6.0), steps=5)
     assert seen == [2] * 5
-    torch.testing.assert_close(got, custom_sample(models["eps"], native_guider(models["eps"], 1.0), steps=5),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        got, custom_sample(models["eps"], native_guider(models["eps"], 1.0), steps=5), rtol=1e-5, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------ Must show 7: input untouched
@@ -147,8 +163,9 @@ def test_patch_leaves_input_model_untouched(models):
     before_opts = copy.deepcopy(m.model_options)
     before_wrappers = {k: {kk: list(vv) for kk, vv in v.items()} for k, v in m.wrappers.items()}
     ref = ksample(m, 6.0)
-    p = patch(m, empty=EMPTY, neg_scale=2.0, cfg_schedule=schedule(kind="linear", start=1, end=0),
-              post=post(rescale_phi=0.5))
+    p = patch(
+        m, empty=EMPTY, neg_scale=2.0, cfg_schedule=schedule(kind="linear", start=1, end=0), post=post(rescale_phi=0.5)
+    )
     ksample(p, 6.0)
     assert m.model_options == before_opts
     assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in m.wrappers.items()} == before_wrappers
@@ -166,12 +183,12 @@ def test_rescale_step_exact_per_parameterization(models, kind):
         ratio = p["pos"].std(dim=(1, 2, 3), keepdim=True) / d_cfg.std(dim=(1, 2, 3), keepdim=True)
         ref = phi * d_cfg * ratio + (1 - phi) * d_cfg
     else:  # ComfyUI's RescaleCFG formula (v-prediction space)
-        xs = x / (sigma ** 2 + 1)
-        vc = (xs - p["pos"]) * (sigma ** 2 + 1) ** 0.5 / sigma
-        vu = (xs - p["neg"]) * (sigma ** 2 + 1) ** 0.5 / sigma
+        xs = x / (sigma**2 + 1)
+        vc = (xs - p["pos"]) * (sigma**2 + 1) ** 0.5 / sigma
+        vu = (xs - p["neg"]) * (sigma**2 + 1) ** 0.5 / sigma
         vcfg = vu + s * (vc - vu)
         vf = phi * vcfg * vc.std(dim=(1, 2, 3), keepdim=True) / vcfg.std(dim=(1, 2, 3), keepdim=True) + (1 - phi) * vcfg
-        ref = xs - vf * sigma / (sigma ** 2 + 1) ** 0.5
+        ref = xs - vf * sigma / (sigma**2 + 1) ** 0.5
     got = one_step(m, our_guider(m, s, post=post(rescale_phi=phi)))[0]
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ksample(patch(m, post=post(rescale_phi=phi)), s, steps=1), got, rtol=1e-5, atol=1e-5)
@@ -183,9 +200,11 @@ def test_cfg_zero_star_apg_perp_neg_step_exact(models):
     s = 5.0
     # CFG-Zero*: v = a v_u + s (v_c - a v_u), v = (x - D)/sigma
     vc, vu = (x - p["pos"]) / sigma, (x - p["neg"]) / sigma
-    a = (vc * vu).sum(dim=(1, 2, 3), keepdim=True) / ((vu * vu).sum(dim=(1, 2, 3), keepdim=True) + 1e-8 / sigma ** 2)
+    a = (vc * vu).sum(dim=(1, 2, 3), keepdim=True) / ((vu * vu).sum(dim=(1, 2, 3), keepdim=True) + 1e-8 / sigma**2)
     ref = x - sigma * (a * vu + s * (vc - a * vu))
-    torch.testing.assert_close(one_step(m, our_guider(m, s, post=post(cfg_zero_star=True)))[0], ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        one_step(m, our_guider(m, s, post=post(cfg_zero_star=True)))[0], ref, rtol=1e-4, atol=1e-4
+    )
     # APG with eta = 0.5, threshold 2: projection w.r.t. D_pos
     d = p["pos"] - p["neg"]
     d = d * torch.clamp(2.0 / torch.linalg.vector_norm(d, dim=(1, 2, 3), keepdim=True), max=1.0)

@@ -2,6 +2,7 @@
 of the Schedule, Term, Post-processing, CFG Guider and CFG Patch nodes from the ranges their schemas declare
 (read from the schemas, not restated), on eps, v and flow tiny models with several samplers. Each draw must
 either be refused with a GuidanceConfigError before sampling or sample to a finite latent."""
+
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -56,13 +57,18 @@ def build(node_id, args):
 
 @st.composite
 def setting(draw):
-    s = {"kind": draw(st.sampled_from(["eps", "v", "flow"])), "route": draw(st.sampled_from(["guider", "patch"])),
-         "sampler": draw(st.sampled_from(["euler", "heun", "dpmpp_2m", "euler_ancestral", "dpm_2"])),
-         "guider": draw(widgets("GuidanceLabCFGGuider")), "patch": draw(widgets("GuidanceLabCFGPatch")),
-         "empty": draw(st.booleans()), "post": draw(st.none() | widgets("GuidanceLabPostProcess")),
-         "cfg_schedule": draw(st.none() | widgets("GuidanceLabSchedule")),
-         "neg_schedule": draw(st.none() | widgets("GuidanceLabSchedule")),
-         "terms": draw(st.lists(widgets("GuidanceLabTerm"), max_size=2))}
+    s = {
+        "kind": draw(st.sampled_from(["eps", "v", "flow"])),
+        "route": draw(st.sampled_from(["guider", "patch"])),
+        "sampler": draw(st.sampled_from(["euler", "heun", "dpmpp_2m", "euler_ancestral", "dpm_2"])),
+        "guider": draw(widgets("GuidanceLabCFGGuider")),
+        "patch": draw(widgets("GuidanceLabCFGPatch")),
+        "empty": draw(st.booleans()),
+        "post": draw(st.none() | widgets("GuidanceLabPostProcess")),
+        "cfg_schedule": draw(st.none() | widgets("GuidanceLabSchedule")),
+        "neg_schedule": draw(st.none() | widgets("GuidanceLabSchedule")),
+        "terms": draw(st.lists(widgets("GuidanceLabTerm"), max_size=2)),
+    }
     return s
 
 
@@ -75,8 +81,13 @@ def make_inputs(s):
     return {k: v for k, v in extra.items() if v is not None}
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(setting())
 def test_no_nan_or_inf_from_any_accepted_setting(s):
     m = model(s["kind"])
@@ -87,7 +98,9 @@ def test_no_nan_or_inf_from_any_accepted_setting(s):
             for i, t in enumerate(s["terms"]):
                 terms = H.run_node("GuidanceLabTerm", conditioning=(POS, OTHER)[i % 2], terms=terms, **t)[0]
             g = s["guider"]
-            guider = H.run_node("GuidanceLabCFGGuider", model=m, positive=POS, negative=NEG, terms=terms, **g, **extra)[0]
+            guider = H.run_node("GuidanceLabCFGGuider", model=m, positive=POS, negative=NEG, terms=terms, **g, **extra)[
+                0
+            ]
             out = custom_sample(m, guider, sampler=s["sampler"], steps=3)
         else:
             patched = H.run_node("GuidanceLabCFGPatch", model=m, **s["patch"], **extra)[0]
@@ -98,4 +111,3 @@ def test_no_nan_or_inf_from_any_accepted_setting(s):
         return
     event("sampled")
     assert torch.isfinite(out).all(), s
-

@@ -1,4 +1,5 @@
 """Classifier guidance core: exactness on a Gaussian mixture, targets, file format."""
+
 import json
 import os
 
@@ -54,7 +55,7 @@ def test_bayes_shift_is_exact_class_conditional(param):
         s = torch.full((4,), sigma)
         alpha = 1 - s if param == "flow" else torch.ones(4)
         x = alpha.view(-1, 1, 1, 1) * means[torch.tensor([0, 1, 2, 0])] + sigma * torch.randn(4, 2, 3, 3)
-        model_input = (lambda xx: xx) if param == "flow" else (lambda xx: xx / (1 + sigma ** 2) ** 0.5)
+        model_input = (lambda xx: xx) if param == "flow" else (lambda xx: xx / (1 + sigma**2) ** 0.5)
         d = gmm.denoise(x, s, alpha)
         for y in range(3):
             w = torch.zeros(4, 3)
@@ -83,9 +84,16 @@ def test_noise_aware_classifier_shapes(channels):
 
 
 def _meta(**kw):
-    m = {"architecture": "noise_aware", "config": ClassifierConfig(in_channels=4, num_classes=3, base_channels=16).to_dict(),
-         "labels": LABELS, "latent_channels": 4, "latent_format": "SD15", "parameterization": "eps",
-         "sigma_min": 0.03, "sigma_max": 14.6}
+    m = {
+        "architecture": "noise_aware",
+        "config": ClassifierConfig(in_channels=4, num_classes=3, base_channels=16).to_dict(),
+        "labels": LABELS,
+        "latent_channels": 4,
+        "latent_format": "SD15",
+        "parameterization": "eps",
+        "sigma_min": 0.03,
+        "sigma_max": 14.6,
+    }
     m.update(kw)
     return m
 
@@ -116,6 +124,7 @@ def test_bad_files_are_refused(tmp_path):
     with pytest.raises(gio.ClassifierFileError, match="corrupt.safetensors"):
         gio.load_classifier(str(corrupt))
     from safetensors.torch import save_file
+
     plain = str(tmp_path / "plain.safetensors")
     save_file({"w": torch.zeros(2)}, plain)
     with pytest.raises(gio.ClassifierFileError, match="no Guidance Lab metadata"):
@@ -131,7 +140,12 @@ def test_bad_files_are_refused(tmp_path):
 
 
 def test_config_errors_name_fields():
-    for kw, field in ((dict(every_n=0), "every_n"), (dict(rms_clamp=-1.0), "rms_clamp"), (dict(dtype="int8"), "dtype"),
-                      (dict(sigma_lo=5.0, sigma_hi=1.0), "sigma_lo=5.0"), (dict(scale=float("nan")), "scale")):
+    for kw, field in (
+        (dict(every_n=0), "every_n"),
+        (dict(rms_clamp=-1.0), "rms_clamp"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(sigma_lo=5.0, sigma_hi=1.0), "sigma_lo=5.0"),
+        (dict(scale=float("nan")), "scale"),
+    ):
         with pytest.raises(GuidanceConfigError, match=field):
             G.ClassifierGuidanceConfig(**kw)

@@ -1,6 +1,7 @@
 """Classifier guidance inside a real ComfyUI, checked against the exact answer of a Gaussian
 mixture: the MODEL is the mixture's exact denoiser (a real ComfyUI BaseModel), the classifier is
 its exact posterior p(y | x, sigma)."""
+
 import copy
 
 import pytest
@@ -38,26 +39,48 @@ def latent(batch):
     return {"samples": torch.zeros(batch, 4, 4, 4)}
 
 
-def ksample(model, batch=1, steps=20, sampler="euler", seed=3, denoise=1.0, cfg=1.0, pos=None, neg=None,
-            scheduler="normal"):
+def ksample(
+    model, batch=1, steps=20, sampler="euler", seed=3, denoise=1.0, cfg=1.0, pos=None, neg=None, scheduler="normal"
+):
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        return H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler,
-                          scheduler=scheduler, positive=pos or empty(), negative=neg or empty(),
-                          latent_image=latent(batch), denoise=denoise)[0]["samples"]
+        return H.run_node(
+            "KSampler",
+            model=model,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler,
+            scheduler=scheduler,
+            positive=pos or empty(),
+            negative=neg or empty(),
+            latent_image=latent(batch),
+            denoise=denoise,
+        )[0]["samples"]
 
 
 def recorder(model):
     rec, seen = model.clone(), []
     rec.set_model_sampler_post_cfg_function(
-        lambda a: (seen.append((a["input"].clone(), a["sigma"].clone(), a["denoised"].clone())), a["denoised"])[1])
+        lambda a: (seen.append((a["input"].clone(), a["sigma"].clone(), a["denoised"].clone())), a["denoised"])[1]
+    )
     return rec, seen
 
 
 # ---------------------------------------------------------------- Must show 1: analytic ground truth
-@pytest.mark.parametrize("param, sampler", [("eps", "dpmpp_2m"), ("v", "dpmpp_2m"), ("flow", "dpmpp_2m"),
-                                            ("eps", "euler_ancestral"), ("flow", "euler_ancestral"),
-                                            ("eps", "dpmpp_sde"), ("flow", "dpmpp_2m_sde"),
-                                            ("eps", "heun"), ("flow", "dpm_2")])
+@pytest.mark.parametrize(
+    "param, sampler",
+    [
+        ("eps", "dpmpp_2m"),
+        ("v", "dpmpp_2m"),
+        ("flow", "dpmpp_2m"),
+        ("eps", "euler_ancestral"),
+        ("flow", "euler_ancestral"),
+        ("eps", "dpmpp_sde"),
+        ("flow", "dpmpp_2m_sde"),
+        ("eps", "heun"),
+        ("flow", "dpm_2"),
+    ],
+)
 def test_scale1_is_the_exact_class_conditional_at_every_step(env, param, sampler):
     """Deterministic, ancestral, SDE and multi-stage samplers: every model call's guided D is exact."""
     model, gmm, clf = world(env, param)
@@ -87,13 +110,17 @@ def test_2000_samples_have_the_class_mean_and_std(env):
     run = dict(batch=n, steps=40, sampler="dpmpp_2m", scheduler="karras")
     out = ksample(patch(model, clf, target="c"), **run)
     mean, std = out.mean(0), out.std(0)
-    se = TAU / n ** 0.5  # standard error of each of the 64 per-dimension means
+    se = TAU / n**0.5  # standard error of each of the 64 per-dimension means
     assert (mean - MEANS[2]).abs().max() < 5 * se, float((mean - MEANS[2]).abs().max() / se)
     # pooled std: standard error tau/sqrt(2*n*64) ~ 6e-4, plus 5e-3 for the sampler's own discretization
     assert abs(float(std.mean()) - TAU) < 4 * TAU / (2 * (n - 1) * 64) ** 0.5 + 0.005, float(std.mean())
     # the same seed through the exact class-conditional model gives the same samples
-    exact = ksample(model, pos=env["demo"].class_conditioning([0.0, 0.0, 1.0]),
-                    neg=env["demo"].class_conditioning([0.0, 0.0, 1.0]), **run)
+    exact = ksample(
+        model,
+        pos=env["demo"].class_conditioning([0.0, 0.0, 1.0]),
+        neg=env["demo"].class_conditioning([0.0, 0.0, 1.0]),
+        **run,
+    )
     assert (out - exact).abs().max() < 1e-3
     nearest = ((out[:, None] - MEANS[None]) ** 2).flatten(2).sum(-1).argmin(1)
     assert (nearest == 2).float().mean() > 0.999
@@ -107,8 +134,14 @@ def test_2000_samples_have_the_class_mean_and_std(env):
 def custom(model, guider, sampler_node, batch, steps=20, seed=3):
     with torch.inference_mode():
         sig = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=steps, denoise=1.0)[0]
-        return H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=seed)[0],
-                          guider=guider, sampler=sampler_node, sigmas=sig, latent_image=latent(batch))[0]["samples"]
+        return H.run_node(
+            "SamplerCustomAdvanced",
+            noise=H.run_node("RandomNoise", noise_seed=seed)[0],
+            guider=guider,
+            sampler=sampler_node,
+            sigmas=sig,
+            latent_image=latent(batch),
+        )[0]["samples"]
 
 
 def nearest_class(out):
@@ -121,12 +154,19 @@ def test_patch_and_sampler_wrapper_with_per_item_targets(env, sampler):
     targets, want = "a\nc\nb\nc", [0, 2, 1, 2]
     via_patch = ksample(patch(model, clf, target=targets, scale=2.0), batch=4, sampler=sampler)
     assert nearest_class(via_patch) == want
-    wrapped = H.run_node("GuidanceLabClassifierSampler", sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0],
-                         model=model, classifier=clf, **guidance_args(target=targets, scale=2.0))[0]
+    wrapped = H.run_node(
+        "GuidanceLabClassifierSampler",
+        sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0],
+        model=model,
+        classifier=clf,
+        **guidance_args(target=targets, scale=2.0),
+    )[0]
     native = H.run_node("CFGGuider", model=model, positive=empty(), negative=empty(), cfg=1.0)[0]
     via_wrapper = custom(model, native, wrapped, 4)
     torch.testing.assert_close(via_wrapper, via_patch, rtol=1e-5, atol=1e-5)  # one code path, same result
-    ours = H.run_node("GuidanceLabCFGGuider", model=model, positive=empty(), negative=empty(), cfg=1.0, neg_scale=0.0)[0]
+    ours = H.run_node("GuidanceLabCFGGuider", model=model, positive=empty(), negative=empty(), cfg=1.0, neg_scale=0.0)[
+        0
+    ]
     torch.testing.assert_close(custom(model, ours, wrapped, 4), via_patch, rtol=1e-5, atol=1e-5)
 
 
@@ -135,8 +175,13 @@ def test_composes_with_the_cfg_guider_and_cfg(env):
     model, gmm, clf = world(env, "v")
     pos = demo.class_conditioning([0.0, 0.0, 1.0])  # CFG toward c ...
     g = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty(), cfg=3.0, neg_scale=0.0)[0]
-    wrapped = H.run_node("GuidanceLabClassifierSampler", sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
-                         model=model, classifier=clf, **guidance_args(target="c", scale=1.0))[0]
+    wrapped = H.run_node(
+        "GuidanceLabClassifierSampler",
+        sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+        model=model,
+        classifier=clf,
+        **guidance_args(target="c", scale=1.0),
+    )[0]
     assert nearest_class(custom(model, g, wrapped, 6)) == [2] * 6
     # the patch stacked on the CFG patch, through KSampler: both take effect
     both = patch(H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0)[0], clf, target="c")
@@ -182,9 +227,20 @@ def test_loader_reads_files_from_the_registered_folder(env, tmp_path):
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     folder_paths.add_model_folder_path("classifiers", str(tmp_path))
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=16))
-    gio.save_classifier(str(tmp_path / "tiny.safetensors"), net, {
-        "architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
-        "latent_format": "LatentFormat", "parameterization": "eps", "sigma_min": 0.03, "sigma_max": 14.6})
+    gio.save_classifier(
+        str(tmp_path / "tiny.safetensors"),
+        net,
+        {
+            "architecture": "noise_aware",
+            "config": net.config.to_dict(),
+            "labels": LABELS,
+            "latent_channels": 4,
+            "latent_format": "LatentFormat",
+            "parameterization": "eps",
+            "sigma_min": 0.03,
+            "sigma_max": 14.6,
+        },
+    )
     (tmp_path / "old.ckpt").write_bytes(b"\x80\x02fake")
     (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     names = H.pack_module("nodes.classifier_nodes").GuidanceLabClassifierLoader.define_schema().inputs[0].options

@@ -6,6 +6,7 @@
   - Train Classifier with steps = 0 gives a clear message where its classifier is used.
 Checked against the exact answer of a Gaussian mixture (scripts/demo_nodes: its exact denoiser as a real
 ComfyUI model, built on ComfyUI's own model_sampling classes)."""
+
 import json
 
 import numpy as np
@@ -23,8 +24,12 @@ PRIORS = torch.tensor([0.5, 0.3, 0.2])
 MEANS = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 EDM = {"sigma_data": 0.5, "sigma_max": 80.0, "sigma_min": 0.002}  # Playground v2.5's sampling settings
 # (ComfyUI model type, demo parameterization (alpha = 1 for all), sampling settings)
-KINDS = {"EDM": ("v", EDM), "V_PREDICTION_EDM": ("v", EDM),
-         "FLOW_COSMOS": ("eps", {"sigma_max": 80.0, "sigma_min": 0.002}), "IMG_TO_IMG": ("eps", {})}
+KINDS = {
+    "EDM": ("v", EDM),
+    "V_PREDICTION_EDM": ("v", EDM),
+    "FLOW_COSMOS": ("eps", {"sigma_max": 80.0, "sigma_min": 0.002}),
+    "IMG_TO_IMG": ("eps", {}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,9 @@ class TrainedPosterior(torch.nn.Module):
     def forward(self, x_in, sigma):
         s = sigma.reshape(-1)
         # noisy_batch(x0 = 0, eps = 1) = c_in(sigma)*sigma
-        c_in = self.TR.noisy_batch(torch.zeros_like(x_in[:, :1, :1, :1]), s, torch.ones_like(x_in[:, :1, :1, :1]),
-                                   self.spec) / s.reshape(-1, 1, 1, 1)
+        c_in = self.TR.noisy_batch(
+            torch.zeros_like(x_in[:, :1, :1, :1]), s, torch.ones_like(x_in[:, :1, :1, :1]), self.spec
+        ) / s.reshape(-1, 1, 1, 1)
         return self.gmm.class_logits(x_in / c_in, s, torch.ones_like(s))
 
 
@@ -59,15 +65,28 @@ def trained_classifier(env, model, name="trained"):
     TR = env["TR"]
     meta, extra = env["training_nodes"].cache_facts(model, LABELS, 4, "gmm")
     spec = TR.NoiseSpec.from_cache(meta, extra.get("sigma_table"))
-    trainer = TR.Trainer(MEANS.repeat(2, 1, 1, 1), torch.arange(3).repeat(2), LABELS, spec,
-                         TR.TrainConfig(steps=1, batch_size=2, arch={"base_channels": 8}))
+    trainer = TR.Trainer(
+        MEANS.repeat(2, 1, 1, 1),
+        torch.arange(3).repeat(2),
+        LABELS,
+        spec,
+        TR.TrainConfig(steps=1, batch_size=2, arch={"base_channels": 8}),
+    )
     file_meta = TR.classifier_metadata(trainer, meta["latent_format"])
     return env["nodes"].LoadedClassifier(TrainedPosterior(env, spec), file_meta, name)
 
 
 def guidance_args(**kw):
-    args = dict(target="b", scale=1.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0, dtype="float32",
-                allow_other_latent_format=False)
+    args = dict(
+        target="b",
+        scale=1.0,
+        sigma_lo=0.0,
+        sigma_hi=1.0e4,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+        allow_other_latent_format=False,
+    )
     args.update(kw)
     return args
 
@@ -82,15 +101,26 @@ def empty():
 
 def ksample(model, steps=12, batch=1):
     with torch.inference_mode():
-        return H.run_node("KSampler", model=model, seed=3, steps=steps, cfg=1.0, sampler_name="dpmpp_2m",
-                          scheduler="karras", positive=empty(), negative=empty(),
-                          latent_image={"samples": torch.zeros(batch, 4, 4, 4)}, denoise=1.0)[0]["samples"]
+        return H.run_node(
+            "KSampler",
+            model=model,
+            seed=3,
+            steps=steps,
+            cfg=1.0,
+            sampler_name="dpmpp_2m",
+            scheduler="karras",
+            positive=empty(),
+            negative=empty(),
+            latent_image={"samples": torch.zeros(batch, 4, 4, 4)},
+            denoise=1.0,
+        )[0]["samples"]
 
 
 def relative_errors_along_a_run(env, model, clf):
     rec, seen = patch(model, clf).clone(), []
     rec.set_model_sampler_post_cfg_function(
-        lambda a: (seen.append((a["input"].clone(), a["sigma"].clone(), a["denoised"].clone())), a["denoised"])[1])
+        lambda a: (seen.append((a["input"].clone(), a["sigma"].clone(), a["denoised"].clone())), a["denoised"])[1]
+    )
     ksample(rec)
     assert len(seen) == 12
     out = []
@@ -116,16 +146,24 @@ def test_guided_d_is_exact_for_the_models_own_input_scaling(env, model_type):
         for _ in range(5):
             x = 0.5 * (MEANS[0] + MEANS[1])[None] + sv * torch.randn(1, 4, 4, 4, generator=g)
             one = torch.ones_like(sigma)
-            out = hook({"denoised": env["mixture"].denoise(x, sigma, one), "input": x, "sigma": sigma,
-                        "model": model.model, "model_options": {}})
+            out = hook(
+                {
+                    "denoised": env["mixture"].denoise(x, sigma, one),
+                    "input": x,
+                    "sigma": sigma,
+                    "model": model.model,
+                    "model_options": {},
+                }
+            )
             want = env["mixture"].class_denoise(x, sigma, one)[:, 1]
             assert float((out - want).norm() / want.norm()) < 1e-4, (model_type, sv)
 
 
 def test_edm_through_comfyuis_model_sampling_node(env):
     """Playground-style EDM (sigma_data 0.5) made by ComfyUI's ModelSamplingContinuousEDM node on an eps model."""
-    edm = H.run_node("ModelSamplingContinuousEDM", model=gmm_model(env), sampling="edm", sigma_max=80.0,
-                     sigma_min=0.002)[0]
+    edm = H.run_node(
+        "ModelSamplingContinuousEDM", model=gmm_model(env), sampling="edm", sigma_max=80.0, sigma_min=0.002
+    )[0]
     clf = trained_classifier(env, edm)
     assert clf.input_scaling == {"kind": "edm", "sigma_data": 0.5}
     assert max(err for _, err in relative_errors_along_a_run(env, edm, clf)) < 1e-4
@@ -136,29 +174,47 @@ def test_input_scaling_mismatch_is_refused_before_sampling(env):
     nodes = env["nodes"]
     models = {k: gmm_model(env, k, *KINDS[k]) for k in KINDS}
     eps_model = gmm_model(env)
-    old_v = nodes.LoadedClassifier(torch.nn.Identity(), {"labels": LABELS, "latent_channels": 4,
-                                                         "parameterization": "v"}, "old-v")  # no input_scaling field
-    old_eps = nodes.LoadedClassifier(torch.nn.Identity(), {"labels": LABELS, "latent_channels": 4,
-                                                           "parameterization": "eps"}, "old-eps")
-    with pytest.raises(err, match=r"'old-v' was trained on inputs x/sqrt\(sigma\^2 \+ 1\^2\), the model's input "
-                                  r"scaling is x/sqrt\(sigma\^2 \+ 0\.5\^2\)"):
+    old_v = nodes.LoadedClassifier(
+        torch.nn.Identity(), {"labels": LABELS, "latent_channels": 4, "parameterization": "v"}, "old-v"
+    )  # no input_scaling field
+    old_eps = nodes.LoadedClassifier(
+        torch.nn.Identity(), {"labels": LABELS, "latent_channels": 4, "parameterization": "eps"}, "old-eps"
+    )
+    with pytest.raises(
+        err,
+        match=r"'old-v' was trained on inputs x/sqrt\(sigma\^2 \+ 1\^2\), the model's input "
+        r"scaling is x/sqrt\(sigma\^2 \+ 0\.5\^2\)",
+    ):
         patch(models["EDM"], old_v)
     with pytest.raises(err, match=r"x/sqrt\(sigma\^2 \+ 0\.5\^2\)"):
         patch(models["V_PREDICTION_EDM"], old_v)
     with pytest.raises(err, match=r"model's input scaling is x/\(1 \+ sigma\)"):
         patch(models["FLOW_COSMOS"], old_eps)
     with pytest.raises(err, match=r"model's input scaling is x;"):
-        H.run_node("GuidanceLabClassifierSampler", sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
-                   model=models["IMG_TO_IMG"], classifier=old_eps, **guidance_args())
-    with pytest.raises(err, match=r"trained on inputs x/sqrt\(sigma\^2 \+ 0\.5\^2\), the model's input scaling is "
-                                  r"x/sqrt\(sigma\^2 \+ 1\^2\)"):
+        H.run_node(
+            "GuidanceLabClassifierSampler",
+            sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+            model=models["IMG_TO_IMG"],
+            classifier=old_eps,
+            **guidance_args(),
+        )
+    with pytest.raises(
+        err,
+        match=r"trained on inputs x/sqrt\(sigma\^2 \+ 0\.5\^2\), the model's input scaling is "
+        r"x/sqrt\(sigma\^2 \+ 1\^2\)",
+    ):
         patch(eps_model, trained_classifier(env, models["EDM"], "edm-trained"))
     # old files keep working for the convention they were trained with
     patch(eps_model, old_eps)
     # a model patch applied after the guidance node (ComfyUI's ModelSamplingContinuousEDM, sampling "edm") is
     # caught when sampling starts, before the first model call
-    later = H.run_node("ModelSamplingContinuousEDM", model=patch(eps_model, trained_classifier(env, eps_model)),
-                       sampling="edm", sigma_max=80.0, sigma_min=0.002)[0]
+    later = H.run_node(
+        "ModelSamplingContinuousEDM",
+        model=patch(eps_model, trained_classifier(env, eps_model)),
+        sampling="edm",
+        sigma_max=80.0,
+        sigma_min=0.002,
+    )[0]
     counter = H.RowCounter(eps_model)
     try:
         with pytest.raises(err, match=r"x/sqrt\(sigma\^2 \+ 0\.5\^2\)"):
@@ -172,8 +228,15 @@ def test_bad_input_scaling_field_is_refused(env, tmp_path):
     gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=8))
-    meta = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
-            "latent_format": "SD15", "parameterization": "eps", "input_scaling": {"kind": "karras"}}
+    meta = {
+        "architecture": "noise_aware",
+        "config": net.config.to_dict(),
+        "labels": LABELS,
+        "latent_channels": 4,
+        "latent_format": "SD15",
+        "parameterization": "eps",
+        "input_scaling": {"kind": "karras"},
+    }
     with pytest.raises(env["errors"].GuidanceConfigError, match="accepted kinds: edm, identity, cosmos_rflow"):
         gio.save_classifier(str(tmp_path / "bad.safetensors"), net, meta)
 
@@ -184,8 +247,14 @@ def test_header_length_bytes_are_not_mistaken_for_a_pickle(env, tmp_path):
     gio = H.pack_module("guidance_core.classifiers.classifier_files")
     na = H.pack_module("guidance_core.classifiers.noise_aware")
     net = na.NoiseAwareClassifier(na.ClassifierConfig(in_channels=4, num_classes=3, base_channels=8))
-    base = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
-            "latent_format": "SD15", "parameterization": "eps"}
+    base = {
+        "architecture": "noise_aware",
+        "config": net.config.to_dict(),
+        "labels": LABELS,
+        "latent_channels": 4,
+        "latent_format": "SD15",
+        "parameterization": "eps",
+    }
     path = str(tmp_path / "c.safetensors")
 
     def save(pad):
@@ -219,12 +288,20 @@ def test_other_latent_format_is_refused_unless_allowed(env):
     clf = trained_classifier(env, sd15, "sd15-classifier")
     assert clf.meta["latent_format"] == "SD15"
     patch(sd15, clf)  # its own latent space
-    with pytest.raises(err, match=r"'sd15-classifier' was trained on SD15 latents, the model uses SDXL latents.*"
-                                  r"allow_other_latent_format"):
+    with pytest.raises(
+        err,
+        match=r"'sd15-classifier' was trained on SD15 latents, the model uses SDXL latents.*"
+        r"allow_other_latent_format",
+    ):
         patch(sdxl, clf)
     with pytest.raises(err, match="trained on SD15 latents, the model uses SDXL latents"):
-        H.run_node("GuidanceLabClassifierSampler", sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
-                   model=sdxl, classifier=clf, **guidance_args())
+        H.run_node(
+            "GuidanceLabClassifierSampler",
+            sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+            model=sdxl,
+            classifier=clf,
+            **guidance_args(),
+        )
     guided = patch(sdxl, clf, allow_other_latent_format=True)  # the user's explicit choice
     assert torch.isfinite(ksample(guided, steps=3)).all()
     # a latent-format patch applied after the guidance node is caught when sampling starts
@@ -238,8 +315,9 @@ def test_toy_classifier_is_accepted_on_the_toy_model(env):
         toy, world = H.run_node("GuidanceLabToyModelLoader", toy_model="fashion_diffusion.safetensors")
         clf = H.run_node("GuidanceLabClassifierLoader", classifier_name="toy_fashion_classifier.safetensors")[0]
     assert clf.meta["latent_format"] == "ToyLatent" and clf.input_scaling == {"kind": "edm", "sigma_data": 1.0}
-    guided = H.run_node("GuidanceLabClassifierGuidance", model=toy, classifier=clf,
-                        **guidance_args(target="Trouser", scale=3.0))[0]
+    guided = H.run_node(
+        "GuidanceLabClassifierGuidance", model=toy, classifier=clf, **guidance_args(target="Trouser", scale=3.0)
+    )[0]
     assert guided is not toy
 
 
@@ -257,7 +335,9 @@ def playground(env, tmp_path_factory):
     for lb in ("cat", "dog"):
         (root / "input" / "pets" / lb).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "input" / "pets" / lb / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                root / "input" / "pets" / lb / f"{i}.png"
+            )
     g = torch.Generator().manual_seed(0)
     sd = {}
     for k, v in comfy.taesd.taesd.TAESD(latent_channels=4).state_dict().items():
@@ -273,8 +353,20 @@ def playground(env, tmp_path_factory):
 
 
 def train_node(pg, **kw):
-    args = dict(model=pg["model"], vae=pg["vae"], dataset="pets", output_name="pets", steps=0, batch_size=2,
-                lr=1e-3, seed=0, resolution=32, sigma_distribution="log_uniform", class_balance=False, width=8)
+    args = dict(
+        model=pg["model"],
+        vae=pg["vae"],
+        dataset="pets",
+        output_name="pets",
+        steps=0,
+        batch_size=2,
+        lr=1e-3,
+        seed=0,
+        resolution=32,
+        sigma_distribution="log_uniform",
+        class_balance=False,
+        width=8,
+    )
     args.update(kw)
     with torch.inference_mode():
         return H.run_node("GuidanceLabTrainClassifier", **args)
@@ -306,9 +398,15 @@ def test_old_raw_latent_cache_is_refused(env, tmp_path):
 
     ds = H.pack_module("guidance_core.datasets")
     old = tmp_path / "old.safetensors"
-    save_file({"latents": torch.zeros(2, 4, 4, 4), "labels": torch.zeros(2, dtype=torch.long)}, str(old),
-              metadata={"guidance_lab_cache": json.dumps({"format": ds.CACHE_FORMAT, "labels": ["a"],
-                                                          "scale_factor": 0.5, "shift_factor": 0.0})})
+    save_file(
+        {"latents": torch.zeros(2, 4, 4, 4), "labels": torch.zeros(2, dtype=torch.long)},
+        str(old),
+        metadata={
+            "guidance_lab_cache": json.dumps(
+                {"format": ds.CACHE_FORMAT, "labels": ["a"], "scale_factor": 0.5, "shift_factor": 0.0}
+            )
+        },
+    )
     with pytest.raises(env["errors"].GuidanceConfigError, match="latent cache version 1.*steps = 0"):
         ds.load_latent_cache(str(old))
 
@@ -323,8 +421,13 @@ def test_steps_zero_classifier_gives_a_clear_message(env, playground):
         patch(playground["model"], clf, allow_other_latent_format=True)
     assert cache in str(info.value)
     with pytest.raises(err, match=msg):
-        H.run_node("GuidanceLabClassifierSampler", sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
-                   model=playground["model"], classifier=clf, **guidance_args())
+        H.run_node(
+            "GuidanceLabClassifierSampler",
+            sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+            model=playground["model"],
+            classifier=clf,
+            **guidance_args(),
+        )
     with pytest.raises(err, match="classifier is None"):
         patch(playground["model"], None)
 
@@ -343,7 +446,8 @@ def test_video_latents_are_refused_when_sampling_starts_and_one_frame_is_guided(
     with torch.inference_mode(False):
         net = net_mod.NoiseAwareClassifier(net_mod.ClassifierConfig(in_channels=16, num_classes=2, base_channels=16))
     clf = H.pack_module("nodes.classifier_nodes").LoadedClassifier(
-        net, {"labels": ["a", "b"], "latent_channels": 16, "latent_format": "Wan21", "parameterization": "flow"}, "v")
+        net, {"labels": ["a", "b"], "latent_channels": 16, "latent_format": "Wan21", "parameterization": "flow"}, "v"
+    )
     guided = patch(wan, clf, target="a", scale=10.0)
     video = fam.latent(1)
     assert video["samples"].shape[2] == 3
@@ -351,14 +455,27 @@ def test_video_latents_are_refused_when_sampling_starts_and_one_frame_is_guided(
 
     def run(model, latent):
         with torch.inference_mode():
-            return H.run_node("KSampler", model=model, seed=3, steps=3, cfg=1.0, sampler_name="euler",
-                              scheduler="normal", positive=fam.cond(1), negative=fam.cond(2), latent_image=latent,
-                              denoise=1.0)[0]["samples"]
+            return H.run_node(
+                "KSampler",
+                model=model,
+                seed=3,
+                steps=3,
+                cfg=1.0,
+                sampler_name="euler",
+                scheduler="normal",
+                positive=fam.cond(1),
+                negative=fam.cond(2),
+                latent_image=latent,
+                denoise=1.0,
+            )[0]["samples"]
 
     calls = H.RowCounter(wan)
     try:
-        with pytest.raises(errors.GuidanceConfigError, match=r"classifier 'v' guides images: this latent "
-                                                             r"\[1, 16, 3, 8, 8\] is a video of 3 frames"):
+        with pytest.raises(
+            errors.GuidanceConfigError,
+            match=r"classifier 'v' guides images: this latent "
+            r"\[1, 16, 3, 8, 8\] is a video of 3 frames",
+        ):
             run(guided, video)
         assert calls.calls == []  # refused before the first model call
         out, plain = run(guided, one_frame), run(wan, one_frame)
@@ -384,6 +501,11 @@ def test_train_cache_of_a_5d_model_holds_one_frame_as_an_image(env, tmp_path):
         got = TN.write_cache(str(tmp_path / "c.safetensors"), wan, given, labels, {"labels": ["a", "b"]}, {})
         assert got.shape == (3, 16, 4, 4) and torch.equal(got, want)
     assert not torch.equal(want, raw[:, :, 0])  # process_in did act (per channel)
-    with pytest.raises(env["errors"].GuidanceConfigError, match=r"Train Classifier guides images: this latent "
-                                                                 r"\[3, 16, 2, 4, 4\] is a video of 2 frames"):
-        TN.write_cache(str(tmp_path / "d.safetensors"), wan, torch.randn(3, 16, 2, 4, 4), labels, {"labels": ["a", "b"]}, {})
+    with pytest.raises(
+        env["errors"].GuidanceConfigError,
+        match=r"Train Classifier guides images: this latent "
+        r"\[3, 16, 2, 4, 4\] is a video of 2 frames",
+    ):
+        TN.write_cache(
+            str(tmp_path / "d.safetensors"), wan, torch.randn(3, 16, 2, 4, 4), labels, {"labels": ["a", "b"]}, {}
+        )

@@ -5,6 +5,7 @@ A tiny random open_clip architecture (registered with open_clip.add_model_config
 width; ComfyUI's UNetModel at tiny width with SD1.5's latent format (which carries the linear
 latent->RGB factors). Models and VAE are built under torch.inference_mode, as ComfyUI loads them,
 so their weights are inference tensors."""
+
 import json
 
 import pytest
@@ -47,30 +48,57 @@ def tiny_clip(tmp_path_factory):
     with torch.inference_mode():  # ComfyUI loads models under inference mode: inference-tensor weights
         unet = H.tiny_model("eps")
     unet.model.latent_format = comfy.latent_formats.SD15()  # 4 channels, scale 0.18215, latent_rgb_factors
-    return {"dir": d, "net": net, "vae": vae, "unet": unet, "CL": H.pack_module("guidance_core.classifiers.clip"),
-            "G": H.pack_module("guidance_core.classifier_guidance"), "errors": H.pack_module("guidance_core.errors"),
-            "nodes": H.pack_module("nodes.clip_nodes"), "cnodes": H.pack_module("nodes.classifier_nodes")}
+    return {
+        "dir": d,
+        "net": net,
+        "vae": vae,
+        "unet": unet,
+        "CL": H.pack_module("guidance_core.classifiers.clip"),
+        "G": H.pack_module("guidance_core.classifier_guidance"),
+        "errors": H.pack_module("guidance_core.errors"),
+        "nodes": H.pack_module("nodes.clip_nodes"),
+        "cnodes": H.pack_module("nodes.classifier_nodes"),
+    }
 
 
 def load(tiny_clip, decode="linear", gradient="detached", cutouts=0, tau=0.0, labels=LABELS, vae=True):
     with torch.inference_mode():  # as ComfyUI's executor runs the loader
-        return H.run_node("GuidanceLabCLIPClassifierLoader", architecture=ARCH, checkpoint="tiny.safetensors",
-                          labels="\n".join(labels), decode=decode, gradient=gradient, cutouts=cutouts, tau=tau,
-                          vae=tiny_clip["vae"] if vae else None)[0]
+        return H.run_node(
+            "GuidanceLabCLIPClassifierLoader",
+            architecture=ARCH,
+            checkpoint="tiny.safetensors",
+            labels="\n".join(labels),
+            decode=decode,
+            gradient=gradient,
+            cutouts=cutouts,
+            tau=tau,
+            vae=tiny_clip["vae"] if vae else None,
+        )[0]
 
 
 def guide_args(**kw):
-    args = dict(target=LABELS[TARGET], scale=30.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0,
-                dtype="float32")
+    args = dict(
+        target=LABELS[TARGET], scale=30.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0, dtype="float32"
+    )
     args.update(kw)
     return args
 
 
 def ksample(model, batch=2, steps=6, seed=3, cfg=3.0):
     with torch.inference_mode():
-        return H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                          scheduler="normal", positive=H.cond(1), negative=H.cond(2),
-                          latent_image=H.empty_latent(batch, 16), denoise=1.0)[0]["samples"]
+        return H.run_node(
+            "KSampler",
+            model=model,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler_name="euler",
+            scheduler="normal",
+            positive=H.cond(1),
+            negative=H.cond(2),
+            latent_image=H.empty_latent(batch, 16),
+            denoise=1.0,
+        )[0]["samples"]
 
 
 def final_logits(tiny_clip, clf, samples):
@@ -114,8 +142,12 @@ def test_labels_architectures_and_files(tiny_clip, tmp_path):
     CL, errors = tiny_clip["CL"], tiny_clip["errors"]
     E = errors.GuidanceConfigError
     assert CL.parse_labels("a red car\n\n  a blue car \n") == ["a red car", "a blue car"]
-    for bad, msg in [("", "labels is empty"), ("cat\nCat", "given twice"), ("red, car", "contains ','"),
-                     ("cat:2", "ends in ':<number>'")]:
+    for bad, msg in [
+        ("", "labels is empty"),
+        ("cat\nCat", "given twice"),
+        ("red, car", "contains ','"),
+        ("cat:2", "ends in ':<number>'"),
+    ]:
         with pytest.raises(E, match=msg):
             CL.parse_labels(bad)
     archs = CL.offline_architectures()
@@ -152,14 +184,30 @@ def test_loader_errors_name_the_folder_and_the_fix(tiny_clip, tmp_path):
     try:
         assert nodes.GuidanceLabCLIPClassifierLoader.define_schema().inputs[1].options == [nodes.NO_FILES]
         with pytest.raises(E, match=f"no CLIP checkpoint: the folder guidance_clip \\({empty}\\) has no"):
-            H.run_node("GuidanceLabCLIPClassifierLoader", architecture=ARCH, checkpoint=nodes.NO_FILES,
-                       labels="a\nb", decode="linear", gradient="detached", cutouts=0, tau=0.0)
+            H.run_node(
+                "GuidanceLabCLIPClassifierLoader",
+                architecture=ARCH,
+                checkpoint=nodes.NO_FILES,
+                labels="a\nb",
+                decode="linear",
+                gradient="detached",
+                cutouts=0,
+                tau=0.0,
+            )
     finally:
         folder_paths.folder_names_and_paths[nodes.FOLDER] = saved
     assert saved[1] == {".safetensors"}
     with pytest.raises(E, match="'missing.safetensors' is not in the folder guidance_clip"):
-        H.run_node("GuidanceLabCLIPClassifierLoader", architecture=ARCH, checkpoint="missing.safetensors",
-                   labels="a\nb", decode="linear", gradient="detached", cutouts=0, tau=0.0)
+        H.run_node(
+            "GuidanceLabCLIPClassifierLoader",
+            architecture=ARCH,
+            checkpoint="missing.safetensors",
+            labels="a\nb",
+            decode="linear",
+            gradient="detached",
+            cutouts=0,
+            tau=0.0,
+        )
     with pytest.raises(E, match="decode='vae' needs a VAE"):
         load(tiny_clip, decode="vae", vae=False)
     # checks against the model, before sampling
@@ -168,10 +216,16 @@ def test_loader_errors_name_the_folder_and_the_fix(tiny_clip, tmp_path):
         H.run_node("GuidanceLabClassifierGuidance", model=plain, classifier=load(tiny_clip), **guide_args())
     shapes = H.demo_module().gmm_model()  # 3-channel latents
     with pytest.raises(E, match="the VAE reads 4 latent channels, the model produces 3"):
-        H.run_node("GuidanceLabClassifierGuidance", model=shapes, classifier=load(tiny_clip, decode="vae"),
-                   **guide_args())
+        H.run_node(
+            "GuidanceLabClassifierGuidance", model=shapes, classifier=load(tiny_clip, decode="vae"), **guide_args()
+        )
     with pytest.raises(E, match="unknown label 'a cat'.*known labels: a red car, a blue car, a green tree"):
-        H.run_node("GuidanceLabClassifierGuidance", model=tiny_clip["unet"], classifier=load(tiny_clip), **guide_args(target="a cat"))
+        H.run_node(
+            "GuidanceLabClassifierGuidance",
+            model=tiny_clip["unet"],
+            classifier=load(tiny_clip),
+            **guide_args(target="a cat"),
+        )
 
 
 def test_autograd_safe_weights_swaps_and_restores(tiny_clip):
@@ -192,7 +246,11 @@ def test_autograd_safe_weights_swaps_and_restores(tiny_clip):
         (g,) = torch.autograd.grad(y, x)  # the graph kept the copies
     torch.testing.assert_close(g, original[0].sum(0).expand(4, 3))
     st = G.straight_through(torch.full((2,), 5.0), x[0, :2] * 3)
-    assert torch.allclose(st, torch.full((2,), 5.0)) and torch.autograd.grad(st.sum(), x)[0][0].tolist() == [3.0, 3.0, 0.0]
+    assert torch.allclose(st, torch.full((2,), 5.0)) and torch.autograd.grad(st.sum(), x)[0][0].tolist() == [
+        3.0,
+        3.0,
+        0.0,
+    ]
 
 
 # ---------------------------------------------------------------- Must show 1: gradient = finite differences
@@ -258,27 +316,35 @@ def test_through_model_gradient_matches_finite_differences(tiny_clip, kind):
         def f(xx):
             with torch.inference_mode(False), torch.no_grad():
                 conds = [list(args["cond"])] + ([list(args["uncond"])] if args["uncond"] is not None else [])
-                out = comfy.samplers.calc_cond_batch(args["model"], conds, xx.clone(), sigma.clone(), args["model_options"])
+                out = comfy.samplers.calc_cond_batch(
+                    args["model"], conds, xx.clone(), sigma.clone(), args["model_options"]
+                )
                 d = out[1] + args["cond_scale"] * (out[0] - out[1]) if len(out) == 2 else out[0]
                 return float((torch.log_softmax(through.classifier(d, sigma), -1) * w).sum())
 
-        grads = {"through": through.gradient(d0, x, sigma, None, w,
-                                             denoise_fn=lambda xx: cnodes.differentiable_denoised(args, xx)),
-                 "detached": detached.gradient(d0, x, sigma, None, w)}
+        grads = {
+            "through": through.gradient(
+                d0, x, sigma, None, w, denoise_fn=lambda xx: cnodes.differentiable_denoised(args, xx)
+            ),
+            "detached": detached.gradient(d0, x, sigma, None, w),
+        }
         g = torch.Generator().manual_seed(0)
         dirs = [grads["through"], torch.randn(x.shape, generator=g)]
         fds = [(f(x + H_FD * v / v.norm()) - f(x - H_FD * v / v.norm())) / (2 * H_FD) for v in dirs]
         for name, grad in grads.items():
-            found[name] = max(abs(fd - float((grad * v / v.norm()).sum())) / float(grad.norm())
-                              for fd, v in zip(fds, dirs))
+            found[name] = max(
+                abs(fd - float((grad * v / v.norm()).sum())) / float(grad.norm()) for fd, v in zip(fds, dirs)
+            )
         return d0
 
     before = weights_state(model.model.diffusion_model)
     m = model.clone()
     m.set_model_sampler_post_cfg_function(probe)
     ksample(m, batch=2, cfg=cfg)
-    print(f"{kind}: through-model gradient vs finite differences: rel. error {found['through']:.2e} "
-          f"(detached gradient: {found['detached']:.2e})")
+    print(
+        f"{kind}: through-model gradient vs finite differences: rel. error {found['through']:.2e} "
+        f"(detached gradient: {found['detached']:.2e})"
+    )
     assert found["through"] < 1e-3
     if kind == "gmm":
         assert found["detached"] > 0.5
@@ -289,9 +355,15 @@ def test_through_model_gradient_matches_finite_differences(tiny_clip, kind):
 
 
 # ---------------------------------------------------------------- Must show 1 + 2: guidance raises the target
-@pytest.mark.parametrize("decode,gradient,route", [("linear", "detached", "patch"), ("vae", "detached", "patch"),
-                                                   ("linear", "through_model", "sampler"),
-                                                   ("vae", "through_model", "patch")])
+@pytest.mark.parametrize(
+    "decode,gradient,route",
+    [
+        ("linear", "detached", "patch"),
+        ("vae", "detached", "patch"),
+        ("linear", "through_model", "sampler"),
+        ("vae", "through_model", "patch"),
+    ],
+)
 def test_guidance_raises_the_target_logit(tiny_clip, decode, gradient, route):
     """Same seed guided vs unguided: the target label's CLIP logit (and probability) of the final image
     rises for every batch image; all under inference mode with ComfyUI's own VAE and UNet."""
@@ -304,17 +376,30 @@ def test_guidance_raises_the_target_logit(tiny_clip, decode, gradient, route):
         out = ksample(H.run_node("GuidanceLabClassifierGuidance", model=unet, classifier=clf, **guide_args())[0])
     else:
         with torch.inference_mode():
-            sampler = H.run_node("GuidanceLabClassifierSampler", sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
-                                 model=unet, classifier=clf, **guide_args())[0]
+            sampler = H.run_node(
+                "GuidanceLabClassifierSampler",
+                sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+                model=unet,
+                classifier=clf,
+                **guide_args(),
+            )[0]
             guider = H.run_node("CFGGuider", model=unet, positive=H.cond(1), negative=H.cond(2), cfg=3.0)[0]
             sig = H.run_node("BasicScheduler", model=unet, scheduler="normal", steps=6, denoise=1.0)[0]
-            out = H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=3)[0], guider=guider,
-                             sampler=sampler, sigmas=sig, latent_image=H.empty_latent(2, 16))[0]["samples"]
+            out = H.run_node(
+                "SamplerCustomAdvanced",
+                noise=H.run_node("RandomNoise", noise_seed=3)[0],
+                guider=guider,
+                sampler=sampler,
+                sigmas=sig,
+                latent_image=H.empty_latent(2, 16),
+            )[0]["samples"]
     lr, lg = final_logits(tiny_clip, clf, ref), final_logits(tiny_clip, clf, out)
     rise = (lg[:, TARGET] - lr[:, TARGET]).tolist()
     p_ref, p_out = lr.softmax(-1)[:, TARGET], lg.softmax(-1)[:, TARGET]
-    print(f"{decode}/{gradient}/{route}: target logit {lr[:, TARGET].tolist()} -> {lg[:, TARGET].tolist()}, "
-          f"p {p_ref.tolist()} -> {p_out.tolist()}")
+    print(
+        f"{decode}/{gradient}/{route}: target logit {lr[:, TARGET].tolist()} -> {lg[:, TARGET].tolist()}, "
+        f"p {p_ref.tolist()} -> {p_out.tolist()}"
+    )
     assert torch.isfinite(out).all()
     assert min(rise) > 0.2, rise
     assert (p_out > p_ref).all()
@@ -329,8 +414,11 @@ def test_scale0_is_unguided_and_the_model_is_untouched(tiny_clip):
     before = copy.deepcopy(unet.model_options)
     ref = ksample(unet, batch=1, steps=4)
     clf = load(tiny_clip, decode="vae", gradient="through_model")
-    out = ksample(H.run_node("GuidanceLabClassifierGuidance", model=unet, classifier=clf, **guide_args(scale=0.0))[0],
-                  batch=1, steps=4)
+    out = ksample(
+        H.run_node("GuidanceLabClassifierGuidance", model=unet, classifier=clf, **guide_args(scale=0.0))[0],
+        batch=1,
+        steps=4,
+    )
     assert torch.equal(out, ref)
     assert unet.model_options == before and unet.get_additional_models() == []
 
@@ -392,16 +480,31 @@ def test_video_latents_are_classified_frame_by_frame(tiny_clip):
         per_frame = torch.stack([clf.clip(rgb[:, :, t], sigma) for t in range(z.shape[2])], 1)
     assert got.shape == (2, len(LABELS))
     torch.testing.assert_close(got, per_frame.mean(1), rtol=1e-5, atol=1e-5)
-    run = dict(seed=3, steps=3, cfg=3.0, sampler_name="euler", scheduler="normal", positive=fam.cond(1),
-               negative=fam.cond(2), latent_image=fam.latent(1), denoise=1.0)
+    run = dict(
+        seed=3,
+        steps=3,
+        cfg=3.0,
+        sampler_name="euler",
+        scheduler="normal",
+        positive=fam.cond(1),
+        negative=fam.cond(2),
+        latent_image=fam.latent(1),
+        denoise=1.0,
+    )
     with torch.inference_mode():
         ref = H.run_node("KSampler", model=model, **run)[0]["samples"]
-        out = H.run_node("KSampler", model=H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf,
-                                                      **guide_args())[0], **run)[0]["samples"]
+        out = H.run_node(
+            "KSampler",
+            model=H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=clf, **guide_args())[0],
+            **run,
+        )[0]["samples"]
     assert out.shape == ref.shape and torch.isfinite(out).all() and (out - ref).abs().max() > 1e-4
-    with pytest.raises(tiny_clip["errors"].GuidanceConfigError,
-                       match=r"decode='vae' on the model's video latent format "
-                             r"Wan21 \(\[B, C, T, H, W\]\) is not supported; use "
-                             r"decode='linear'"):
-        H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=load(tiny_clip, decode="vae"),
-                   **guide_args())
+    with pytest.raises(
+        tiny_clip["errors"].GuidanceConfigError,
+        match=r"decode='vae' on the model's video latent format "
+        r"Wan21 \(\[B, C, T, H, W\]\) is not supported; use "
+        r"decode='linear'",
+    ):
+        H.run_node(
+            "GuidanceLabClassifierGuidance", model=model, classifier=load(tiny_clip, decode="vae"), **guide_args()
+        )

@@ -4,6 +4,7 @@ ComfyUI under test (GL_COMFYUI: both passes of scripts/test.sh): no combination 
 below tolerance, and that version's section must exist and say what the runs say (regenerate it with
 `.venv/bin/python -m scripts.compat_matrix`, or with `--quick --write-section` for a version whose section holds
 the quick slice, when this fails)."""
+
 import pytest
 
 from devkit import compat_doc as D
@@ -42,7 +43,8 @@ def test_document_has_a_section_for_this_comfyui(doc_text):
     here = M.comfyui_version()
     assert here in D.versions(doc_text), (
         f"docs/COMPATIBILITY.md has no section for ComfyUI {here} (it has {D.versions(doc_text)}): run "
-        f"`scripts/compat_matrix.py --quick --write-section` on ComfyUI {here} (GL_COMFYUI, docs/DEVELOPING.md)")
+        f"`scripts/compat_matrix.py --quick --write-section` on ComfyUI {here} (GL_COMFYUI, docs/DEVELOPING.md)"
+    )
 
 
 def test_document_matches_the_runs(rows, doc_text):
@@ -50,8 +52,10 @@ def test_document_matches_the_runs(rows, doc_text):
     if here not in D.versions(doc_text):
         pytest.fail(f"no section for ComfyUI {here} (test_document_has_a_section_for_this_comfyui)")
     problems = M.mismatches(rows, M.parse(doc_text, here))
-    assert not problems, (f"the ComfyUI {here} section of docs/COMPATIBILITY.md is out of date (run "
-                          "scripts/compat_matrix.py on it):\n" + "\n".join(problems))
+    assert not problems, (
+        f"the ComfyUI {here} section of docs/COMPATIBILITY.md is out of date (run "
+        "scripts/compat_matrix.py on it):\n" + "\n".join(problems)
+    )
 
 
 def test_document_rows_are_well_formed(doc_text):

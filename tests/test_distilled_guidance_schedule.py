@@ -1,6 +1,7 @@
 """Distilled Guidance Schedule (nodes/distilled.py): the guidance value of a guidance-distilled model per step. A
 constant schedule is bit for bit ComfyUI's FluxGuidance; a schedule changes the value the model reads at each step
 (recorded on the real forwards); a model without a guidance input is refused before sampling."""
+
 import pytest
 import torch
 
@@ -53,8 +54,10 @@ def test_constant_schedule_is_flux_guidance(flux, g):
     want = ksample(model, 1.0, steps=4, pos=flux_guidance(pos, g), neg=neg, latent=lat)
     got = ksample(distilled(model, g), 1.0, steps=4, pos=pos, neg=neg, latent=lat)
     assert torch.equal(got, want)
-    assert torch.equal(ksample(distilled(model, g, schedule(kind="constant", start=1.0)), 1.0, steps=4, pos=pos, neg=neg,
-                               latent=lat), want)
+    assert torch.equal(
+        ksample(distilled(model, g, schedule(kind="constant", start=1.0)), 1.0, steps=4, pos=pos, neg=neg, latent=lat),
+        want,
+    )
     # the value set here wins over the conditioning's (every prompt reads it), with a real guider too
     other = ksample(distilled(model, g), 1.0, steps=4, pos=flux_guidance(pos, g + 2.0), neg=neg, latent=lat)
     assert torch.equal(other, want)
@@ -74,8 +77,9 @@ def test_a_linear_schedule_reaches_the_model_per_step(flux):
     _, seen = seen_guidance(model, lambda: ksample(m, 1.0, sampler="heun", steps=3, pos=pos, neg=neg, latent=lat))
     assert [v[0] for v in seen] == pytest.approx([4.0, 4.0, 2.0, 2.0, 0.0])
     # with the CFG Guider at cfg 2: both rows of a call read the same value
-    _, seen = seen_guidance(model, lambda: custom_sample(m, our_guider(m, 2.0, positive=pos, negative=neg), steps=3,
-                                                          latent=lat))
+    _, seen = seen_guidance(
+        model, lambda: custom_sample(m, our_guider(m, 2.0, positive=pos, negative=neg), steps=3, latent=lat)
+    )
     assert [v for v in seen] == [[4.0], [2.0], [0.0]]
 
 

@@ -21,6 +21,7 @@ scaling), and alpha(sigma) of x = alpha*x0 + sigma*eps is the model's own `noise
 Flow families: at sigma = 1 (alpha = 0) x holds no signal and sigma^2/alpha is undefined: that step is left
 unguided on purpose (checked: D = E[x0 | x] there); every other step is exact.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -95,9 +96,13 @@ def world(env, name, means=None):
     model.add_object_patch("latent_format", fmt)
     gmm = env["gmm"].GaussianMixture(means, TAU, PRIORS)
     P = env["P"]
-    meta = {"labels": LABELS, "latent_channels": int(fmt.latent_channels), "latent_format": type(fmt).__name__,
-            "parameterization": H.pack_module("nodes.sampling_facts").parameterization_of(ms),
-            "input_scaling": P.identify_input_scaling(ms.calculate_input)}  # as Train Classifier records it
+    meta = {
+        "labels": LABELS,
+        "latent_channels": int(fmt.latent_channels),
+        "latent_format": type(fmt).__name__,
+        "parameterization": H.pack_module("nodes.sampling_facts").parameterization_of(ms),
+        "input_scaling": P.identify_input_scaling(ms.calculate_input),
+    }  # as Train Classifier records it
     read = env["gmm"].GaussianMixture(means[:, :, 0], TAU, PRIORS) if means.ndim == 5 and means.shape[2] == 1 else gmm
     clf = env["nodes"].LoadedClassifier(ModelSamplingPosterior(read, ms), meta, f"exact-gmm {name}")
     return model, gmm, clf, ms
@@ -129,8 +134,17 @@ def recording_sampler(inner, seen):
         def max_denoise(self, model_wrap, sigmas):
             return inner.max_denoise(model_wrap, sigmas)
 
-        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-                   disable_pbar=False):
+        def sample(
+            self,
+            model_wrap,
+            sigmas,
+            extra_args,
+            callback,
+            noise,
+            latent_image=None,
+            denoise_mask=None,
+            disable_pbar=False,
+        ):
             extra = dict(extra_args)
             mo = comfy.model_patcher.create_model_options_clone(extra.get("model_options", {}))
             mo["sampler_post_cfg_function"] = list(mo.get("sampler_post_cfg_function", [])) + [record_into(seen)]
@@ -146,22 +160,46 @@ def latent(means):
 
 def ksample(model, means, sampler="dpmpp_2m"):
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        return H.run_node("KSampler", model=model, seed=3, steps=STEPS, cfg=1.0, sampler_name=sampler,
-                          scheduler="normal", positive=empty(), negative=empty(), latent_image=latent(means),
-                          denoise=1.0)[0]["samples"]
+        return H.run_node(
+            "KSampler",
+            model=model,
+            seed=3,
+            steps=STEPS,
+            cfg=1.0,
+            sampler_name=sampler,
+            scheduler="normal",
+            positive=empty(),
+            negative=empty(),
+            latent_image=latent(means),
+            denoise=1.0,
+        )[0]["samples"]
 
 
 def custom_sample(model, sampler, means):
     with torch.inference_mode():
         sig = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=STEPS, denoise=1.0)[0]
         guider = H.run_node("CFGGuider", model=model, positive=empty(), negative=empty(), cfg=1.0)[0]
-        return H.run_node("SamplerCustomAdvanced", noise=H.run_node("RandomNoise", noise_seed=3)[0], guider=guider,
-                          sampler=sampler, sigmas=sig, latent_image=latent(means))[0]["samples"]
+        return H.run_node(
+            "SamplerCustomAdvanced",
+            noise=H.run_node("RandomNoise", noise_seed=3)[0],
+            guider=guider,
+            sampler=sampler,
+            sigmas=sig,
+            latent_image=latent(means),
+        )[0]["samples"]
 
 
 def guidance_args():
-    return dict(target=LABELS[TARGET], scale=1.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0,
-                dtype="float32", allow_other_latent_format=False)
+    return dict(
+        target=LABELS[TARGET],
+        scale=1.0,
+        sigma_lo=0.0,
+        sigma_hi=1.0e4,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+        allow_other_latent_format=False,
+    )
 
 
 def check_every_step(seen, gmm, ms, min_alpha):
@@ -238,8 +276,9 @@ def both_nodes_exact(env, name, means=None):
     # Classifier Guidance Sampler (SAMPLER wrapper) in SamplerCustomAdvanced
     seen = []
     inner = recording_sampler(H.run_node("KSamplerSelect", sampler_name="euler")[0], seen)
-    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **guidance_args(),
-                         sampler=inner)[0]
+    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **guidance_args(), sampler=inner)[
+        0
+    ]
     custom_sample(model, wrapped, means)
     assert len(seen) == STEPS
     guided, _ = check_every_step(seen, gmm, ms, min_alpha)
@@ -268,8 +307,13 @@ def test_5d_video_latents_exact_at_the_core_level_and_refused_by_the_nodes(env, 
     with pytest.raises(err, match=video):
         ksample(rec, means)
     assert seen == []
-    wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **guidance_args(),
-                         sampler=recording_sampler(H.run_node("KSamplerSelect", sampler_name="euler")[0], seen))[0]
+    wrapped = H.run_node(
+        "GuidanceLabClassifierSampler",
+        model=model,
+        classifier=clf,
+        **guidance_args(),
+        sampler=recording_sampler(H.run_node("KSamplerSelect", sampler_name="euler")[0], seen),
+    )[0]
     with pytest.raises(err, match=video):
         custom_sample(model, wrapped, means)
     assert seen == []
@@ -282,8 +326,9 @@ def test_5d_video_latents_exact_at_the_core_level_and_refused_by_the_nodes(env, 
 
     def core_hook(args):
         x, sigma = args["input"], args["sigma"]
-        return guidance(args["denoised"], x, sigma, P.alpha_for(param, sigma),
-                        lambda xx: P.scale_input(xx, sigma, scaling))
+        return guidance(
+            args["denoised"], x, sigma, P.alpha_for(param, sigma), lambda xx: P.scale_input(xx, sigma, scaling)
+        )
 
     core = model.clone()
     core.set_model_sampler_post_cfg_function(core_hook)

@@ -2,6 +2,7 @@
 it (their demo nodes, user and temp folders live in a temporary folder), and the import check of scripts/test.sh
 fails exactly when the pack's own folder fails to import in ComfyUI, naming that folder (a failing folder whose
 name starts with the pack's, such as the demo nodes without the dev kit on PYTHONPATH, is another pack)."""
+
 from __future__ import annotations
 
 import glob
@@ -32,8 +33,9 @@ def _tree_state(tree: str) -> dict:
             if name.endswith(".pyc"):
                 continue
             st = os.lstat(path)
-            state[os.path.relpath(path, tree)] = (os.readlink(path) if os.path.islink(path)
-                                                  else (st.st_size, st.st_mtime_ns))
+            state[os.path.relpath(path, tree)] = (
+                os.readlink(path) if os.path.islink(path) else (st.st_size, st.st_mtime_ns)
+            )
     for name in os.listdir(os.path.join(tree, "custom_nodes")):  # links to folders (packs) too
         path = os.path.join(tree, "custom_nodes", name)
         if os.path.islink(path):
@@ -54,8 +56,9 @@ def test_a_dev_kit_server_leaves_the_comfyui_tree_as_it_was(tmp_path):
         assert "GuidanceLabDemoShapesModel" in info, "the demo nodes did not load"
         assert "GuidanceLabCFGGuider" in info, "the pack did not load"
         assert os.path.islink(os.path.join(work, "custom_nodes", "guidance-lab-demo"))
-        assert not os.path.lexists(os.path.join(work, "custom_nodes", "guidance-lab")), \
+        assert not os.path.lexists(os.path.join(work, "custom_nodes", "guidance-lab")), (
             "the pack set-up linked into the tree must not load twice"
+        )
         srv.post_prompt({})  # a request that reaches the server's folders; its answer does not matter here
     finally:
         srv.stop()
@@ -104,8 +107,7 @@ def test_the_import_check_fails_exactly_when_the_packs_own_folder_fails(tmp_path
     os.symlink(ROOT, nodes / "guidance-lab")
     os.symlink(S.PACKS["guidance-lab-demo"], nodes / "guidance-lab-demo")
     _broken_pack(nodes / "guidance-lab-broken")
-    log = quick_test_log(COMFY, PYDEPS if os.path.isdir(PYDEPS) else "",
-                         ["--base-directory", str(tmp_path / "base")])
+    log = quick_test_log(COMFY, PYDEPS if os.path.isdir(PYDEPS) else "", ["--base-directory", str(tmp_path / "base")])
     failed = [line for line in log.splitlines() if "(IMPORT FAILED)" in line]
     assert any("guidance-lab-demo" in line for line in failed), log[-3000:]  # a prefix match would fail the pack
 
@@ -152,8 +154,14 @@ def test_the_leftover_check_passes_on_this_checkout(capsys):
 # ---------------------------------------------------------------- the README as a front page, and the docs it links
 README = os.path.join(ROOT, "README.md")
 # where the README's former sections live now (issue 25): each is linked from the README
-MOVED_DOCS = ["docs/GUIDE.md", "docs/MATH.md", "docs/BENCHMARKS.md", "docs/COMPATIBILITY.md", "docs/RELIABILITY.md",
-              "docs/DEVELOPING.md"]
+MOVED_DOCS = [
+    "docs/GUIDE.md",
+    "docs/MATH.md",
+    "docs/BENCHMARKS.md",
+    "docs/COMPATIBILITY.md",
+    "docs/RELIABILITY.md",
+    "docs/DEVELOPING.md",
+]
 MARKDOWN = ["README.md", "example_workflows/README.md", *MOVED_DOCS]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -183,12 +191,15 @@ def test_readme_is_a_front_page():
     pages = _help_pages()
     assert len(pages) >= 17, pages
     for node_id in pages:
-        rows = [ln for ln in text.splitlines() if ln.startswith("|") and f"`{node_id}`" in ln
-                and f"](web/docs/{node_id}.md)" in ln]
+        rows = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("|") and f"`{node_id}`" in ln and f"](web/docs/{node_id}.md)" in ln
+        ]
         assert len(rows) == 1, (node_id, rows)
     links = set(LINK.findall(text))
     assert [d for d in MOVED_DOCS if d not in links] == []
-    block = re.search(r"```bash\n(.*?)```", text[text.index("## Quick start"):], re.S)
+    block = re.search(r"```bash\n(.*?)```", text[text.index("## Quick start") :], re.S)
     assert block and "bash scripts/run.sh" in block[1] and "bash scripts/test.sh" in block[1]
 
 
@@ -207,8 +218,7 @@ def test_links_in_the_readme_and_docs_resolve():
             if re.match(r"[a-z]+:", target):
                 continue  # https:, mailto:
             path, _, anchor = target.partition("#")
-            full = os.path.normpath(os.path.join(ROOT, os.path.dirname(rel), path)) if path else \
-                os.path.join(ROOT, rel)
+            full = os.path.normpath(os.path.join(ROOT, os.path.dirname(rel), path)) if path else os.path.join(ROOT, rel)
             if not os.path.exists(full):
                 bad.append(f"{rel}: {target} (no such file)")
             elif anchor and full.endswith(".md"):

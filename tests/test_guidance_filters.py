@@ -3,6 +3,7 @@ mambo_alpha, dyn_thresh): each against its reference on random tensors in eps, v
 sampling runs (KSampler + CFG Patch, SamplerCustomAdvanced + CFG Guider) on a UNet, an MMDiT, Flux and Wan (5-D)
 against ComfyUI's own TCFG / FreSca nodes, diffusers' guiders and the sd-dynamic-thresholding algorithm; the limit
 cases bit-identical to what they reduce to."""
+
 import importlib
 import inspect
 
@@ -34,7 +35,7 @@ def rand(*shape, seed=0):
 # in each parameterization, D = a x + b F: eps (a 1, b -sigma), flow (a 1, b -sigma: F the velocity), v with
 # sigma_data 1 (a 1 / (sigma^2 + 1), b -sigma / sqrt(sigma^2 + 1))
 SIGMA = 1.7
-FORMS = {"eps": (1.0, -SIGMA), "flow": (1.0, -SIGMA), "v": (1 / (SIGMA ** 2 + 1), -SIGMA / (SIGMA ** 2 + 1) ** 0.5)}
+FORMS = {"eps": (1.0, -SIGMA), "flow": (1.0, -SIGMA), "v": (1 / (SIGMA**2 + 1), -SIGMA / (SIGMA**2 + 1) ** 0.5)}
 
 
 # ------------------------------------------------------------------ the formulas, on random tensors
@@ -42,9 +43,13 @@ FORMS = {"eps": (1.0, -SIGMA), "flow": (1.0, -SIGMA), "v": (1 / (SIGMA ** 2 + 1)
 @pytest.mark.parametrize("f_low,f_high", [(0.5, 1.0), (0.3, 1.6), (1.2, 0.8)])
 def test_fdg_equals_diffusers_guider(shape, f_low, f_high):
     from diffusers.guiders import FrequencyDecoupledGuidance
+
     c, u, s = rand(*shape, seed=1), rand(*shape, seed=2), 5.0
-    want = FrequencyDecoupledGuidance(guidance_scales=[s * f_high, s * f_low]).forward(
-        c.reshape(shape[0], -1, *shape[-2:]), u.reshape(shape[0], -1, *shape[-2:])).pred.reshape(shape)
+    want = (
+        FrequencyDecoupledGuidance(guidance_scales=[s * f_high, s * f_low])
+        .forward(c.reshape(shape[0], -1, *shape[-2:]), u.reshape(shape[0], -1, *shape[-2:]))
+        .pred.reshape(shape)
+    )
     torch.testing.assert_close(u + s * gf().fdg(c - u, f_low, f_high), want, rtol=1e-12, atol=1e-12)
 
 
@@ -53,6 +58,7 @@ def test_fdg_equals_diffusers_guider(shape, f_low, f_high):
 def test_mambo_equals_diffusers_in_every_parameterization(form, alpha):
     """Ours in D-space with a x (x_skip) against diffusers' mambo_guidance on the network outputs F."""
     from diffusers.guiders.magnitude_aware_guidance import mambo_guidance
+
     a, b = FORMS[form]
     x, f_c, f_u, s = rand(2, 4, 8, 8, seed=3), rand(2, 4, 8, 8, seed=4), rand(2, 4, 8, 8, seed=5), 6.0
     d_c, d_u = a * x + b * f_c, a * x + b * f_u
@@ -66,9 +72,15 @@ def test_tcfg_equals_comfyui_and_diffusers(form):
     """Bit for bit ComfyUI's score_tangential_damping (scores x - D); diffusers' guider (network outputs) in the
     parameterizations where the score is sigma F (eps, flow): to float32 SVD rounding."""
     from diffusers.guiders import TangentialClassifierFreeGuidance
+
     tcfg = comfy_module("comfy_extras.nodes_tcfg")
     a, b = FORMS[form]
-    x, f_c, f_u, s = rand(2, 4, 8, 8, seed=6).float(), rand(2, 4, 8, 8, seed=7).float(), rand(2, 4, 8, 8, seed=8).float(), 4.0
+    x, f_c, f_u, s = (
+        rand(2, 4, 8, 8, seed=6).float(),
+        rand(2, 4, 8, 8, seed=7).float(),
+        rand(2, 4, 8, 8, seed=8).float(),
+        4.0,
+    )
     d_c, d_u = a * x + b * f_c, a * x + b * f_u
     ours = gf().tcfg_reference(d_c, d_u, x)
     assert torch.equal(ours, x - tcfg.score_tangential_damping(x - d_c, x - d_u))
@@ -123,8 +135,12 @@ def ours(model, run, **settings):
     """KSampler through the CFG Patch and SamplerCustomAdvanced through the CFG Guider, with these settings."""
     p = post(**settings)
     k = ksample(patch(model, post=p), CFG, **run)
-    g = custom_sample(model, our_guider(model, CFG, positive=run["pos"], negative=run["neg"], post=p),
-                      steps=run["steps"], latent=run["latent"])
+    g = custom_sample(
+        model,
+        our_guider(model, CFG, positive=run["pos"], negative=run["neg"], post=p),
+        steps=run["steps"],
+        latent=run["latent"],
+    )
     return k, g
 
 
@@ -146,7 +162,9 @@ def test_tcfg_through_sampling_equals_comfyui_node(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fresca_through_sampling_equals_comfyui_node(family):
     model, run = world(family)
-    if family.startswith("Wan") and "range(2)" not in inspect.getsource(comfy_module("comfy_extras.nodes_fresca").Fourier_filter):
+    if family.startswith("Wan") and "range(2)" not in inspect.getsource(
+        comfy_module("comfy_extras.nodes_fresca").Fourier_filter
+    ):
         pytest.skip("this ComfyUI's FreSca narrows the frame axis of 5-D latents (fixed in 0.33)")
     node = H.run_node("FreSca", model=model, scale_low=0.9, scale_high=1.4, freq_cutoff=2)[0]
     check(model, run, node, fresca=True, fresca_low=0.9, fresca_high=1.4, fresca_cutoff=2)
@@ -176,8 +194,12 @@ def test_off_and_limits_through_sampling_are_bit_identical():
     """fdg and fresca with factors 1, mambo at alpha 0, mimic at m = cfg with percentile 1: the plain run, bit for bit."""
     model, run = world("SD1.5")
     plain = ksample(patch(model, post=post()), CFG, **run)
-    for settings in (dict(fdg=True, fdg_low=1.0, fdg_high=1.0), dict(fresca=True, fresca_low=1.0, fresca_high=1.0),
-                     dict(mambo_alpha=0.0), dict(dyn_thresh="mimic", dyn_mimic_scale=CFG, dyn_percentile=1.0)):
+    for settings in (
+        dict(fdg=True, fdg_low=1.0, fdg_high=1.0),
+        dict(fresca=True, fresca_low=1.0, fresca_high=1.0),
+        dict(mambo_alpha=0.0),
+        dict(dyn_thresh="mimic", dyn_mimic_scale=CFG, dyn_percentile=1.0),
+    ):
         assert torch.equal(ksample(patch(model, post=post(**settings)), CFG, **run), plain), settings
 
 
@@ -186,6 +208,7 @@ def test_four_chained_in_the_documented_order():
     against a sampler cfg function composing the references: ComfyUI's TCFG damping, diffusers' MaMBo-G factor and
     FDG bands, sd-dynamic-thresholding on the result and its mimic-scale twin."""
     from diffusers.guiders import FrequencyDecoupledGuidance
+
     model, run = world("SD1.5")
     tcfg = comfy_module("comfy_extras.nodes_tcfg")
     m, p, alpha = 2.0, 0.95, 2.0
@@ -201,5 +224,17 @@ def test_four_chained_in_the_documented_order():
 
     reference = model.clone()
     reference.set_model_sampler_cfg_function(fn)
-    check(model, run, reference, tol=1e-4, tcfg=True, mambo_alpha=alpha, fdg=True, fdg_low=0.5, fdg_high=1.2, dyn_thresh="mimic",
-          dyn_mimic_scale=m, dyn_percentile=p)
+    check(
+        model,
+        run,
+        reference,
+        tol=1e-4,
+        tcfg=True,
+        mambo_alpha=alpha,
+        fdg=True,
+        fdg_low=0.5,
+        fdg_high=1.2,
+        dyn_thresh="mimic",
+        dyn_mimic_scale=m,
+        dyn_percentile=p,
+    )

@@ -7,6 +7,7 @@ The contract (docs/COMPATIBILITY.md, nodes/cfg_runtime.py): another node's sampl
 exactly [cond, uncond-or-None], as ComfyUI's sampling_function hands it; ComfyUI's uncond slot (index 1 of
 `cond_or_uncond`, the second of that pair) holds the user's negative prompt, never our empty prompt or a term.
 """
+
 import pytest
 import torch
 
@@ -30,7 +31,11 @@ def recorded_pair(model, guider_of):
     rec = model.clone()
     seen = []
     rec.set_model_sampler_post_cfg_function(
-        lambda a: (seen.append([a[k].clone() for k in ("cond_denoised", "uncond_denoised", "denoised")]), a["denoised"])[1])
+        lambda a: (
+            seen.append([a[k].clone() for k in ("cond_denoised", "uncond_denoised", "denoised")]),
+            a["denoised"],
+        )[1]
+    )
     one_step(rec, guider_of(rec))
     return tuple(seen[0])
 
@@ -42,8 +47,14 @@ def sd35():
 
 
 def slg_simple(model):
-    return H.run_node("SkipLayerGuidanceDiTSimple", model=model, double_layers="0", single_layers="",
-                      start_percent=0.0, end_percent=1.0)[0]
+    return H.run_node(
+        "SkipLayerGuidanceDiTSimple",
+        model=model,
+        double_layers="0",
+        single_layers="",
+        start_percent=0.0,
+        end_percent=1.0,
+    )[0]
 
 
 # ------------------------------------------------------------------ SkipLayerGuidanceDiTSimple
@@ -72,8 +83,9 @@ def test_slg_simple_with_three_way_cfg_skips_layers_on_the_negative_only(sd35):
     s, s_n = 4.0, 2.0
     d_pos, d_neg_skipped, _ = recorded_pair(slg, lambda mm: native_guider(mm, s, c["pos"], c["neg"]))
     d_empty, _, _ = recorded_pair(slg, lambda mm: native_guider(mm, s, c["empty"], c["neg"]))
-    d = recorded_pair(slg, lambda mm: our_guider(mm, s, positive=c["pos"], negative=c["neg"], empty=c["empty"],
-                                                 neg_scale=s_n))[2]
+    d = recorded_pair(
+        slg, lambda mm: our_guider(mm, s, positive=c["pos"], negative=c["neg"], empty=c["empty"], neg_scale=s_n)
+    )[2]
     want = d_empty + s * (d_pos - d_empty) - s_n * (d_neg_skipped - d_empty)
     torch.testing.assert_close(d, want, rtol=1e-5, atol=1e-5)
     # the patch at cfg 1 with an empty prompt and an unguided step: ComfyUI's [cond, None] form, no crash
@@ -119,8 +131,12 @@ def test_nag_two_way_chains_are_exact(unet):
     m = nag(unet)
     for cfg in (1.0, 4.0):
         torch.testing.assert_close(ksample(patch(m), cfg, steps=4), ksample(m, cfg, steps=4), rtol=0, atol=0)
-        torch.testing.assert_close(custom_sample(m, our_guider(m, cfg), steps=4),
-                                   custom_sample(m, native_guider(m, cfg), steps=4), rtol=0, atol=0)
+        torch.testing.assert_close(
+            custom_sample(m, our_guider(m, cfg), steps=4),
+            custom_sample(m, native_guider(m, cfg), steps=4),
+            rtol=0,
+            atol=0,
+        )
 
 
 # ------------------------------------------------------------------ CFGOverride, DualModelGuider (ComfyUI 0.33+)
@@ -132,8 +148,12 @@ def test_cfg_override_drives_our_scale_as_comfyuis(unet):
     ref_k = ksample(over, 6.0, steps=6)
     torch.testing.assert_close(ksample(patch(over), 6.0, steps=6), ref_k, rtol=0, atol=0)
     assert float((ref_k - ksample(unet, 6.0, steps=6)).abs().max()) > 1e-3  # the override acts
-    torch.testing.assert_close(custom_sample(over, our_guider(over, 6.0), steps=6),
-                               custom_sample(over, native_guider(over, 6.0), steps=6), rtol=0, atol=0)
+    torch.testing.assert_close(
+        custom_sample(over, our_guider(over, 6.0), steps=6),
+        custom_sample(over, native_guider(over, 6.0), steps=6),
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.skipif(not have("DualModelGuider"), reason="this ComfyUI has no DualModelGuider (added in 0.33)")
@@ -141,8 +161,9 @@ def test_dual_model_guider_with_the_patch_is_refused_before_sampling(unet):
     from devkit.cfg_helpers import NEG, POS
 
     other = H.tiny_model("eps", seed=8)
-    guider = H.run_node("DualModelGuider", model=patch(unet), model_negative=other, positive=POS, cfg=4.0,
-                        negative=NEG)[0]
+    guider = H.run_node(
+        "DualModelGuider", model=patch(unet), model_negative=other, positive=POS, cfg=4.0, negative=NEG
+    )[0]
     counter = H.RowCounter(unet)
     try:
         with pytest.raises(GuidanceConfigError, match=r"Guider_DualModel"):

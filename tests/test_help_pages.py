@@ -2,6 +2,7 @@
 the node's inputs and outputs with the defaults and ranges of its schema, linked from the README, and
 served by a real ComfyUI server at the URL the frontend's help panel fetches, and shown by the help panel of the
 pinned and of the newest frontend (devkit/frontends.py) in a real headless Chromium."""
+
 import functools
 import glob
 import json
@@ -63,8 +64,11 @@ def test_every_registered_node_has_a_page_and_nothing_else():
     pages = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(DOCS, "*.md"))}
     assert pages == set(NODE_IDS), (sorted(set(NODE_IDS) - pages), sorted(pages - set(NODE_IDS)))
     # the loader registered exactly these for the pack (nothing registered elsewhere is missed)
-    mapped = {k for k, cls in H.boot().NODE_CLASS_MAPPINGS.items()
-              if getattr(cls, "RELATIVE_PYTHON_MODULE", None) == PACK_MODULE}
+    mapped = {
+        k
+        for k, cls in H.boot().NODE_CLASS_MAPPINGS.items()
+        if getattr(cls, "RELATIVE_PYTHON_MODULE", None) == PACK_MODULE
+    }
     assert mapped == set(NODE_IDS)
 
 
@@ -136,8 +140,9 @@ def test_frontend_fetches_custom_node_help_from_the_web_directory(frontend):
     assert re.search(rf"`/extensions/{v}/docs/\$\{{\w+\.name\}}\.md`", src), f"{fe}: fallback URL pattern changed"
     # pack = normalizePackId(2nd part of python_module), the part before '@'
     assert re.search(r"""\[0\]===["`]custom_nodes["`]\?\w+\(\w+\[1\]\)""", src), f"{fe}: pack name rule changed"
-    assert re.search(r"""function normalizePackId\(\w+\)\{return \w+\.split\(["`]@["`]\)\[0\]\}""", src), \
+    assert re.search(r"""function normalizePackId\(\w+\)\{return \w+\.split\(["`]@["`]\)\[0\]\}""", src), (
         f"{fe}: normalizePackId changed"
+    )
 
 
 def help_urls(info):
@@ -220,15 +225,20 @@ def test_help_panel_shows_every_page(help_page):
     pg.page.on("response", lambda r: "/docs/" in r.url and seen.append((r.status, urllib.parse.urlsplit(r.url).path)))
     pg.setup_graph(vue=False)
     since = pg.mark()
-    info = {k: v for k, v in pg.js("async () => await (await fetch('/object_info')).json()").items()
-            if v.get("python_module") == PACK_MODULE}
+    info = {
+        k: v
+        for k, v in pg.js("async () => await (await fetch('/object_info')).json()").items()
+        if v.get("python_module") == PACK_MODULE
+    }
     for node_id in NODE_IDS:
         nid = pg.add_node(node_id, 300, 200)
         pg.js("(id) => { app.canvas.deselectAll?.(); app.canvas.selectNode(app.graph.getNodeById(id)); }", nid)
         pg.page.locator("[data-testid='info-button']").first.click()
         title = rendered_title(node_id)
-        pg.wait("(t) => [...document.querySelectorAll('.node-help-content')].some((e) => e.innerText.trim().startsWith(t))",
-                title)
+        pg.wait(
+            "(t) => [...document.querySelectorAll('.node-help-content')].some((e) => e.innerText.trim().startsWith(t))",
+            title,
+        )
         urls = help_urls(info[node_id])
         got = [(st, u) for st, u in seen if u in urls]
         assert got[-2:] == [(404, urls[0]), (200, urls[1])], (node_id, got)
@@ -238,6 +248,7 @@ def test_help_panel_shows_every_page(help_page):
     # the locale URL's 404s are the lookup working as designed (every locale falls back to the one page); the
     # browser also reports each of them as an aborted request (the frontend does not read a 404's body)
     locale = {pg.page.url.rstrip("/") + help_urls(info[n])[0] for n in NODE_IDS}
-    pg.failed[since[1]:] = [(st, u) for st, u in pg.failed[since[1]:]
-                            if not (u in locale and st in (404, "net::ERR_ABORTED"))]
+    pg.failed[since[1] :] = [
+        (st, u) for st, u in pg.failed[since[1] :] if not (u in locale and st in (404, "net::ERR_ABORTED"))
+    ]
     pg.check_console(since)

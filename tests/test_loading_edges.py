@@ -9,6 +9,7 @@ what it leaves of ComfyUI's own model folders.
 - ComfyUI's `classifiers` key keeps the extension set and paths ComfyUI gave it (other packs see the
   same files as without this pack); our own lists filter for our extensions themselves.
 """
+
 import json
 import os
 import subprocess
@@ -72,8 +73,10 @@ FAKES = {
     # open_clip installed but its import fails (e.g. torchvision not matching torch)
     "broken": {"__init__.py": "raise RuntimeError('operator torchvision::nms does not exist')\n"},
     # open_clip that lists no architecture (e.g. its model_configs folder lost)
-    "empty": {"__init__.py": "__version__ = '0.0-test'\n\ndef list_models():\n    return []\n",
-              "factory.py": "def get_model_config(name):\n    return None\n"},
+    "empty": {
+        "__init__.py": "__version__ = '0.0-test'\n\ndef list_models():\n    return []\n",
+        "factory.py": "def get_model_config(name):\n    return None\n",
+    },
 }
 MESSAGES = {
     "missing": "open_clip is not installed: pip install open-clip-torch",
@@ -87,19 +90,28 @@ def boot_child(scenario, tmp_path):
     for name, text in FAKES.get(scenario, {}).items():
         (fake / "open_clip").mkdir(parents=True, exist_ok=True)
         (fake / "open_clip" / name).write_text(text)
-    proc = subprocess.run([sys.executable, "-c", CHILD, scenario], capture_output=True, text=True, timeout=600,
-                          cwd=H.ROOT, env=python_env(str(fake)))
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, scenario],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=H.ROOT,
+        env=python_env(str(fake)),
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(lines[-1][len(MARK):])
+    return json.loads(lines[-1][len(MARK) :])
 
 
 @pytest.fixture(scope="module")
 def full_pack():
     """The pack's node ids when open_clip works (this process)."""
     nodes = H.boot()
-    ids = sorted(k for k, v in nodes.NODE_CLASS_MAPPINGS.items()
-                 if getattr(v, "RELATIVE_PYTHON_MODULE", "").endswith("guidance-lab"))
+    ids = sorted(
+        k
+        for k, v in nodes.NODE_CLASS_MAPPINGS.items()
+        if getattr(v, "RELATIVE_PYTHON_MODULE", "").endswith("guidance-lab")
+    )
     assert CLIP_LOADER in ids and "GuidanceLabTrainClassifier" in ids
     return ids
 
@@ -126,8 +138,9 @@ def test_a_node_whose_schema_raises_is_left_out_with_a_warning(caplog):
     class GoodNode(io.ComfyNode):
         @classmethod
         def define_schema(cls):
-            return io.Schema(node_id="GLTestGood", inputs=[io.Int.Input("n", tooltip="a number")],
-                             outputs=[io.Int.Output()])
+            return io.Schema(
+                node_id="GLTestGood", inputs=[io.Int.Input("n", tooltip="a number")], outputs=[io.Int.Output()]
+            )
 
         @classmethod
         def execute(cls, n):
@@ -147,8 +160,10 @@ def test_a_node_whose_schema_raises_is_left_out_with_a_warning(caplog):
 
 def comfyui_folder(key):
     """(paths, extensions) that ComfyUI alone gives a folder key: a fresh folder_paths, no custom nodes."""
-    code = ("import json, folder_paths\np, e = folder_paths.folder_names_and_paths[%r]\n"
-            "print(json.dumps([p, sorted(e)]))" % key)
+    code = (
+        "import json, folder_paths\np, e = folder_paths.folder_names_and_paths[%r]\n"
+        "print(json.dumps([p, sorted(e)]))" % key
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=H.COMFY, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     paths, exts = json.loads(out.stdout.splitlines()[-1])
@@ -191,8 +206,10 @@ def test_registering_a_folder_never_narrows_an_existing_key(tmp_path):
     key = "guidance_lab_test_key"
     try:
         folders.register_model_folder(key, {".safetensors"})  # a new key: ours, explicit extensions
-        assert folder_paths.folder_names_and_paths[key] == ([os.path.join(folder_paths.models_dir, key)],
-                                                            {".safetensors"})
+        assert folder_paths.folder_names_and_paths[key] == (
+            [os.path.join(folder_paths.models_dir, key)],
+            {".safetensors"},
+        )
         # a key that exists (ComfyUI's, another pack's, or made by extra_model_paths.yaml) keeps its set and paths
         folder_paths.folder_names_and_paths[key] = ([str(tmp_path)], set())
         folders.register_model_folder(key, {".safetensors"})
@@ -223,11 +240,14 @@ def test_clip_checkpoint_list_filters_itself_when_the_key_accepts_anything(tmp_p
         folder_paths.folder_names_and_paths[clip_nodes.FOLDER] = saved
 
 
-@pytest.mark.parametrize("node_id, input_name, module, folder", [
-    ("GuidanceLabClassifierLoader", "classifier_name", "nodes.classifier_nodes", "FOLDER"),
-    ("GuidanceLabCLIPClassifierLoader", "checkpoint", "nodes.clip_nodes", "FOLDER"),
-    ("GuidanceLabToyModelLoader", "toy_model", "nodes.toy_nodes", "TOY_FOLDER"),
-])
+@pytest.mark.parametrize(
+    "node_id, input_name, module, folder",
+    [
+        ("GuidanceLabClassifierLoader", "classifier_name", "nodes.classifier_nodes", "FOLDER"),
+        ("GuidanceLabCLIPClassifierLoader", "checkpoint", "nodes.clip_nodes", "FOLDER"),
+        ("GuidanceLabToyModelLoader", "toy_model", "nodes.toy_nodes", "TOY_FOLDER"),
+    ],
+)
 def test_loaders_run_again_when_their_file_changes(tmp_path, node_id, input_name, module, folder):
     """Issue 16: every file loader's fingerprint (what ComfyUI compares to decide whether to run it again) changes
     when its file is rewritten, replaced or deleted under a running server, so the cached object is never handed on

@@ -13,6 +13,7 @@
   show their Chinese names, input names and tooltips; the blueprints are in the node library, and one added from there
   runs on the toy model. On the pinned and the newest frontend (devkit/frontends.py), as tests/test_web.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,7 @@ def pack_node_ids() -> list[str]:
 
 
 # ---------------------------------------------------------------- locale files
+
 
 @pytest.mark.comfy
 def test_english_locale_is_what_the_script_makes_from_the_schemas():
@@ -99,10 +101,12 @@ def test_no_translation_is_older_than_its_english(lang):
     tooltip is named until its translation is updated and `make_locales --mark-translated` is run."""
     assert ML.stale_translations(lang) == [], (
         f"locales/{lang}: the English of these strings changed since they were translated; update them, then run "
-        f"python -m scripts.make_locales --mark-translated {lang}")
+        f"python -m scripts.make_locales --mark-translated {lang}"
+    )
 
 
 # ---------------------------------------------------------------- search aliases
+
 
 @pytest.mark.comfy
 def test_search_aliases_where_the_schema_has_them():
@@ -124,6 +128,7 @@ def test_search_aliases_where_the_schema_has_them():
 
 # ---------------------------------------------------------------- blueprint files
 
+
 @pytest.mark.comfy
 def test_blueprint_files_are_the_scripts_and_hold_registered_nodes():
     assert BLUEPRINT_FILES == sorted(f"{bp['name']}.json" for bp in MB.BLUEPRINTS)
@@ -131,7 +136,7 @@ def test_blueprint_files_are_the_scripts_and_hold_registered_nodes():
     for file in BLUEPRINT_FILES:
         with open(os.path.join(SUBGRAPHS, file), encoding="utf-8") as f:
             data = json.load(f)
-        name = file[:-len(".json")]
+        name = file[: -len(".json")]
         (root,), (sub,) = data["nodes"], data["definitions"]["subgraphs"]
         assert root["type"] == sub["id"] and sub["name"] == root["title"] == name
         assert data["extra"]["BlueprintDescription"]
@@ -163,6 +168,7 @@ def test_registry_zip_ships_locales_and_blueprints(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- a real server
+
 
 def start_server(frontend):
     work = tempfile.mkdtemp(prefix="gl-locales-")
@@ -266,12 +272,15 @@ def page(browser, ui_server, request):
 
 def slot_point(pg, node_id, slot_name):
     """Page coordinates of an input slot of a node (classic canvas renderer)."""
-    return pg.js("""([id, name]) => {
+    return pg.js(
+        """([id, name]) => {
         const n = app.graph.getNodeById(id);
         const [x, y] = app.canvas.ds.convertOffsetToCanvas(n.getConnectionPos(true, n.findInputSlot(name)));
         const r = app.canvas.canvas.getBoundingClientRect();
         return [r.left + x, r.top + y];
-    }""", [node_id, slot_name])
+    }""",
+        [node_id, slot_name],
+    )
 
 
 def hover_tooltip(pg, x, y) -> str:
@@ -284,16 +293,26 @@ def hover_tooltip(pg, x, y) -> str:
 
 def set_locale(srv, lang):
     """The frontend's language setting (Comfy.Locale) on the server, as a user who chose it before loads the page."""
-    req = urllib.request.Request(srv.url + "/settings/Comfy.Locale", data=json.dumps(lang).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        srv.url + "/settings/Comfy.Locale",
+        data=json.dumps(lang).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     urllib.request.urlopen(req, timeout=30).close()
 
 
 @pytest.mark.browser
 def test_chinese_names_and_tooltips(browser, ui_server, request):
     if ui_server.frontend.version in LOSES_CUSTOM_LOCALES:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"frontend {ui_server.frontend.version} replaces "
-                                              "custom nodes' messages when it loads a language (see above)"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason=f"frontend {ui_server.frontend.version} replaces "
+                "custom nodes' messages when it loads a language (see above)",
+            )
+        )
     zh = ML.read("zh", "nodeDefs.json")
     set_locale(ui_server, "zh")
     page = Page(browser, ui_server)
@@ -305,12 +324,15 @@ def test_chinese_names_and_tooltips(browser, ui_server, request):
         assert titles == [zh[i]["display_name"] for i in pack_node_ids()]
         node_type = "GuidanceLabNAGTerm"
         nid = page.add_node(node_type, 200, 150)
-        shown = page.js("""(id) => {
+        shown = page.js(
+            """(id) => {
             const n = app.graph.getNodeById(id);
             return {title: n.title,
                     inputs: Object.fromEntries(n.inputs.map((s) => [s.name, s.label || s.localized_name])),
                     widgets: Object.fromEntries(n.widgets.filter((w) => w.label).map((w) => [w.name, w.label]))};
-        }""", nid)
+        }""",
+            nid,
+        )
         want = zh[node_type]
         assert shown["title"] == want["display_name"]
         assert shown["inputs"] == {k: want["inputs"][k]["name"] for k in shown["inputs"]}
@@ -325,8 +347,11 @@ def test_chinese_names_and_tooltips(browser, ui_server, request):
         set_locale(ui_server, "en")
 
 
-@pytest.mark.skipif(not HAS_SUBGRAPH_ROUTE, reason=f"ComfyUI {H.comfyui_version()} serves no subgraph blueprints "
-                                                  "(no /global_subgraphs route; 0.3.75 and later do)")
+@pytest.mark.skipif(
+    not HAS_SUBGRAPH_ROUTE,
+    reason=f"ComfyUI {H.comfyui_version()} serves no subgraph blueprints "
+    "(no /global_subgraphs route; 0.3.75 and later do)",
+)
 def add_from_library(page, name):
     """Add a node from the open node library, as a user would: the pinned frontend adds it on a click; the newest
     selects the item, and a second click adds it."""
@@ -341,7 +366,7 @@ def add_from_library(page, name):
 
 @pytest.mark.browser
 def test_blueprints_in_the_node_library_and_one_runs(page, ui_server):
-    names = [f[:-len(".json")] for f in BLUEPRINT_FILES]
+    names = [f[: -len(".json")] for f in BLUEPRINT_FILES]
     autoguidance = "Autoguidance sampler (Guidance Lab)"
     page.setup_graph(vue=False)
     page.js("async () => { await app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library'); }")

@@ -7,6 +7,7 @@ before sampling, naming the form, where it does not (IMG_TO_IMG_FLOW, IMG_TO_IMG
 The forms are built as ComfyUI's own nodes build them, or with ComfyUI 0.33's / 0.38's formulas where the running
 ComfyUI lacks the class (devkit/sampling_forms.py).
 """
+
 import pytest
 import torch
 
@@ -26,8 +27,11 @@ NOISE_SCALE = F.NOISE_SCALE
 @pytest.fixture(scope="module")
 def modules():
     """ComfyUI's model_sampling module, the pack's sampling-form glue and its config error."""
-    return {"MS": F.comfy_model_sampling(), "glue": H.pack_module("nodes.sampling_facts"),
-            "err": H.pack_module("guidance_core.errors").GuidanceConfigError}
+    return {
+        "MS": F.comfy_model_sampling(),
+        "glue": H.pack_module("nodes.sampling_facts"),
+        "err": H.pack_module("guidance_core.errors").GuidanceConfigError,
+    }
 
 
 def world(param="eps", noise=1.0):
@@ -41,9 +45,19 @@ def loaded(gmm, param, alpha, c=1.0, **meta):
 def ksample(model, steps=12, denoise=1.0, seed=3, cfg=1.0, latent=None, pos=None):
     empty = [[torch.zeros(1, 1, 3), {}]]
     with torch.inference_mode():
-        return H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                          scheduler="normal", positive=pos or empty, negative=empty,
-                          latent_image=latent or {"samples": torch.zeros(1, 4, 4, 4)}, denoise=denoise)[0]["samples"]
+        return H.run_node(
+            "KSampler",
+            model=model,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler_name="euler",
+            scheduler="normal",
+            positive=pos or empty,
+            negative=empty,
+            latent_image=latent or {"samples": torch.zeros(1, 4, 4, 4)},
+            denoise=denoise,
+        )[0]["samples"]
 
 
 def check_exact(seen, gmm, alpha, c=1.0, min_steps=10):
@@ -55,18 +69,27 @@ def check_exact(seen, gmm, alpha, c=1.0, min_steps=10):
 def test_every_form_of_this_comfyui_is_read_from_the_object(modules):
     MS, glue = modules["MS"], modules["glue"]
     want = {  # class: (parameterization, noise, input scaling kind, prediction, inverse_noise_scaling)
-        "EPS": ("eps", 1.0, "edm", "eps", "identity"), "V_PREDICTION": ("v", 1.0, "edm", "v", "identity"),
-        "EDM": ("v", 1.0, "edm", "edm", "identity"), "X0": ("eps", 1.0, "edm", "x0", "identity"),
+        "EPS": ("eps", 1.0, "edm", "eps", "identity"),
+        "V_PREDICTION": ("v", 1.0, "edm", "v", "identity"),
+        "EDM": ("v", 1.0, "edm", "edm", "identity"),
+        "X0": ("eps", 1.0, "edm", "x0", "identity"),
         "IMG_TO_IMG": ("eps", 1.0, "identity", "x0", "identity"),
         "COSMOS_RFLOW": ("eps", 1.0, "cosmos_rflow", "cosmos_rflow", "identity"),
         "CONST": ("flow", 1.0, "identity", "eps", "flow"),
         "V_PREDICTION_DDPM": ("v", 1.0, "identity", "v_ddpm", "identity"),
         "IMG_TO_IMG_FLOW": ("img2img", 0.0, "identity", "x0", "one_minus"),
-        "IMG_TO_IMG_VELOCITY": ("img2img", 0.0, "identity", "x_minus_out", "flow")}
-    built = {"V_PREDICTION_DDPM": F.v_prediction_ddpm_class(), "IMG_TO_IMG_FLOW": F.img_to_img_flow_class(),
-             "IMG_TO_IMG_VELOCITY": F.img_to_img_velocity_class()}
-    base = {"COSMOS_RFLOW": MS.ModelSamplingCosmosRFlow, "EDM": MS.ModelSamplingContinuousEDM,
-            "CONST": MS.ModelSamplingDiscreteFlow}
+        "IMG_TO_IMG_VELOCITY": ("img2img", 0.0, "identity", "x_minus_out", "flow"),
+    }
+    built = {
+        "V_PREDICTION_DDPM": F.v_prediction_ddpm_class(),
+        "IMG_TO_IMG_FLOW": F.img_to_img_flow_class(),
+        "IMG_TO_IMG_VELOCITY": F.img_to_img_velocity_class(),
+    }
+    base = {
+        "COSMOS_RFLOW": MS.ModelSamplingCosmosRFlow,
+        "EDM": MS.ModelSamplingContinuousEDM,
+        "CONST": MS.ModelSamplingDiscreteFlow,
+    }
     for name, (param, noise, scaling, prediction, inverse) in want.items():
         kind = built.get(name) or getattr(MS, name)
 
@@ -102,8 +125,11 @@ def test_classifier_guidance_exact_with_noise_scale_8(modules):
 def test_a_classifier_trained_without_the_noise_scale_is_refused(modules):
     model, gmm = world("flow", noise=NOISE_SCALE)
     clf = loaded(gmm, "flow", F.flow_alpha)
-    with pytest.raises(modules["err"], match=r"trained on noise of scale 1 \(noise_scale\).*"
-                                         r"CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps"):
+    with pytest.raises(
+        modules["err"],
+        match=r"trained on noise of scale 1 \(noise_scale\).*"
+        r"CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps",
+    ):
         F.classifier_patch(F.noise_scaled(model), clf)
 
 
@@ -127,9 +153,11 @@ def counted_refusal(modules, model, run, match):
     assert counter.calls == []  # refused before the first model call
 
 
-REFUSED = {"IMG_TO_IMG_FLOW": (F.img_to_img_flow, "IMG_TO_IMG_FLOW.*adds no noise"),
-           "IMG_TO_IMG_VELOCITY": (F.img_to_img_velocity, "IMG_TO_IMG_VELOCITY.*adds no noise"),
-           "made-up": (F.made_up, "ModelSamplingAdvanced.*none of the known forms")}
+REFUSED = {
+    "IMG_TO_IMG_FLOW": (F.img_to_img_flow, "IMG_TO_IMG_FLOW.*adds no noise"),
+    "IMG_TO_IMG_VELOCITY": (F.img_to_img_velocity, "IMG_TO_IMG_VELOCITY.*adds no noise"),
+    "made-up": (F.made_up, "ModelSamplingAdvanced.*none of the known forms"),
+}
 
 
 @pytest.mark.parametrize("form", list(REFUSED))
@@ -142,8 +170,13 @@ def test_forms_without_noise_or_unknown_are_refused_by_classifier_guidance(modul
     with pytest.raises(modules["err"], match=r"classifier guidance needs x = alpha\*x0 \+ c\*sigma\*eps.*" + match):
         F.classifier_patch(model, clf)
     with pytest.raises(modules["err"], match=match):
-        H.run_node("GuidanceLabClassifierSampler", model=model, classifier=clf, **F.guidance_args(),
-                   sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0])
+        H.run_node(
+            "GuidanceLabClassifierSampler",
+            model=model,
+            classifier=clf,
+            **F.guidance_args(),
+            sampler=H.run_node("KSamplerSelect", sampler_name="euler")[0],
+        )
     # the model sampling changed after the guidance node (patched on top): refused when sampling starts
     late = make(F.classifier_patch(base, clf))
     counted_refusal(modules, late, lambda: ksample(late), match)
@@ -157,14 +190,18 @@ def test_zero_init_is_refused_where_the_start_noise_does_not_exist(modules):
     # the model sampling changed after the CFG patch: refused when sampling starts, naming the form
     for make, match in (REFUSED["IMG_TO_IMG_FLOW"], REFUSED["made-up"]):
         late = make(H.run_node("GuidanceLabCFGPatch", model=base, neg_scale=0.0, post=zero_init)[0])
-        counted_refusal(modules, late, lambda m=late: ksample(m, cfg=3.0), r"zero_init_steps=1 \(CFG-Zero\* zero-init\).*" + match)
+        counted_refusal(
+            modules, late, lambda m=late: ksample(m, cfg=3.0), r"zero_init_steps=1 \(CFG-Zero\* zero-init\).*" + match
+        )
 
 
 def test_zero_init_with_noise_scale_8_starts_from_the_models_own_noise(modules):
     """CFG-Zero* zero-init solves the sampler's start noise from noise_scaling: with noise_scale 8 the first model
     call (after the skipped step) reads x_start = 8*n exactly."""
     model = F.noise_scaled(world("flow", noise=NOISE_SCALE)[0])
-    rec, seen = F.recorder(H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(zero_init_steps=1))[0])
+    rec, seen = F.recorder(
+        H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(zero_init_steps=1))[0]
+    )
     out = ksample(rec, cfg=3.0, steps=6)
     import comfy.sample
 
@@ -176,15 +213,25 @@ def test_zero_init_with_noise_scale_8_starts_from_the_models_own_noise(modules):
 def test_rescale_needing_alpha_is_refused_without_one_and_form_free_rescale_runs(modules):
     model = F.img_to_img_flow(world("flow")[0])
     for space in ("eps", "v"):
-        with pytest.raises(modules["err"],
-                           match=rf"rescale_space='{space}' needs the model's alpha\(sigma\).*no noise"):
-            H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(rescale_phi=0.7, rescale_space=space))
+        with pytest.raises(
+            modules["err"], match=rf"rescale_space='{space}' needs the model's alpha\(sigma\).*no noise"
+        ):
+            H.run_node(
+                "GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(rescale_phi=0.7, rescale_space=space)
+            )
 
     def run(space):
-        m = H.run_node("GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(rescale_phi=0.7, rescale_space=space))[0]
+        m = H.run_node(
+            "GuidanceLabCFGPatch", model=model, neg_scale=0.0, post=post(rescale_phi=0.7, rescale_space=space)
+        )[0]
         # an image-to-image model starts at the input latent
-        return ksample(m, steps=4, cfg=3.0, latent={"samples": MEANS[:1].clone()},
-                       pos=H.demo_module().class_conditioning([0.0, 1.0, 0.0]))
+        return ksample(
+            m,
+            steps=4,
+            cfg=3.0,
+            latent={"samples": MEANS[:1].clone()},
+            pos=H.demo_module().class_conditioning([0.0, 1.0, 0.0]),
+        )
 
     auto = run("auto")
     assert torch.isfinite(auto).all()
@@ -196,7 +243,9 @@ def test_train_classifier_refuses_forms_it_cannot_add_noise_for(modules):
     form is refused when the latent cache's facts are read (before any image is encoded)."""
     facts = H.pack_module("nodes.training_nodes").cache_facts
     base = world("flow")[0]
-    with pytest.raises(modules["err"], match=r"Train Classifier trains on noise.*CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps"):
+    with pytest.raises(
+        modules["err"], match=r"Train Classifier trains on noise.*CONST: x = \(1 - sigma\)\*x0 \+ 8\*sigma\*eps"
+    ):
         facts(F.noise_scaled(base), LABELS, 32, "set")
     for make, match in REFUSED.values():
         with pytest.raises(modules["err"], match=match):

@@ -3,6 +3,7 @@ checkpoint with another LoRA, without the LoRA, at another strength, or a LoRA a
 runs its own weights on its rows and the sampled model's on theirs: equal to the same weights placed in separate model
 objects, through the stock KSampler (CFG Patch) and SamplerCustomAdvanced (CFG Guider), in this process and in fresh
 ones (ComfyUI's load order of two clones comes from iterating a set and changes from process to process)."""
+
 import json
 import os
 import subprocess
@@ -45,8 +46,12 @@ class World:
         return ksample(model, cfg, steps=4, pos=self.pos, neg=self.neg, latent=self.latent)
 
     def guided(self, model, terms, cfg=3.0):
-        return custom_sample(model, our_guider(model, cfg, positive=self.pos, negative=self.neg, terms=terms),
-                             steps=4, latent=self.latent)
+        return custom_sample(
+            model,
+            our_guider(model, cfg, positive=self.pos, negative=self.neg, terms=terms),
+            steps=4,
+            latent=self.latent,
+        )
 
 
 # sampled model and term model, each a function of (network, world): the network given is shared by both sides
@@ -110,8 +115,9 @@ def test_fresh_processes_give_the_same_result():
     results = []
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        run = subprocess.run([sys.executable, "-c", FRESH], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=600)  # -c: the repository root (cwd) on sys.path
+        run = subprocess.run(
+            [sys.executable, "-c", FRESH], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )  # -c: the repository root (cwd) on sys.path
         assert run.returncode == 0, run.stderr[-3000:]
         results.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert all(r["diff"] <= 1e-5 for r in results), results

@@ -22,8 +22,16 @@ def errors():
 
 
 def nag_term(form="paper", weight=4.0, tau=2.5, alpha=0.25, conditioning=None, terms=None, schedule=None):
-    return H.run_node("GuidanceLabNAGTerm", form=form, weight=weight, tau=tau, alpha=alpha, conditioning=conditioning,
-                      terms=terms, schedule=schedule)[0]
+    return H.run_node(
+        "GuidanceLabNAGTerm",
+        form=form,
+        weight=weight,
+        tau=tau,
+        alpha=alpha,
+        conditioning=conditioning,
+        terms=terms,
+        schedule=schedule,
+    )[0]
 
 
 def have(node_id: str) -> bool:
@@ -34,7 +42,10 @@ def have(node_id: str) -> bool:
 @pytest.mark.parametrize("phi,tau,alpha", [(4.0, 2.5, 0.25), (4.0, 1.5, 0.5), (0.5, 10.0, 1.0), (9.0, 1.0, 0.7)])
 def test_core_formula_equals_the_papers_equations(phi, tau, alpha):
     g = torch.Generator().manual_seed(0)
-    z_pos, z_neg = torch.randn(2, 7, 24, generator=g, dtype=torch.float64), torch.randn(2, 7, 24, generator=g, dtype=torch.float64)
+    z_pos, z_neg = (
+        torch.randn(2, 7, 24, generator=g, dtype=torch.float64),
+        torch.randn(2, 7, 24, generator=g, dtype=torch.float64),
+    )
     got = nag_core().nag_attention(z_pos, z_neg, 1.0 + phi, tau, alpha)
     torch.testing.assert_close(got, direct_nag(z_pos, z_neg, phi, tau, alpha), rtol=1e-12, atol=1e-12)
     ratio = (got - (1 - alpha) * z_pos).abs().sum(-1) / z_pos.abs().sum(-1)
@@ -73,8 +84,9 @@ def test_paper_form_equals_the_formula_on_the_cross_attention(unet, cfg, phi, ta
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     other = H.cond(7)
     want_g = custom_sample(unet, our_guider(reference_model(unet, other[0][0], phi, tau, alpha), cfg), steps=4)
-    got_g = custom_sample(unet, our_guider(unet, cfg, terms=nag_term(weight=phi, tau=tau, alpha=alpha, conditioning=other)),
-                          steps=4)
+    got_g = custom_sample(
+        unet, our_guider(unet, cfg, terms=nag_term(weight=phi, tau=tau, alpha=alpha, conditioning=other)), steps=4
+    )
     torch.testing.assert_close(got_g, want_g, rtol=1e-5, atol=1e-5)
     assert float((got - ksample(unet, cfg, steps=4)).abs().max()) > 1e-3
 
@@ -122,7 +134,9 @@ def test_off_is_bit_identical_and_evaluates_nothing(unet, form):
 def test_a_schedule_scales_phi_per_step(unet):
     """A schedule that is 1 on the first half of the run and 0 after: NAG at full phi, then none (rows counted)."""
     S = H.pack_module("guidance_core.schedules")
-    half = H.run_node("GuidanceLabSchedule", **{**S.DEFAULTS, "kind": "keyframes", "keyframes": "0:1, 0.49:1, 0.5:0, 1:0"})[0]
+    half = H.run_node(
+        "GuidanceLabSchedule", **{**S.DEFAULTS, "kind": "keyframes", "keyframes": "0:1, 0.49:1, 0.5:0, 1:0"}
+    )[0]
     m = patch(unet, terms=nag_term("comfyui", schedule=half))
     rows = count_rows(unet, lambda: ksample(m, 1.0, steps=4))
     assert rows == [2, 2, 1, 1]  # comfyui form: the negative row only while NAG is on
@@ -163,8 +177,12 @@ def test_where_nagaidance_does_nothing_the_comfyui_form_is_refused(family):
     pos, neg, lat = fam.cond(1), fam.cond(2), fam.latent(1)
     plain = ksample(model, 1.0, steps=2, pos=pos, neg=neg, latent=lat)
     # NAGuidance's only effect here: a row of the negative, and u + 1 (c - u) for c at cfg 1 (rounding)
-    torch.testing.assert_close(ksample(comfy_nag(model, 5.0, 0.5, 1.5), 1.0, steps=2, pos=pos, neg=neg, latent=lat), plain,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ksample(comfy_nag(model, 5.0, 0.5, 1.5), 1.0, steps=2, pos=pos, neg=neg, latent=lat),
+        plain,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     for form in ("comfyui", "paper") if family.startswith("SD3.5") else ("comfyui",):
         with pytest.raises(errors().GuidanceConfigError) as e:
             patch(model, terms=nag_term(form))
@@ -178,14 +196,19 @@ WAN = "Wan 2.1 (video, 5-D)"
 def wan_passes_rows() -> bool:
     """Whether this ComfyUI hands transformer_options (the batch's rows) to Wan's cross-attention (0.3.75 and newer)."""
     import inspect
-    return "transformer_options" in inspect.signature(H.boot().comfy.ldm.wan.model.WanT2VCrossAttention.forward).parameters
+
+    return (
+        "transformer_options" in inspect.signature(H.boot().comfy.ldm.wan.model.WanT2VCrossAttention.forward).parameters
+    )
 
 
 @pytest.fixture(scope="module")
 def wan():
     if not wan_passes_rows():
-        pytest.skip("this ComfyUI's Wan cross-attention gets no transformer_options (refusal: test_paper_form_on_wan_"
-                    "is_refused_where_comfyui_hides_the_rows)")
+        pytest.skip(
+            "this ComfyUI's Wan cross-attention gets no transformer_options (refusal: test_paper_form_on_wan_"
+            "is_refused_where_comfyui_hides_the_rows)"
+        )
     return F.model(WAN)
 
 
@@ -197,13 +220,24 @@ def test_paper_form_on_wan_equals_the_formula_on_its_cross_attention(wan, cfg, p
     fam = F.FAMILIES[WAN]
     pos, neg, other, lat = fam.cond(1), fam.cond(2), fam.cond(3), fam.latent(1)
     want = ksample(reference_wan(wan, neg[0][0], phi, tau, alpha), cfg, steps=3, pos=pos, neg=neg, latent=lat)
-    got = ksample(patch(wan, terms=nag_term(weight=phi, tau=tau, alpha=alpha)), cfg, steps=3, pos=pos, neg=neg, latent=lat)
+    got = ksample(
+        patch(wan, terms=nag_term(weight=phi, tau=tau, alpha=alpha)), cfg, steps=3, pos=pos, neg=neg, latent=lat
+    )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    want_g = custom_sample(wan, our_guider(reference_wan(wan, other[0][0], phi, tau, alpha), cfg, positive=pos,
-                                           negative=neg), steps=3, latent=lat)
-    got_g = custom_sample(wan, our_guider(wan, cfg, positive=pos, negative=neg,
-                                          terms=nag_term(weight=phi, tau=tau, alpha=alpha, conditioning=other)),
-                          steps=3, latent=lat)
+    want_g = custom_sample(
+        wan,
+        our_guider(reference_wan(wan, other[0][0], phi, tau, alpha), cfg, positive=pos, negative=neg),
+        steps=3,
+        latent=lat,
+    )
+    got_g = custom_sample(
+        wan,
+        our_guider(
+            wan, cfg, positive=pos, negative=neg, terms=nag_term(weight=phi, tau=tau, alpha=alpha, conditioning=other)
+        ),
+        steps=3,
+        latent=lat,
+    )
     torch.testing.assert_close(got_g, want_g, rtol=1e-5, atol=1e-5)
     assert float((got - ksample(wan, cfg, steps=3, pos=pos, neg=neg, latent=lat)).abs().max()) > 1e-4
 
@@ -227,10 +261,12 @@ def test_paper_form_on_wan_with_an_slg_term_in_the_same_batch(wan):
     fam = F.FAMILIES[WAN]
     pos, neg, lat = fam.cond(1), fam.cond(2), fam.latent(1)
     slg = H.run_node("GuidanceLabPerturbedTerm", mode="slg", blocks="double.0", weight=2.0, seg_sigma=10.0)[0]
-    both = H.run_node("GuidanceLabNAGTerm", form="paper", weight=4.0, tau=2.5, alpha=0.5, conditioning=None, terms=slg,
-                      schedule=None)[0]
-    want = ksample(patch(reference_wan(wan, neg[0][0], 4.0, 2.5, 0.5), terms=slg), 4.0, steps=3, pos=pos, neg=neg,
-                   latent=lat)
+    both = H.run_node(
+        "GuidanceLabNAGTerm", form="paper", weight=4.0, tau=2.5, alpha=0.5, conditioning=None, terms=slg, schedule=None
+    )[0]
+    want = ksample(
+        patch(reference_wan(wan, neg[0][0], 4.0, 2.5, 0.5), terms=slg), 4.0, steps=3, pos=pos, neg=neg, latent=lat
+    )
     got = ksample(patch(wan, terms=both), 4.0, steps=3, pos=pos, neg=neg, latent=lat)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert float((got - ksample(patch(wan, terms=slg), 4.0, steps=3, pos=pos, neg=neg, latent=lat)).abs().max()) > 1e-4

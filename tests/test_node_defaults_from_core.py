@@ -1,6 +1,7 @@
 """Issue 15: one home per default and range. Every numeric input of the CFG nodes takes its default, min and max
 from a constant of the core (guidance_core), so the node schema and the core cannot drift apart: this test lists
 where each value lives and fails when a schema says anything else, or when a numeric input has no listed home."""
+
 import pytest
 
 from devkit import comfy_host as H
@@ -38,9 +39,11 @@ HOMES = {
     ("GuidanceLabCFGGuider", "cfg"): (C.CFG_DEFAULT, C.CFG_MIN, C.CFG_MAX),
     ("GuidanceLabCFGGuider", "neg_scale"): (C.NEG_SCALE_DEFAULT, -C.CFG_MAX, C.CFG_MAX),
     ("GuidanceLabCFGPatch", "neg_scale"): (C.NEG_SCALE_DEFAULT, -C.CFG_MAX, C.CFG_MAX),
-    **{(node, k): (G.DEFAULTS[k], *G.RANGES["sigma" if k.startswith("sigma") else k])
-       for node in ("GuidanceLabClassifierGuidance", "GuidanceLabClassifierSampler")
-       for k in ("scale", "sigma_lo", "sigma_hi", "every_n", "rms_clamp")},
+    **{
+        (node, k): (G.DEFAULTS[k], *G.RANGES["sigma" if k.startswith("sigma") else k])
+        for node in ("GuidanceLabClassifierGuidance", "GuidanceLabClassifierSampler")
+        for k in ("scale", "sigma_lo", "sigma_hi", "every_n", "rms_clamp")
+    },
 }
 NODES = sorted({n for n, _ in HOMES})
 
@@ -65,7 +68,9 @@ def test_text_defaults_read_the_core():
     assert list(schema["kind"].options) == list(S.KINDS) and list(schema["axis"].options) == list(S.AXES)
     post = {i.id: i for i in H.node("GuidanceLabPostProcess").define_schema().inputs}
     assert list(post["rescale_space"].options) == list(C.RESCALE_SPACES)
-    assert list({i.id: i for i in H.node("GuidanceLabPerturbedTerm").define_schema().inputs}["mode"].options) == list(PT.MODES)
+    assert list({i.id: i for i in H.node("GuidanceLabPerturbedTerm").define_schema().inputs}["mode"].options) == list(
+        PT.MODES
+    )
 
 
 def test_core_accepts_exactly_the_schema_ranges():
@@ -87,9 +92,10 @@ TN = H.pack_module("nodes.training_nodes")
 
 TRAIN_NODE = "GuidanceLabTrainClassifier"
 # node input -> (config class, field) of the core: the same setting in the node, the core and the command line
-TRAIN_SETTINGS = {**{k: (TR.TrainConfig, k) for k in ("steps", "batch_size", "lr", "seed", "sigma_distribution",
-                                                      "class_balance")},
-                  "width": (NA.ClassifierConfig, "base_channels")}
+TRAIN_SETTINGS = {
+    **{k: (TR.TrainConfig, k) for k in ("steps", "batch_size", "lr", "seed", "sigma_distribution", "class_balance")},
+    "width": (NA.ClassifierConfig, "base_channels"),
+}
 
 
 def _range(config, name):
@@ -99,7 +105,10 @@ def _range(config, name):
 # (node, input) -> (default, min, max), each read from the core (defaults from a fresh config, not the metadata)
 TRAIN_HOMES = {
     (TRAIN_NODE, "steps"): (TR.TrainConfig().steps, TR.STEPS_CACHE_ONLY, _range(TR.TrainConfig, "steps")[1]),
-    **{(TRAIN_NODE, k): (getattr(TR.TrainConfig(), k), *_range(TR.TrainConfig, k)) for k in ("batch_size", "lr", "seed")},
+    **{
+        (TRAIN_NODE, k): (getattr(TR.TrainConfig(), k), *_range(TR.TrainConfig, k))
+        for k in ("batch_size", "lr", "seed")
+    },
     (TRAIN_NODE, "width"): (NA.ClassifierConfig().base_channels, *_range(NA.ClassifierConfig, "base_channels")),
     (TRAIN_NODE, "resolution"): (TR.RESOLUTION_DEFAULT, *TR.RESOLUTION_RANGE),
 }
@@ -131,8 +140,11 @@ def test_cli_defaults_and_choices_equal_the_node_and_core():
     for node_input, (config, name) in TRAIN_SETTINGS.items():
         assert args[name] == schema[node_input].default == getattr(config(), name), node_input
     actions = {a.dest: a for a in parser._actions}
-    assert list(actions["sigma_distribution"].choices) == list(TR.SIGMA_DISTRIBUTIONS) \
+    assert (
+        list(actions["sigma_distribution"].choices)
+        == list(TR.SIGMA_DISTRIBUTIONS)
         == list(schema["sigma_distribution"].options)
+    )
     # every typed option of the command line is a core setting with the core's default (CLI-only ones included)
     typed = {d for d, a in actions.items() if a.type in (int, float)}
     assert typed == {name for _, name in CLI.SETTINGS if name not in ("sigma_distribution", "class_balance")}
@@ -143,26 +155,33 @@ def test_cli_defaults_and_choices_equal_the_node_and_core():
     assert config.arch == {"base_channels": 16} and config.steps == TR.TrainConfig().steps
 
 
-@pytest.mark.parametrize("config_name", [(TR.TrainConfig, n) for n in ("steps", "batch_size", "lr", "seed",
-                                                                         "weight_decay", "checkpoint_every")]
-                         + [(NA.ClassifierConfig, "base_channels")], ids=lambda c: c[1])
+@pytest.mark.parametrize(
+    "config_name",
+    [(TR.TrainConfig, n) for n in ("steps", "batch_size", "lr", "seed", "weight_decay", "checkpoint_every")]
+    + [(NA.ClassifierConfig, "base_channels")],
+    ids=lambda c: c[1],
+)
 def test_training_core_accepts_exactly_its_ranges(config_name):
     """TrainConfig.validate (the one check, run by the node and the CLI) accepts the range ends and refuses a step
     outside, naming the field, the value and the accepted range; the CLI refuses the same value."""
     config, name = config_name
     lo, hi = _range(config, name)
-    make = (lambda v: TR.TrainConfig(**{name: v})) if config is TR.TrainConfig \
+    make = (
+        (lambda v: TR.TrainConfig(**{name: v}))
+        if config is TR.TrainConfig
         else (lambda v: TR.TrainConfig(arch={name: v}))
+    )
     step = 1 if isinstance(lo, int) else lo / 10 if lo > 0 else 1e-3
-    for v in (lo, hi) if hi != float("inf") else (lo, 10 ** 9):
+    for v in (lo, hi) if hi != float("inf") else (lo, 10**9):
         make(v).validate()
     outside = [lo - step] + ([hi + step] if hi != float("inf") else [])
     for v in outside:
         with pytest.raises(TR.GuidanceConfigError, match=rf"{name}={v}; use an? (integer|number) (in \[|.* or more)"):
             make(v).validate()
         with pytest.raises(SystemExit) as exit_info:
-            CLI.main(["--latents", "missing.safetensors", "--out", "o.safetensors",
-                      f"--{name.replace('_', '-')}", str(v)])
+            CLI.main(
+                ["--latents", "missing.safetensors", "--out", "o.safetensors", f"--{name.replace('_', '-')}", str(v)]
+            )
         assert exit_info.value.code == 2  # refused before the cache is read
 
 
@@ -181,9 +200,20 @@ def test_training_errors_name_field_value_and_accepted():
 
 def test_train_node_checks_settings_before_any_work():
     """A bad setting is refused by the core's check before the node touches the model, the dataset or the VAE."""
-    args = {"model": None, "vae": None, "dataset": "no_such_dataset", "output_name": "x", "steps": 10, "batch_size": 0,
-            "lr": 1e-3, "seed": 0, "resolution": 32, "sigma_distribution": "log_uniform", "class_balance": False,
-            "width": 32}
+    args = {
+        "model": None,
+        "vae": None,
+        "dataset": "no_such_dataset",
+        "output_name": "x",
+        "steps": 10,
+        "batch_size": 0,
+        "lr": 1e-3,
+        "seed": 0,
+        "resolution": 32,
+        "sigma_distribution": "log_uniform",
+        "class_balance": False,
+        "width": 32,
+    }
     with pytest.raises(TR.GuidanceConfigError, match=r"batch_size=0; use an integer in \[1, 4096\]"):
         H.run_node(TRAIN_NODE, **args)
     with pytest.raises(TR.GuidanceConfigError, match=r"base_channels=4; use an integer in \[8, 512\]"):
@@ -197,4 +227,3 @@ def test_classifier_guidance_defaults_are_the_core_config_and_one_no_bound():
     assert {k: getattr(cfg, k) for k in G.DEFAULTS} == G.DEFAULTS
     assert G.DEFAULTS["sigma_hi"] == S.SIGMA_NO_BOUND == G.RANGES["sigma"][1] == S.RANGES["sigma"][1]
     assert S.in_window(1.0, 0.5, 1.0) and not S.in_window(0.5, 0.5, 1.0) and S.in_window(80.0, 0.0, S.SIGMA_NO_BOUND)
-

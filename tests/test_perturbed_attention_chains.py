@@ -7,14 +7,23 @@ map; a PAG term set only under ("middle", 0) would be shadowed on that transform
 10 transformers perturbed; SD1.5's: none). The right composition, tested here against a direct reference:
 the term's rows are perturbed at every transformer of the block; every other row runs the other node's patch
 there (SAG records the real uncond's attention and SAG's own extra call is unchanged)."""
+
 import pytest
 import torch
 
 from devkit import comfy_host as H
 from devkit import families as F
 from devkit.cfg_helpers import custom_sample, ksample, native_guider, our_guider, patch
-from devkit.compat_matrix import (SDXL_MIDDLE_DEPTH, float64, middle_block_unets, pag_term, pag_then_sag,
-                                  reference_pag, sag, comfy_pag_with_sag_row)
+from devkit.compat_matrix import (
+    SDXL_MIDDLE_DEPTH,
+    float64,
+    middle_block_unets,
+    pag_term,
+    pag_then_sag,
+    reference_pag,
+    sag,
+    comfy_pag_with_sag_row,
+)
 
 pytestmark = pytest.mark.comfy
 
@@ -34,8 +43,11 @@ def sd15():
 
 
 def middle_depth(model) -> int:
-    return sum(1 for name, _ in model.model.diffusion_model.middle_block.named_modules()
-               if name.count(".") == 2 and ".transformer_blocks." in name)
+    return sum(
+        1
+        for name, _ in model.model.diffusion_model.middle_block.named_modules()
+        if name.count(".") == 2 and ".transformer_blocks." in name
+    )
 
 
 def native(route, model, pos, neg):
@@ -48,11 +60,16 @@ def native(route, model, pos, neg):
 def chains(route, model, pos, neg) -> dict:
     """SAG + our PAG term: SAG before and after the CFG Patch (KSampler), or SAG's model in the CFG Guider."""
     if route == "patch":
-        return {"SAG → patch": lambda: ksample(patch(sag(model), terms=pag_term()), CFG, steps=STEPS, pos=pos, neg=neg),
-                "patch → SAG": lambda: ksample(sag(patch(model, terms=pag_term())), CFG, steps=STEPS, pos=pos, neg=neg)}
+        return {
+            "SAG → patch": lambda: ksample(patch(sag(model), terms=pag_term()), CFG, steps=STEPS, pos=pos, neg=neg),
+            "patch → SAG": lambda: ksample(sag(patch(model, terms=pag_term())), CFG, steps=STEPS, pos=pos, neg=neg),
+        }
     m = sag(model)
-    return {"SAG → guider": lambda: custom_sample(m, our_guider(m, CFG, positive=pos, negative=neg, terms=pag_term()),
-                                                  steps=STEPS)}
+    return {
+        "SAG → guider": lambda: custom_sample(
+            m, our_guider(m, CFG, positive=pos, negative=neg, terms=pag_term()), steps=STEPS
+        )
+    }
 
 
 @pytest.mark.parametrize("route", ["patch", "guider"])
@@ -68,8 +85,12 @@ def test_sag_and_pag_term_on_sdxl_middle_block_perturb_every_transformer(sdxl, r
     shadowed = float((ref - native(route, pag_then_sag(m, every[1:]), pos, neg)).abs().max())
     assert effect > 1e-2 and shadowed > 1e-3, (effect, shadowed)  # the comparison below tells them apart
     for name, chained in chains(route, m, pos, neg).items():
-        torch.testing.assert_close(chained(), ref, **TOL, msg=lambda text, name=name: f"{name}: {text} (PAG effect "
-                                   f"{effect}, one transformer short: {shadowed})")
+        torch.testing.assert_close(
+            chained(),
+            ref,
+            **TOL,
+            msg=lambda text, name=name: f"{name}: {text} (PAG effect {effect}, one transformer short: {shadowed})",
+        )
 
 
 @pytest.mark.parametrize("route", ["patch", "guider"])
@@ -82,8 +103,9 @@ def test_sag_and_pag_term_on_sd15_middle_block_run_exact(sd15, route):
     effect = float((ref - native(route, sag(m), pos, neg)).abs().max())
     assert effect > 1e-2, effect
     for name, chained in chains(route, m, pos, neg).items():
-        torch.testing.assert_close(chained(), ref, **TOL,
-                                   msg=lambda text, name=name: f"{name}: {text} (PAG effect {effect})")
+        torch.testing.assert_close(
+            chained(), ref, **TOL, msg=lambda text, name=name: f"{name}: {text} (PAG effect {effect})"
+        )
 
 
 def test_another_nodes_transformer_patch_sees_its_own_rows(sd15):
@@ -123,8 +145,11 @@ def test_each_patch_call_resolves_the_layer_comfyui_runs(sdxl):
     m, pos, neg = sdxl
     net = m.model.diffusion_model
     last, checked = [], []
-    hooks = [mod.attn1.to_q.register_forward_hook(lambda mod, i, o, layer=mod.attn1: last.append(layer))
-             for mod in net.modules() if isinstance(mod, attention.BasicTransformerBlock)]
+    hooks = [
+        mod.attn1.to_q.register_forward_hook(lambda mod, i, o, layer=mod.attn1: last.append(layer))
+        for mod in net.modules()
+        if isinstance(mod, attention.BasicTransformerBlock)
+    ]
 
     def recorder(q, k, v, extra_options):
         part, idx = extra_options["block"]
@@ -152,8 +177,10 @@ def test_prompt_rows_keep_the_layers_own_attention_backend():
     import comfy.ldm.modules.attention as attention
 
     if not hasattr(attention, "ComfyAttention"):
-        pytest.skip(f"ComfyUI {H.comfyui_version()} has no per-layer attention backend "
-                    "(CrossAttention.comfy_attention, ComfyUI 0.38+)")
+        pytest.skip(
+            f"ComfyUI {H.comfyui_version()} has no per-layer attention backend "
+            "(CrossAttention.comfy_attention, ComfyUI 0.38+)"
+        )
     m, pos, neg = float64(F.sd15()), F.FAMILIES["SD1.5"].cond(1), F.FAMILIES["SD1.5"].cond(2)
     before = ksample(reference_pag(m, [0]), CFG, steps=STEPS, pos=pos, neg=neg)
 
@@ -161,7 +188,9 @@ def test_prompt_rows_keep_the_layers_own_attention_backend():
     def halved(q, k, v, heads, *args, **kw):
         return 0.5 * attention.attention_basic(q, k, v, heads, attn_precision=kw.get("attn_precision"))
 
-    for layer in H.pack_module("nodes.perturbation_patches").self_attention_layers(m.model.diffusion_model, "middle", 0, 0):
+    for layer in H.pack_module("nodes.perturbation_patches").self_attention_layers(
+        m.model.diffusion_model, "middle", 0, 0
+    ):
         layer.comfy_attention.function = halved
     ref = ksample(reference_pag(m, [0]), CFG, steps=STEPS, pos=pos, neg=neg)
     assert float((ref - before).abs().max()) > 1e-3  # the backend acts

@@ -4,6 +4,7 @@ on localhost (the first gives the reference outputs, the second is a restart tha
 POST /prompt over every toy example workflow and every node of the pack, interrupts at a random step, classifier
 files changed between queueing and execution, hypothesis fuzzing of the pack's routes and free-text inputs, and
 bit-identical outputs across runs and a restart. Plus the file checks of guidance_core.classifiers.classifier_files on their own."""
+
 import json
 import math
 import os
@@ -42,7 +43,9 @@ def test_soak_memory_models_hooks_and_outputs(res):
     assert len(s["global_hooks"]) == 1, s["global_hooks"]
     assert s["hook_counts"], "the probe saw no model"
     assert not s["errors"] and not s["mismatches"], (s["errors"], s["mismatches"])
-    assert set(res["pack_nodes"]) <= set(res["pack_nodes_used"]), sorted(set(res["pack_nodes"]) - set(res["pack_nodes_used"]))
+    assert set(res["pack_nodes"]) <= set(res["pack_nodes_used"]), sorted(
+        set(res["pack_nodes"]) - set(res["pack_nodes_used"])
+    )
 
 
 # ---------------------------------------------------------------- 2. interrupts
@@ -59,8 +62,15 @@ def test_interrupts_leave_nothing_behind(res):
 def test_files_changed_under_the_server(res):
     f = res["files"]
     cases = {r["case"] for r in f["rows"]}
-    assert {"deleted", "truncated", "pickle", "malformed_json", "oversized_labels_10MB", "wrong_tensor_shapes",
-            "nan_weights"} <= cases, cases
+    assert {
+        "deleted",
+        "truncated",
+        "pickle",
+        "malformed_json",
+        "oversized_labels_10MB",
+        "wrong_tensor_shapes",
+        "nan_weights",
+    } <= cases, cases
     # the CLIP classifier's checkpoint too: read again when it changes (before: ComfyUI's cache handed on the old one)
     assert {"clip_truncated", "clip_torch_zip_pickle", "clip_missing_tensor", "clip_deleted"} <= cases, cases
     for r in f["rows"]:
@@ -116,7 +126,6 @@ def test_block_index_of_thousands_of_digits_is_the_packs_error():
     assert perturbed_terms.parse_blocks("output.123456, input.4", "pag") == (("output", 123456), ("input", 4))
 
 
-
 @pytest.mark.server
 def test_out_of_range_keyframe_values_are_refused(res):
     """A keyframe value outside the multiplier range (-100..100, the widgets' range) is refused: '0:1e39' sampled
@@ -161,24 +170,31 @@ def test_io_refuses_a_huge_config_before_allocating(tmp_path):
     path = _rewrite(tmp_path, meta_edit=lambda g: dict(g, config=dict(g["config"], base_channels=1 << 20)))
     with pytest.raises(gio.ClassifierFileError, match=r"c\.safetensors: its config asks for \d+ parameters"):
         gio.load_classifier(path)
-    path = _rewrite(tmp_path, meta_edit=lambda g: dict(g, config=dict(g["config"], base_channels=16)), name="d.safetensors")
+    path = _rewrite(
+        tmp_path, meta_edit=lambda g: dict(g, config=dict(g["config"], base_channels=16)), name="d.safetensors"
+    )
     with pytest.raises(gio.ClassifierFileError, match=r"d\.safetensors: weights do not match its config: \d+ tensors"):
         gio.load_classifier(path)
-    path = _rewrite(tmp_path, meta_edit=lambda g: dict(g, config=dict(g["config"], base_channels="wide")), name="e.safetensors")
+    path = _rewrite(
+        tmp_path, meta_edit=lambda g: dict(g, config=dict(g["config"], base_channels="wide")), name="e.safetensors"
+    )
     with pytest.raises(gio.ClassifierFileError, match=r"e\.safetensors: config .* does not build"):
         gio.load_classifier(path)
 
 
 @pytest.mark.core
-@pytest.mark.parametrize("edit, message", [
-    (dict(labels=5), r"labels=5; expected a non-empty list"),
-    (dict(labels=[]), r"labels=\[\]; expected a non-empty list"),
-    (dict(labels=["a", {"b": 1}]), r"labels\[1\]=.*expected a name"),
-    (dict(latent_channels="one"), r"latent_channels='one'; expected a whole number"),
-    (dict(config=[1, 2]), r"config=.*expected an object"),
-    (dict(parameterization="x0"), r"parameterization='x0'; accepted: eps, v, flow"),
-    (dict(sigma_max="big"), r"sigma_max='big'; expected a finite number"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (dict(labels=5), r"labels=5; expected a non-empty list"),
+        (dict(labels=[]), r"labels=\[\]; expected a non-empty list"),
+        (dict(labels=["a", {"b": 1}]), r"labels\[1\]=.*expected a name"),
+        (dict(latent_channels="one"), r"latent_channels='one'; expected a whole number"),
+        (dict(config=[1, 2]), r"config=.*expected an object"),
+        (dict(parameterization="x0"), r"parameterization='x0'; accepted: eps, v, flow"),
+        (dict(sigma_max="big"), r"sigma_max='big'; expected a finite number"),
+    ],
+)
 def test_io_refuses_metadata_of_the_wrong_type(tmp_path, edit, message):
     path = _rewrite(tmp_path, meta_edit=lambda g: dict(g, **edit))
     with pytest.raises(gio.ClassifierFileError, match=r"c\.safetensors: " + message):
@@ -190,7 +206,9 @@ def test_io_refuses_oversized_headers_and_label_lists_unparsed(tmp_path):
     big = tmp_path / "big.safetensors"
     raw = json.dumps({"__metadata__": {"guidance_lab": "x" * (files.MAX_HEADER_BYTES + 1)}}).encode()
     big.write_bytes(struct.pack("<Q", len(raw)) + raw)
-    with pytest.raises(gio.ClassifierFileError, match=r"big\.safetensors: safetensors header of \d+ bytes; .* at most 8 MiB"):
+    with pytest.raises(
+        gio.ClassifierFileError, match=r"big\.safetensors: safetensors header of \d+ bytes; .* at most 8 MiB"
+    ):
         gio.read_metadata(str(big))
     many = _rewrite(tmp_path, meta_edit=lambda g: dict(g, labels=[str(i) for i in range(gio.MAX_LABELS + 1)]))
     with pytest.raises(gio.ClassifierFileError, match=r"c\.safetensors: 100001 labels; at most 100000"):

@@ -1,4 +1,5 @@
 """Schedules: property tests (hypothesis) and clear errors."""
+
 import math
 
 import pytest
@@ -48,8 +49,10 @@ def test_interval_switches_at_sigmas_any_denoise(sig, lo, width, denoise):
 
 
 @settings(max_examples=200, deadline=None)
-@given(pts=st.lists(st.tuples(st.floats(0, 1), finite), min_size=1, max_size=8, unique_by=lambda p: p[0]),
-       p=st.floats(0, 1))
+@given(
+    pts=st.lists(st.tuples(st.floats(0, 1), finite), min_size=1, max_size=8, unique_by=lambda p: p[0]),
+    p=st.floats(0, 1),
+)
 def test_keyframes_interpolate(pts, p):
     pts = sorted(pts)
     sched = S.Schedule(kind="keyframes", keyframes=tuple(pts))
@@ -85,14 +88,21 @@ def test_formulas_by_hand():
     sig = [8.0, 4.0, 2.0, 1.0, 0.5, 0.0]  # 5 steps: p = 0, .25, .5, .75, 1
     assert S.step_values(S.Schedule(kind="linear", start=2, end=0), sig) == [2, 1.5, 1, 0.5, 0]
     cos = S.step_values(S.Schedule(kind="cosine", start=1, end=0), sig)
-    assert [round(v, 6) for v in cos] == [1, round((1 + math.cos(math.pi / 4)) / 2, 6), 0.5,
-                                            round((1 + math.cos(3 * math.pi / 4)) / 2, 6), 0]
+    assert [round(v, 6) for v in cos] == [
+        1,
+        round((1 + math.cos(math.pi / 4)) / 2, 6),
+        0.5,
+        round((1 + math.cos(3 * math.pi / 4)) / 2, 6),
+        0,
+    ]
     assert S.step_values(S.Schedule(kind="power_up", start=0, end=1, exponent=2), sig) == [0, 0.0625, 0.25, 0.5625, 1]
     assert S.step_values(S.Schedule(kind="power_down", start=0, end=1, exponent=2), sig) == [0, 0.4375, 0.75, 0.9375, 1]
     # sigma axis: position along log sigma of the model's range [0.5, 8]
     lin = S.Schedule(kind="linear", start=0, end=1, axis="sigma")
     assert S.step_values(lin, sig, 0.5, 8.0) == pytest.approx([0, 0.25, 0.5, 0.75, 1], abs=1e-12)
-    assert S.step_values(lin, sig[2:], 0.5, 8.0) == pytest.approx([0.5, 0.75, 1], abs=1e-12)  # denoise < 1: same meaning
+    assert S.step_values(lin, sig[2:], 0.5, 8.0) == pytest.approx(
+        [0.5, 0.75, 1], abs=1e-12
+    )  # denoise < 1: same meaning
 
 
 def test_a_steps_calls_share_its_progress():
@@ -103,21 +113,27 @@ def test_a_steps_calls_share_its_progress():
     assert S.progress(0, sig) == 0.0 and S.progress(1, sig) == 1.0
 
 
-@pytest.mark.parametrize("kw, field", [
-    (dict(kind="interval", sigma_lo=5.0, sigma_hi=1.0), "sigma_lo=5.0 is greater than sigma_hi=1.0"),
-    (dict(kind="linear", start=float("nan")), "start"),
-    (dict(kind="linear", end=float("inf")), "end"),
-    (dict(kind="keyframes", keyframes=()), "keyframes is empty"),
-    (dict(kind="keyframes", keyframes=((0.5, 1.0), (0.5, 2.0))), "does not increase"),
-    (dict(kind="keyframes", keyframes=((1.5, 1.0),)), "positions lie in"),
-    (dict(kind="keyframes", keyframes=((0.5, float("nan")),)), "keyframes\\[0\\] value"),
-    (dict(kind="keyframes", keyframes=((0.0, 1e39),)), "keyframes\\[0\\] value=1e\\+39; a multiplier lies in \\[-100, 100\\]"),
-    (dict(kind="linear", start=250.0), "start=250.0; a multiplier lies in"),
-    (dict(kind="adaptive", threshold=1.5), "threshold=1.5"),
-    (dict(kind="power_up", exponent=0.0), "exponent"),
-    (dict(kind="wiggle"), "kind='wiggle'"),
-    (dict(axis="time"), "axis='time'"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(kind="interval", sigma_lo=5.0, sigma_hi=1.0), "sigma_lo=5.0 is greater than sigma_hi=1.0"),
+        (dict(kind="linear", start=float("nan")), "start"),
+        (dict(kind="linear", end=float("inf")), "end"),
+        (dict(kind="keyframes", keyframes=()), "keyframes is empty"),
+        (dict(kind="keyframes", keyframes=((0.5, 1.0), (0.5, 2.0))), "does not increase"),
+        (dict(kind="keyframes", keyframes=((1.5, 1.0),)), "positions lie in"),
+        (dict(kind="keyframes", keyframes=((0.5, float("nan")),)), "keyframes\\[0\\] value"),
+        (
+            dict(kind="keyframes", keyframes=((0.0, 1e39),)),
+            "keyframes\\[0\\] value=1e\\+39; a multiplier lies in \\[-100, 100\\]",
+        ),
+        (dict(kind="linear", start=250.0), "start=250.0; a multiplier lies in"),
+        (dict(kind="adaptive", threshold=1.5), "threshold=1.5"),
+        (dict(kind="power_up", exponent=0.0), "exponent"),
+        (dict(kind="wiggle"), "kind='wiggle'"),
+        (dict(axis="time"), "axis='time'"),
+    ],
+)
 def test_bad_schedules_name_the_field(kw, field):
     with pytest.raises(GuidanceConfigError, match=field):
         S.Schedule(**kw)

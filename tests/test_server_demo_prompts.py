@@ -14,6 +14,7 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def stop_server(stop_server):
     """The server (tests/conftest.py) stopped, and its log says the pack loaded."""
+
     def stop(srv):
         log = stop_server(srv)
         failed = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "guidance-lab" in ln]
@@ -26,8 +27,13 @@ def stop_server(stop_server):
 def test_pack_nodes_registered_with_tooltips(server):
     info = server.get("/object_info")
     ours = {k: v for k, v in info.items() if v.get("category", "").startswith("Guidance Lab/")}
-    assert {"GuidanceLabSchedule", "GuidanceLabTerm", "GuidanceLabPostProcess", "GuidanceLabCFGGuider",
-            "GuidanceLabCFGPatch"} <= set(ours)
+    assert {
+        "GuidanceLabSchedule",
+        "GuidanceLabTerm",
+        "GuidanceLabPostProcess",
+        "GuidanceLabCFGGuider",
+        "GuidanceLabCFGPatch",
+    } <= set(ours)
     for node_id, spec in ours.items():
         assert node_id.startswith("GuidanceLab")
         if "demo" in spec["category"]:

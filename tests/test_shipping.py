@@ -2,6 +2,7 @@
 in shipped files, the test/bench/script trees are in .comfyignore, pyproject is complete, and the
 registry's own publish check (`comfy node validate`, from comfy-cli) passes offline, and the zip the registry
 publishes (`comfy node pack`: git-tracked files less .comfyignore) loads every node in a real ComfyUI."""
+
 import ast
 import fnmatch
 import os
@@ -28,8 +29,13 @@ def shipped_files():
     pats = ignored_patterns()
     for dirpath, dirnames, filenames in os.walk(ROOT):
         rel_dir = os.path.relpath(dirpath, ROOT)
-        dirnames[:] = [d for d in dirnames if d not in ALWAYS_OUT and not d.startswith(".")
-                       and not any(fnmatch.fnmatch(os.path.normpath(os.path.join(rel_dir, d)), p) for p in pats)]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d not in ALWAYS_OUT
+            and not d.startswith(".")
+            and not any(fnmatch.fnmatch(os.path.normpath(os.path.join(rel_dir, d)), p) for p in pats)
+        ]
         for fn in filenames:
             yield os.path.normpath(os.path.join(rel_dir, fn))
 
@@ -47,10 +53,16 @@ def forbidden_in_python(src: str):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec"):
             bad.append(node.func.id)
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            )
             bad += [n for n in names if n.split(".")[0] == "subprocess"]
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
-                and node.attr in ("system", "environ", "popen", "getenv", "putenv"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+            and node.attr in ("system", "environ", "popen", "getenv", "putenv")
+        ):
             bad.append("os." + node.attr)
     return bad
 
@@ -95,9 +107,9 @@ def test_pyproject_urls_and_icon():
     assert comfy["PublisherId"] and comfy["requires-comfyui"].startswith(">=")
     # the Icon is a URL of a file shipped in this repository (the registry takes PNG up to 800x400)
     icon = comfy["Icon"]
-    owner_repo = repo[len("https://github.com/"):]
+    owner_repo = repo[len("https://github.com/") :]
     assert icon.startswith(f"{RAW}{owner_repo}/main/"), icon
-    rel = icon[len(f"{RAW}{owner_repo}/main/"):]
+    rel = icon[len(f"{RAW}{owner_repo}/main/") :]
     from PIL import Image
 
     with Image.open(os.path.join(ROOT, rel)) as im:
@@ -106,9 +118,9 @@ def test_pyproject_urls_and_icon():
 
 def raw_file_of(url: str, repo: str) -> str:
     """The repository path a raw.githubusercontent.com URL of `repo`'s main branch names."""
-    prefix = f"{RAW}{repo[len('https://github.com/'):]}/main/"
+    prefix = f"{RAW}{repo[len('https://github.com/') :]}/main/"
     assert url.startswith(prefix), url
-    return url[len(prefix):]
+    return url[len(prefix) :]
 
 
 def test_pyproject_banner_is_drawn_by_its_script(tmp_path):
@@ -149,10 +161,22 @@ def test_pyproject_os_accelerator_and_frontend_range():
 def comfy_validate(cwd, tmp_path):
     """`comfy node validate` (comfy-cli, requirements-dev.txt) as the registry runs it before publishing:
     offline and non-interactive (no tracking prompt, no update check, a throw-away config home)."""
-    env = dict(os.environ, HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
-               DO_NOT_TRACK="1", COMFY_NO_UPDATE_CHECK="1", RUFF_CACHE_DIR=str(tmp_path / "ruff-cache"))
-    p = subprocess.run([sys.executable, "-m", "comfy_cli", "--skip-prompt", "node", "validate"], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
+        DO_NOT_TRACK="1",
+        COMFY_NO_UPDATE_CHECK="1",
+        RUFF_CACHE_DIR=str(tmp_path / "ruff-cache"),
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "comfy_cli", "--skip-prompt", "node", "validate"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return p.returncode, p.stdout + p.stderr
 
 
@@ -183,6 +207,7 @@ def test_comfy_node_validate_catches_problems(tmp_path):
 
 # ---------------------------------------------------------------- the registry's zip
 
+
 def test_registry_zip_loads_every_node(tmp_path):
     """The archive `comfy node pack` makes (comfy-cli's own zip_files: the git-tracked files, less .comfyignore),
     unpacked as the only copy of the pack in a ComfyUI's custom_nodes, loads every node that has a help page; the
@@ -194,8 +219,9 @@ def test_registry_zip_loads_every_node(tmp_path):
 
     archive = tmp_path / "node.zip"
     zip_it = "import sys; from comfy_cli.file_utils import zip_files; zip_files(sys.argv[1])"
-    p = subprocess.run([sys.executable, "-c", zip_it, str(archive)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", zip_it, str(archive)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     assert p.returncode == 0 and archive.exists(), p.stdout + p.stderr
     base = tmp_path / "comfy"
     pack = base / "custom_nodes" / "guidance-lab"

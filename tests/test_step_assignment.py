@@ -4,6 +4,7 @@ stops, APG momentum, the classifier's every_n and progress schedules act on whol
 
 The reference of a call's step is the sampler's own loop: the index i of the k-diffusion sampler function on the
 call stack (uni_pc, whose loop evaluates the next step's point, by the run sigma the call is at)."""
+
 import pytest
 import torch
 
@@ -33,17 +34,20 @@ def flipped(model, steps=STEPS):
 
 
 # ---------------------------------------------------------------- the rule, on the call sequences samplers make
-@pytest.mark.parametrize("sampler, calls, steps", [
-    ("euler", [8, 4, 2, 1], [0, 1, 2, 3]),
-    ("heun", [8, 4, 4, 2, 2, 1, 1], [0, 0, 1, 1, 2, 2, 3]),            # corrector at sigma_{i+1} is in step i
-    ("dpm_2", [8, 5.6, 4, 2.8, 2, 1.4, 1], [0, 0, 1, 1, 2, 2, 3]),     # midpoints
-    ("dpmpp_2s_ancestral", [8, 4 * (1 - 1e-7), 4, 2 * (1 + 1e-7), 2, 1], [0, 0, 1, 1, 2, 2]),  # eta 1: ~sigma_{i+1}
-    ("dpmpp_2s_ancestral", [8, 5, 4, 2.5, 2, 1], [0, 0, 1, 1, 2, 2]),   # eta < 1: a midpoint
-    ("heunpp2", [8, 4, 2, 4, 2, 1, 2, 1, 1], [0, 0, 0, 1, 1, 1, 2, 2, 3]),
-    ("sa_solver_pece", [8, 8, 4, 4, 2, 2, 1], [0, 0, 1, 1, 2, 2, 3]),  # corrector at the same sigma
-    ("euler", [8, 4, 2, 1, 8, 4], [0, 1, 2, 3, 0, 1]),                 # a second run of the same sigmas
-    ("heun", [8, 4, 4, 2, 8, 4, 4], [0, 0, 1, 1, 0, 0, 1]),             # after an interrupted run
-])
+@pytest.mark.parametrize(
+    "sampler, calls, steps",
+    [
+        ("euler", [8, 4, 2, 1], [0, 1, 2, 3]),
+        ("heun", [8, 4, 4, 2, 2, 1, 1], [0, 0, 1, 1, 2, 2, 3]),  # corrector at sigma_{i+1} is in step i
+        ("dpm_2", [8, 5.6, 4, 2.8, 2, 1.4, 1], [0, 0, 1, 1, 2, 2, 3]),  # midpoints
+        ("dpmpp_2s_ancestral", [8, 4 * (1 - 1e-7), 4, 2 * (1 + 1e-7), 2, 1], [0, 0, 1, 1, 2, 2]),  # eta 1: ~sigma_{i+1}
+        ("dpmpp_2s_ancestral", [8, 5, 4, 2.5, 2, 1], [0, 0, 1, 1, 2, 2]),  # eta < 1: a midpoint
+        ("heunpp2", [8, 4, 2, 4, 2, 1, 2, 1, 1], [0, 0, 0, 1, 1, 1, 2, 2, 3]),
+        ("sa_solver_pece", [8, 8, 4, 4, 2, 2, 1], [0, 0, 1, 1, 2, 2, 3]),  # corrector at the same sigma
+        ("euler", [8, 4, 2, 1, 8, 4], [0, 1, 2, 3, 0, 1]),  # a second run of the same sigmas
+        ("heun", [8, 4, 4, 2, 8, 4, 4], [0, 0, 1, 1, 0, 0, 1]),  # after an interrupted run
+    ],
+)
 def test_step_counter_on_sampler_call_sequences(sampler, calls, steps):
     counter = S.StepCounter(sampler)
     assert [counter.step_of(float(s), [8.0, 4.0, 2.0, 1.0, 0.0]) for s in calls] == steps
@@ -73,8 +77,9 @@ def test_adaptive_stop_keeps_whole_steps(models, sampler):
     sched = schedule(kind="adaptive", threshold=-1.0)
     by_step = rows_by_step(m, lambda: ksample(patch(m, cfg_schedule=sched), 5.0, sampler=sampler, steps=STEPS))
     assert sorted(by_step) == list(range(STEPS)) and guided_steps(by_step) == [0]
-    by_step = rows_by_step(m, lambda: custom_sample(m, our_guider(m, 5.0, cfg_schedule=sched), sampler=sampler,
-                                                    steps=STEPS))
+    by_step = rows_by_step(
+        m, lambda: custom_sample(m, our_guider(m, 5.0, cfg_schedule=sched), sampler=sampler, steps=STEPS)
+    )
     assert guided_steps(by_step) == [0]
 
 
@@ -140,21 +145,42 @@ def classifier_steps(gmm, sampler, route) -> dict:
 
     m = model.clone()
     m.set_model_sampler_post_cfg_function(record)
-    guide = dict(classifier=clf, target="b", scale=1.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=2, rms_clamp=0.0,
-                 dtype="float32")
+    guide = dict(
+        classifier=clf, target="b", scale=1.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=2, rms_clamp=0.0, dtype="float32"
+    )
     empty = [[torch.zeros(1, 1, 3), {}]]
     latent = {"samples": torch.zeros(1, 4, 4, 4)}
     try:
         with torch.inference_mode():
             if route == "patch":
                 m = H.run_node("GuidanceLabClassifierGuidance", model=m, **guide)[0]
-                H.run_node("KSampler", model=m, seed=3, steps=STEPS, cfg=1.0, sampler_name=sampler, scheduler="normal",
-                           positive=empty, negative=empty, latent_image=latent, denoise=1.0)
+                H.run_node(
+                    "KSampler",
+                    model=m,
+                    seed=3,
+                    steps=STEPS,
+                    cfg=1.0,
+                    sampler_name=sampler,
+                    scheduler="normal",
+                    positive=empty,
+                    negative=empty,
+                    latent_image=latent,
+                    denoise=1.0,
+                )
             else:  # the sampler adds the classifier's hook after the model's own post-CFG functions
-                wrapped = H.run_node("GuidanceLabClassifierSampler", model=model, **guide,
-                                     sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0])[0]
-                custom_sample(m, H.run_node("CFGGuider", model=m, positive=empty, negative=empty, cfg=1.0)[0],
-                              sampler=wrapped, steps=STEPS, latent=latent)
+                wrapped = H.run_node(
+                    "GuidanceLabClassifierSampler",
+                    model=model,
+                    **guide,
+                    sampler=H.run_node("KSamplerSelect", sampler_name=sampler)[0],
+                )[0]
+                custom_sample(
+                    m,
+                    H.run_node("CFGGuider", model=m, positive=empty, negative=empty, cfg=1.0)[0],
+                    sampler=wrapped,
+                    steps=STEPS,
+                    latent=latent,
+                )
     finally:
         handle.remove()
     by_step = {}
@@ -195,8 +221,9 @@ def test_flipped_sigmas_adaptive_stop_and_apg_momentum(models, sampler):
     momentum holds one committed value per step."""
     m = models["eps"]
     sched = schedule(kind="adaptive", threshold=-1.0)
-    by_step = rows_by_step(m, lambda: custom_sample(m, our_guider(m, 5.0, cfg_schedule=sched), sampler=sampler,
-                                                    sigmas=flipped(m)))
+    by_step = rows_by_step(
+        m, lambda: custom_sample(m, our_guider(m, 5.0, cfg_schedule=sched), sampler=sampler, sigmas=flipped(m))
+    )
     assert sorted(by_step) == list(range(STEPS)) and guided_steps(by_step) == [0]
     g = our_guider(m, 5.0, post=post(apg=True, apg_momentum=-0.5, apg_norm_threshold=0.0))
     assert torch.isfinite(custom_sample(m, g, sampler=sampler, sigmas=flipped(m))).all()

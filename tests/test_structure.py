@@ -1,6 +1,7 @@
 """Issue 15: the code's structure in numbers. No import circle among the repository's modules (the imports are
 walked with ast, lazy ones inside functions included); nothing edits sys.path except devkit/comfy_host.py, the one
 place that must put ComfyUI itself on the path; guidance_core's docstring lists every module it has."""
+
 from __future__ import annotations
 
 import ast
@@ -46,7 +47,7 @@ def _imports(rel: str, mod: str, modules: set):
             if node.level:
                 base = mod.split(".") if mod else []
                 base = base if is_pkg else base[:-1]
-                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
@@ -74,8 +75,10 @@ def outside_imports():
     """Repository module -> the top-level names of the modules outside the repository it imports (torch, comfy)."""
     files = python_files()
     modules = set(files.values())
-    return {mod: {t.split(".")[0] for t in _imports(rel, mod, modules) if t and t not in modules}
-            for rel, mod in files.items()}
+    return {
+        mod: {t.split(".")[0] for t in _imports(rel, mod, modules) if t and t not in modules}
+        for rel, mod in files.items()
+    }
 
 
 def cycles(graph):
@@ -131,8 +134,13 @@ def test_no_import_by_a_bare_sibling_name():
         with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
             tree = ast.parse(f.read(), rel)
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module
+                else []
+            )
             bare += [f"{rel}: {n}" for n in names if n.split(".")[0] in leaves]
     assert bare == []
 
@@ -145,8 +153,9 @@ SYS_PATH_EDIT = re.compile(r"sys\.path\s*(\.\s*(insert|append|extend|remove)\s*\
 
 
 def test_sys_path_is_edited_in_one_place_only():
-    editors = sorted(rel for rel in python_files()
-                     if SYS_PATH_EDIT.search(open(os.path.join(ROOT, rel), encoding="utf-8").read()))
+    editors = sorted(
+        rel for rel in python_files() if SYS_PATH_EDIT.search(open(os.path.join(ROOT, rel), encoding="utf-8").read())
+    )
     assert editors == [SYS_PATH_HOME]
 
 
@@ -168,11 +177,13 @@ def test_the_core_imports_no_comfyui():
     through another module): the core stays usable from plain torch and diffusers."""
     import subprocess
 
-    code = ("import importlib, pkgutil, sys, guidance_core\n"
-            "for m in pkgutil.walk_packages(guidance_core.__path__, 'guidance_core.'):\n"
-            "    importlib.import_module(m.name)\n"
-            f"bad = sorted(n for n in sys.modules if n.split('.')[0] in {COMFYUI_MODULES!r})\n"
-            "print(len([n for n in sys.modules if n.startswith('guidance_core')]), bad)\n")
+    code = (
+        "import importlib, pkgutil, sys, guidance_core\n"
+        "for m in pkgutil.walk_packages(guidance_core.__path__, 'guidance_core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        f"bad = sorted(n for n in sys.modules if n.split('.')[0] in {COMFYUI_MODULES!r})\n"
+        "print(len([n for n in sys.modules if n.startswith('guidance_core')]), bad)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     count, bad = out.stdout.strip().split(" ", 1)
@@ -223,8 +234,10 @@ CORE = "guidance_core"
 def rooms(graph, package: str = CORE):
     """The import graph among a package's rooms: its top-level modules and subpackages (guidance_core.classifiers
     stands for every module in it); a room's imports of itself and of the package's own __init__ are left out."""
+
     def room(m):
         return ".".join(m.split(".")[:2])
+
     out = {room(m): set() for m in graph if m.startswith(package + ".")}
     for m, targets in graph.items():
         if m.startswith(package + "."):
@@ -241,9 +254,11 @@ def test_the_core_rooms_form_no_import_circle():
 
 
 def test_the_room_walk_finds_a_loop_through_a_subpackage():
-    graph = {"guidance_core.io": {"guidance_core.classifiers.noise_aware"},
-             "guidance_core.classifiers.noise_aware": set(),
-             "guidance_core.classifiers.clip": {"guidance_core.io"}}
+    graph = {
+        "guidance_core.io": {"guidance_core.classifiers.noise_aware"},
+        "guidance_core.classifiers.noise_aware": set(),
+        "guidance_core.classifiers.clip": {"guidance_core.io"},
+    }
     assert cycles(graph) == []
     assert cycles(rooms(graph)) == [["guidance_core.classifiers", "guidance_core.io"]]
 
@@ -280,12 +295,19 @@ def test_no_core_module_imports_comfyui_even_through_another_module():
 
 
 def test_the_comfyui_walk_finds_an_import_through_another_module():
-    graph = {"guidance_core.a": {"guidance_core.b"}, "guidance_core.b": {"devkit.x"}, "devkit.x": set(),
-             "guidance_core.c": {"nodes"}, "nodes": set(), "guidance_core.d": set()}
+    graph = {
+        "guidance_core.a": {"guidance_core.b"},
+        "guidance_core.b": {"devkit.x"},
+        "devkit.x": set(),
+        "guidance_core.c": {"nodes"},
+        "nodes": set(),
+        "guidance_core.d": set(),
+    }
     outside = {"devkit.x": {"torch", "folder_paths"}, "guidance_core.d": {"torch"}}
     assert comfyui_paths(graph, outside, ["guidance_core.a", "guidance_core.c", "guidance_core.d"]) == {
         "guidance_core.a": ["guidance_core.a", "guidance_core.b", "devkit.x", "folder_paths"],
-        "guidance_core.c": ["guidance_core.c", "nodes"]}
+        "guidance_core.c": ["guidance_core.c", "nodes"],
+    }
 
 
 def test_shipped_code_has_no_one_letter_import_alias():
@@ -298,6 +320,22 @@ def test_shipped_code_has_no_one_letter_import_alias():
                 tree = ast.parse(f.read(), rel)
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    short += [f"{rel}: {a.name} as {a.asname}" for a in node.names
-                              if a.asname and len(a.asname) == 1 and a.name.split(".")[-1] != "functional"]
+                    short += [
+                        f"{rel}: {a.name} as {a.asname}"
+                        for a in node.names
+                        if a.asname and len(a.asname) == 1 and a.name.split(".")[-1] != "functional"
+                    ]
     assert short == []
+
+
+def test_the_tree_is_in_ruff_format():
+    """Every tracked Python file is as `ruff format` writes it, at the line length pyproject.toml states (120)."""
+    import subprocess
+
+    files = subprocess.run(["git", "-C", ROOT, "ls-files", "*.py"], capture_output=True, text=True, check=True)
+    paths = files.stdout.split()
+    assert len(paths) > 100
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

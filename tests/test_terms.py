@@ -1,12 +1,23 @@
 """Issue 14: guidance terms beyond prompts: perturbed-self terms (PAG, SEG, SLG) batched with the prompt rows,
 model terms (autoguidance) and adaptive schedules, through the CFG Patch (KSampler) and the CFG Guider
 (SamplerCustomAdvanced), inside a real ComfyUI, compared with ComfyUI's own nodes."""
+
 import pytest
 import torch
 
 from devkit import comfy_host as H
 from devkit import families as F
-from devkit.cfg_helpers import EMPTY, OTHER, custom_sample, ksample, native_guider, one_step, our_guider, patch, schedule
+from devkit.cfg_helpers import (
+    EMPTY,
+    OTHER,
+    custom_sample,
+    ksample,
+    native_guider,
+    one_step,
+    our_guider,
+    patch,
+    schedule,
+)
 
 pytestmark = pytest.mark.comfy
 
@@ -110,8 +121,9 @@ def separate_seg(model, scale, sigma):
         return attention.optimized_attention(PT.blur_queries(q, h, w, sigma), k, v, extra_options["n_heads"])
 
     def post_cfg(args):
-        opts = comfy.model_patcher.set_model_options_patch_replace(args["model_options"].copy(), seg_attention,
-                                                                   "attn1", "middle", 0)
+        opts = comfy.model_patcher.set_model_options_patch_replace(
+            args["model_options"].copy(), seg_attention, "attn1", "middle", 0
+        )
         (seg,) = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"], opts)
         return args["denoised"] + (args["cond_denoised"] - seg) * scale
 
@@ -133,7 +145,9 @@ def test_seg_term_equals_a_separate_call_seg():
     plain = ksample(m, 5.0, steps=4)
     for sigma in (9999.0, 1.5):
         ref = ksample(separate_seg(m, 3.0, sigma), 5.0, steps=4)
-        out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=perturbed("seg", 3.0, seg_sigma=sigma)), 5.0, steps=4))
+        out, rows = rows_per_call(
+            m, lambda: ksample(patch(m, terms=perturbed("seg", 3.0, seg_sigma=sigma)), 5.0, steps=4)
+        )
         assert rows == [3] * 4
         assert_same_effect(out, ref, plain)
     ident = ksample(patch(m, terms=perturbed("seg", 3.0, seg_sigma=0.01)), 5.0, steps=4)
@@ -153,7 +167,7 @@ def test_seg_blur_matches_a_direct_gaussian():
     def reflect(i, n):
         return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
 
-    weights = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
+    weights = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
     weights = weights / weights.sum()
     for y in range(h):
         for x in range(w):
@@ -167,8 +181,9 @@ def test_seg_blur_matches_a_direct_gaussian():
 
 
 # ------------------------------------------------------------------ SLG on DiTs: exact against ComfyUI's node
-@pytest.mark.parametrize("family,double,single", [("SD3.5 (MMDiT, flow)", "0", ""),
-                                                  ("Flux.1 dev (guidance-distilled)", "0", "0")])
+@pytest.mark.parametrize(
+    "family,double,single", [("SD3.5 (MMDiT, flow)", "0", ""), ("Flux.1 dev (guidance-distilled)", "0", "0")]
+)
 def test_slg_term_equals_comfyui_skip_layer_guidance(family, double, single):
     fam = F.FAMILIES[family]
     m = f64(fam.build())
@@ -184,8 +199,10 @@ def test_slg_term_equals_comfyui_skip_layer_guidance(family, double, single):
     except Exception as e:  # noqa: BLE001  (comfy_kitchen's own exception class, absent before ComfyUI 0.33)
         if type(e).__name__ != "NoCapableBackendError":
             raise
-        pytest.skip(f"this ComfyUI's Flux rope (comfy_kitchen) refuses float64 ({e}); the float64 comparison runs on "
-                    "ComfyUI 0.3.75 and 0.3.52")
+        pytest.skip(
+            f"this ComfyUI's Flux rope (comfy_kitchen) refuses float64 ({e}); the float64 comparison runs on "
+            "ComfyUI 0.3.75 and 0.3.52"
+        )
     blocks = ", ".join([f"double.{double}"] * bool(double) + [f"single.{single}"] * bool(single))
     terms = perturbed("slg", 3.0, blocks=blocks)
     out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=terms), 4.0, steps=4, pos=pos, neg=neg, latent=lat))
@@ -196,8 +213,11 @@ def test_slg_term_equals_comfyui_skip_layer_guidance(family, double, single):
     # their own, as ComfyUI's node does
     assert rows == ([3] * 4 if H.version_tuple(H.comfyui_version()) >= (0, 3, 75) else [3] + [2, 1] * 4)
     guider = our_guider(m, 4.0, positive=pos, negative=neg, terms=terms)
-    assert_same_effect(custom_sample(m, guider, steps=4, latent=lat),
-                       custom_sample(slg, native_guider(slg, 4.0, pos, neg), steps=4, latent=lat), plain)
+    assert_same_effect(
+        custom_sample(m, guider, steps=4, latent=lat),
+        custom_sample(slg, native_guider(slg, 4.0, pos, neg), steps=4, latent=lat),
+        plain,
+    )
 
 
 def test_perturbation_on_blocks_the_model_lacks_is_refused_before_sampling(models):
@@ -205,8 +225,13 @@ def test_perturbation_on_blocks_the_model_lacks_is_refused_before_sampling(model
     with pytest.raises(GuidanceConfigError, match=r"PAG and SEG need a UNet"):
         patch(dit, terms=perturbed("pag"))
     with pytest.raises(GuidanceConfigError, match=r"double.7, double.8, double.9 not in this model.*: double.0"):
-        our_guider(dit, 4.0, positive=F.FAMILIES["SD3.5 (MMDiT, flow)"].cond(1),
-                   negative=F.FAMILIES["SD3.5 (MMDiT, flow)"].cond(2), terms=perturbed("slg"))
+        our_guider(
+            dit,
+            4.0,
+            positive=F.FAMILIES["SD3.5 (MMDiT, flow)"].cond(1),
+            negative=F.FAMILIES["SD3.5 (MMDiT, flow)"].cond(2),
+            terms=perturbed("slg"),
+        )
     with pytest.raises(GuidanceConfigError, match=r"output.9 .*not in this model"):
         patch(models["eps"], terms=perturbed("pag", blocks="output.9"))
     with pytest.raises(GuidanceConfigError, match=r"blocks item 0 'middle'"):
@@ -221,8 +246,12 @@ def test_model_term_with_the_same_model_adds_nothing(models):
     plain = ksample(m, 5.0, steps=5)
     out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=model_term(m, 2.0)), 5.0, steps=5))
     assert torch.equal(out, plain) and rows == [2] * 5
-    torch.testing.assert_close(custom_sample(m, our_guider(m, 5.0, terms=model_term(m.clone(), 2.0)), steps=5),
-                               custom_sample(m, native_guider(m, 5.0), steps=5), rtol=0, atol=0)
+    torch.testing.assert_close(
+        custom_sample(m, our_guider(m, 5.0, terms=model_term(m.clone(), 2.0)), steps=5),
+        custom_sample(m, native_guider(m, 5.0), steps=5),
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("kind", ["eps", "v", "flow"])
@@ -281,8 +310,13 @@ def test_term_references(models):
     d_pos, _ = one_step(m, our_guider(m, 1.0, negative=None))
     d_other, _ = one_step(m, our_guider(m, 1.0, negative=None, positive=OTHER))
     torch.testing.assert_close(d, d_pos + 0.5 * (d_other - d_pos), **TOL)
-    two = H.run_node("GuidanceLabTerm", conditioning=EMPTY, weight=0.7, reference="term 1",
-                     terms=H.run_node("GuidanceLabTerm", conditioning=OTHER, weight=0.0, reference="positive")[0])[0]
+    two = H.run_node(
+        "GuidanceLabTerm",
+        conditioning=EMPTY,
+        weight=0.7,
+        reference="term 1",
+        terms=H.run_node("GuidanceLabTerm", conditioning=OTHER, weight=0.0, reference="positive")[0],
+    )[0]
     d2, _ = one_step(m, our_guider(m, 1.0, negative=None, terms=two))
     d_empty, _ = one_step(m, our_guider(m, 1.0, negative=None, positive=EMPTY))
     torch.testing.assert_close(d2, d_pos + 0.7 * (d_empty - d_other), **TOL)
@@ -327,5 +361,7 @@ def test_adaptive_stop_follows_the_cosine(models):
     th = sorted(cos)[len(cos) // 2]
     first = next(i for i, c in enumerate(cos) if c >= th)
     seen.clear()
-    _, rows = rows_per_call(m, lambda: ksample(patch(m, cfg_schedule=schedule(kind="adaptive", threshold=th)), 5.0, steps=8))
+    _, rows = rows_per_call(
+        m, lambda: ksample(patch(m, cfg_schedule=schedule(kind="adaptive", threshold=th)), 5.0, steps=8)
+    )
     assert rows == [2] * (first + 1) + [1] * (8 - first - 1)

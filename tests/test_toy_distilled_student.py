@@ -1,6 +1,7 @@
 """Issue 21: the guidance-distilled toy student (the CFG scale as an input, as Flux dev) loads through the toy loader,
 takes its scale from ComfyUI's own FluxGuidance node, runs one model row per sample and step at cfg 1, and its
 benchmark table is the stored results file."""
+
 import glob
 import json
 import os
@@ -38,11 +39,23 @@ def sample(model, pos, neg, n=4, steps=4, seed=3):
     counter = H.RowCounter(model)
     seen = []
     hook = model.model.diffusion_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw.get("guidance")), with_kwargs=True)
+        lambda m, a, kw: seen.append(kw.get("guidance")), with_kwargs=True
+    )
     try:
         with torch.inference_mode():
-            out = H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=1.0, sampler_name="euler",
-                             scheduler="normal", positive=pos, negative=neg, latent_image=lat, denoise=1.0)[0]
+            out = H.run_node(
+                "KSampler",
+                model=model,
+                seed=seed,
+                steps=steps,
+                cfg=1.0,
+                sampler_name="euler",
+                scheduler="normal",
+                positive=pos,
+                negative=neg,
+                latent_image=lat,
+                denoise=1.0,
+            )[0]
     finally:
         hook.remove()
         counter.close()
@@ -85,8 +98,10 @@ def test_flux_guidance_reaches_the_model_one_row_per_step(toy):
     with torch.inference_mode():
         pos = H.run_node("GuidanceLabToyClass", toy_world=world, label="Sneaker", batch=n)[0]
         neg = H.run_node("GuidanceLabToyClass", toy_world=world, label="empty", batch=n)[0]
-        at = {g: H.run_node("FluxGuidance", conditioning=pos, guidance=g)[0] for g in (1.5, 5.0,
-                                                                                        toy_nodes.DEFAULT_GUIDANCE)}
+        at = {
+            g: H.run_node("FluxGuidance", conditioning=pos, guidance=g)[0]
+            for g in (1.5, 5.0, toy_nodes.DEFAULT_GUIDANCE)
+        }
     runs = {g: sample(student, c, neg, n, steps) for g, c in at.items()}
     plain = sample(student, pos, neg, n, steps)
     for g, (_, rows, seen) in runs.items():
@@ -95,8 +110,9 @@ def test_flux_guidance_reaches_the_model_one_row_per_step(toy):
         assert all(torch.allclose(s.float(), torch.full((n,), g)) for s in seen), (g, seen[0])
     assert not torch.allclose(runs[1.5][0], runs[5.0][0], atol=1e-3)
     # without FluxGuidance the model runs at the stated default: the same samples as FluxGuidance(default)
-    assert plain[1] == n * steps and all(torch.allclose(s.float(), torch.full((n,), toy_nodes.DEFAULT_GUIDANCE))
-                                         for s in plain[2])
+    assert plain[1] == n * steps and all(
+        torch.allclose(s.float(), torch.full((n,), toy_nodes.DEFAULT_GUIDANCE)) for s in plain[2]
+    )
     assert torch.equal(plain[0], runs[toy_nodes.DEFAULT_GUIDANCE][0])
 
 
@@ -156,5 +172,5 @@ def test_distilled_table_is_the_results_file():
     with open(os.path.join(H.ROOT, "docs", "BENCHMARKS.md")) as f:
         text = f.read()
     start, end = "<!-- bench:toy-distilled -->", "<!-- /bench:toy-distilled -->"
-    section = text[text.index(start) + len(start):text.index(end)]
+    section = text[text.index(start) + len(start) : text.index(end)]
     assert toy_report.distilled_body(data).strip() in section

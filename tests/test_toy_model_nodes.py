@@ -1,4 +1,5 @@
 """The toy world's nodes load the shipped Fashion-MNIST diffusion model and sample through ComfyUI."""
+
 import os
 
 import pytest
@@ -21,8 +22,19 @@ def toy():
 def sample(model, pos, neg, cfg, n=8, seed=1, steps=12):
     lat = {"samples": torch.zeros(n, 1, 32, 32)}
     with torch.inference_mode():
-        return H.run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                          scheduler="normal", positive=pos, negative=neg, latent_image=lat, denoise=1.0)[0]
+        return H.run_node(
+            "KSampler",
+            model=model,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler_name="euler",
+            scheduler="normal",
+            positive=pos,
+            negative=neg,
+            latent_image=lat,
+            denoise=1.0,
+        )[0]
 
 
 def test_shipped_weights_are_small_and_documented():

@@ -1,6 +1,7 @@
 """The toy tradeoff benchmark (bench/toy/tradeoff.py): its metrics against closed forms, and its
 quick mode (N = 64, 10 steps) through ComfyUI's sampler with the pack's nodes, checking the
 direction of each effect the papers report."""
+
 import os
 
 import pytest
@@ -68,5 +69,7 @@ def test_quick_mode_shows_the_papers_directions(tmp_path):
         assert r["n"] == 64 and r["finite"] and 0.2 < r["mean_abs"] < 1.5, r
     assert results["cls_uncond_s0"]["accuracy"] < 0.35  # unconditional, unguided: about chance (10%)
     failed = [k for k in tradeoff.QUICK_CHECKS if not directions[k]]
-    assert not failed, (failed, {k: {m: results[k][m] for m in ("accuracy", "fd", "precision", "recall")}
-                                 for k in results if k != "_config"})
+    assert not failed, (
+        failed,
+        {k: {m: results[k][m] for m in ("accuracy", "fd", "precision", "recall")} for k in results if k != "_config"},
+    )

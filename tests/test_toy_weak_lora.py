@@ -2,6 +2,7 @@
 loading through ComfyUI's LoRA loader as a clone sharing the shipped model's network, the fidelity its metadata
 records (recomputed here with ComfyUI's own patch arithmetic), autoguidance with it through ComfyUI's sampler, and
 the stored comparison table of docs/BENCHMARKS.md against its results file."""
+
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ def test_weak_lora_loads_as_a_clone_sharing_the_network_and_matches_its_recorded
 
     strong, clone = _strong_and_clone(caplog)
     import comfy.lora  # after boot: ComfyUI on sys.path
+
     assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
     assert clone.model is strong.model  # a clone: one network
     sd = strong.model.state_dict()
@@ -76,9 +78,11 @@ def test_autoguidance_with_the_lora_follows_the_separate_weak_model(caplog):
 
     world = tradeoff.World()
     x = {}
-    for name, p in (("unguided", tradeoff.Point("u", "cfg", steps=6)),
-                    ("weak", tradeoff.Point("a", "autoguidance", auto=1, steps=6)),
-                    ("lora", tradeoff.Point("l", "autoguidance_lora", auto=1, auto_lora=True, steps=6))):
+    for name, p in (
+        ("unguided", tradeoff.Point("u", "cfg", steps=6)),
+        ("weak", tradeoff.Point("a", "autoguidance", auto=1, steps=6)),
+        ("lora", tradeoff.Point("l", "autoguidance_lora", auto=1, auto_lora=True, steps=6)),
+    ):
         x[name] = world.sample(p, world.labels[1], 2, seed=3)[0]
     gap = (x["lora"] - x["weak"]).abs().mean()
     effect = (x["weak"] - x["unguided"]).abs().mean()
@@ -98,7 +102,7 @@ def test_stored_comparison_table_holds_the_results_numbers():
     with open(os.path.join(H.ROOT, "docs", "BENCHMARKS.md")) as f:
         text = f.read()
     start, end = f"<!-- bench:{R.SECTION} -->", f"<!-- /bench:{R.SECTION} -->"
-    section = text[text.index(start):text.index(end)]
+    section = text[text.index(start) : text.index(end)]
     assert res["pairs"] and res["lora"]["bytes"] == os.path.getsize(LORA)
     assert f"{res['lora']['bytes']:,} bytes" in section
     rows = [line for line in section.splitlines() if line.startswith("| ") and " | " in line]
@@ -110,10 +114,16 @@ def test_stored_comparison_table_holds_the_results_numbers():
             assert p["separate"] == stored_sep
         for m in R.METRICS:
             assert p["delta"][m] == pytest.approx(p["lora"][m] - p["separate"][m])
-            assert p["within_noise"][m] == (abs(p["delta"][m]) <= 2 * 2 ** 0.5 * p["sigma"][m])
+            assert p["within_noise"][m] == (abs(p["delta"][m]) <= 2 * 2**0.5 * p["sigma"][m])
             kind = "re-run" if p["separate_source"] == "re-run" else "stored"
-            cells = [R.fmt(m, stored_sep[m]), f"{R.fmt(m, p['separate'][m])} ({kind})", R.fmt(m, p["lora"][m]),
-                     f"{p['delta'][m]:+.3f}", f"{p['sigma'][m]:.3f}", "yes" if p["within_noise"][m] else "**no**"]
+            cells = [
+                R.fmt(m, stored_sep[m]),
+                f"{R.fmt(m, p['separate'][m])} ({kind})",
+                R.fmt(m, p["lora"][m]),
+                f"{p['delta'][m]:+.3f}",
+                f"{p['sigma'][m]:.3f}",
+                "yes" if p["within_noise"][m] else "**no**",
+            ]
             prefix = f"| {1 + p['weight']:g} ({p['weight']:g}) | {m} | "
             assert prefix + " | ".join(cells) + " |" in rows, (prefix, cells)
     for r in res["lora"]["fidelity"]["eps"]:

@@ -16,6 +16,7 @@ References, each written here apart from the pack's hooks and run as a separate 
 Networks in float64 where the family allows it, so that a perturbed row computed in a batch of another size
 rounds the same (assert_same_effect: 1% of the term's effect).
 """
+
 import zlib
 
 import pytest
@@ -100,11 +101,13 @@ def reference_tpg(model, blocks, scale=W, window=None):
     ref = separate_call(model, scale, window)
     for part, idx in blocks:
         for name, t, mod in unet_transformers(model, part, idx):
+
             def forward(x, context=None, transformer_options={}, mod=mod, key=(part, idx), t=t):  # noqa: B006
                 if transformer_options.get(FLAG):
                     sigma = float(transformer_options["sigmas"].reshape(-1)[0])
                     x = x[:, paper_permutation(x.shape[1], sigma, key, t)]
                 return type(mod).forward(mod, x, context=context, transformer_options=transformer_options)
+
             ref.add_object_patch(f"{name}.forward", forward)
     return ref
 
@@ -136,8 +139,9 @@ def test_tpg_term_equals_the_papers_shuffle_in_a_separate_call(sd15, route):
         plain = custom_sample(m, native_guider(m, CFG, pos, neg), steps=STEPS)
         r = reference_tpg(m, blocks)
         ref = custom_sample(r, native_guider(r, CFG, pos, neg), steps=STEPS)
-        out, rows = rows_per_call(m, lambda: custom_sample(m, our_guider(m, CFG, positive=pos, negative=neg, terms=t),
-                                                           steps=STEPS))
+        out, rows = rows_per_call(
+            m, lambda: custom_sample(m, our_guider(m, CFG, positive=pos, negative=neg, terms=t), steps=STEPS)
+        )
     assert rows == [3] * STEPS
     assert_same_effect(out, ref, plain)
 
@@ -153,10 +157,17 @@ def test_tpg_shuffles_each_transformer_of_a_deep_block(sdxl_deep):
     # a reference that leaves transformer 0 alone differs by more than the tolerance
     partial = separate_call(m, W)
     for name, t, mod in unet_transformers(m, "middle", 0)[1:]:
+
         def forward(x, context=None, transformer_options={}, mod=mod, t=t):  # noqa: B006
             if transformer_options.get(FLAG):
-                x = x[:, paper_permutation(x.shape[1], float(transformer_options["sigmas"].reshape(-1)[0]), ("middle", 0), t)]
+                x = x[
+                    :,
+                    paper_permutation(
+                        x.shape[1], float(transformer_options["sigmas"].reshape(-1)[0]), ("middle", 0), t
+                    ),
+                ]
             return type(mod).forward(mod, x, context=context, transformer_options=transformer_options)
+
         partial.add_object_patch(f"{name}.forward", forward)
     off = ksample(partial, CFG, steps=STEPS, pos=pos, neg=neg)
     assert float((off - out).abs().max()) > 10 * float((out - ref).abs().max())
@@ -184,14 +195,19 @@ def test_tpg_weight_zero_and_schedule(sd15):
     equal to the separate-call reference acting on those steps."""
     m, pos, neg = sd15
     plain = ksample(m, CFG, steps=STEPS, pos=pos, neg=neg)
-    out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=term("tpg", 0.0, blocks="middle.0")), CFG, steps=STEPS,
-                                                  pos=pos, neg=neg))
+    out, rows = rows_per_call(
+        m, lambda: ksample(patch(m, terms=term("tpg", 0.0, blocks="middle.0")), CFG, steps=STEPS, pos=pos, neg=neg)
+    )
     assert rows == [2] * STEPS and torch.equal(out, plain)
     sigmas = H.run_node("BasicScheduler", model=m, scheduler="normal", steps=STEPS, denoise=1.0)[0]
     lo = float(sigmas[2] + sigmas[3]) / 2  # steps 0, 1, 2 inside (sigma > lo), step 3 outside
     window = schedule(kind="interval", sigma_lo=lo, sigma_hi=1.0e4, inside=1.0, outside=0.0)
-    out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=term("tpg", blocks="middle.0", schedule=window)), CFG,
-                                                  steps=STEPS, pos=pos, neg=neg))
+    out, rows = rows_per_call(
+        m,
+        lambda: ksample(
+            patch(m, terms=term("tpg", blocks="middle.0", schedule=window)), CFG, steps=STEPS, pos=pos, neg=neg
+        ),
+    )
     assert rows == [3, 3, 3, 2]
     ref = ksample(reference_tpg(m, [("middle", 0)], window=(lo, 1.0e4)), CFG, steps=STEPS, pos=pos, neg=neg)
     assert_same_effect(out, ref, plain)
@@ -199,9 +215,15 @@ def test_tpg_weight_zero_and_schedule(sd15):
 
 def test_tpg_on_a_dit_and_stg_on_a_unet_are_refused(sd15):
     dit = F.model("SD3.5 (MMDiT, flow)")
-    with pytest.raises(GuidanceConfigError, match=r"term 1 \(tpg\).*PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg"):
+    with pytest.raises(
+        GuidanceConfigError,
+        match=r"term 1 \(tpg\).*PAG and SEG need a UNet, as does TPG; for DiT models use slg or stg",
+    ):
         patch(dit, terms=term("tpg"))
-    with pytest.raises(GuidanceConfigError, match=r"term 1 \(stg\).*SLG and STG act on DiT blocks .*; for UNet models use pag, seg or tpg"):
+    with pytest.raises(
+        GuidanceConfigError,
+        match=r"term 1 \(stg\).*SLG and STG act on DiT blocks .*; for UNet models use pag, seg or tpg",
+    ):
         patch(sd15[0], terms=term("stg", blocks="double.0"))
     with pytest.raises(GuidanceConfigError, match=r"perturbation tpg: block 'double.0'"):
         term("tpg", blocks="double.0")
@@ -243,10 +265,13 @@ def has_attention_override() -> bool:
     return hasattr(attention, "wrap_attn")
 
 
-needs_override = pytest.mark.skipif(not has_attention_override(),
-                                    reason="STG needs ComfyUI's optimized_attention_override (0.3.75 and newer)")
-needs_ltxv_stg = pytest.mark.skipif("LTXVSpatioTemporalGuidance" not in H.boot().NODE_CLASS_MAPPINGS,
-                                    reason="this ComfyUI has no LTXVSpatioTemporalGuidance (ComfyUI 0.33.0 has it)")
+needs_override = pytest.mark.skipif(
+    not has_attention_override(), reason="STG needs ComfyUI's optimized_attention_override (0.3.75 and newer)"
+)
+needs_ltxv_stg = pytest.mark.skipif(
+    "LTXVSpatioTemporalGuidance" not in H.boot().NODE_CLASS_MAPPINGS,
+    reason="this ComfyUI has no LTXVSpatioTemporalGuidance (ComfyUI 0.33.0 has it)",
+)
 
 
 @needs_ltxv_stg
@@ -264,8 +289,9 @@ def test_stg_term_equals_comfyui_ltxv_stg_node(ltxv, scale, start, end):
     sig_hi, sig_lo = float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
     window = None
     if (start, end) != (0.0, 1.0):  # the node acts where sig_lo <= sigma <= sig_hi; ours where lo < sigma <= hi
-        window = schedule(kind="interval", sigma_lo=sig_lo * (1 - 1e-6), sigma_hi=min(sig_hi, 1.0e4), inside=1.0,
-                          outside=0.0)
+        window = schedule(
+            kind="interval", sigma_lo=sig_lo * (1 - 1e-6), sigma_hi=min(sig_hi, 1.0e4), inside=1.0, outside=0.0
+        )
     t = term("stg", scale, blocks="double.0", **({"schedule": window} if window else {}))
     out, rows = rows_per_call(m, lambda: ksample(patch(m, terms=t), CFG, **io))
     assert_same_effect(out, ref, plain)
@@ -296,6 +322,7 @@ def reference_wan_stg(model, blocks, scale=W):
             if transformer_options.get(FLAG):
                 return layer.o(layer.v(x))
             return type(layer).forward(layer, x, freqs, transformer_options=transformer_options, **kw)
+
         ref.add_object_patch(f"diffusion_model.blocks.{i}.self_attn.forward", forward)
     return ref
 
@@ -315,8 +342,9 @@ def test_stg_term_on_wan_equals_a_direct_value_passthrough(route):
         run = dict(steps=io["steps"], latent=io["latent"])
         plain = custom_sample(m, native_guider(m, CFG, io["pos"], io["neg"]), **run)
         ref = custom_sample(ref_m, native_guider(ref_m, CFG, io["pos"], io["neg"]), **run)
-        out, rows = rows_per_call(m, lambda: custom_sample(
-            m, our_guider(m, CFG, positive=io["pos"], negative=io["neg"], terms=t), **run))
+        out, rows = rows_per_call(
+            m, lambda: custom_sample(m, our_guider(m, CFG, positive=io["pos"], negative=io["neg"], terms=t), **run)
+        )
     assert rows == [3] * STEPS
     assert_same_effect(out, ref, plain)
 
@@ -340,8 +368,10 @@ def test_stg_and_slg_terms_on_one_block_each_act_on_their_rows():
     assert rows == [4] * STEPS
     # one step: D_both - D_cfg = (D_stg - D_cfg) + (D_slg - D_cfg), each term's push computed on its own rows
     pos, neg, lat = io["pos"], io["neg"], io["latent"]
-    d = {k: one_step(m, our_guider(m, CFG, positive=pos, negative=neg, **({"terms": t} if t else {})), lat)
-         for k, t in (("both", both), ("stg", stg), ("slg", slg), ("cfg", None))}
+    d = {
+        k: one_step(m, our_guider(m, CFG, positive=pos, negative=neg, **({"terms": t} if t else {})), lat)
+        for k, t in (("both", both), ("stg", stg), ("slg", slg), ("cfg", None))
+    }
     push = float((d["stg"] - d["cfg"]).abs().max()) + float((d["slg"] - d["cfg"]).abs().max())
     assert push > 1e-3
     err = float((d["both"] - (d["stg"] + d["slg"] - d["cfg"])).abs().max())
@@ -354,8 +384,11 @@ def test_stg_is_refused_before_sampling_without_the_attention_override(ltxv):
     io = family_io(LTXV)
     counter = H.RowCounter(ltxv)
     try:
-        with pytest.raises(GuidanceConfigError, match=r"term 1 \(stg\): this ComfyUI's attention functions take no "
-                                                      r"optimized_attention_override.*update ComfyUI"):
+        with pytest.raises(
+            GuidanceConfigError,
+            match=r"term 1 \(stg\): this ComfyUI's attention functions take no "
+            r"optimized_attention_override.*update ComfyUI",
+        ):
             ksample(patch(ltxv, terms=term("stg", blocks="double.0")), CFG, **io)
     finally:
         counter.close()

@@ -1,4 +1,5 @@
 """Training noise-aware classifiers on labeled images, inside a real ComfyUI and on the command line."""
+
 import glob
 import logging
 import os
@@ -27,8 +28,13 @@ def shapes_world(tmp_path_factory):
     with H.user_folders(root):
         make_shapes(root / "input" / "shapes", demo, per_class=60)
         vae = H.pixel_space_vae()  # ComfyUI's pixel-space VAE: 3 channels
-        yield {"demo": demo, "root": root, "vae": vae, "model": demo.gmm_model(),
-               "errors": H.pack_module("guidance_core.errors")}
+        yield {
+            "demo": demo,
+            "root": root,
+            "vae": vae,
+            "model": demo.gmm_model(),
+            "errors": H.pack_module("guidance_core.errors"),
+        }
 
 
 def make_shapes(folder, demo, per_class, seed=0):
@@ -45,9 +51,20 @@ def make_shapes(folder, demo, per_class, seed=0):
 
 
 def train(shapes_world, **kw):
-    args = dict(model=shapes_world["model"], vae=shapes_world["vae"], dataset="shapes", output_name="shapes_test",
-                steps=600, batch_size=32, lr=1e-3, seed=0, resolution=32, sigma_distribution="log_uniform",
-                class_balance=False, width=32)
+    args = dict(
+        model=shapes_world["model"],
+        vae=shapes_world["vae"],
+        dataset="shapes",
+        output_name="shapes_test",
+        steps=600,
+        batch_size=32,
+        lr=1e-3,
+        seed=0,
+        resolution=32,
+        sigma_distribution="log_uniform",
+        class_balance=False,
+        width=32,
+    )
     args.update(kw)
     with torch.inference_mode():  # as ComfyUI runs nodes
         return H.run_node("GuidanceLabTrainClassifier", **args)
@@ -89,13 +106,33 @@ def test_train_report_load_and_guide(shapes_world):
 
     def sample(model):
         with torch.inference_mode():
-            return H.run_node("KSampler", model=model, seed=11, steps=20, cfg=1.0, sampler_name="euler",
-                              scheduler="normal", positive=empty, negative=empty, latent_image=lat,
-                              denoise=1.0)[0]["samples"]
+            return H.run_node(
+                "KSampler",
+                model=model,
+                seed=11,
+                steps=20,
+                cfg=1.0,
+                sampler_name="euler",
+                scheduler="normal",
+                positive=empty,
+                negative=empty,
+                latent_image=lat,
+                denoise=1.0,
+            )[0]["samples"]
 
     free = class_of(sample(shapes_world["model"]), shapes_world["demo"])
-    guided_model = H.run_node("GuidanceLabClassifierGuidance", model=shapes_world["model"], classifier=loaded,
-                              target="triangle", scale=10.0, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1, rms_clamp=0.0, dtype="float32")[0]
+    guided_model = H.run_node(
+        "GuidanceLabClassifierGuidance",
+        model=shapes_world["model"],
+        classifier=loaded,
+        target="triangle",
+        scale=10.0,
+        sigma_lo=0.0,
+        sigma_hi=1.0e4,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+    )[0]
     guided = class_of(sample(guided_model), shapes_world["demo"])
     rate_free, rate_guided = float((free == 2).float().mean()), float((guided == 2).float().mean())
     assert rate_free < 0.45 and rate_guided > rate_free + 0.3, (rate_free, rate_guided)
@@ -195,21 +232,40 @@ def test_deterministic_and_resumable(shapes_world):
     resumed.load_checkpoint(str(ckpt))
     assert resumed.step == 5
     resumed.run()
-    for (k, a), (_, b), (_, c) in zip(straight.state_dict().items(), again.state_dict().items(),
-                                      resumed.model.state_dict().items()):
+    for (k, a), (_, b), (_, c) in zip(
+        straight.state_dict().items(), again.state_dict().items(), resumed.model.state_dict().items()
+    ):
         assert torch.equal(a, b), k
         torch.testing.assert_close(a, c, rtol=0, atol=0, msg=k)
 
 
 def run_cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "guidance_core.train", *args], cwd=H.ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "guidance_core.train", *args],
+        cwd=H.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_cli_trains_and_ctrl_c_leaves_no_file(shapes_world, tmp_path):
     out = tmp_path / "cli.safetensors"
-    p = run_cli(["--latents", cache_file(shapes_world), "--out", str(out), "--steps", "4", "--batch-size", "8",
-                 "--base-channels", "16"])
+    p = run_cli(
+        [
+            "--latents",
+            cache_file(shapes_world),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--base-channels",
+            "16",
+        ]
+    )
     stdout, stderr = p.communicate(timeout=240)
     assert p.returncode == 0, stderr
     gio = H.pack_module("guidance_core.classifiers.classifier_files")
@@ -217,8 +273,22 @@ def test_cli_trains_and_ctrl_c_leaves_no_file(shapes_world, tmp_path):
     assert meta["labels"] == sorted(LABELS) and meta["train_steps"] == 4
     # Ctrl-C in the middle of a long run: exit 130, no classifier file
     out2 = tmp_path / "never.safetensors"
-    p = run_cli(["--latents", cache_file(shapes_world), "--out", str(out2), "--steps", "1000000", "--batch-size", "8",
-                 "--base-channels", "16", "--checkpoint-every", "2"])
+    p = run_cli(
+        [
+            "--latents",
+            cache_file(shapes_world),
+            "--out",
+            str(out2),
+            "--steps",
+            "1000000",
+            "--batch-size",
+            "8",
+            "--base-channels",
+            "16",
+            "--checkpoint-every",
+            "2",
+        ]
+    )
     t0 = time.time()
     while not (tmp_path / "never.ckpt.safetensors").exists() and time.time() - t0 < 120:
         time.sleep(0.2)
@@ -233,9 +303,30 @@ def test_cli_trains_and_ctrl_c_leaves_no_file(shapes_world, tmp_path):
 def test_torchrun_two_processes(shapes_world, tmp_path):
     out = tmp_path / "ddp.safetensors"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    p = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-                        "-m", "guidance_core.train", "--latents", cache_file(shapes_world), "--out", str(out),
-                        "--steps", "3", "--batch-size", "8", "--base-channels", "16"],
-                       cwd=H.ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "guidance_core.train",
+            "--latents",
+            cache_file(shapes_world),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--base-channels",
+            "16",
+        ],
+        cwd=H.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert out.exists()

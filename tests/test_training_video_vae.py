@@ -1,6 +1,7 @@
 """Train Classifier with a video VAE: ComfyUI's VAE.encode reads a stack of images as ONE video, so each still
 image must be encoded alone as a one-frame video. A real comfy.ldm.wan.vae.WanVAE at tiny width (the VAE of
 Wan 2.1, Qwen-Image and Cosmos-Predict2), loaded through comfy.sd.VAE from its state dict (devkit.wan_vae)."""
+
 import json
 import os
 
@@ -32,15 +33,32 @@ def stills(tmp_path_factory):
                 arr = np.clip(rng.normal(80 + 100 * k, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(arr).save(folder / f"{i:02d}.png")
     with H.user_folders(root):
-        yield {"root": root, "vae": wan_vae.tiny_wan21_vae(), "TN": H.pack_module("nodes.training_nodes"),
-               "DS": H.pack_module("guidance_core.datasets"), "alone": {}}
+        yield {
+            "root": root,
+            "vae": wan_vae.tiny_wan21_vae(),
+            "TN": H.pack_module("nodes.training_nodes"),
+            "DS": H.pack_module("guidance_core.datasets"),
+            "alone": {},
+        }
 
 
 def train(stills, model, n, output_name, steps=3):
     with torch.inference_mode():  # as ComfyUI runs nodes
-        return H.run_node("GuidanceLabTrainClassifier", model=model, vae=stills["vae"], dataset=f"stills_{n}",
-                          output_name=output_name, steps=steps, batch_size=4, lr=1e-3, seed=0, resolution=32,
-                          sigma_distribution="log_uniform", class_balance=False, width=8)
+        return H.run_node(
+            "GuidanceLabTrainClassifier",
+            model=model,
+            vae=stills["vae"],
+            dataset=f"stills_{n}",
+            output_name=output_name,
+            steps=steps,
+            batch_size=4,
+            lr=1e-3,
+            seed=0,
+            resolution=32,
+            sigma_distribution="log_uniform",
+            class_balance=False,
+            width=8,
+        )
 
 
 def each_image_alone(stills, model, n):
@@ -49,9 +67,12 @@ def each_image_alone(stills, model, n):
     if n not in stills["alone"]:
         items, _ = stills["DS"].scan_dataset(str(stills["root"] / "input" / f"stills_{n}"))
         with torch.inference_mode():
-            stills["alone"][n] = torch.cat([
-                stills["vae"].encode(torch.from_numpy(stills["DS"].load_image(path, 32))[None]).float().cpu()
-                for path, _ in items])
+            stills["alone"][n] = torch.cat(
+                [
+                    stills["vae"].encode(torch.from_numpy(stills["DS"].load_image(path, 32))[None]).float().cpu()
+                    for path, _ in items
+                ]
+            )
     fmt = model.get_model_object("latent_format")
     raw = stills["alone"][n]
     assert raw.shape == (n, 16, 1, 4, 4), raw.shape  # the Wan VAE: one latent frame per still image
@@ -72,6 +93,7 @@ class EncoderCalls:
         def counted(*a, **k):
             self.calls += 1
             return self.original(*a, **k)
+
         self.fsm.encode = counted
         return self
 
@@ -114,8 +136,9 @@ def test_wan21_model_trains_on_stills_progress_counts_images(stills):
     assert encode and encode[-1] == 20 and encode == sorted(encode), seen
     assert [v for v, t in seen if t == 3][-1] == 3, seen  # then the 3 training steps
     latents = stills["DS"].load_latent_cache(report["latent_cache"])[0]["latents"]
-    torch.testing.assert_close(latents, each_image_alone(stills, families.model("Wan 2.1 (video, 5-D)"), 20),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        latents, each_image_alone(stills, families.model("Wan 2.1 (video, 5-D)"), 20), rtol=0, atol=1e-6
+    )
 
 
 def test_image_model_with_a_video_vae(stills):

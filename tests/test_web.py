@@ -9,6 +9,7 @@
   in test-artifacts/web/. The browser tests run on the pinned frontend and on the newest one (devkit/frontends.py),
   and fail when the extension calls a litegraph API the frontend reports as deprecated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,7 @@ CURVE_RGB = (0x4F, 0xC3, 0xF7)  # the first series' colour in guidance_lab.js
 
 
 # ---------------------------------------------------------------- preview sigmas
+
 
 @pytest.mark.comfy
 @pytest.mark.parametrize("steps", [1, 2, 5, 20, 33, 200])
@@ -67,8 +69,19 @@ def test_preview_sigmas_log_spaced_and_errors():
 
 @pytest.mark.comfy
 def test_node_builds_the_same_schedule_as_from_fields():
-    out = H.run_node("GuidanceLabSchedule", kind="keyframes", axis="sigma", start=1.0, end=0.0, exponent=2.0,
-                     sigma_lo=0.28, sigma_hi=5.42, inside=1.0, outside=0.0, keyframes="0:1, 0.5:0.2, 1:0")[0]
+    out = H.run_node(
+        "GuidanceLabSchedule",
+        kind="keyframes",
+        axis="sigma",
+        start=1.0,
+        end=0.0,
+        exponent=2.0,
+        sigma_lo=0.28,
+        sigma_hi=5.42,
+        inside=1.0,
+        outside=0.0,
+        keyframes="0:1, 0.5:0.2, 1:0",
+    )[0]
     ref = S.from_fields(kind="keyframes", axis="sigma", keyframes="0:1, 0.5:0.2, 1:0")
     assert dataclasses.asdict(out) == dataclasses.asdict(ref)
 
@@ -82,11 +95,14 @@ def test_routes_register_once_and_not_without_a_server():
     assert routes.register_with_server() is False  # in-process ComfyUI, no PromptServer
     table = web.RouteTableDef()
     assert routes.register(table) is True and routes.register(table) is False
-    assert sorted((r.method, r.path) for r in table) == [("GET", "/guidance_lab/classifier_labels"),
-                                                         ("POST", "/guidance_lab/schedule")]
+    assert sorted((r.method, r.path) for r in table) == [
+        ("GET", "/guidance_lab/classifier_labels"),
+        ("POST", "/guidance_lab/schedule"),
+    ]
 
 
 # ---------------------------------------------------------------- a real server with a classifier folder
+
 
 @pytest.fixture(scope="module")
 def models_yaml(tmp_path_factory):
@@ -95,8 +111,16 @@ def models_yaml(tmp_path_factory):
     cls_dir = base / "classifiers"
     (cls_dir / "sub").mkdir(parents=True)
     net = NoiseAwareClassifier(ClassifierConfig(in_channels=4, num_classes=3, base_channels=16))
-    meta = {"architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
-            "latent_format": "SD15", "parameterization": "eps", "sigma_min": 0.03, "sigma_max": 14.6}
+    meta = {
+        "architecture": "noise_aware",
+        "config": net.config.to_dict(),
+        "labels": LABELS,
+        "latent_channels": 4,
+        "latent_format": "SD15",
+        "parameterization": "eps",
+        "sigma_min": 0.03,
+        "sigma_max": 14.6,
+    }
     gio.save_classifier(str(cls_dir / "tiny.safetensors"), net, meta)
     gio.save_classifier(str(cls_dir / "sub" / "nested.safetensors"), net, {**meta, "labels": ["a", "b", "c"]})
     (cls_dir / "old.ckpt").write_bytes(b"\x80\x02fake pickle")
@@ -127,8 +151,12 @@ def stop_server(stop_server):
 def request(srv, method, path, body=None, raw: bytes | None = None):
     """(status, JSON body) of an HTTP request to the server."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(srv.url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    req = urllib.request.Request(
+        srv.url + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"} if data is not None else {},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -188,40 +216,48 @@ def test_schedule_route_equals_sampling_on_comfyui_sigmas(server):
 def test_schedule_route_marks_adaptive_schedules(server):
     """An adaptive schedule is plotted at its value until it stops, with the stopping rule in a note (the frontend
     draws it dashed): where it stops is known only while sampling. Other kinds carry no note."""
-    status, body = request(server, "POST", "/guidance_lab/schedule",
-                           {"kind": "adaptive", "start": 0.8, "threshold": 0.9995, "steps": 6})
+    status, body = request(
+        server, "POST", "/guidance_lab/schedule", {"kind": "adaptive", "start": 0.8, "threshold": 0.9995, "steps": 6}
+    )
     assert status == 200 and body["values"] == [0.8] * 6 and body["note"] == "stops once cos >= 0.9995"
     assert "note" not in request(server, "POST", "/guidance_lab/schedule", {"kind": "linear", "steps": 6})[1]
 
 
 @pytest.mark.server
 def test_schedule_route_custom_sigma_range(server):
-    status, body = request(server, "POST", "/guidance_lab/schedule",
-                           {"kind": "linear", "axis": "sigma", "steps": 5, "sigma_min": 0.002, "sigma_max": 80.0})
+    status, body = request(
+        server,
+        "POST",
+        "/guidance_lab/schedule",
+        {"kind": "linear", "axis": "sigma", "steps": 5, "sigma_min": 0.002, "sigma_max": 80.0},
+    )
     assert status == 200
     sig = PV.log_spaced_sigmas(5, 0.002, 80.0)
     assert body["sigmas"] == sig and body["values"] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("body, message", [
-    ({"kind": "interval", "sigma_lo": 6.0, "sigma_hi": 5.0}, "sigma_lo=6.0 is greater than sigma_hi=5.0"),
-    ({"kind": "spline"}, "schedule kind='spline'; accepted: constant, linear"),
-    ({"axis": "time"}, "schedule axis='time'; accepted: progress, sigma"),
-    ({"kind": "keyframes", "keyframes": "0:1, half:0"}, "keyframes item 1 'half:0' is not 'number:number'"),
-    ({"kind": "keyframes", "keyframes": "0:1, 1.5:0"}, "keyframes[1] position=1.5; positions lie in [0, 1]"),
-    ({"exponent": 0}, "schedule exponent=0.0; use a number > 0"),
-    ({"start": "1"}, "start='1'; use a number"),
-    ({"start": True}, "start=True; use a number"),
-    ({"kind": 3}, "kind=3; use a string"),
-    ({"steps": 0}, "steps=0; use a whole number from 1 to 200"),
-    ({"steps": 201}, "steps=201; use a whole number from 1 to 200"),
-    ({"steps": 2.5}, "steps=2.5; use a whole number"),
-    ({"sigma_min": 1.0}, "give both sigma_min and sigma_max"),
-    ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min=2.0, sigma_max=1.0; use 0 < sigma_min < sigma_max"),
-    ({"colour": "red"}, "unknown field(s) ['colour']; accepted: kind, axis"),
-    ([1, 2], "request body is list; send a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"kind": "interval", "sigma_lo": 6.0, "sigma_hi": 5.0}, "sigma_lo=6.0 is greater than sigma_hi=5.0"),
+        ({"kind": "spline"}, "schedule kind='spline'; accepted: constant, linear"),
+        ({"axis": "time"}, "schedule axis='time'; accepted: progress, sigma"),
+        ({"kind": "keyframes", "keyframes": "0:1, half:0"}, "keyframes item 1 'half:0' is not 'number:number'"),
+        ({"kind": "keyframes", "keyframes": "0:1, 1.5:0"}, "keyframes[1] position=1.5; positions lie in [0, 1]"),
+        ({"exponent": 0}, "schedule exponent=0.0; use a number > 0"),
+        ({"start": "1"}, "start='1'; use a number"),
+        ({"start": True}, "start=True; use a number"),
+        ({"kind": 3}, "kind=3; use a string"),
+        ({"steps": 0}, "steps=0; use a whole number from 1 to 200"),
+        ({"steps": 201}, "steps=201; use a whole number from 1 to 200"),
+        ({"steps": 2.5}, "steps=2.5; use a whole number"),
+        ({"sigma_min": 1.0}, "give both sigma_min and sigma_max"),
+        ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min=2.0, sigma_max=1.0; use 0 < sigma_min < sigma_max"),
+        ({"colour": "red"}, "unknown field(s) ['colour']; accepted: kind, axis"),
+        ([1, 2], "request body is list; send a JSON object"),
+    ],
+)
 def test_schedule_route_bad_input_is_400_json(server, body, message):
     status, out = request(server, "POST", "/guidance_lab/schedule", body)
     assert status == 400 and message in out["error"], out
@@ -237,11 +273,19 @@ def test_schedule_route_non_json_and_nan(server):
 
 # ---------------------------------------------------------------- classifier label route
 
+
 @pytest.mark.server
 def test_labels_of_a_classifier(server):
-    assert labels(server, "tiny.safetensors") == (200, {
-        "name": "tiny.safetensors", "labels": LABELS, "latent_channels": 4, "parameterization": "eps",
-        "architecture": "noise_aware"})
+    assert labels(server, "tiny.safetensors") == (
+        200,
+        {
+            "name": "tiny.safetensors",
+            "labels": LABELS,
+            "latent_channels": 4,
+            "parameterization": "eps",
+            "architecture": "noise_aware",
+        },
+    )
     status, body = labels(server, "sub/nested.safetensors", prefix="/api")
     assert status == 200 and body["labels"] == ["a", "b", "c"]
 
@@ -253,19 +297,22 @@ def test_unknown_classifier_is_404_json(server):
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name, reason", [
-    ("../tiny.safetensors", "contains '..'"),
-    ("sub/../tiny.safetensors", "contains '..'"),
-    ("../../../../etc/passwd", "contains '..'"),
-    ("..", "contains '..'"),
-    ("/etc/passwd", "is an absolute path"),
-    ("~/tiny.safetensors", "is an absolute path"),
-    ("C:/Windows/win.ini", "is an absolute path"),
-    ("sub\\nested.safetensors", "contains a backslash"),
-    ("..\\tiny.safetensors", "contains a backslash"),
-    ("tiny\x00.safetensors", "contains a NUL character"),
-    ("", "query parameter 'name' is missing"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("../tiny.safetensors", "contains '..'"),
+        ("sub/../tiny.safetensors", "contains '..'"),
+        ("../../../../etc/passwd", "contains '..'"),
+        ("..", "contains '..'"),
+        ("/etc/passwd", "is an absolute path"),
+        ("~/tiny.safetensors", "is an absolute path"),
+        ("C:/Windows/win.ini", "is an absolute path"),
+        ("sub\\nested.safetensors", "contains a backslash"),
+        ("..\\tiny.safetensors", "contains a backslash"),
+        ("tiny\x00.safetensors", "contains a NUL character"),
+        ("", "query parameter 'name' is missing"),
+    ],
+)
 def test_unsafe_classifier_names_are_refused(server, name, reason):
     status, body = labels(server, name)
     assert status == 400 and reason in body["error"], body
@@ -274,25 +321,37 @@ def test_unsafe_classifier_names_are_refused(server, name, reason):
 @pytest.mark.server
 def test_absolute_path_to_a_real_classifier_is_refused(server, tmp_path):
     net = NoiseAwareClassifier(ClassifierConfig(in_channels=4, num_classes=3, base_channels=16))
-    outside = gio.save_classifier(str(tmp_path / "elsewhere.safetensors"), net, {
-        "architecture": "noise_aware", "config": net.config.to_dict(), "labels": LABELS, "latent_channels": 4,
-        "parameterization": "eps"})
+    outside = gio.save_classifier(
+        str(tmp_path / "elsewhere.safetensors"),
+        net,
+        {
+            "architecture": "noise_aware",
+            "config": net.config.to_dict(),
+            "labels": LABELS,
+            "latent_channels": 4,
+            "parameterization": "eps",
+        },
+    )
     status, body = labels(server, outside)
     assert status == 400 and "absolute path" in body["error"]
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name, message", [
-    ("old.ckpt", "pickled checkpoints"),
-    ("disguised.safetensors", "is a pickle/zip checkpoint, not safetensors; refused"),
-    ("broken.safetensors", "is not a safetensors file (corrupt or truncated)"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("old.ckpt", "pickled checkpoints"),
+        ("disguised.safetensors", "is a pickle/zip checkpoint, not safetensors; refused"),
+        ("broken.safetensors", "is not a safetensors file (corrupt or truncated)"),
+    ],
+)
 def test_files_that_are_not_classifiers_are_422_json(server, name, message):
     status, body = labels(server, name)
     assert status == 422 and message in body["error"], body
 
 
 # ---------------------------------------------------------------- the extension file
+
 
 @pytest.mark.core
 def test_extension_imports_only_the_app_module():
@@ -312,6 +371,7 @@ def test_extension_is_served(server):
 
 
 # ---------------------------------------------------------------- headless Chromium
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -365,18 +425,24 @@ def test_plot_draws_and_follows_widgets_classic_renderer(page):
     assert curve_pixels(after) > 150 and changed_pixels(before, after) > 200
 
     # the preview step count (frontend only: a node property, not an input of the node)
-    page.js("""(id) => { const n = app.graph.getNodeById(id); const w = n.widgets.find((w) => w.name === 'preview steps');
-               w.setValue(7, {e: null, node: n, canvas: app.canvas}); }""", sched)
+    page.js(
+        """(id) => { const n = app.graph.getNodeById(id); const w = n.widgets.find((w) => w.name === 'preview steps');
+               w.setValue(7, {e: null, node: n, canvas: app.canvas}); }""",
+        sched,
+    )
     st = page.wait_plot(sched, st["fetches"])
     assert len(st["series"][0]["values"]) == 7
     assert page.js("(id) => app.graph.getNodeById(id).properties.guidance_lab_preview_steps", sched) == 7
 
     # our widgets are not inputs of the node: workflow and prompt keep their shape
-    ser = page.js("""async (id) => {
+    ser = page.js(
+        """async (id) => {
         const n = app.graph.getNodeById(id);
         const p = await app.graphToPrompt();
         return {values: n.serialize().widgets_values, inputs: Object.keys(p.output[String(id)].inputs)};
-    }""", sched)
+    }""",
+        sched,
+    )
     assert len(ser["values"]) == len(S.DEFAULTS)  # one widget value per field of the node, none for the plot
     assert sorted(ser["inputs"]) == sorted(S.DEFAULTS)
     page.check_console()
@@ -384,17 +450,21 @@ def test_plot_draws_and_follows_widgets_classic_renderer(page):
     # a bad value shows the core's message in the plot; the only console error is the browser's own
     # "Failed to load resource" line for the route's 400 answer
     n_console, n_failed = len(page.console), len(page.failed)
-    page.js("""(id) => { const n = app.graph.getNodeById(id);
+    page.js(
+        """(id) => { const n = app.graph.getNodeById(id);
                n.widgets.find((w) => w.name === 'kind').setValue('interval', {e: null, node: n, canvas: app.canvas});
                n.widgets.find((w) => w.name === 'sigma_lo').setValue(9, {e: null, node: n, canvas: app.canvas}); }""",
-            sched)
+        sched,
+    )
     page.wait("(id) => (app.graph.getNodeById(id).__guidanceLabPlot.error ?? '').includes('sigma_lo=9')", sched)
     msg = page.js("(id) => app.graph.getNodeById(id).__guidanceLabPlot.error", sched)
     assert msg == "schedule sigma_lo=9.0 is greater than sigma_hi=5.42; the interval needs sigma_lo <= sigma_hi"
     assert curve_pixels(page.plot_png(sched)) < 20  # the message replaces the curve
-    page.js("""(id) => { const n = app.graph.getNodeById(id);
+    page.js(
+        """(id) => { const n = app.graph.getNodeById(id);
                n.widgets.find((w) => w.name === 'sigma_lo').setValue(0.28, {e: null, node: n, canvas: app.canvas}); }""",
-            sched)
+        sched,
+    )
     page.wait("(id) => app.graph.getNodeById(id).__guidanceLabPlot.error === null", sched)
     new_failed = page.failed[n_failed:]
     assert new_failed and all(st == 400 and u.endswith("/api/guidance_lab/schedule") for st, u in new_failed)
@@ -406,7 +476,9 @@ def test_plot_draws_and_follows_widgets_classic_renderer(page):
     st = page.wait_plot(sched)
     sigmas, lo, hi = PV.preview_sigmas(7)
     assert st["series"][0]["values"] == S.step_values(S.from_fields(kind="interval"), sigmas, lo, hi)
-    assert page.js("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'preview steps').value", sched) == 7
+    assert (
+        page.js("(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'preview steps').value", sched) == 7
+    )
 
 
 @pytest.mark.browser
@@ -417,13 +489,16 @@ def test_plot_on_nodes_that_take_a_schedule_and_label_picker(page, vue):
     guider = page.add_node("GuidanceLabCFGGuider", 480, 150)
     loader = page.add_node("GuidanceLabClassifierLoader", 480, 660)
     cg = page.add_node("GuidanceLabClassifierGuidance", 880, 170)
-    page.js("""([s, g, l, c]) => {
+    page.js(
+        """([s, g, l, c]) => {
         const [S, G, L, C] = [s, g, l, c].map((id) => app.graph.getNodeById(id));
         S.widgets.find((w) => w.name === 'kind').setValue('interval', {e: null, node: S, canvas: app.canvas});
         S.connect(0, G, G.inputs.findIndex((i) => i.name === 'cfg_schedule'));
         L.widgets.find((w) => w.name === 'classifier_name').setValue('tiny.safetensors', {e: null, node: L, canvas: app.canvas});
         L.connect(0, C, C.inputs.findIndex((i) => i.name === 'classifier'));
-    }""", [sched, guider, loader, cg])
+    }""",
+        [sched, guider, loader, cg],
+    )
     sigmas, lo, hi = PV.preview_sigmas(20)
     interval = S.step_values(S.from_fields(kind="interval"), sigmas, lo, hi)
     page.wait("(id) => app.graph.getNodeById(id).__guidanceLabPlot.series?.[0]?.label === 'cfg_schedule'", guider)
@@ -437,8 +512,9 @@ def test_plot_on_nodes_that_take_a_schedule_and_label_picker(page, vue):
     assert select.evaluate("(s) => [...s.options].map((o) => o.textContent)") == ["(pick a label)", *LABELS]
     for label, want in (("dog", "dog"), ("ship", "dog, ship")):
         select.select_option(label)
-        page.wait("([id, t]) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'target').value === t",
-                  [cg, want])
+        page.wait(
+            "([id, t]) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'target').value === t", [cg, want]
+        )
         assert select.evaluate("(s) => s.value") == ""  # back to the prompt, ready for the next label
     # what the user sees in target's text box is the new text too
     if vue:

@@ -12,6 +12,7 @@
   no missing nodes, no node errors (1.58 reports only the user's model files that are not there), no console
   errors, and the frontend's own graphToPrompt gives exactly the converter's API prompt.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,11 @@ USER_FILES = {
     "sd15_classifier_guidance": {SD15, ("GuidanceLabClassifierLoader", "classifier_name", MW.SD15_CLASSIFIER)},
     "sd15_clip_guidance": {SD15, ("GuidanceLabCLIPClassifierLoader", "checkpoint", MW.CLIP_CHECKPOINT)},
 }
-FOLDER_OF = {"CheckpointLoaderSimple": "checkpoints", "GuidanceLabClassifierLoader": "classifiers",
-             "GuidanceLabCLIPClassifierLoader": "guidance_clip"}
+FOLDER_OF = {
+    "CheckpointLoaderSimple": "checkpoints",
+    "GuidanceLabClassifierLoader": "classifiers",
+    "GuidanceLabCLIPClassifierLoader": "guidance_clip",
+}
 
 
 def load(name):
@@ -63,14 +67,19 @@ def _models(base):
     for folder in set(FOLDER_OF.values()):
         (models / folder).mkdir(parents=True, exist_ok=True)
     yaml = base / "extra_model_paths.yaml"
-    yaml.write_text("guidance_lab_workflow_test:\n  base_path: " + str(models) + "\n"
-                    + "".join(f"  {f}: {f}\n" for f in sorted(set(FOLDER_OF.values()))))
+    yaml.write_text(
+        "guidance_lab_workflow_test:\n  base_path: "
+        + str(models)
+        + "\n"
+        + "".join(f"  {f}: {f}\n" for f in sorted(set(FOLDER_OF.values())))
+    )
     return models, yaml
 
 
 @pytest.fixture(scope="module")
 def start_server(start_server):
     """The servers (tests/conftest.py's `server` and `ui_server`) read a models folder of their own (srv.models)."""
+
     def start(base, frontend):
         models, yaml = _models(base)
         srv = start_server(base / f"out-{frontend.name}", frontend, ["--extra-model-paths-config", str(yaml)])
@@ -94,6 +103,7 @@ def object_info(server):
 
 
 # ---------------------------------------------------------------- files, conversion, validation
+
 
 def _outputs_only_this_version_declares(generated: dict, saved: dict) -> tuple[dict, list]:
     """`generated` less the output slots its nodes have after the same node's slots in `saved` and that nothing
@@ -162,9 +172,15 @@ def test_validator_finds_mistakes(object_info):
     bad[toy]["inputs"]["toy_model"] = "other.safetensors"
     errors, missing = WA.validate_api(bad, object_info, user_files={})
     text = "\n".join(errors)
-    for want in ("steps=0 is below min 1", "cfg='7' is not a finite number", "sampler_name='nope' is not one of",
-                 "input 'positive' (CONDITIONING) is linked to a MODEL output", "links to node 999",
-                 "upscale=17 is above max 16", "toy_model='other.safetensors' is not one of"):
+    for want in (
+        "steps=0 is below min 1",
+        "cfg='7' is not a finite number",
+        "sampler_name='nope' is not one of",
+        "input 'positive' (CONDITIONING) is linked to a MODEL output",
+        "links to node 999",
+        "upscale=17 is above max 16",
+        "toy_model='other.safetensors' is not one of",
+    ):
         assert want in text, (want, text)
     assert missing == []
     _, missing = WA.validate_api(bad, object_info, user_files=WA.MODEL_FILE_INPUTS)
@@ -189,18 +205,35 @@ def test_converter_handles_frontend_only_nodes(object_info):
     model_in = next(i for i in ks["inputs"] if i["name"] == "model")
     link = next(lk for lk in wf["links"] if lk[0] == model_in["link"])
     reroute_id, new_link = wf["last_node_id"] + 1, wf["last_link_id"] + 1
-    wf["nodes"].append({"id": reroute_id, "type": "Reroute", "pos": [0, 0], "size": [75, 26], "mode": 0,
-                        "inputs": [{"name": "", "type": "*", "link": link[0]}],
-                        "outputs": [{"name": "", "type": "MODEL", "links": [new_link]}], "properties": {}})
+    wf["nodes"].append(
+        {
+            "id": reroute_id,
+            "type": "Reroute",
+            "pos": [0, 0],
+            "size": [75, 26],
+            "mode": 0,
+            "inputs": [{"name": "", "type": "*", "link": link[0]}],
+            "outputs": [{"name": "", "type": "MODEL", "links": [new_link]}],
+            "properties": {},
+        }
+    )
     link[3], link[4] = reroute_id, 0
     wf["links"].append([new_link, reroute_id, 0, ks["id"], 0, "MODEL"])
     model_in["link"] = new_link
     patch["mode"] = 4
     # a PrimitiveNode feeding the KSampler's steps widget
     prim_id, prim_link = reroute_id + 1, new_link + 1
-    wf["nodes"].append({"id": prim_id, "type": "PrimitiveNode", "pos": [0, 0], "size": [210, 82], "mode": 0,
-                        "outputs": [{"name": "INT", "type": "INT", "links": [prim_link],
-                                     "widget": {"name": "steps"}}], "widgets_values": [9, "fixed"]})
+    wf["nodes"].append(
+        {
+            "id": prim_id,
+            "type": "PrimitiveNode",
+            "pos": [0, 0],
+            "size": [210, 82],
+            "mode": 0,
+            "outputs": [{"name": "INT", "type": "INT", "links": [prim_link], "widget": {"name": "steps"}}],
+            "widgets_values": [9, "fixed"],
+        }
+    )
     wf["links"].append([prim_link, prim_id, 0, ks["id"], 5, "INT"])
     steps_in = next(i for i in ks["inputs"] if i["name"] == "steps")
     steps_in["link"] = prim_link
@@ -250,6 +283,7 @@ def test_server_lists_the_templates(server):
 
 # ---------------------------------------------------------------- running them
 
+
 def _batch(wf):
     return next(n["widgets_values"][2] for n in wf["nodes"] if n["type"] == "EmptyLatentImage")
 
@@ -277,8 +311,9 @@ def test_main_command_runs_every_toy_workflow(tmp_path):
     import subprocess
 
     out = tmp_path / "run"
-    proc = subprocess.run(["bash", os.path.join(H.ROOT, "scripts", "run.sh"), str(out)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", os.path.join(H.ROOT, "scripts", "run.sh"), str(out)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert WR.toy_workflow_names() == TOY and f"{len(TOY)} workflows ran, 0 failed" in proc.stdout
     for name in TOY:
@@ -315,6 +350,7 @@ def test_sd15_workflows_pass_comfyuis_own_validation(server):
 
 # ---------------------------------------------------------------- the frontend (headless Chromium)
 
+
 @pytest.fixture(scope="module")
 def page(ui_server):
     from devkit import browser as W
@@ -347,12 +383,15 @@ def _load_in_frontend(page, wf, name):
     page.js("async ([wf, name]) => { await app.loadGraphData(wf, true, true, name); }", [wf, name])
     page.page.wait_for_timeout(500)  # a dialog opens after the graph is configured
     # node ids as the frontend saves them (the live graph's ids are strings in newer frontends)
-    return page.js("""async (reports) => ({
+    return page.js(
+        """async (reports) => ({
         dialogs: [...document.querySelectorAll(reports)].map((d) => d.innerText),
         nodes: app.graph.nodes.map((n) => { const s = n.serialize();
             return {id: s.id, type: s.type, errors: !!n.has_errors, values: s.widgets_values ?? []}; }),
         prompt: (await app.graphToPrompt()).output,
-    })""", REPORTS)
+    })""",
+        REPORTS,
+    )
 
 
 @pytest.mark.browser
@@ -444,18 +483,24 @@ def test_workflow_loads_in_the_frontend(page, name, object_info):
         assert _default_titles_dropped(got["prompt"], wf) == _default_titles_dropped(want, wf)
     # the label picker of the guidance nodes: the toy classifier's labels come from its file's metadata
     expect = _label_picker_expectations(wf, name)
-    page.wait("""(exp) => exp.every(([id, kind, v]) => {
+    page.wait(
+        """(exp) => exp.every(([id, kind, v]) => {
         const st = app.graph.getNodeById(id)?.__guidanceLabLabels;
         if (!st) return false;
         return kind === 'labels' ? JSON.stringify(st.labels) === JSON.stringify(v)
                                  : (st.select.options[0]?.textContent ?? '').startsWith(v);
-    })""", expect)
+    })""",
+        expect,
+    )
     page.page.screenshot(path=os.path.join(page.artifacts, f"{name}.png"))
     # a user's classifier file that is not there is a 404 of the label route (shown in the picker), nothing else
-    allowed = {f"/api/guidance_lab/classifier_labels?name={urllib.parse.quote(v, safe='')}"
-               for c, _, v in USER_FILES.get(name, ()) if c == "GuidanceLabClassifierLoader"}
-    new = page.failed[since[1]:]
+    allowed = {
+        f"/api/guidance_lab/classifier_labels?name={urllib.parse.quote(v, safe='')}"
+        for c, _, v in USER_FILES.get(name, ())
+        if c == "GuidanceLabClassifierLoader"
+    }
+    new = page.failed[since[1] :]
     expected = [f for f in new if f[0] == 404 and any(f[1].endswith(a) for a in allowed)]
     assert len({u for _, u in expected}) == len(allowed)
-    page.failed[since[1]:] = [f for f in new if f not in expected]
+    page.failed[since[1] :] = [f for f in new if f not in expected]
     page.check_console(since)

@@ -4,6 +4,7 @@ gives the feature space (penultimate layer, 128-d) for the Frechet distance and 
 
     .venv/bin/python -m bench.toy.eval_classifier --epochs 4 --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,19 @@ class EvalNet(nn.Module):
         def block(cin, cout):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
-        self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128),
-                                  *block(128, 128), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                                  nn.Dropout(0.3), nn.Linear(512, FEATURES), nn.ReLU())
+        self.body = nn.Sequential(
+            *block(1, 32),
+            nn.MaxPool2d(2),
+            *block(32, 64),
+            nn.MaxPool2d(2),
+            *block(64, 128),
+            *block(128, 128),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(512, FEATURES),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(FEATURES, 10)
 
     def features(self, x):
@@ -58,7 +69,7 @@ def predict(net: EvalNet, x: torch.Tensor, batch: int = 500):
     """(logits [N, 10], features [N, 128]) for images in [-1, 1], 1x32x32."""
     logits, feats = [], []
     for i in range(0, x.shape[0], batch):
-        f = net.features(x[i:i + batch].float().clamp(-1, 1))
+        f = net.features(x[i : i + batch].float().clamp(-1, 1))
         feats.append(f)
         logits.append(net.head(f))
     return torch.cat(logits), torch.cat(feats)
@@ -90,7 +101,7 @@ def main():
         net.train()
         perm = torch.randperm(x.shape[0], generator=gen)
         for i in range(0, x.shape[0] - args.batch + 1, args.batch):
-            idx = perm[i:i + args.batch]
+            idx = perm[i : i + args.batch]
             xb = x[idx]
             flip = torch.rand(xb.shape[0], generator=gen) < 0.5  # horizontal flips: clothes are symmetric
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
@@ -104,11 +115,16 @@ def main():
     bar.close()
     net.eval()
     acc = float((predict(net, xt)[0].argmax(1) == yt).float().mean())
-    meta = {"test_accuracy": round(acc, 4), "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-            "seed": args.seed, "train_seconds": round(time.time() - t0),
-            "command": " ".join(["bench/toy/eval_classifier.py", *sys.argv[1:]])}
-    tensors = {k: v.detach().half().contiguous() for k, v in net.state_dict().items()
-               if v.dtype.is_floating_point}
+    meta = {
+        "test_accuracy": round(acc, 4),
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "train_seconds": round(time.time() - t0),
+        "command": " ".join(["bench/toy/eval_classifier.py", *sys.argv[1:]]),
+    }
+    tensors = {k: v.detach().half().contiguous() for k, v in net.state_dict().items() if v.dtype.is_floating_point}
     tensors.update({k: v for k, v in net.state_dict().items() if not v.dtype.is_floating_point})
     atomic_save(tensors, args.out, {"fashion_eval": json.dumps(meta)})
     print(json.dumps(meta), flush=True)

@@ -1,4 +1,5 @@
 """Fashion-MNIST from the Debian package dataset-fashion-mnist (official idx files), padded to 32x32."""
+
 from __future__ import annotations
 
 import gzip

@@ -8,6 +8,7 @@ it: x = x0 + sigma*eps with sigma drawn from the model's own table, cross-entrop
 
     .venv/bin/python -m bench.toy.make_classifier --steps 6000 --batch-size 64 --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,28 @@ def main():
         write_cache(CACHE)
     train = H.pack_module("guidance_core.train")
     t0 = time.time()
-    rc = train.main(["--latents", CACHE, "--out", args.out, "--steps", str(args.steps), "--batch-size",
-                     str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed), "--sigma-distribution",
-                     "model", "--base-channels", str(args.base_channels), "--device", "cpu"])
+    rc = train.main(
+        [
+            "--latents",
+            CACHE,
+            "--out",
+            args.out,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(args.lr),
+            "--seed",
+            str(args.seed),
+            "--sigma-distribution",
+            "model",
+            "--base-channels",
+            str(args.base_channels),
+            "--device",
+            "cpu",
+        ]
+    )
     print(f"trained in {time.time() - t0:.0f} s", flush=True)
     return rc
 

@@ -25,6 +25,7 @@ images, class and empty prompts).
 
     .venv/bin/python -m bench.toy.make_weak_lora            # writes bench/toy/weights/fashion_weak_lora.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,11 +75,12 @@ def allocate(svd: dict, budget_values: int) -> dict:
     """{weight key: rank, or "full"} maximizing the kept difference energy with at most budget_values values.
     For a price lam per stored value, each layer takes the option (rank r, or the full difference) with the most
     energy - lam * values; lam is bisected to the budget."""
+
     def choose(lam):
         plan, used = {}, 0
         for k, (_, s, _, shape) in svd.items():
             m, n = shape[0], s.numel() and int(svd[k][2].shape[1])
-            e = (s ** 2).cumsum(0).tolist()
+            e = (s**2).cumsum(0).tolist()
             best, best_v, best_cost = 0, 0.0, 0
             for r in range(1, len(e) + 1):
                 v = e[r - 1] - lam * r * (m + n)
@@ -105,10 +107,10 @@ def lora_tensors(diff: dict, svd: dict, plan: dict) -> dict:
     """The LoRA state dict (fp16) of the plan: ComfyUI key names."""
     out = {}
     for k, d in diff.items():
-        layer = k[:-len(".weight")] if k.endswith(".weight") else None
+        layer = k[: -len(".weight")] if k.endswith(".weight") else None
         if d.ndim == 1:
             if k.endswith(".bias"):
-                out[k[:-len(".bias")] + ".diff_b"] = d.half()
+                out[k[: -len(".bias")] + ".diff_b"] = d.half()
             else:
                 out[layer + ".diff"] = d.half()
             continue
@@ -139,7 +141,9 @@ def fp8_tensors(diff: dict, budget_bytes: int) -> tuple:
     out, quant, err = {}, {}, {}
     for k, d in diff.items():
         if d.ndim == 1:
-            out[(k[:-len(".bias")] + ".diff_b") if k.endswith(".bias") else (k[:-len(".weight")] + ".diff")] = d.half()
+            out[(k[: -len(".bias")] + ".diff_b") if k.endswith(".bias") else (k[: -len(".weight")] + ".diff")] = (
+                d.half()
+            )
             continue
         scale = float(d.abs().max()) / 448.0
         q = (d / scale).to(torch.float8_e4m3fn)
@@ -152,7 +156,7 @@ def fp8_tensors(diff: dict, budget_bytes: int) -> tuple:
         if used + extra <= budget_bytes:
             plan[k], used = "fp16", used + extra
     for k, (q, scale) in quant.items():
-        layer = k[:-len(".weight")]
+        layer = k[: -len(".weight")]
         if plan[k] == "fp16":
             out[layer + ".diff"] = diff[k].half()
         else:
@@ -175,8 +179,12 @@ def weight_error(strong: dict, weak: dict, patched: dict) -> dict:
     num = sum(float((patched[k] - weak[k]).double().square().sum()) for k in weak)
     dif = sum(float((weak[k] - strong[k]).double().square().sum()) for k in weak)
     ref = sum(float(weak[k].double().square().sum()) for k in weak)
-    return {"rel_to_difference": (num / dif) ** 0.5, "rel_to_weak": (num / ref) ** 0.5,
-            "difference_rel_to_weak": (dif / ref) ** 0.5, "params": int(sum(torch.tensor(v.shape).prod() for v in weak.values()))}
+    return {
+        "rel_to_difference": (num / dif) ** 0.5,
+        "rel_to_weak": (num / ref) ** 0.5,
+        "difference_rel_to_weak": (dif / ref) ** 0.5,
+        "params": int(sum(torch.tensor(v.shape).prod() for v in weak.values())),
+    }
 
 
 def lora_clone(patcher, lora: dict, strength: float = 1.0):
@@ -220,9 +228,14 @@ def eps_error(lora: dict, n_per: int = 64, seed: int = 0) -> list:
                 e[name] = (x - den) / sigma
             d = (e["weak"] - e["strong"]).norm()
             err = (e["lora"] - e["weak"]).norm()
-            rows.append({"sigma": round(float(sigma), 4), "rel_to_difference": float(err / d),
-                         "rel_to_weak": float(err / e["weak"].norm()),
-                         "difference_rel_to_weak": float(d / e["weak"].norm())})
+            rows.append(
+                {
+                    "sigma": round(float(sigma), 4),
+                    "rel_to_difference": float(err / d),
+                    "rel_to_weak": float(err / e["weak"].norm()),
+                    "difference_rel_to_weak": float(d / e["weak"].norm()),
+                }
+            )
     clone.unpatch_model()
     return rows
 
@@ -231,9 +244,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="the file's size limit (bytes)")
     ap.add_argument("--out", default=OUT)
-    ap.add_argument("--method", choices=("fp8", "svd"), default="fp8",
-                    help="fp8: whole differences, fp16 where the budget allows and fp8 (scaled, LoKr) elsewhere; "
-                         "svd: fp16 truncated SVD (ranks chosen for the budget), fp16 full diffs where cheaper")
+    ap.add_argument(
+        "--method",
+        choices=("fp8", "svd"),
+        default="fp8",
+        help="fp8: whole differences, fp16 where the budget allows and fp8 (scaled, LoKr) elsewhere; "
+        "svd: fp16 truncated SVD (ranks chosen for the budget), fp16 full diffs where cheaper",
+    )
     ap.add_argument("--no-check", action="store_true", help="skip the fidelity measurement")
     args = ap.parse_args(argv)
     from guidance_core.files import atomic_save
@@ -259,8 +276,12 @@ def main(argv=None):
     fidelity = {"weights": weight_error(strong, weak, patched)}
     if not args.no_check:
         fidelity["eps"] = eps_error(tensors)
-    meta.update(plan=json.dumps(plan), fidelity=json.dumps(fidelity),
-                strong=os.path.basename(STRONG), weak=os.path.basename(WEAK))
+    meta.update(
+        plan=json.dumps(plan),
+        fidelity=json.dumps(fidelity),
+        strong=os.path.basename(STRONG),
+        weak=os.path.basename(WEAK),
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_save(tensors, args.out, meta)
     kinds = {}
@@ -275,8 +296,8 @@ def _from_lora(tensors: dict, key: str, like):
     """The weight difference the LoRA state dict stores for one model key (zeros if none), in float32."""
     import torch
 
-    layer = key[:-len(".weight")] if key.endswith(".weight") else key[:-len(".bias")]
-    names = ([layer + ".diff_b"] if key.endswith(".bias") else [layer + ".diff"])
+    layer = key[: -len(".weight")] if key.endswith(".weight") else key[: -len(".bias")]
+    names = [layer + ".diff_b"] if key.endswith(".bias") else [layer + ".diff"]
     for n in names:
         if n in tensors:
             return tensors[n].float()

@@ -8,6 +8,7 @@
   radius = distance to the k-th nearest neighbour within the set; precision = fraction of generated
   points inside the real manifold, recall = fraction of real points inside the generated manifold.
 """
+
 from __future__ import annotations
 
 import torch

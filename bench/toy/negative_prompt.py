@@ -14,6 +14,7 @@ the empty prompt's target), plus the model rows per step counted on the real for
 Writes OUT/results.json (resumable: finished points are kept), docs/toy_nag_<model>.json and the "toy-nag-<model>"
 section of docs/BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ STEPS, SEED, CHUNK = 20, 11, 50
 @dataclass(frozen=True)
 class Point:
     name: str
-    form: str = ""       # NAG form ("" = no NAG term)
+    form: str = ""  # NAG form ("" = no NAG term)
     weight: float = 0.0  # NAG phi
     alpha: float = 0.0
     tau: float = 2.5
@@ -42,8 +43,13 @@ class Point:
 
 
 # in order of priority (a run can be stopped and resumed); the comfyui form is NAGuidance's result (tests/test_nag.py)
-POINTS = [Point("unguided"), Point("nag_paper_w4_a0.25", "paper", 4.0, 0.25), Point("nag_paper_w4_a0.5", "paper", 4.0, 0.5),
-          Point("cfg_2", cfg=2.0), Point("nag_paper_w8_a1", "paper", 8.0, 1.0, 5.0)]
+POINTS = [
+    Point("unguided"),
+    Point("nag_paper_w4_a0.25", "paper", 4.0, 0.25),
+    Point("nag_paper_w4_a0.5", "paper", 4.0, 0.5),
+    Point("cfg_2", cfg=2.0),
+    Point("nag_paper_w8_a1", "paper", 8.0, 1.0, 5.0),
+]
 
 
 def default_model() -> str:
@@ -69,9 +75,19 @@ def sample(model, world, p: Point, negative: str, n: int):
             with torch.inference_mode():
                 pos = H.run_node("GuidanceLabToyClass", toy_world=world, label="empty", batch=b)[0]
                 neg = H.run_node("GuidanceLabToyClass", toy_world=world, label=negative, batch=b)[0]
-                out = H.run_node("KSampler", model=m, seed=SEED + c, steps=STEPS, cfg=p.cfg, sampler_name="euler",
-                                 scheduler="normal", positive=pos, negative=neg,
-                                 latent_image={"samples": torch.zeros(b, 1, 32, 32)}, denoise=1.0)[0]
+                out = H.run_node(
+                    "KSampler",
+                    model=m,
+                    seed=SEED + c,
+                    steps=STEPS,
+                    cfg=p.cfg,
+                    sampler_name="euler",
+                    scheduler="normal",
+                    positive=pos,
+                    negative=neg,
+                    latent_image={"samples": torch.zeros(b, 1, 32, 32)},
+                    denoise=1.0,
+                )[0]
             parts.append(out["samples"].float().clone())
     finally:
         comfy.utils.PROGRESS_BAR_ENABLED = was
@@ -110,10 +126,15 @@ def run(model_name: str, negative: str, n: int, out_dir: str) -> dict:
         with torch.enable_grad():
             logits, feats = E.predict(ev, x)
         rate = float((logits.argmax(1) == k).float().mean())
-        results[p.name] = {**asdict(p), "rate": rate, "rate_se": math.sqrt(max(rate * (1 - rate), 1e-12) / n),
-                           "fd": M.frechet_distance(feats, real), "fd_rest": M.frechet_distance(feats, rest),
-                           "rows_per_step": round(rows, 3),
-                           "seconds": round(time.time() - t0, 1)}
+        results[p.name] = {
+            **asdict(p),
+            "rate": rate,
+            "rate_se": math.sqrt(max(rate * (1 - rate), 1e-12) / n),
+            "fd": M.frechet_distance(feats, real),
+            "fd_rest": M.frechet_distance(feats, rest),
+            "rows_per_step": round(rows, 3),
+            "seconds": round(time.time() - t0, 1),
+        }
         print(f"{p.name}: {negative} rate {rate:.3f}  FD {results[p.name]['fd']:.2f}  rows/step {rows:.2f}", flush=True)
         atomic_bytes(path, json.dumps(results, indent=1).encode())
     return results
@@ -122,36 +143,47 @@ def run(model_name: str, negative: str, n: int, out_dir: str) -> dict:
 def table(results: dict) -> str:
     c = results["_config"]
     base = results["unguided"]
-    lines = [f"Toy model `{c['model']}`, the **empty** prompt, negative **{c['negative']}**, KSampler euler {c['steps']} "
-             f"steps, N = {c['n']} per point (the same seeds at every point), scored by the independent evaluation "
-             "classifier; rate ± its binomial standard error; FD to the 10k test images (all classes) and to the test "
-             f"images of the other nine classes (what samples without {c['negative']} should look like).", "",
-             f"| run | cfg | NAG (form, w, alpha, tau) | rows / step | rate of {c['negative']} | FD (all) | FD (other classes) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Toy model `{c['model']}`, the **empty** prompt, negative **{c['negative']}**, KSampler euler {c['steps']} "
+        f"steps, N = {c['n']} per point (the same seeds at every point), scored by the independent evaluation "
+        "classifier; rate ± its binomial standard error; FD to the 10k test images (all classes) and to the test "
+        f"images of the other nine classes (what samples without {c['negative']} should look like).",
+        "",
+        f"| run | cfg | NAG (form, w, alpha, tau) | rows / step | rate of {c['negative']} | FD (all) | FD (other classes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in POINTS:
         if p.name not in results:
             lines.append(f"| {p.name} | not run yet | | | | | |")
             continue
         r = results[p.name]
         nag = f"{r['form']}, {r['weight']:g}, {r['alpha']:g}, {r['tau']:g}" if r["form"] else "—"
-        lines.append(f"| {p.name} | {r['cfg']:g} | {nag} | {r['rows_per_step']:g} | {r['rate']:.3f} ± {r['rate_se']:.3f} | "
-                     f"{r['fd']:.2f} | {r['fd_rest']:.2f} |")
+        lines.append(
+            f"| {p.name} | {r['cfg']:g} | {nag} | {r['rows_per_step']:g} | {r['rate']:.3f} ± {r['rate_se']:.3f} | "
+            f"{r['fd']:.2f} | {r['fd_rest']:.2f} |"
+        )
     nag = [results[p.name] for p in POINTS if p.form and p.name in results]
     if nag and "cfg_2" in results:
         best = min(nag, key=lambda r: (r["rate"], r["fd_rest"]))
-        lines += ["", f"Measured: unguided, {base['rate']:.1%} of the empty prompt's samples are {c['negative']}; the NAG "
-                  f"term lowers that to {best['rate']:.1%} at one model row per step (paper form; FD to the other classes "
-                  f"{base['fd_rest']:.2f} → {best['fd_rest']:.2f}); CFG 2 with the same negative: "
-                  f"{results['cfg_2']['rate']:.1%} at two rows (FD to the other classes {results['cfg_2']['fd_rest']:.2f})."]
+        lines += [
+            "",
+            f"Measured: unguided, {base['rate']:.1%} of the empty prompt's samples are {c['negative']}; the NAG "
+            f"term lowers that to {best['rate']:.1%} at one model row per step (paper form; FD to the other classes "
+            f"{base['fd_rest']:.2f} → {best['fd_rest']:.2f}); CFG 2 with the same negative: "
+            f"{results['cfg_2']['rate']:.1%} at two rows (FD to the other classes {results['cfg_2']['fd_rest']:.2f}).",
+        ]
         gentle, strong = results.get("nag_paper_w4_a0.25"), results.get("nag_paper_w8_a1")
         if gentle and strong and gentle["rate"] > 0:
-            lines += ["", f"Reading: at the NAG term's defaults (w 4, alpha 0.25) the rate falls {base['rate'] / gentle['rate']:.0f}-fold "
-                      f"to {gentle['rate']:.1%} while the FD to the other classes moves only {base['fd_rest']:.2f} → "
-                      f"{gentle['fd_rest']:.2f}: the negative prompt works at cfg 1 and leaves the rest of the distribution "
-                      f"about as it was, which is the paper's claim for distilled models. CFG 2 removes the class too but "
-                      f"moves that FD to {results['cfg_2']['fd_rest']:.2f} at twice the rows. Pushed hard (w 8, alpha 1, "
-                      f"tau 5) NAG degrades the samples (FD to the other classes {strong['fd_rest']:.2f}): a small alpha and "
-                      "the tau cap are what keep it safe."]
+            lines += [
+                "",
+                f"Reading: at the NAG term's defaults (w 4, alpha 0.25) the rate falls {base['rate'] / gentle['rate']:.0f}-fold "
+                f"to {gentle['rate']:.1%} while the FD to the other classes moves only {base['fd_rest']:.2f} → "
+                f"{gentle['fd_rest']:.2f}: the negative prompt works at cfg 1 and leaves the rest of the distribution "
+                f"about as it was, which is the paper's claim for distilled models. CFG 2 removes the class too but "
+                f"moves that FD to {results['cfg_2']['fd_rest']:.2f} at twice the rows. Pushed hard (w 8, alpha 1, "
+                f"tau 5) NAG degrades the samples (FD to the other classes {strong['fd_rest']:.2f}): a small alpha and "
+                "the tau cap are what keep it safe.",
+            ]
     return "\n".join(lines)
 
 
@@ -172,11 +204,15 @@ def main(argv=None):
     if not args.no_write:
         from guidance_core.files import atomic_bytes
 
-        atomic_bytes(os.path.join(ROOT, "docs", f"toy_nag_{os.path.splitext(name)[0]}.json"),
-                     json.dumps(results, indent=1).encode())
-        bench.write_section(f"toy-nag-{os.path.splitext(name)[0]}",
-                            "A negative prompt at cfg 1 on the toy world: NAG vs unguided vs CFG (bench/toy/negative_prompt.py)",
-                            text)
+        atomic_bytes(
+            os.path.join(ROOT, "docs", f"toy_nag_{os.path.splitext(name)[0]}.json"),
+            json.dumps(results, indent=1).encode(),
+        )
+        bench.write_section(
+            f"toy-nag-{os.path.splitext(name)[0]}",
+            "A negative prompt at cfg 1 on the toy world: NAG vs unguided vs CFG (bench/toy/negative_prompt.py)",
+            text,
+        )
     return results
 
 

@@ -1,4 +1,5 @@
 """Plots (PIL), sample grids and the BENCHMARKS table of the toy tradeoff benchmark."""
+
 from __future__ import annotations
 
 import os
@@ -61,21 +62,50 @@ def tradeoff_plot(results) -> Image.Image:
     d = ImageDraw.Draw(im)
     W, Hh = 420, 350
     xy = lambda vs, xk, yk: [(v[xk], v[yk]) for v in vs]  # noqa: E731
-    panel(d, (0, 0, W, Hh), "CFG: intended-class accuracy", "w (Ho & Salimans; cfg = 1 + w)",
-          [("accuracy", xy(cfg, "w", "accuracy"))], (0, 1))
-    panel(d, (W, 0, 2 * W, Hh), "CFG: Frechet distance to test set (lower = better)", "w",
-          [("FD", xy(cfg, "w", "fd"))])
-    panel(d, (2 * W, 0, 3 * W, Hh), "CFG: precision / recall (k = 3)", "w",
-          [("precision", xy(cfg, "w", "precision")), ("recall", xy(cfg, "w", "recall"))], (0, 1))
+    panel(
+        d,
+        (0, 0, W, Hh),
+        "CFG: intended-class accuracy",
+        "w (Ho & Salimans; cfg = 1 + w)",
+        [("accuracy", xy(cfg, "w", "accuracy"))],
+        (0, 1),
+    )
+    panel(d, (W, 0, 2 * W, Hh), "CFG: Frechet distance to test set (lower = better)", "w", [("FD", xy(cfg, "w", "fd"))])
+    panel(
+        d,
+        (2 * W, 0, 3 * W, Hh),
+        "CFG: precision / recall (k = 3)",
+        "w",
+        [("precision", xy(cfg, "w", "precision")), ("recall", xy(cfg, "w", "recall"))],
+        (0, 1),
+    )
     con_pts = [(0.0, v["accuracy"]) for v in w0] + xy(con, "scale", "accuracy")
-    panel(d, (0, Hh, W, 2 * Hh), "Classifier guidance: accuracy", "classifier scale",
-          [("unconditional model", xy(unc, "scale", "accuracy")), ("conditional model", con_pts)], (0, 1))
-    panel(d, (W, Hh, 2 * W, 2 * Hh), "Classifier guidance: Frechet distance", "classifier scale",
-          [("unconditional model", xy(unc, "scale", "fd")),
-           ("conditional model", [(0.0, v["fd"]) for v in w0] + xy(con, "scale", "fd"))])
-    panel(d, (2 * W, Hh, 3 * W, 2 * Hh), "Classifier guidance (uncond. model): precision / recall",
-          "classifier scale", [("precision", xy(unc, "scale", "precision")), ("recall", xy(unc, "scale", "recall"))],
-          (0, 1))
+    panel(
+        d,
+        (0, Hh, W, 2 * Hh),
+        "Classifier guidance: accuracy",
+        "classifier scale",
+        [("unconditional model", xy(unc, "scale", "accuracy")), ("conditional model", con_pts)],
+        (0, 1),
+    )
+    panel(
+        d,
+        (W, Hh, 2 * W, 2 * Hh),
+        "Classifier guidance: Frechet distance",
+        "classifier scale",
+        [
+            ("unconditional model", xy(unc, "scale", "fd")),
+            ("conditional model", [(0.0, v["fd"]) for v in w0] + xy(con, "scale", "fd")),
+        ],
+    )
+    panel(
+        d,
+        (2 * W, Hh, 3 * W, 2 * Hh),
+        "Classifier guidance (uncond. model): precision / recall",
+        "classifier scale",
+        [("precision", xy(unc, "scale", "precision")), ("recall", xy(unc, "scale", "recall"))],
+        (0, 1),
+    )
     return im
 
 
@@ -90,16 +120,35 @@ def terms_plot(results) -> Image.Image:
     im = Image.new("RGB", (1260, 350), "white")
     d = ImageDraw.Draw(im)
     W, Hh = 420, 350
-    panel(d, (0, 0, W, Hh), "accuracy vs Frechet distance", "FD (lower = better)",
-          [(name, fd_of(vs, "accuracy")) for name, vs in methods if vs], (0, 1))
-    panel(d, (W, 0, 2 * W, Hh), "recall vs Frechet distance", "FD (lower = better)",
-          [(name, fd_of(vs, "recall")) for name, vs in methods if vs], (0, 1))
+    panel(
+        d,
+        (0, 0, W, Hh),
+        "accuracy vs Frechet distance",
+        "FD (lower = better)",
+        [(name, fd_of(vs, "accuracy")) for name, vs in methods if vs],
+        (0, 1),
+    )
+    panel(
+        d,
+        (W, 0, 2 * W, Hh),
+        "recall vs Frechet distance",
+        "FD (lower = better)",
+        [(name, fd_of(vs, "recall")) for name, vs in methods if vs],
+        (0, 1),
+    )
     adaptive = group(results, "adaptive")
     ref = [v for v in cfg if v["w"] == 2]
-    pts = [(2.0, v["accuracy"], v["fd"]) for v in ref] + [(v.get("rows_per_step") or 0, v["accuracy"], v["fd"])
-                                                           for v in adaptive]
-    panel(d, (2 * W, 0, 3 * W, Hh), "CFG w=2, adaptive: accuracy, FD / 20", "model rows / sample / step (2 = every step)",
-          [("accuracy", [(r, a) for r, a, _ in pts]), ("FD / 20", [(r, f / 20) for r, _, f in pts])], (0, 1))
+    pts = [(2.0, v["accuracy"], v["fd"]) for v in ref] + [
+        (v.get("rows_per_step") or 0, v["accuracy"], v["fd"]) for v in adaptive
+    ]
+    panel(
+        d,
+        (2 * W, 0, 3 * W, Hh),
+        "CFG w=2, adaptive: accuracy, FD / 20",
+        "model rows / sample / step (2 = every step)",
+        [("accuracy", [(r, a) for r, a, _ in pts]), ("FD / 20", [(r, f / 20) for r, _, f in pts])],
+        (0, 1),
+    )
     return im
 
 
@@ -131,8 +180,11 @@ def sample_grid(out_dir, names, labels, n, per_class=5, zoom=2) -> Image.Image:
 
 
 def _terms_text(v) -> str:
-    parts = [f"autoguidance {v['auto']:g}" + (" (weak model as a LoRA)" if v.get("auto_lora") else "")
-             for _ in [0] if v.get("auto")]
+    parts = [
+        f"autoguidance {v['auto']:g}" + (" (weak model as a LoRA)" if v.get("auto_lora") else "")
+        for _ in [0]
+        if v.get("auto")
+    ]
     parts += [f"PAG {v['pag']:g}" for _ in [0] if v.get("pag")]
     parts += [f"TPG {v['tpg']:g}" for _ in [0] if v.get("tpg")]
     parts += [f"post: {v['post'].replace(';', ', ')}" for _ in [0] if v.get("post")]
@@ -141,19 +193,47 @@ def _terms_text(v) -> str:
 
 
 def table(results) -> str:
-    rows = ["| group | point | w | classifier scale | terms | prompt | schedule (mean f) | sampler | steps | accuracy | "
-            "FD | precision | recall | model rows / step | seconds |", "|" + "---|" * 15]
-    order = ["cfg", "cls_uncond", "cls_cond", "schedule", "sampler", "autoguidance", "autoguidance_lora", "pag",
-             "adaptive", "reshapers", "tpg", "distilled", "distilled_schedule"]
-    pts = sorted((v for v in results.values() if isinstance(v, dict) and "group" in v),
-                 key=lambda v: (order.index(v["group"]), v["w"], v["scale"], v.get("auto", 0), v.get("pag", 0),
-                                v.get("adaptive") or 0, v["steps"], v["sampler"]))
+    rows = [
+        "| group | point | w | classifier scale | terms | prompt | schedule (mean f) | sampler | steps | accuracy | "
+        "FD | precision | recall | model rows / step | seconds |",
+        "|" + "---|" * 15,
+    ]
+    order = [
+        "cfg",
+        "cls_uncond",
+        "cls_cond",
+        "schedule",
+        "sampler",
+        "autoguidance",
+        "autoguidance_lora",
+        "pag",
+        "adaptive",
+        "reshapers",
+        "tpg",
+        "distilled",
+        "distilled_schedule",
+    ]
+    pts = sorted(
+        (v for v in results.values() if isinstance(v, dict) and "group" in v),
+        key=lambda v: (
+            order.index(v["group"]),
+            v["w"],
+            v["scale"],
+            v.get("auto", 0),
+            v.get("pag", 0),
+            v.get("adaptive") or 0,
+            v["steps"],
+            v["sampler"],
+        ),
+    )
     for v in pts:
         rows_step = f"{v['rows_per_step']:.2f}" if v.get("rows_per_step") is not None else "-"
-        rows.append(f"| {v['group']} | {v['name']} | {v['w']:g} | {v['scale']:g} | {_terms_text(v)} | "
-                    f"{'class' if v['conditional'] else 'empty'} | {v['schedule']} ({v['mean_multiplier']:.2f}) | "
-                    f"{v['sampler']} | {v['steps']} | {v['accuracy']:.3f} | {v['fd']:.2f} | {v['precision']:.3f} | "
-                    f"{v['recall']:.3f} | {rows_step} | {v['seconds']:.0f} |")
+        rows.append(
+            f"| {v['group']} | {v['name']} | {v['w']:g} | {v['scale']:g} | {_terms_text(v)} | "
+            f"{'class' if v['conditional'] else 'empty'} | {v['schedule']} ({v['mean_multiplier']:.2f}) | "
+            f"{v['sampler']} | {v['steps']} | {v['accuracy']:.3f} | {v['fd']:.2f} | {v['precision']:.3f} | "
+            f"{v['recall']:.3f} | {rows_step} | {v['seconds']:.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -166,29 +246,33 @@ def write_all(results, directions, out_dir):
     terms_plot(results).save(os.path.join(img_dir, "toy_terms.png"))
     labels = H.pack_module("nodes.toy_nodes").FASHION_LABELS
     n = results["_config"]["n"]
-    for image, names in (("toy_samples.png", ("cfg_w0", "cfg_w2", "cfg_w6", "cls_uncond_s0", "cls_uncond_s3", "cls_uncond_s10")),
-                         ("toy_terms_samples.png", ("auto_0.5", "auto_1", "auto_2", "pag_3", "cfg_w2_pag_1", "adaptive_w2_t0.9999"))):
+    for image, names in (
+        ("toy_samples.png", ("cfg_w0", "cfg_w2", "cfg_w6", "cls_uncond_s0", "cls_uncond_s3", "cls_uncond_s10")),
+        ("toy_terms_samples.png", ("auto_0.5", "auto_1", "auto_2", "pag_3", "cfg_w2_pag_1", "adaptive_w2_t0.9999")),
+    ):
         names = [k for k in names if k in results]
         # a grid is redrawn only from samples on disk (a point kept from an earlier run's results has none here)
         if names and all(os.path.exists(os.path.join(out_dir, "samples", f"{k}.safetensors")) for k in names):
             sample_grid(out_dir, names, labels, n).save(os.path.join(img_dir, image))
     shutil.copyfile(os.path.join(out_dir, "results.json"), os.path.join(ROOT, "docs", "toy_tradeoff.json"))
     c = results["_config"]
-    body = (f"`bench/toy/tradeoff.py` (full mode): N = {c['n']} samples per point ({c['n'] // 10} per class, the same "
-            f"seeds at every point), sampled by ComfyUI's SamplerCustomAdvanced with this pack's toy nodes, CFG Guider, "
-            f"schedules and Classifier Guidance patch; scheduler `normal`. Metrics by the independent evaluation "
-            f"classifier (clean images only, test accuracy {c['eval_test_accuracy']:.3f}): intended-class accuracy, "
-            f"Frechet distance of its 128-d features to the 10k test images, precision / recall (k = 3) against "
-            f"{c['n']} test images. `seconds` = wall time to sample the point on the CPU with "
-            f"{', '.join(sorted({str(v.get('torch_threads')) for v in results.values() if 'group' in v}))} torch "
-            f"thread(s) per process, while other jobs shared the 2 cores: indicative only (timed comparisons are in "
-            f"the sections above, measured side by side). Raw numbers: `docs/toy_tradeoff.json`; plots: "
-            f"`docs/images/toy_tradeoff.png`, `docs/images/toy_terms.png`; samples: `docs/images/toy_samples.png`, "
-            f"`docs/images/toy_terms_samples.png`.\n\n{table(results)}\n\n"
-            "Directions (the papers' claims, checked on these numbers):\n\n"
-            + "\n".join(f"- {k}: {'yes' if v else '**no**'}" for k, v in directions.items())
-            + "\n\nWhat the numbers say, and why a **no** is not a bug: the section \"The guidance tradeoff, "
-              "measured\" above.\n")
+    body = (
+        f"`bench/toy/tradeoff.py` (full mode): N = {c['n']} samples per point ({c['n'] // 10} per class, the same "
+        f"seeds at every point), sampled by ComfyUI's SamplerCustomAdvanced with this pack's toy nodes, CFG Guider, "
+        f"schedules and Classifier Guidance patch; scheduler `normal`. Metrics by the independent evaluation "
+        f"classifier (clean images only, test accuracy {c['eval_test_accuracy']:.3f}): intended-class accuracy, "
+        f"Frechet distance of its 128-d features to the 10k test images, precision / recall (k = 3) against "
+        f"{c['n']} test images. `seconds` = wall time to sample the point on the CPU with "
+        f"{', '.join(sorted({str(v.get('torch_threads')) for v in results.values() if 'group' in v}))} torch "
+        f"thread(s) per process, while other jobs shared the 2 cores: indicative only (timed comparisons are in "
+        f"the sections above, measured side by side). Raw numbers: `docs/toy_tradeoff.json`; plots: "
+        f"`docs/images/toy_tradeoff.png`, `docs/images/toy_terms.png`; samples: `docs/images/toy_samples.png`, "
+        f"`docs/images/toy_terms_samples.png`.\n\n{table(results)}\n\n"
+        "Directions (the papers' claims, checked on these numbers):\n\n"
+        + "\n".join(f"- {k}: {'yes' if v else '**no**'}" for k, v in directions.items())
+        + '\n\nWhat the numbers say, and why a **no** is not a bug: the section "The guidance tradeoff, '
+        'measured" above.\n'
+    )
     write_section("toy-tradeoff", "Guidance tradeoff on the toy world (Fashion-MNIST)", body)
 
 
@@ -196,8 +280,10 @@ def distilled_pairs(data) -> list:
     """(student, teacher) results of the distilled comparison, by scale: the student at g next to the teacher's
     CFG at cfg = g (the point cfg_w{g - 1}; None where it was not run)."""
     by = {v["name"]: v for v in data.values() if isinstance(v, dict) and "name" in v}
-    return [(v, by.get(f"cfg_w{v['guidance'] - 1:g}")) for v in sorted(group(data, "distilled"),
-                                                                        key=lambda v: v["guidance"])]
+    return [
+        (v, by.get(f"cfg_w{v['guidance'] - 1:g}"))
+        for v in sorted(group(data, "distilled"), key=lambda v: v["guidance"])
+    ]
 
 
 def within_tolerance(student, teacher, tolerance) -> bool:
@@ -208,37 +294,52 @@ def distilled_body(data) -> str:
     """The "toy-distilled" section of docs/BENCHMARKS.md from docs/toy_distilled.json."""
     c, tol = data["_config"], data["tolerance"]
     rows_txt = lambda v: "-" if v.get("rows_per_step") is None else f"{v['rows_per_step']:.2f}"  # noqa: E731
-    rows = [("| g = cfg | accuracy student / teacher (diff) | FD student / teacher (diff) | precision student / teacher "
-             "| recall student / teacher | model rows / step student / teacher | within tolerance |"), "|" + "---|" * 7]
+    rows = [
+        (
+            "| g = cfg | accuracy student / teacher (diff) | FD student / teacher (diff) | precision student / teacher "
+            "| recall student / teacher | model rows / step student / teacher | within tolerance |"
+        ),
+        "|" + "---|" * 7,
+    ]
     verdicts = []
     for s, t in distilled_pairs(data):
         if t is None:
-            rows.append(f"| {s['guidance']:g} | {s['accuracy']:.3f} / - | {s['fd']:.2f} / - | {s['precision']:.3f} / - "
-                        f"| {s['recall']:.3f} / - | {rows_txt(s)} / - | (no teacher point) |")
+            rows.append(
+                f"| {s['guidance']:g} | {s['accuracy']:.3f} / - | {s['fd']:.2f} / - | {s['precision']:.3f} / - "
+                f"| {s['recall']:.3f} / - | {rows_txt(s)} / - | (no teacher point) |"
+            )
             continue
         ok = within_tolerance(s, t, tol)
         verdicts.append(ok)
-        rows.append(f"| {s['guidance']:g} | {s['accuracy']:.3f} / {t['accuracy']:.3f} ({s['accuracy'] - t['accuracy']:+.3f}) "
-                    f"| {s['fd']:.2f} / {t['fd']:.2f} ({s['fd'] - t['fd']:+.2f}) | {s['precision']:.3f} / "
-                    f"{t['precision']:.3f} | {s['recall']:.3f} / {t['recall']:.3f} | {rows_txt(s)} / {rows_txt(t)} | "
-                    f"{'yes' if ok else '**no**'} |")
-    summary = (f"{sum(verdicts)} of {len(verdicts)} scales within tolerance" if verdicts else "no pair measured")
+        rows.append(
+            f"| {s['guidance']:g} | {s['accuracy']:.3f} / {t['accuracy']:.3f} ({s['accuracy'] - t['accuracy']:+.3f}) "
+            f"| {s['fd']:.2f} / {t['fd']:.2f} ({s['fd'] - t['fd']:+.2f}) | {s['precision']:.3f} / "
+            f"{t['precision']:.3f} | {s['recall']:.3f} / {t['recall']:.3f} | {rows_txt(s)} / {rows_txt(t)} | "
+            f"{'yes' if ok else '**no**'} |"
+        )
+    summary = f"{sum(verdicts)} of {len(verdicts)} scales within tolerance" if verdicts else "no pair measured"
     out = [(s, t) for s, t in distilled_pairs(data) if t is not None and not within_tolerance(s, t, tol)]
     better = [f"{s['guidance']:g}" for s, t in out if s["accuracy"] > t["accuracy"] and s["fd"] < t["fd"]]
     if better:
-        summary += (f"; at g = {', '.join(better)} the student misses it on the better side: higher accuracy and "
-                    f"lower FD than its teacher's CFG")
-    return (f"`bench/toy/tradeoff.py --distilled`: the guidance-distilled student "
-            f"(`toy_models/diffusion/fashion_diffusion_distilled.safetensors`, Meng et al. 2023 stage 1; made as "
-            f"toy_models/README.md says) at the embedded scale g, one model call per step (ComfyUI's FluxGuidance "
-            f"puts g in the conditioning, BasicGuider, euler, 20 steps, scheduler `normal`), next to its teacher "
-            f"(`fashion_diffusion.safetensors`) with CFG at cfg = g (the tradeoff section's cfg_w points, w = g - 1, "
-            f"the same seeds). N = {c['n']} per point ({c['n'] // 10} per class); metrics by the independent "
-            f"evaluation classifier as in the tradeoff section. Tolerance (fixed before the run): accuracy within "
-            f"{tol['accuracy']:g}, FD within {tol['fd']:g} of the teacher's. Model rows per step are counted on the "
-            f"real forwards (\"-\": a point kept from a run that did not count them; CFG runs the conditional and "
-            f"the unconditional row, 2). Raw numbers: `docs/toy_distilled.json`.\n\n" + "\n".join(rows)
-            + f"\n\nResult: {summary}.\n" + schedule_rows(data))
+        summary += (
+            f"; at g = {', '.join(better)} the student misses it on the better side: higher accuracy and "
+            f"lower FD than its teacher's CFG"
+        )
+    return (
+        f"`bench/toy/tradeoff.py --distilled`: the guidance-distilled student "
+        f"(`toy_models/diffusion/fashion_diffusion_distilled.safetensors`, Meng et al. 2023 stage 1; made as "
+        f"toy_models/README.md says) at the embedded scale g, one model call per step (ComfyUI's FluxGuidance "
+        f"puts g in the conditioning, BasicGuider, euler, 20 steps, scheduler `normal`), next to its teacher "
+        f"(`fashion_diffusion.safetensors`) with CFG at cfg = g (the tradeoff section's cfg_w points, w = g - 1, "
+        f"the same seeds). N = {c['n']} per point ({c['n'] // 10} per class); metrics by the independent "
+        f"evaluation classifier as in the tradeoff section. Tolerance (fixed before the run): accuracy within "
+        f"{tol['accuracy']:g}, FD within {tol['fd']:g} of the teacher's. Model rows per step are counted on the "
+        f'real forwards ("-": a point kept from a run that did not count them; CFG runs the conditional and '
+        f"the unconditional row, 2). Raw numbers: `docs/toy_distilled.json`.\n\n"
+        + "\n".join(rows)
+        + f"\n\nResult: {summary}.\n"
+        + schedule_rows(data)
+    )
 
 
 def schedule_rows(data) -> str:
@@ -247,23 +348,36 @@ def schedule_rows(data) -> str:
     const = {v["guidance"]: v for v in group(data, "distilled")}
     if not sched:
         return ""
-    lines = ["", "The embedded scale per step (the pack's **Distilled Guidance Schedule**, g · f(step) with mean f = 1: "
-             "linear_down 2 → 0, interval = 2 on the middle half of the steps, 0 outside) against the constant g (made by "
-             "`.venv/bin/python -m bench.toy.tradeoff --distilled-schedules --reuse docs/toy_distilled.json`):", "",
-             "| point | g | schedule | accuracy | FD | precision | recall | rows / step |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "The embedded scale per step (the pack's **Distilled Guidance Schedule**, g · f(step) with mean f = 1: "
+        "linear_down 2 → 0, interval = 2 on the middle half of the steps, 0 outside) against the constant g (made by "
+        "`.venv/bin/python -m bench.toy.tradeoff --distilled-schedules --reuse docs/toy_distilled.json`):",
+        "",
+        "| point | g | schedule | accuracy | FD | precision | recall | rows / step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in [const.get(3.0)] + sched:
         if v is None:
             continue
         rows = "-" if v.get("rows_per_step") is None else f"{v['rows_per_step']:.2f}"
-        lines.append(f"| {v['name']} | {v['guidance']:g} | {v.get('schedule', 'constant')} | {v['accuracy']:.3f} | "
-                     f"{v['fd']:.2f} | {v['precision']:.3f} | {v['recall']:.3f} | {rows} |")
+        lines.append(
+            f"| {v['name']} | {v['guidance']:g} | {v.get('schedule', 'constant')} | {v['accuracy']:.3f} | "
+            f"{v['fd']:.2f} | {v['precision']:.3f} | {v['recall']:.3f} | {rows} |"
+        )
     base = const.get(3.0)
     if base is not None:
-        diffs = "; ".join(f"{v['schedule']}: accuracy {v['accuracy'] - base['accuracy']:+.3f}, FD {v['fd'] - base['fd']:+.2f}, "
-                          f"recall {v['recall'] - base['recall']:+.3f}" for v in sched)
-        lines += ["", f"Against the constant g = 3 at the same seeds and one model row per step: {diffs}. The student was "
-                  "trained on g in [1, 6]: where g · f(step) falls below 1 (f < 1/3, e.g. the interval's 0 outside it) "
-                  "it runs outside that range, so those steps extrapolate."]
+        diffs = "; ".join(
+            f"{v['schedule']}: accuracy {v['accuracy'] - base['accuracy']:+.3f}, FD {v['fd'] - base['fd']:+.2f}, "
+            f"recall {v['recall'] - base['recall']:+.3f}"
+            for v in sched
+        )
+        lines += [
+            "",
+            f"Against the constant g = 3 at the same seeds and one model row per step: {diffs}. The student was "
+            "trained on g in [1, 6]: where g · f(step) falls below 1 (f < 1/3, e.g. the interval's 0 outside it) "
+            "it runs outside that range, so those steps extrapolate.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -274,8 +388,11 @@ def write_distilled(results, names, tolerance):
     from devkit.bench import write_section
     from guidance_core.files import atomic_bytes
 
-    data = {"_config": results["_config"], "tolerance": dict(tolerance),
-            **{k: results[k] for k in names if k in results}}
+    data = {
+        "_config": results["_config"],
+        "tolerance": dict(tolerance),
+        **{k: results[k] for k in names if k in results},
+    }
     atomic_bytes(os.path.join(ROOT, "docs", "toy_distilled.json"), json.dumps(data, indent=1).encode())
     write_section("toy-distilled", "Guidance-distilled toy student vs its teacher's CFG", distilled_body(data))
 
@@ -283,10 +400,10 @@ def write_distilled(results, names, tolerance):
 # the claims each reshaper's paper (or reference) makes, read against the toy points next to CFG at the same w
 RESHAPER_CLAIMS = {
     "fdg": "FDG (Sadat et al. 2025): lowering the low-frequency scale keeps the high scale's class fidelity and detail "
-           "while restoring diversity (recall) and quality (FD) lost to oversaturation",
+    "while restoring diversity (recall) and quality (FD) lost to oversaturation",
     "tcfg": "TCFG (Kwon et al. 2025): damping the unconditional's tangential part improves quality (FD) at the same scale",
     "dyn_mimic": "dynamic thresholding, mimic (sd-dynamic-thresholding): a high scale's adherence with the dynamic range "
-                 "(and so the quality) of the mimic scale",
+    "(and so the quality) of the mimic scale",
     "mambo": "MaMBo-G: damping the scale where the guidance step is large keeps quality at a high scale",
     "tpg": "TPG (2025): token shuffling gives a guidance signal that improves quality without CFG, and adds to CFG",
 }
@@ -305,26 +422,39 @@ def reshaper_rows(results, names) -> list:
 
 
 def reshapers_body(results, names) -> str:
-    lines = ["N = 1000 samples per point (100 per class), euler 20 steps, seeds shared with the CFG points; each row "
-             "next to CFG at the same w (the cfg sweep's point; w = 0: unguided). Metrics by the independent evaluation "
-             "classifier: accuracy (class fidelity), FD (lower = closer to the test set), precision, recall "
-             "(diversity). Binomial standard error of an accuracy near 0.9: 0.009.", "",
-             "| point | settings | w | accuracy (CFG) | FD (CFG) | precision (CFG) | recall (CFG) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "N = 1000 samples per point (100 per class), euler 20 steps, seeds shared with the CFG points; each row "
+        "next to CFG at the same w (the cfg sweep's point; w = 0: unguided). Metrics by the independent evaluation "
+        "classifier: accuracy (class fidelity), FD (lower = closer to the test set), precision, recall "
+        "(diversity). Binomial standard error of an accuracy near 0.9: 0.009.",
+        "",
+        "| point | settings | w | accuracy (CFG) | FD (CFG) | precision (CFG) | recall (CFG) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for v, base in reshaper_rows(results, names):
+
         def pair(m):
             return f"{v[m]:.3f} ({base[m]:.3f})" if base else f"{v[m]:.3f}"
+
         fd = f"{v['fd']:.2f} ({base['fd']:.2f})" if base else f"{v['fd']:.2f}"
-        lines.append(f"| {v['name']} | {_terms_text(v)} | {v['w']:g} | {pair('accuracy')} | {fd} | {pair('precision')} | "
-                     f"{pair('recall')} |")
-    lines += ["", "The papers' claims, and what the toy world shows (differences to CFG at the same w; an accuracy "
-              "difference counts beyond 2 standard errors of the pair):", ""]
+        lines.append(
+            f"| {v['name']} | {_terms_text(v)} | {v['w']:g} | {pair('accuracy')} | {fd} | {pair('precision')} | "
+            f"{pair('recall')} |"
+        )
+    lines += [
+        "",
+        "The papers' claims, and what the toy world shows (differences to CFG at the same w; an accuracy "
+        "difference counts beyond 2 standard errors of the pair):",
+        "",
+    ]
     for key, claim in RESHAPER_CLAIMS.items():
         pts = [(v, b) for v, b in reshaper_rows(results, names) if b and claim_of(v["name"]) == key]
         if not pts:
             continue
-        said = "; ".join(f"{v['name']}: {delta_text(v, b)} ({'as claimed' if CLAIM_HOLDS[key](v, b) else 'not as claimed'})"
-                         for v, b in pts)
+        said = "; ".join(
+            f"{v['name']}: {delta_text(v, b)} ({'as claimed' if CLAIM_HOLDS[key](v, b) else 'not as claimed'})"
+            for v, b in pts
+        )
         lines.append(f"- {claim}. Measured: {said}.")
     return "\n".join(lines)
 
@@ -341,8 +471,10 @@ def _se(v, b, n=1000) -> float:
 
 
 def delta_text(v, b) -> str:
-    return (f"accuracy {v['accuracy'] - b['accuracy']:+.3f} (2 SE {_se(v, b):.3f}), FD {v['fd'] - b['fd']:+.2f}, "
-            f"recall {v['recall'] - b['recall']:+.3f}")
+    return (
+        f"accuracy {v['accuracy'] - b['accuracy']:+.3f} (2 SE {_se(v, b):.3f}), FD {v['fd'] - b['fd']:+.2f}, "
+        f"recall {v['recall'] - b['recall']:+.3f}"
+    )
 
 
 def _keeps_accuracy(v, b) -> bool:
@@ -368,5 +500,8 @@ def write_reshapers(results, names):
     keep = set(names) | {f"cfg_w{results[n]['w']:g}" for n in names if isinstance(results.get(n), dict)}
     data = {"_config": results["_config"], **{k: results[k] for k in sorted(keep) if k in results}}
     atomic_bytes(os.path.join(ROOT, "docs", "toy_reshapers.json"), json.dumps(data, indent=1).encode())
-    write_section("toy-reshapers", "The combiner's reshapers and TPG on the toy world, next to CFG",
-                  reshapers_body(results, names))
+    write_section(
+        "toy-reshapers",
+        "The combiner's reshapers and TPG on the toy world, next to CFG",
+        reshapers_body(results, names),
+    )

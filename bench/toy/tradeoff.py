@@ -41,6 +41,7 @@ mode docs/images/toy_tradeoff.png, docs/images/toy_samples.png, docs/toy_tradeof
 "toy-tradeoff" section of docs/BENCHMARKS.md; in --distilled mode docs/toy_distilled.json and the
 "toy-distilled" section.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,19 +70,19 @@ TOY_WEAK_LORA = os.path.join(HERE, "weights", "fashion_weak_lora.safetensors")  
 class Point:
     name: str
     group: str
-    w: float = 0.0             # CFG strength (Ho & Salimans); ComfyUI cfg = 1 + w
-    scale: float = 0.0         # classifier guidance scale
-    conditional: bool = True   # class prompt (True) or the empty prompt (False) as the positive
+    w: float = 0.0  # CFG strength (Ho & Salimans); ComfyUI cfg = 1 + w
+    scale: float = 0.0  # classifier guidance scale
+    conditional: bool = True  # class prompt (True) or the empty prompt (False) as the positive
     schedule: str = "constant"  # constant | linear_down | interval (all with mean multiplier 1)
     sampler: str = "euler"
     steps: int = 20
-    auto: float = 0.0          # autoguidance: model-term weight with the weak toy model (Karras's w = 1 + auto)
-    auto_lora: bool = False    # the weak model as the LoRA clone of the shipped model (TOY_WEAK_LORA)
-    pag: float = 0.0           # perturbed-attention (PAG, middle block) term weight
-    tpg: float = 0.0           # token perturbation (TPG, middle block) term weight
+    auto: float = 0.0  # autoguidance: model-term weight with the weak toy model (Karras's w = 1 + auto)
+    auto_lora: bool = False  # the weak model as the LoRA clone of the shipped model (TOY_WEAK_LORA)
+    pag: float = 0.0  # perturbed-attention (PAG, middle block) term weight
+    tpg: float = 0.0  # token perturbation (TPG, middle block) term weight
     adaptive: float | None = None  # adaptive CFG: stop the uncond once cos(eps_c, eps_u) >= this threshold
-    guidance: float = 0.0      # the distilled student at this embedded CFG scale (FluxGuidance); 0 = the teacher
-    post: str = ""             # Guidance Post-processing settings "name=value;..." (reshapers: FDG, TCFG, ...)
+    guidance: float = 0.0  # the distilled student at this embedded CFG scale (FluxGuidance); 0 = the teacher
+    post: str = ""  # Guidance Post-processing settings "name=value;..." (reshapers: FDG, TCFG, ...)
 
 
 def fields(p: Point) -> dict:
@@ -100,10 +101,12 @@ def full_points() -> list[Point]:
     pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False) for s in (0, 3, 10)]
     pts += [Point("cls_cond_s3", "cls_cond", scale=3)]
     pts += [Point(f"sched_{k}_w2", "schedule", w=2, schedule=k) for k in ("linear_down", "interval")]
-    pts += [Point("dpmpp_2m20_w2", "sampler", w=2, sampler="dpmpp_2m"),
-            Point("cls_uncond_s1", "cls_uncond", scale=1, conditional=False),
-            Point("dpmpp_2m50_w2", "sampler", w=2, sampler="dpmpp_2m", steps=50),
-            Point("euler50_w2", "sampler", w=2, steps=50)]
+    pts += [
+        Point("dpmpp_2m20_w2", "sampler", w=2, sampler="dpmpp_2m"),
+        Point("cls_uncond_s1", "cls_uncond", scale=1, conditional=False),
+        Point("dpmpp_2m50_w2", "sampler", w=2, sampler="dpmpp_2m", steps=50),
+        Point("euler50_w2", "sampler", w=2, steps=50),
+    ]
     pts += [Point(f"cls_uncond_s{s:g}", "cls_uncond", scale=s, conditional=False) for s in (20, 40, 5, 15)]
     pts += [Point("cfg_w6", "cfg", w=6)]
     pts += terms_points()
@@ -122,7 +125,17 @@ def terms_points() -> list[Point]:
     auto = lambda a: Point(f"auto_{a:g}", "autoguidance", auto=a)  # noqa: E731
     pag = lambda g, w=0.0: Point(f"cfg_w{w:g}_pag_{g:g}" if w else f"pag_{g:g}", "pag", w=w, pag=g)  # noqa: E731
     adaptive = lambda t: Point(f"adaptive_w2_t{t:g}", "adaptive", w=2, adaptive=t)  # noqa: E731
-    return [auto(1), pag(3), adaptive(0.9999), auto(2), adaptive(0.9995), adaptive(0.999), auto(0.5), pag(1), pag(1, w=2)]
+    return [
+        auto(1),
+        pag(3),
+        adaptive(0.9999),
+        auto(2),
+        adaptive(0.9995),
+        adaptive(0.999),
+        auto(0.5),
+        pag(1),
+        pag(1, w=2),
+    ]
 
 
 def reshaper_points() -> list[Point]:
@@ -132,15 +145,20 @@ def reshaper_points() -> list[Point]:
     of w = 2 (mimic 3: sd-dynamic-thresholding's claim, high-scale adherence without its artifacts), MaMBo-G at w = 6
     (damps the scale where the guidance step is large)."""
     pt = lambda name, w, post: Point(name, "reshapers", w=w, post=post)  # noqa: E731
-    return [pt("fdg_low0.5_w4", 4, "fdg=1;fdg_low=0.5;fdg_high=1"), pt("tcfg_w2", 2, "tcfg=1"),
-            pt("dyn_mimic3_w6", 6, "dyn_thresh=mimic;dyn_mimic_scale=3;dyn_percentile=1"),
-            pt("tcfg_w4", 4, "tcfg=1"), pt("mambo8_w6", 6, "mambo_alpha=8"),
-            pt("fdg_low0.5_w2", 2, "fdg=1;fdg_low=0.5;fdg_high=1"),
-            Point("tpg_3", "tpg", tpg=3.0), Point("cfg_w2_tpg_1", "tpg", w=2, tpg=1.0)]
+    return [
+        pt("fdg_low0.5_w4", 4, "fdg=1;fdg_low=0.5;fdg_high=1"),
+        pt("tcfg_w2", 2, "tcfg=1"),
+        pt("dyn_mimic3_w6", 6, "dyn_thresh=mimic;dyn_mimic_scale=3;dyn_percentile=1"),
+        pt("tcfg_w4", 4, "tcfg=1"),
+        pt("mambo8_w6", 6, "mambo_alpha=8"),
+        pt("fdg_low0.5_w2", 2, "fdg=1;fdg_low=0.5;fdg_high=1"),
+        Point("tpg_3", "tpg", tpg=3.0),
+        Point("cfg_w2_tpg_1", "tpg", w=2, tpg=1.0),
+    ]
 
 
 def post_settings(text: str) -> dict:
-    """"name=value;..." as Guidance Post-processing inputs (numbers, booleans 0/1 for the switches, or words)."""
+    """ "name=value;..." as Guidance Post-processing inputs (numbers, booleans 0/1 for the switches, or words)."""
     out = {}
     for item in filter(None, text.split(";")):
         name, value = item.split("=")
@@ -166,7 +184,9 @@ def distilled_points() -> list[Point]:
 def distilled_schedule_points() -> list[Point]:
     """The student's embedded scale per step (the Distilled Guidance Schedule, mean multiplier 1) against the constant
     g = 3 (--distilled-schedules)."""
-    return [Point(f"distilled_g3_{k}", "distilled_schedule", guidance=3.0, schedule=k) for k in ("linear_down", "interval")]
+    return [
+        Point(f"distilled_g3_{k}", "distilled_schedule", guidance=3.0, schedule=k) for k in ("linear_down", "interval")
+    ]
 
 
 def quick_points(steps: int = 20) -> list[Point]:
@@ -199,8 +219,9 @@ class World:
             terms = H.run_node("GuidanceLabModelTerm", model=guide, weight=p.auto, terms=terms)[0]
         for mode, weight in (("pag", p.pag), ("tpg", p.tpg)):
             if weight:
-                terms = H.run_node("GuidanceLabPerturbedTerm", mode=mode, blocks="middle.0", weight=weight,
-                                   seg_sigma=10.0, terms=terms)[0]
+                terms = H.run_node(
+                    "GuidanceLabPerturbedTerm", mode=mode, blocks="middle.0", weight=weight, seg_sigma=10.0, terms=terms
+                )[0]
         return terms
 
     def weak_lora(self):
@@ -217,19 +238,46 @@ class World:
     def schedule(self, p: Point, sigmas):
         """GuidanceLabSchedule with mean multiplier 1 over this run's steps (None = constant 1)."""
         if p.adaptive is not None:
-            return H.run_node("GuidanceLabSchedule", kind="adaptive", axis="progress", start=1.0, end=0.0, exponent=2.0,
-                              sigma_lo=0.0, sigma_hi=0.0, inside=1.0, outside=0.0, keyframes="",
-                              threshold=p.adaptive)[0]
+            return H.run_node(
+                "GuidanceLabSchedule",
+                kind="adaptive",
+                axis="progress",
+                start=1.0,
+                end=0.0,
+                exponent=2.0,
+                sigma_lo=0.0,
+                sigma_hi=0.0,
+                inside=1.0,
+                outside=0.0,
+                keyframes="",
+                threshold=p.adaptive,
+            )[0]
         if p.schedule == "constant":
             return None
-        fields = dict(kind="linear", axis="progress", start=2.0, end=0.0, exponent=2.0, sigma_lo=0.0, sigma_hi=0.0,
-                      inside=1.0, outside=0.0, keyframes="")
+        fields = dict(
+            kind="linear",
+            axis="progress",
+            start=2.0,
+            end=0.0,
+            exponent=2.0,
+            sigma_lo=0.0,
+            sigma_hi=0.0,
+            inside=1.0,
+            outside=0.0,
+            keyframes="",
+        )
         if p.schedule == "interval":
             s = [float(v) for v in sigmas[:-1]]  # the steps' sigmas, descending
             q = len(s) // 4
             # inside = steps q .. len-q-1 (the middle half): sigma_lo < sigma <= sigma_hi
-            fields.update(kind="interval", axis="sigma", sigma_hi=s[q], sigma_lo=s[len(s) - q],
-                          inside=len(s) / (len(s) - 2 * q), outside=0.0)
+            fields.update(
+                kind="interval",
+                axis="sigma",
+                sigma_hi=s[q],
+                sigma_lo=s[len(s) - q],
+                inside=len(s) / (len(s) - 2 * q),
+                outside=0.0,
+            )
         return H.run_node("GuidanceLabSchedule", **fields)[0]
 
     def sample(self, p: Point, label: str, n: int, seed: int):
@@ -242,33 +290,60 @@ class World:
             if p.guidance and self.student is None:
                 self.student = H.run_node("GuidanceLabToyModelLoader", toy_model=TOY_STUDENT)
             model, world = self.student if p.guidance else (self.model, self.world)
-            pos = H.run_node("GuidanceLabToyClass", toy_world=world, label=label if p.conditional else "empty",
-                             batch=n)[0]
+            pos = H.run_node(
+                "GuidanceLabToyClass", toy_world=world, label=label if p.conditional else "empty", batch=n
+            )[0]
             empty = H.run_node("GuidanceLabToyClass", toy_world=world, label="empty", batch=n)[0]
             if p.scale > 0:
-                model = H.run_node("GuidanceLabClassifierGuidance", model=model, classifier=self.classifier,
-                                   target=label, scale=p.scale, sigma_lo=0.0, sigma_hi=1.0e4, every_n=1,
-                                   rms_clamp=0.0, dtype="float32")[0]
+                model = H.run_node(
+                    "GuidanceLabClassifierGuidance",
+                    model=model,
+                    classifier=self.classifier,
+                    target=label,
+                    scale=p.scale,
+                    sigma_lo=0.0,
+                    sigma_hi=1.0e4,
+                    every_n=1,
+                    rms_clamp=0.0,
+                    dtype="float32",
+                )[0]
             sigmas = H.run_node("BasicScheduler", model=model, scheduler="normal", steps=p.steps, denoise=1.0)[0]
             sched = self.schedule(p, sigmas)
             mean_f = 1.0 if sched is None else sum(S.step_values(sched, [float(v) for v in sigmas])) / p.steps
             if p.guidance:  # the student: the scale in the conditioning, one model call per step (as Flux dev)
                 if sched is not None:  # per step: g * f(step) (the pack's Distilled Guidance Schedule)
-                    model = H.run_node("GuidanceLabDistilledGuidance", model=model, guidance=p.guidance, schedule=sched)[0]
+                    model = H.run_node(
+                        "GuidanceLabDistilledGuidance", model=model, guidance=p.guidance, schedule=sched
+                    )[0]
                 pos = H.run_node("FluxGuidance", conditioning=pos, guidance=p.guidance)[0]
                 guider = H.run_node("BasicGuider", model=model, conditioning=pos)[0]
             else:
                 post = H.run_node("GuidanceLabPostProcess", **post_settings(p.post))[0] if p.post else None
-                guider = H.run_node("GuidanceLabCFGGuider", model=model, positive=pos, negative=empty, cfg=1.0 + p.w,
-                                    neg_scale=0.0, cfg_schedule=sched, terms=self.terms(p), post=post)[0]
+                guider = H.run_node(
+                    "GuidanceLabCFGGuider",
+                    model=model,
+                    positive=pos,
+                    negative=empty,
+                    cfg=1.0 + p.w,
+                    neg_scale=0.0,
+                    cfg_schedule=sched,
+                    terms=self.terms(p),
+                    post=post,
+                )[0]
             sampler = H.run_node("KSamplerSelect", sampler_name=p.sampler)[0]
             noise = H.run_node("RandomNoise", noise_seed=seed)[0]
             latent = {"samples": torch.zeros(n, 1, 32, 32)}
             was, comfy.utils.PROGRESS_BAR_ENABLED = comfy.utils.PROGRESS_BAR_ENABLED, False  # run() shows one bar
             counters = [H.RowCounter(m) for m in (self.model, self.weak, *(self.student or ())[:1])]
             try:
-                out = H.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                                 latent_image=latent)[0]
+                out = H.run_node(
+                    "SamplerCustomAdvanced",
+                    noise=noise,
+                    guider=guider,
+                    sampler=sampler,
+                    sigmas=sigmas,
+                    latent_image=latent,
+                )[0]
             finally:
                 comfy.utils.PROGRESS_BAR_ENABLED = was
                 for c in counters:
@@ -286,8 +361,14 @@ def evaluate_point(samples, labels, ev, real_feats, real_subset):
     logits, feats = E.predict(ev, samples)
     acc = float((logits.argmax(1) == labels).float().mean())
     prec, rec = M.precision_recall(real_subset, feats, k=3)
-    return {"accuracy": acc, "fd": M.frechet_distance(feats, real_feats), "precision": prec, "recall": rec,
-            "mean_abs": float(samples.abs().mean()), "finite": bool(torch.isfinite(samples).all())}
+    return {
+        "accuracy": acc,
+        "fd": M.frechet_distance(feats, real_feats),
+        "precision": prec,
+        "recall": rec,
+        "mean_abs": float(samples.abs().mean()),
+        "finite": bool(torch.isfinite(samples).all()),
+    }
 
 
 def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, log=print) -> dict:
@@ -317,8 +398,12 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
         test_logits, real_feats = E.predict(ev, xt)
         gen = torch.Generator().manual_seed(1234)
         real_subset = real_feats[torch.randperm(real_feats.shape[0], generator=gen)[:n]]
-        results["_config"] = {"n": n, "seed": seed, "torch_threads": torch.get_num_threads(),
-                              "eval_test_accuracy": float((test_logits.argmax(1) == yt).float().mean())}
+        results["_config"] = {
+            "n": n,
+            "seed": seed,
+            "torch_threads": torch.get_num_threads(),
+            "eval_test_accuracy": float((test_logits.argmax(1) == yt).float().mean()),
+        }
     world = None
     counts = fashion.class_counts(n)
     labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
@@ -340,35 +425,55 @@ def run(points, n: int, out_dir: str, seed: int = 0, sample_only: bool = False, 
                 x_k, mean_f = world.sample(p, world.labels[k], c, seed + k)
                 parts.append(x_k)
             x = torch.cat(parts)
-            meta = {"n": n, "point": fields(p), "mean_multiplier": round(mean_f, 4),
-                    "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
-                    "rows_per_step": round((world.rows - rows0) / (n * p.steps), 3)}
+            meta = {
+                "n": n,
+                "point": fields(p),
+                "mean_multiplier": round(mean_f, 4),
+                "seconds": round(time.time() - t0, 1),
+                "torch_threads": torch.get_num_threads(),
+                "rows_per_step": round((world.rows - rows0) / (n * p.steps), 3),
+            }
             atomic_save({"x": x.half().contiguous()}, spath, {"point": json.dumps(meta)})
             log(f"{p.name}: sampled {n} in {meta['seconds']} s")
         if sample_only:
             continue
         r = evaluate_point(x.float(), labels, ev, real_feats, real_subset)
-        r.update(fields(p), n=n, mean_multiplier=meta["mean_multiplier"], seconds=meta["seconds"],
-                 torch_threads=meta.get("torch_threads"), rows_per_step=meta.get("rows_per_step"))
+        r.update(
+            fields(p),
+            n=n,
+            mean_multiplier=meta["mean_multiplier"],
+            seconds=meta["seconds"],
+            torch_threads=meta.get("torch_threads"),
+            rows_per_step=meta.get("rows_per_step"),
+        )
         results[p.name] = r
-        log(f"{p.name}: acc {r['accuracy']:.3f}  FD {r['fd']:.2f}  precision {r['precision']:.3f}  "
-            f"recall {r['recall']:.3f}  ({r['seconds']} s)")
+        log(
+            f"{p.name}: acc {r['accuracy']:.3f}  FD {r['fd']:.2f}  precision {r['precision']:.3f}  "
+            f"recall {r['recall']:.3f}  ({r['seconds']} s)"
+        )
         atomic_bytes(res_path, json.dumps(results, indent=1).encode())
     return results
 
 
 # What the quick mode (N = 64) can resolve and the CI test asserts. Precision moves by a few points between
 # these settings at N = 1000; at N = 64 its standard error is about 0.06, so the quick mode reports it only.
-QUICK_CHECKS = ("cfg_accuracy_rises", "classifier_lifts_uncond_accuracy", "cfg_recall_falls",
-                "classifier_recall_falls", "classifier_fd_smallest_at_moderate_scale")
+QUICK_CHECKS = (
+    "cfg_accuracy_rises",
+    "classifier_lifts_uncond_accuracy",
+    "cfg_recall_falls",
+    "classifier_recall_falls",
+    "classifier_fd_smallest_at_moderate_scale",
+)
 
 
 def directions(results: dict) -> dict:
     """The papers' directions, measured (True = as the papers report). Endpoints are the sweep's smallest and
     largest scale; "moderate" = the minimum lies strictly inside the sweep."""
+
     def sweep(group, key):
-        return sorted((v for v in results.values() if isinstance(v, dict) and v.get("group") == group),
-                      key=lambda v: v[key])
+        return sorted(
+            (v for v in results.values() if isinstance(v, dict) and v.get("group") == group), key=lambda v: v[key]
+        )
 
     cfg, cls = sweep("cfg", "w"), sweep("cls_uncond", "scale")
     inside = lambda vs, key: vs[0][key] < min(vs, key=lambda v: v["fd"])[key] < vs[-1][key]  # noqa: E731
@@ -410,7 +515,8 @@ def terms_directions(results: dict, cfg: list) -> dict:
         saving = [v for v in adaptive if (v.get("rows_per_step") or 2) < 2]
         out["adaptive_saves_rows"] = bool(saving)
         out["adaptive_saves_rows_at_matched_quality"] = any(
-            abs(v["accuracy"] - ref["accuracy"]) <= 0.01 and abs(v["fd"] - ref["fd"]) <= 0.5 for v in saving)
+            abs(v["accuracy"] - ref["accuracy"]) <= 0.01 and abs(v["fd"] - ref["fd"]) <= 0.5 for v in saving
+        )
     return out
 
 
@@ -423,13 +529,22 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-only", action="store_true", help="sample and store the points, score nothing")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--distilled", action="store_true",
-                    help="the distilled student next to its teacher's CFG; writes docs/toy_distilled.json")
-    ap.add_argument("--distilled-schedules", action="store_true",
-                    help="--distilled plus the student with its scale on a schedule against the constant g = 3")
-    ap.add_argument("--reuse", default=None,
-                    help="a results file (e.g. docs/toy_tradeoff.json) that seeds OUT/results.json when OUT has none: "
-                         "its points of the same N are kept, not sampled again")
+    ap.add_argument(
+        "--distilled",
+        action="store_true",
+        help="the distilled student next to its teacher's CFG; writes docs/toy_distilled.json",
+    )
+    ap.add_argument(
+        "--distilled-schedules",
+        action="store_true",
+        help="--distilled plus the student with its scale on a schedule against the constant g = 3",
+    )
+    ap.add_argument(
+        "--reuse",
+        default=None,
+        help="a results file (e.g. docs/toy_tradeoff.json) that seeds OUT/results.json when OUT has none: "
+        "its points of the same N are kept, not sampled again",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -437,7 +552,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     n = args.n or (64 if args.quick else 1000)
     out = args.out or os.path.join(ROOT, "out", "toy", "tradeoff_quick" if args.quick else "tradeoff")
-    points = quick_points() if args.quick else distilled_points() if args.distilled else full_points() + reshaper_points()
+    points = (
+        quick_points() if args.quick else distilled_points() if args.distilled else full_points() + reshaper_points()
+    )
     if args.distilled_schedules:
         points = distilled_points() + distilled_schedule_points()
     if args.only:

@@ -12,6 +12,7 @@ class embeddings are the teacher's, copied and frozen (the prompts stay the same
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.toy.train_distilled --steps 1500 --batch 32 --lr 3e-4 --seed 0 \\
         --save-every 250 --out toy_models/diffusion/fashion_diffusion_distilled.safetensors   (toy_models/README.md)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def main():
     ap.add_argument("--p-null", type=float, default=0.1, help="share of rows with the null label (the empty prompt)")
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--teacher", default=TEACHER)
-    ap.add_argument("--out", default=os.path.join(ROOT, "toy_models", "diffusion",
-                                                  "fashion_diffusion_distilled.safetensors"))
+    ap.add_argument(
+        "--out", default=os.path.join(ROOT, "toy_models", "diffusion", "fashion_diffusion_distilled.safetensors")
+    )
     ap.add_argument("--save-every", type=int, default=250, help="write the EMA weights every N steps (atomic)")
     args = ap.parse_args()
     if not 0 < args.g_min <= args.g_max:
@@ -94,7 +96,7 @@ def main():
         g = args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen)
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         s = sigmas[t].view(-1, 1, 1, 1)
-        x_in = (x0 + s * torch.randn(x0.shape, generator=gen)) / torch.sqrt(1 + s ** 2)
+        x_in = (x0 + s * torch.randn(x0.shape, generator=gen)) / torch.sqrt(1 + s**2)
         with torch.no_grad():
             ctx = torch.cat([emb(y), emb(torch.full_like(y, 10))])[:, None]
             eps_c, eps_u = teacher(torch.cat([x_in, x_in]), torch.cat([t, t]).float(), context=ctx).chunk(2)
@@ -111,11 +113,23 @@ def main():
 def save(files, toy, ema_unet, table, args, steps_done, seconds, loss):
     tensors = {f"diffusion_model.{k}": v.half().contiguous() for k, v in ema_unet.state_dict().items()}
     tensors["class_embedding.weight"] = table.half().contiguous()
-    meta = {"labels": toy.FASHION_LABELS, "variant": toy.STUDENT_VARIANT, "default_guidance": toy.DEFAULT_GUIDANCE,
-            "teacher": os.path.basename(args.teacher), "guidance_range": [args.g_min, args.g_max],
-            "steps": steps_done, "planned_steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "p_null": args.p_null, "ema": args.ema, "last_loss": round(loss, 6), "train_seconds": round(seconds),
-            "command": " ".join(["bench/toy/train_distilled.py", *sys.argv[1:]])}
+    meta = {
+        "labels": toy.FASHION_LABELS,
+        "variant": toy.STUDENT_VARIANT,
+        "default_guidance": toy.DEFAULT_GUIDANCE,
+        "teacher": os.path.basename(args.teacher),
+        "guidance_range": [args.g_min, args.g_max],
+        "steps": steps_done,
+        "planned_steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "p_null": args.p_null,
+        "ema": args.ema,
+        "last_loss": round(loss, 6),
+        "train_seconds": round(seconds),
+        "command": " ".join(["bench/toy/train_distilled.py", *sys.argv[1:]]),
+    }
     files.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
     print("wrote", args.out, f"{os.path.getsize(args.out) / 1e6:.2f} MB", meta, flush=True)
 

@@ -6,6 +6,7 @@ label dropout p_uncond = 0.1 to the null label (Ho & Salimans 2022, Alg. 1), Ada
 
     .venv/bin/python -m bench.toy.train_toy --steps 6000 --seed 0 --out toy_models/diffusion/fashion_diffusion.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,12 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--out", default=os.path.join(ROOT, "toy_models", "diffusion", "fashion_diffusion.safetensors"))
     ap.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (atomic)")
-    ap.add_argument("--embedding-from", default=None,
-                    help="a toy model file whose class embeddings this model uses, frozen (the weak model of "
-                         "autoguidance shares the strong model's conditioning, as a smaller SD shares its text encoder)")
+    ap.add_argument(
+        "--embedding-from",
+        default=None,
+        help="a toy model file whose class embeddings this model uses, frozen (the weak model of "
+        "autoguidance shares the strong model's conditioning, as a smaller SD shares its text encoder)",
+    )
     args = ap.parse_args()
     H.boot()
     import torch
@@ -93,12 +97,16 @@ def main():
         t = torch.randint(0, 1000, (args.batch,), generator=gen)
         s = sigmas[t].view(-1, 1, 1, 1)
         eps = torch.randn(x0.shape, generator=gen)
-        x_in = (x0 + s * eps) / torch.sqrt(1 + s ** 2)
+        x_in = (x0 + s * eps) / torch.sqrt(1 + s**2)
         out = unet(x_in, t.float(), context=emb(y)[:, None])
         loss = torch.nn.functional.mse_loss(out, eps)
-        optimizer_step(opt, loss, params,
-                       list(ema_unet.parameters()) + (list(ema_emb.parameters()) if emb.weight.requires_grad else []),
-                       args.ema)
+        optimizer_step(
+            opt,
+            loss,
+            params,
+            list(ema_unet.parameters()) + (list(ema_emb.parameters()) if emb.weight.requires_grad else []),
+            args.ema,
+        )
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
@@ -108,9 +116,19 @@ def main():
 def save(files, toy, ema_unet, ema_emb, args, steps_done, seconds):
     tensors = {f"diffusion_model.{k}": v.half().contiguous() for k, v in ema_unet.state_dict().items()}
     tensors["class_embedding.weight"] = ema_emb.weight.detach().half().contiguous()
-    meta = {"labels": toy.FASHION_LABELS, "steps": steps_done, "planned_steps": args.steps, "batch": args.batch,
-            "lr": args.lr, "seed": args.seed, "embedding_from": os.path.basename(args.embedding_from or "") or None, "p_uncond": args.p_uncond, "ema": args.ema,
-            "train_seconds": round(seconds), "command": " ".join(["bench/toy/train_toy.py", *sys.argv[1:]])}
+    meta = {
+        "labels": toy.FASHION_LABELS,
+        "steps": steps_done,
+        "planned_steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "embedding_from": os.path.basename(args.embedding_from or "") or None,
+        "p_uncond": args.p_uncond,
+        "ema": args.ema,
+        "train_seconds": round(seconds),
+        "command": " ".join(["bench/toy/train_toy.py", *sys.argv[1:]]),
+    }
     files.atomic_save(tensors, args.out, {"guidance_lab_toy": json.dumps(meta)})
     print("wrote", args.out, f"{os.path.getsize(args.out) / 1e6:.1f} MB", meta, flush=True)
 

@@ -1,5 +1,6 @@
 """The client side: the base directory the servers run in (Env) and the dev kit's server client (ComfyServer: start,
 stop, get, post_prompt, run) with fast history polling, plain requests and the probe's routes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,16 @@ class Env:
         from PIL import Image
         from safetensors.torch import save_file
 
-        for d in (self.classifiers, os.path.join(self.models, "guidance_clip"),
-                  os.path.join(self.models, "guidance_clip_configs"), self.input, self.user, self.output,
-                  os.path.join(self.base, "custom_nodes"), self.outside):
+        for d in (
+            self.classifiers,
+            os.path.join(self.models, "guidance_clip"),
+            os.path.join(self.models, "guidance_clip_configs"),
+            self.input,
+            self.user,
+            self.output,
+            os.path.join(self.base, "custom_nodes"),
+            self.outside,
+        ):
             os.makedirs(d, exist_ok=True)
         links = {**PACKS, "gl_reliability_probe.py": os.path.join(HERE, "probe.py")}
         for name, src in links.items():
@@ -111,8 +119,12 @@ class ReliabilityServer(ComfyServer):
 
     def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60.0):
         """(status, text, seconds) of one request; never raises for an HTTP status."""
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"} if body is not None else {})
+        req = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method=method,
+            headers={"Content-Type": "application/json"} if body is not None else {},
+        )
         t0 = time.time()
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -130,8 +142,9 @@ class ReliabilityServer(ComfyServer):
 
 
 def start_server(env: Env, name: str) -> ReliabilityServer:
-    srv = ReliabilityServer(env.output, log_path=os.path.join(env.base, f"server-{name}.log"),
-                            extra_args=["--base-directory", env.base])
+    srv = ReliabilityServer(
+        env.output, log_path=os.path.join(env.base, f"server-{name}.log"), extra_args=["--base-directory", env.base]
+    )
     return srv.start()
 
 

@@ -1,5 +1,6 @@
 """What the client and the probe inside the server share: the probe's route, the tiny random open_clip model,
 the free-text inputs of the pack with the words that name them, and how a traceback is recognised."""
+
 from __future__ import annotations
 
 import re
@@ -14,9 +15,15 @@ DATA_LABELS = ["dark", "light"]
 # An answer to a free-text input is: accepted; the pack's error (PACK_ERRORS) whose message names the field
 # (FIELD_WORDS) or the value (clear); the pack's error without it (unclear); any other exception (unexpected).
 PACK_ERRORS = ("GuidanceConfigError", "ClassifierFileError")
-FIELD_WORDS = {"target": ("target",), "clip_target": ("target",), "keyframes": ("keyframes",),
-               "clip_labels": ("label",), "dataset": ("dataset",), "output_name": ("output_name",),
-               "pag_blocks": ("block",)}
+FIELD_WORDS = {
+    "target": ("target",),
+    "clip_target": ("target",),
+    "keyframes": ("keyframes",),
+    "clip_labels": ("label",),
+    "dataset": ("dataset",),
+    "output_name": ("output_name",),
+    "pag_blocks": ("block",),
+}
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*File \"[^\"]+\", line \d+", re.M)
 
 

@@ -2,6 +2,7 @@
 runs (truncated, deleted, a pickle, malformed or oversized metadata, wrong shapes, NaN weights), and once between
 two prompts; the tiny CLIP's checkpoint likewise between two prompts. Every case: an error naming the file, no
 pickle loaded, and the server still samples correctly."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,7 @@ def excerpt(message: str, needle: str, n: int = 240) -> str:
     if len(message) <= n or at < 0 or at + len(needle) <= n:
         return message[:n]
     start = max(0, at - n // 2)
-    return "..." + message[start:start + n]
+    return "..." + message[start : start + n]
 
 
 def _safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
@@ -89,11 +90,15 @@ def fault_cases(env: Env) -> dict:
         "truncated": lambda: put(good[: len(good) // 3]),
         "pickle": lambda: put(pickle.dumps({"weights": _PickleBomb(env.marker)}, protocol=2)),
         "torch_zip_pickle": lambda: put(b"PK\x03\x04" + pickle.dumps(_PickleBomb(env.marker))),
-        "malformed_json": lambda: put(_rewrite_classifier(src, meta_edit=lambda g: "{\"format\": \"guidance-lab-cl")),
-        "wrong_metadata_types": lambda: put(_rewrite_classifier(
-            src, meta_edit=lambda g: dict(g, labels=5, latent_channels="one"))),
-        "oversized_labels_10MB": lambda: put(_rewrite_classifier(
-            src, meta_edit=lambda g: dict(g, labels=[f"label-{i:07d}-" + "x" * 80 for i in range(110_000)]))),
+        "malformed_json": lambda: put(_rewrite_classifier(src, meta_edit=lambda g: '{"format": "guidance-lab-cl')),
+        "wrong_metadata_types": lambda: put(
+            _rewrite_classifier(src, meta_edit=lambda g: dict(g, labels=5, latent_channels="one"))
+        ),
+        "oversized_labels_10MB": lambda: put(
+            _rewrite_classifier(
+                src, meta_edit=lambda g: dict(g, labels=[f"label-{i:07d}-" + "x" * 80 for i in range(110_000)])
+            )
+        ),
         "oversized_header": lambda: put(_safetensors_bytes({"__metadata__": {"guidance_lab": "x" * (20 << 20)}})),
         "wrong_tensor_shapes": lambda: put(_rewrite_classifier(src, meta_edit=wrong_shapes)),
         "huge_config": lambda: put(_rewrite_classifier(src, meta_edit=huge_config)),
@@ -171,8 +176,13 @@ def _fault_while_queued(srv, env: Env, object_info: dict, i: int, name: str, cha
     env.reset_fault_file()
     if not sample_ok():
         problems.append("the server did not sample correctly afterwards")
-    return {"case": name, "when": "queued, before execution", "error": excerpt(message, "rel_fault"),
-            "seconds": seconds, "problems": problems}, message
+    return {
+        "case": name,
+        "when": "queued, before execution",
+        "error": excerpt(message, "rel_fault"),
+        "seconds": seconds,
+        "problems": problems,
+    }, message
 
 
 def _fault_between_prompts(srv, env: Env, object_info: dict, change) -> dict:
@@ -188,12 +198,18 @@ def _fault_between_prompts(srv, env: Env, object_info: dict, change) -> dict:
         problems.append(f"first run failed: {error_of(first).get('exception_message')}")
     if not err or "rel_fault" not in str(err.get("exception_message", "")):
         problems.append("the changed file was not read again (ComfyUI's cache handed on the old classifier)")
-    return {"case": "nan_weights", "when": "between two prompts", "error": excerpt(str((err or {}).get(
-        "exception_message", "")), "rel_fault"), "seconds": None, "problems": problems}
+    return {
+        "case": "nan_weights",
+        "when": "between two prompts",
+        "error": excerpt(str((err or {}).get("exception_message", "")), "rel_fault"),
+        "seconds": None,
+        "problems": problems,
+    }
 
 
-def files_under_server(srv, env: Env, object_info: dict, spec_fns: dict, refs: dict, seeds: list[int],
-                       cases: list[str] | None, log) -> dict:
+def files_under_server(
+    srv, env: Env, object_info: dict, spec_fns: dict, refs: dict, seeds: list[int], cases: list[str] | None, log
+) -> dict:
     """Each fault is applied after the prompt was queued (validated against the file list) and before it executes:
     a long run keeps the queue busy, the fault prompt is queued, the file changed, the long run interrupted. Then
     the same file changed between two prompts (ComfyUI's cache must not hand on the old classifier). Every case:
@@ -222,8 +238,13 @@ def files_under_server(srv, env: Env, object_info: dict, spec_fns: dict, refs: d
     rows += clip_rows
     failures += [f"CLIP {r['case']}: {r['problems']}" for r in clip_rows if r["problems"]]
     alive = "system" in srv.get("/system_stats")
-    return {"count": len(rows), "rows": rows, "failures": failures, "pickle_loaded": os.path.exists(env.marker),
-            "server_alive": alive}
+    return {
+        "count": len(rows),
+        "rows": rows,
+        "failures": failures,
+        "pickle_loaded": os.path.exists(env.marker),
+        "server_alive": alive,
+    }
 
 
 CLIP_FAULT = "rel_fault_clip.safetensors"
@@ -281,8 +302,9 @@ def clip_files_between_prompts(srv, env: Env, log) -> list[dict]:
             err = error_of(srv.wait(body["prompt_id"], 120))
             message = str((err or {}).get("exception_message", ""))
             if not err:
-                problems.append("no error: the changed file was not read again (ComfyUI's cache handed on the old "
-                                "CLIP classifier)")
+                problems.append(
+                    "no error: the changed file was not read again (ComfyUI's cache handed on the old CLIP classifier)"
+                )
         else:
             message = json.dumps(body)
         if CLIP_FAULT not in message:
@@ -295,8 +317,14 @@ def clip_files_between_prompts(srv, env: Env, log) -> list[dict]:
         again = srv.run(_clip_fault_prompt(5))
         if error_of(again) or output_hashes(again, srv) != output_hashes(first, srv):
             problems.append("the good file back did not give the first output again")
-        rows.append({"case": f"clip_{name}", "when": "between two prompts" + (" (refused at queueing)"
-                                                                               if status != 200 else ""),
-                     "error": excerpt(message, CLIP_FAULT), "seconds": None, "problems": problems})
+        rows.append(
+            {
+                "case": f"clip_{name}",
+                "when": "between two prompts" + (" (refused at queueing)" if status != 200 else ""),
+                "error": excerpt(message, CLIP_FAULT),
+                "seconds": None,
+                "problems": problems,
+            }
+        )
         log(f"CLIP fault {name}: {'ok' if not problems else problems} :: {message[:160]}")
     return rows

@@ -1,6 +1,7 @@
 """Check 4: hostile requests. hypothesis (derandomized, bounded in count and time) fuzzes the pack's routes and every
 free-text input, in the server by the nodes that read it (the probe) and through POST /prompt, with the server's
 file opens audited and canary files outside ComfyUI's folders watched."""
+
 from __future__ import annotations
 
 import glob
@@ -12,7 +13,15 @@ import urllib.parse
 from devkit import demo_prompts
 from devkit.reliability.client import Env, error_of
 from devkit.reliability.common import CLIP_LABELS, FIELD_WORDS, PACK_ERRORS, PROBE, has_traceback
-from devkit.reliability.prompts import clip_prompt, fill_defaults, set_seed, set_steps, terms_prompt, to_api, train_prompt
+from devkit.reliability.prompts import (
+    clip_prompt,
+    fill_defaults,
+    set_seed,
+    set_steps,
+    terms_prompt,
+    to_api,
+    train_prompt,
+)
 from devkit.workflow_run import load
 from guidance_core import schedules
 
@@ -21,52 +30,128 @@ def _strategies(env: Env) -> dict:
     """The hypothesis strategies: route bodies, classifier names, near-valid and well-formed text per input."""
     from hypothesis import strategies as st  # hypothesis is a dev dependency: imported when the check runs
 
-    leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
-                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-                     st.sampled_from(["0:1, 1:0", "0:nan", "1e308:1", "0:1,0:1,0:1", "constant", "keyframes", "sigma",
-                                      "progress", "interval", "-1", "1e400", "", "\x00", "é" * 30]))
-    value = st.recursive(leaf, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=8), ch, max_size=4),
-                         max_leaves=12)
+    leaf = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(1 << 70), max_value=1 << 70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=40),
+        st.sampled_from(
+            [
+                "0:1, 1:0",
+                "0:nan",
+                "1e308:1",
+                "0:1,0:1,0:1",
+                "constant",
+                "keyframes",
+                "sigma",
+                "progress",
+                "interval",
+                "-1",
+                "1e400",
+                "",
+                "\x00",
+                "é" * 30,
+            ]
+        ),
+    )
+    value = st.recursive(
+        leaf, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=8), ch, max_size=4), max_leaves=12
+    )
     fields = list(schedules.DEFAULTS) + ["steps", "sigma_min", "sigma_max"]
     key = st.one_of(st.sampled_from(fields), st.text(max_size=12))
     num = st.one_of(st.floats(min_value=-200, max_value=200), st.floats(), st.integers(-10, 10_000))
-    typed = {"kind": st.sampled_from(list(schedules.KINDS) + ["", "bogus"]),
-             "axis": st.sampled_from(["sigma", "progress", "step", ""]), "keyframes": st.text(max_size=60),
-             "steps": st.one_of(st.integers(-5, 500), num)}
+    typed = {
+        "kind": st.sampled_from(list(schedules.KINDS) + ["", "bogus"]),
+        "axis": st.sampled_from(["sigma", "progress", "step", ""]),
+        "keyframes": st.text(max_size=60),
+        "steps": st.one_of(st.integers(-5, 500), num),
+    }
     well_typed = st.fixed_dictionaries({}, optional={k: typed.get(k, num) for k in fields})
-    body = st.one_of(st.dictionaries(key, value, max_size=8),
-                     st.fixed_dictionaries({}, optional={k: value for k in fields}), well_typed, value)
+    body = st.one_of(
+        st.dictionaries(key, value, max_size=8),
+        st.fixed_dictionaries({}, optional={k: value for k in fields}),
+        well_typed,
+        value,
+    )
     canary = os.path.join(env.outside, "canary.safetensors")
     rel_canary = os.path.relpath(canary, env.classifiers)
     evil = ["../" * k + p for k in range(1, 8) for p in ("etc/passwd", rel_canary.lstrip("./"))] + [
-        canary, rel_canary, "/etc/passwd", "~/.bashrc", "C:\\Windows\\win.ini", "..\\..\\x", "%2e%2e/%2e%2e/etc/passwd",
-        "rel_fault.safetensors", "toy_fashion_classifier.safetensors", "rel_fault.safetensors\x00.png",
-        "a" * 5000, "./rel_fault.safetensors", "sub/../../x", "file:///etc/passwd", "\u202e", "rel_fault.safetensors/."]
-    name = st.one_of(st.sampled_from(evil), st.text(max_size=60), st.binary(max_size=40).map(
-        lambda b: b.decode("latin-1")))
+        canary,
+        rel_canary,
+        "/etc/passwd",
+        "~/.bashrc",
+        "C:\\Windows\\win.ini",
+        "..\\..\\x",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "rel_fault.safetensors",
+        "toy_fashion_classifier.safetensors",
+        "rel_fault.safetensors\x00.png",
+        "a" * 5000,
+        "./rel_fault.safetensors",
+        "sub/../../x",
+        "file:///etc/passwd",
+        "\u202e",
+        "rel_fault.safetensors/.",
+    ]
+    name = st.one_of(
+        st.sampled_from(evil), st.text(max_size=60), st.binary(max_size=40).map(lambda b: b.decode("latin-1"))
+    )
     # near-valid text per input: the values a user types, with numbers and separators mutated
-    word = st.sampled_from(["Bag", "Coat", "Trouser", "a bag", "a shoe", "rel_set", "light", "dark", "middle.0",
-                            "input.4", "output.1", "double.7", "0", "1", "0.5", "nan", "inf", "-1e9", "1e400", ""])
+    word = st.sampled_from(
+        [
+            "Bag",
+            "Coat",
+            "Trouser",
+            "a bag",
+            "a shoe",
+            "rel_set",
+            "light",
+            "dark",
+            "middle.0",
+            "input.4",
+            "output.1",
+            "double.7",
+            "0",
+            "1",
+            "0.5",
+            "nan",
+            "inf",
+            "-1e9",
+            "1e400",
+            "",
+        ]
+    )
     sep = st.sampled_from([":", ", ", "\n", ",", " ", ";", "/", "..", "*"])
     near = st.lists(st.tuples(word, sep), min_size=1, max_size=8).map(
-        lambda xs: "".join(a + b for a, b in xs[:-1]) + xs[-1][0])
+        lambda xs: "".join(a + b for a, b in xs[:-1]) + xs[-1][0]
+    )
     # well-formed values of each input (so that the success paths are fuzzed too)
     fnum = st.one_of(st.floats(-1e3, 1e3), st.floats())
     pairs = lambda key: st.lists(st.tuples(key, fnum), min_size=1, max_size=5).map(  # noqa: E731
-        lambda xs: ", ".join(f"{k}:{v}" for k, v in xs))
-    toy_labels = st.sampled_from(["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                  "Bag", "Ankle boot"])
-    fields = {"target": st.one_of(toy_labels, pairs(toy_labels)),
-              "keyframes": pairs(st.floats(0, 1)),
-              "clip_labels": st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=4).map("\n".join),
-              "clip_target": st.one_of(st.sampled_from(CLIP_LABELS), pairs(st.sampled_from(CLIP_LABELS))),
-              "pag_blocks": st.lists(st.tuples(st.sampled_from(["input", "middle", "output", "double", "single", "x"]),
-                                               st.integers(-2, 12)), max_size=3).map(
-                  lambda xs: ", ".join(f"{a}.{b}" for a, b in xs)),
-              "dataset": st.sampled_from(["rel_set", "rel_set/", " rel_set ", "rel_set/dark", "rel_set_big"]),
-              "output_name": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,20}", fullmatch=True)}
-    return {"body": body, "name": name, "fields": fields,
-            "text": st.one_of(st.sampled_from(evil), st.text(max_size=200), near, near, near)}
+        lambda xs: ", ".join(f"{k}:{v}" for k, v in xs)
+    )
+    toy_labels = st.sampled_from(
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    )
+    fields = {
+        "target": st.one_of(toy_labels, pairs(toy_labels)),
+        "keyframes": pairs(st.floats(0, 1)),
+        "clip_labels": st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=4).map("\n".join),
+        "clip_target": st.one_of(st.sampled_from(CLIP_LABELS), pairs(st.sampled_from(CLIP_LABELS))),
+        "pag_blocks": st.lists(
+            st.tuples(st.sampled_from(["input", "middle", "output", "double", "single", "x"]), st.integers(-2, 12)),
+            max_size=3,
+        ).map(lambda xs: ", ".join(f"{a}.{b}" for a, b in xs)),
+        "dataset": st.sampled_from(["rel_set", "rel_set/", " rel_set ", "rel_set/dark", "rel_set_big"]),
+        "output_name": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,20}", fullmatch=True),
+    }
+    return {
+        "body": body,
+        "name": name,
+        "fields": fields,
+        "text": st.one_of(st.sampled_from(evil), st.text(max_size=200), near, near, near),
+    }
 
 
 def _check_answer(status: int, text: str, seconds: float, allowed: set, bound_s: float) -> list[str]:
@@ -88,8 +173,10 @@ def fuzz_routes(srv, env: Env, n: int, bound_s: float, log) -> dict:
     from hypothesis import HealthCheck, given, settings
 
     strategies = _strategies(env)
-    res = {"schedule": {"cases": 0, "max_s": 0.0, "statuses": {}}, "classifier_labels": {"cases": 0, "max_s": 0.0,
-                                                                                          "statuses": {}}}
+    res = {
+        "schedule": {"cases": 0, "max_s": 0.0, "statuses": {}},
+        "classifier_labels": {"cases": 0, "max_s": 0.0, "statuses": {}},
+    }
     failures = []
 
     def note(route, status, seconds, problems, case):
@@ -100,8 +187,9 @@ def fuzz_routes(srv, env: Env, n: int, bound_s: float, log) -> dict:
         if problems and len(failures) < 50:
             failures.append(f"{route} {case!r:.200}: {problems}")
 
-    cfg = settings(max_examples=n, deadline=None, database=None, derandomize=True,
-                   suppress_health_check=list(HealthCheck))
+    cfg = settings(
+        max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     t_end = time.time() + max(60.0, n * 0.2)
 
     @cfg
@@ -140,14 +228,23 @@ def _once_values(env: Env) -> tuple[dict, dict]:
     """(values run once per input, in the quick form too: escapes from ComfyUI's folders; values that must be refused
     with the pack's own error: a weight beyond float32, weights adding up to inf, a position outside [0, 1], NaN)."""
     outside = os.path.join(env.outside, "canary_set")
-    extra = {"dataset": [outside, os.path.relpath(outside, env.input), "../" + os.path.basename(env.outside) + "/canary_set",
-                         "rel_set/../../" + os.path.basename(env.outside) + "/canary_set"],
-             "output_name": ["../../evil", "/tmp/evil", "a/b", ".hidden", "x" * 500],
-             "pag_blocks": ["middle." + "9" * 5000, "input.٣", "middle.0" + ",middle.0" * 2000]}
-    refuse = {"target": ["Bag:1e39", "Bag:1e308, Bag:1e308", "Bag:-3e16", "Bag:nan"],
-              "clip_target": ["a bag:-6.2834864816691596e+88", "a bag:inf"],
-              "keyframes": ["0:1e39", "2:1", "0:nan"], "dataset": extra["dataset"],
-              "output_name": extra["output_name"]}
+    extra = {
+        "dataset": [
+            outside,
+            os.path.relpath(outside, env.input),
+            "../" + os.path.basename(env.outside) + "/canary_set",
+            "rel_set/../../" + os.path.basename(env.outside) + "/canary_set",
+        ],
+        "output_name": ["../../evil", "/tmp/evil", "a/b", ".hidden", "x" * 500],
+        "pag_blocks": ["middle." + "9" * 5000, "input.٣", "middle.0" + ",middle.0" * 2000],
+    }
+    refuse = {
+        "target": ["Bag:1e39", "Bag:1e308, Bag:1e308", "Bag:-3e16", "Bag:nan"],
+        "clip_target": ["a bag:-6.2834864816691596e+88", "a bag:inf"],
+        "keyframes": ["0:1e39", "2:1", "0:nan"],
+        "dataset": extra["dataset"],
+        "output_name": extra["output_name"],
+    }
     return extra, refuse
 
 
@@ -157,12 +254,23 @@ class _CheckBatches:
     `failures` (at most 10 per input, so that one input cannot hide another's) and `refusal_failures` (a value of
     `refuse` accepted)."""
 
-    def __init__(self, srv, field: str, batch: int, bound_s: float, t_end: float, refuse, failures: list,
-                 refusal_failures: list):
+    def __init__(
+        self, srv, field: str, batch: int, bound_s: float, t_end: float, refuse, failures: list, refusal_failures: list
+    ):
         self.srv, self.field, self.batch, self.bound_s, self.t_end = srv, field, batch, bound_s, t_end
         self.refuse, self.failures, self.refusal_failures = refuse, failures, refusal_failures
-        self.row = {"cases": 0, "distinct": 0, "accepted": 0, "clear": 0, "unclear": 0, "unexpected": 0, "escape": 0,
-                    "max_s": 0.0, "mean_ms": 0.0, "seconds": 0.0}
+        self.row = {
+            "cases": 0,
+            "distinct": 0,
+            "accepted": 0,
+            "clear": 0,
+            "unclear": 0,
+            "unexpected": 0,
+            "escape": 0,
+            "max_s": 0.0,
+            "mean_ms": 0.0,
+            "seconds": 0.0,
+        }
         self.seen, self.buf, self.stop, self.shown = set(), [], False, 0
 
     def fail(self, text: str):
@@ -182,8 +290,9 @@ class _CheckBatches:
             return
         body = json.dumps({"input": self.field, "values": buf}).encode()
         try:
-            status, text, _sec = self.srv.request("POST", PROBE + "/check_inputs", body,
-                                                  timeout=self.bound_s * len(buf) + 60)
+            status, text, _sec = self.srv.request(
+                "POST", PROBE + "/check_inputs", body, timeout=self.bound_s * len(buf) + 60
+            )
         except OSError as e:  # no answer at all (URLError, timeout): the server hangs on this batch
             status, text = None, repr(e)
         if status != 200:
@@ -227,7 +336,9 @@ def fuzz_inputs_in_server(srv, env: Env, n: int, batch: int, bound_s: float, log
         for v in dict.fromkeys(extra.get(field, []) + refuse.get(field, [])):
             checks.add(v)
 
-        @settings(max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
         @given(st.one_of(strategies["text"], strategies["fields"][field]))
         def fuzz(v):
             checks.add(v)
@@ -262,19 +373,31 @@ def hostile(srv, env: Env, object_info: dict, cfg: dict, log) -> dict:
     server's file opens audited and the canaries' access times watched."""
     t0 = time.time()
     canaries = _arm_canaries(env)
-    status, text, _ = srv.request("POST", PROBE + "/audit", json.dumps(
-        {"on": True, "selftest": os.path.join(env.outside, "atime_control")}).encode())
+    status, text, _ = srv.request(
+        "POST",
+        PROBE + "/audit",
+        json.dumps({"on": True, "selftest": os.path.join(env.outside, "atime_control")}).encode(),
+    )
     selftest = status == 200 and json.loads(text)["selftest_seen"]
-    res = {"fuzz_routes": fuzz_routes(srv, env, cfg["fuzz_routes"], cfg["bound_s"], log),
-           "fuzz_checks": fuzz_inputs_in_server(srv, env, cfg["fuzz_checks"], cfg["check_batch"], cfg["bound_s"], log),
-           "fuzz_inputs": fuzz_string_inputs(srv, env, object_info, cfg["fuzz_inputs"], cfg["bound_s"], log)}
+    res = {
+        "fuzz_routes": fuzz_routes(srv, env, cfg["fuzz_routes"], cfg["bound_s"], log),
+        "fuzz_checks": fuzz_inputs_in_server(srv, env, cfg["fuzz_checks"], cfg["check_batch"], cfg["bound_s"], log),
+        "fuzz_inputs": fuzz_string_inputs(srv, env, object_info, cfg["fuzz_inputs"], cfg["bound_s"], log),
+    }
     status, text, _ = srv.request("POST", PROBE + "/audit", json.dumps({"on": False}).encode())
-    audit = json.loads(text) if status == 200 else {"events": 0, "outside": {f"audit answered {status}": 1}, "roots": []}
+    audit = (
+        json.loads(text) if status == 200 else {"events": 0, "outside": {f"audit answered {status}": 1}, "roots": []}
+    )
     read = [os.path.relpath(p, os.path.dirname(env.outside)) for p in canaries["files"] if os.stat(p).st_atime > 1]
-    res["files_read"] = {"audited_events": audit["events"], "audit_selftest": selftest, "outside": audit["outside"],
-                         "roots": audit["roots"],
-                         "canaries": len(canaries["files"]), "canaries_read": read,
-                         "atime_tracked": canaries["atime_tracked"]}
+    res["files_read"] = {
+        "audited_events": audit["events"],
+        "audit_selftest": selftest,
+        "outside": audit["outside"],
+        "roots": audit["roots"],
+        "canaries": len(canaries["files"]),
+        "canaries_read": read,
+        "atime_tracked": canaries["atime_tracked"],
+    }
     res["hostile_seconds"] = round(time.time() - t0, 1)
     log(f"files read: {res['files_read']}")
     return res
@@ -330,8 +453,15 @@ def _string_input_prompts(object_info):
         p["latent"]["inputs"].update(batch_size=1, width=32, height=32)
         return p
 
-    out = {"target": target, "keyframes": keyframes, "clip_labels": labels, "clip_target": clip_target,
-           "dataset": dataset, "output_name": output_name, "pag_blocks": blocks}
+    out = {
+        "target": target,
+        "keyframes": keyframes,
+        "clip_labels": labels,
+        "clip_target": clip_target,
+        "dataset": dataset,
+        "output_name": output_name,
+        "pag_blocks": blocks,
+    }
     return {k: (lambda fn: lambda v, i: fill_defaults(fn(v, i), object_info))(fn) for k, fn in out.items()}
 
 
@@ -399,7 +529,9 @@ def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float,
         for v in dict.fromkeys(extra.get(field, []) + refuse.get(field, [])):
             one(v)
 
-        @settings(max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
         @given(st.one_of(strategies["text"], strategies["fields"][field]))
         def fuzz(v):
             if time.time() < t_end:
@@ -410,5 +542,9 @@ def fuzz_string_inputs(srv, env: Env, object_info: dict, n: int, bound_s: float,
     stray = [p for p in glob.glob("/tmp/evil*") + glob.glob(os.path.join(env.base, "..", "evil*"))]
     if stray:
         failures.append(f"files written outside: {stray}")
-    return {"inputs": out, "failures": failures, "refusal_failures": refusal_failures,
-            "refusal_cases": {k: len(v) for k, v in refuse.items()}}
+    return {
+        "inputs": out,
+        "failures": failures,
+        "refusal_failures": refusal_failures,
+        "refusal_cases": {k: len(v) for k, v in refuse.items()},
+    }

@@ -1,5 +1,6 @@
 """Check 2: interrupts at a random step of a run (watched on the websocket), then the same prompt again must give the
 fresh server's output; a training interrupted leaves no file behind; weights are left as they were."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,21 +44,27 @@ def interrupt_at(srv, prompt: dict, step_of, timeout: float = 120.0) -> dict:
                     if data.get("prompt_id") not in (None, pid):
                         continue
                     if d["type"] == "progress" and step_of(data.get("max", 1)) <= data.get("value", 0) < data.get(
-                            "max", 1):
+                        "max", 1
+                    ):
                         hit = (data["value"], data["max"])
                         async with s.post(srv.url + "/interrupt", json={"prompt_id": pid}) as r:
                             await r.read()
                         break
                     if d["type"] in ("execution_success", "execution_error") or (
-                            d["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid):
+                        d["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid
+                    ):
                         break
                 return pid, hit
 
     pid, hit = asyncio.run(go())
     entry = srv.wait(pid, timeout)
     err = error_of(entry)
-    return {"entry": entry, "step": hit[0] if hit else None, "max": hit[1] if hit else None,
-            "interrupted": bool(err and err["kind"] == "execution_interrupted")}
+    return {
+        "entry": entry,
+        "step": hit[0] if hit else None,
+        "max": hit[1] if hit else None,
+        "interrupted": bool(err and err["kind"] == "execution_interrupted"),
+    }
 
 
 def interrupt_inside(srv, prompt: dict, step_of) -> dict:
@@ -167,13 +174,20 @@ def interrupts(srv, env: Env, spec_fns: dict, refs: dict, seeds: list[int], n: i
             res, problems = _interrupt_training(srv, env, i, seed, step_of)
             label = kind
         else:
-            res, problems = _interrupt_and_rerun(srv, spec_fns[kind], seed, refs[(kind, seed)], step_of,
-                                                 check_weights=kind == "clip_through_model")
+            res, problems = _interrupt_and_rerun(
+                srv, spec_fns[kind], seed, refs[(kind, seed)], step_of, check_weights=kind == "clip_through_model"
+            )
             label = f"{kind} seed {seed}"
-        rows.append({"kind": kind, "step": res["step"], "max": res["max"], "interrupted": res["interrupted"],
-                     "problems": problems})
+        rows.append(
+            {
+                "kind": kind,
+                "step": res["step"],
+                "max": res["max"],
+                "interrupted": res["interrupted"],
+                "problems": problems,
+            }
+        )
         if problems or not res["interrupted"]:
             failures.append(f"{label}: interrupted={res['interrupted']} {problems}")
         log(f"interrupt {i + 1}/{n}: {kind} at {res['step']}/{res['max']} {'ok' if not problems else problems}")
-    return {"count": len(rows), "interrupted": sum(r["interrupted"] for r in rows), "rows": rows,
-            "failures": failures}
+    return {"count": len(rows), "interrupted": sum(r["interrupted"] for r in rows), "rows": rows, "failures": failures}

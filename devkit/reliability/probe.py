@@ -5,6 +5,7 @@ nodes on values of each free-text input; it records the files the server opens (
 random open_clip architecture of models/guidance_clip_configs/ and a tiny random VAE node with 1 latent channel (the
 toy world's). Imported under its package name (the client side), it installs nothing.
 """
+
 from __future__ import annotations
 
 import glob
@@ -20,12 +21,20 @@ from devkit.reliability.common import CLIP_ARCH, CLIP_LABELS, FIELD_WORDS, PACK_
 
 # ---------------------------------------------------------- what the server holds
 
+
 def _module_hooks(module) -> int:
     n = 0
     for m in module.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-                     "_load_state_dict_post_hooks"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_state_dict_pre_hooks",
+            "_load_state_dict_pre_hooks",
+            "_load_state_dict_post_hooks",
+        ):
             n += len(getattr(m, attr, None) or {})
     return n
 
@@ -82,10 +91,23 @@ def _probe_stats() -> dict:
         if not isinstance(net, torch.nn.Module):
             continue
         own = [p for p in patchers if p.model is net]
-        row = {"class": type(net).__name__, "id": id(net), "patchers": len(own),
-               "module_hooks": _module_hooks(net), "module_attrs": sum(len(m.__dict__) for m in net.modules())}
-        for key in ("wrappers", "callbacks", "post_cfg", "pre_cfg", "transformer_patches", "object_patches",
-                    "weight_patches", "additional_models"):
+        row = {
+            "class": type(net).__name__,
+            "id": id(net),
+            "patchers": len(own),
+            "module_hooks": _module_hooks(net),
+            "module_attrs": sum(len(m.__dict__) for m in net.modules()),
+        }
+        for key in (
+            "wrappers",
+            "callbacks",
+            "post_cfg",
+            "pre_cfg",
+            "transformer_patches",
+            "object_patches",
+            "weight_patches",
+            "additional_models",
+        ):
             row[key] = 0
         for mp in own:  # summed over the patchers of this network that are alive
             mo = mp.model_options
@@ -99,12 +121,26 @@ def _probe_stats() -> dict:
             row["weight_patches"] += len(getattr(mp, "patches", {}))
             row["additional_models"] += _leaves(getattr(mp, "additional_models", {}))
         models.append(row)
-    glob_hooks = sum(len(getattr(torch.nn.modules.module, a, {})) for a in
-                     ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                      "_global_backward_pre_hooks"))
-    return {"rss_kb": rss, "held_models": len(models), "patchers": len(patchers), "vaes": len(vaes),
-            "classifiers": len(classifiers), "loaded_models": len(mm.current_loaded_models), "models": models,
-            "global_module_hooks": glob_hooks, "threads": threading.active_count()}
+    glob_hooks = sum(
+        len(getattr(torch.nn.modules.module, a, {}))
+        for a in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )
+    return {
+        "rss_kb": rss,
+        "held_models": len(models),
+        "patchers": len(patchers),
+        "vaes": len(vaes),
+        "classifiers": len(classifiers),
+        "loaded_models": len(mm.current_loaded_models),
+        "models": models,
+        "global_module_hooks": glob_hooks,
+        "threads": threading.active_count(),
+    }
 
 
 def _probe_weights() -> list:
@@ -121,8 +157,15 @@ def _probe_weights() -> list:
                 h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
             ids.update(f"{name}:{id(t)};".encode())
             inf += int(t.is_inference())
-        out.append({"class": type(net).__name__, "id": id(net), "values": h.hexdigest()[:20],
-                    "identity": ids.hexdigest()[:20], "inference_tensors": inf})
+        out.append(
+            {
+                "class": type(net).__name__,
+                "id": id(net),
+                "values": h.hexdigest()[:20],
+                "identity": ids.hexdigest()[:20],
+                "inference_tensors": inf,
+            }
+        )
     return out
 
 
@@ -134,6 +177,7 @@ def tiny_vae(seed: int = 0):
 
 class GLReliabilityTinyVAE:
     """Test-only node: a tiny random VAE for the toy world (1 latent channel)."""
+
     CATEGORY = "Guidance Lab/reliability"
     RETURN_TYPES = ("VAE",)
     FUNCTION = "load"
@@ -155,8 +199,19 @@ class GLReliabilityTinyVAE:
 _FIXTURES: dict = {}
 _AUDIT = {"on": False, "events": 0, "outside": {}, "roots": (), "installed": False}
 _AUDIT_BUSY = threading.local()
-_AUDIT_EVENTS = ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink",
-                 "os.link", "os.truncate", "os.chdir")
+_AUDIT_EVENTS = (
+    "open",
+    "os.listdir",
+    "os.scandir",
+    "os.mkdir",
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.chdir",
+)
 
 
 def _node(node_id: str):
@@ -182,15 +237,28 @@ def _fixtures() -> dict:
         with torch.inference_mode():
             model, world = _result(_node("GuidanceLabToyModelLoader").execute("fashion_diffusion.safetensors"))
             vae = tiny_vae(0)
-            clip_args = dict(architecture=CLIP_ARCH, checkpoint="tiny_clip.safetensors", decode="vae",
-                             gradient="detached", cutouts=1, tau=0.0, vae=vae)
+            clip_args = dict(
+                architecture=CLIP_ARCH,
+                checkpoint="tiny_clip.safetensors",
+                decode="vae",
+                gradient="detached",
+                cutouts=1,
+                tau=0.0,
+                vae=vae,
+            )
             _FIXTURES.update(
-                model=model, vae=vae, clip_args=clip_args,
+                model=model,
+                vae=vae,
+                clip_args=clip_args,
                 pos=_result(_node("GuidanceLabToyClass").execute(world, "Coat"))[0],
                 empty=_result(_node("GuidanceLabToyClass").execute(world, "empty"))[0],
-                classifier=_result(_node("GuidanceLabClassifierLoader").execute("toy_fashion_classifier.safetensors"))[0],
-                clip=_result(_node("GuidanceLabCLIPClassifierLoader").execute(labels="\n".join(CLIP_LABELS),
-                                                                               **clip_args))[0])
+                classifier=_result(_node("GuidanceLabClassifierLoader").execute("toy_fashion_classifier.safetensors"))[
+                    0
+                ],
+                clip=_result(
+                    _node("GuidanceLabCLIPClassifierLoader").execute(labels="\n".join(CLIP_LABELS), **clip_args)
+                )[0],
+            )
     return _FIXTURES
 
 
@@ -202,18 +270,38 @@ def _inside(path: str, root: str) -> bool:
 def _check_input(field: str, v: str) -> str | None:
     """Run the pack's nodes on one value of `field`; None when accepted (an escape from ComfyUI's folders raises)."""
     F = _fixtures()
-    guide = dict(scale=6.0, sigma_lo=0.0, sigma_hi=10000.0, every_n=1, rms_clamp=0.0, dtype="float32",
-                 allow_other_latent_format=False)
-    train = dict(steps=0, batch_size=8, lr=0.001, seed=0, resolution=32, sigma_distribution="log_uniform",
-                 class_balance=False, width=8)
+    guide = dict(
+        scale=6.0,
+        sigma_lo=0.0,
+        sigma_hi=10000.0,
+        every_n=1,
+        rms_clamp=0.0,
+        dtype="float32",
+        allow_other_latent_format=False,
+    )
+    train = dict(
+        steps=0,
+        batch_size=8,
+        lr=0.001,
+        seed=0,
+        resolution=32,
+        sigma_distribution="log_uniform",
+        class_balance=False,
+        width=8,
+    )
     if field in ("target", "clip_target"):
-        _node("GuidanceLabClassifierGuidance").execute(F["model"], F["classifier" if field == "target" else "clip"],
-                                                       target=v, **guide)
+        _node("GuidanceLabClassifierGuidance").execute(
+            F["model"], F["classifier" if field == "target" else "clip"], target=v, **guide
+        )
     elif field == "keyframes":
         d = _pack_module("GuidanceLabSchedule").SCHEDULE_DEFAULTS
-        _node("GuidanceLabSchedule").execute(**{**{k: d[k] for k in ("axis", "start", "end", "exponent", "sigma_lo",
-                                                                   "sigma_hi", "inside", "outside")},
-                                                "kind": "keyframes", "keyframes": v})
+        _node("GuidanceLabSchedule").execute(
+            **{
+                **{k: d[k] for k in ("axis", "start", "end", "exponent", "sigma_lo", "sigma_hi", "inside", "outside")},
+                "kind": "keyframes",
+                "keyframes": v,
+            }
+        )
     elif field == "clip_labels":  # the loader, then guidance naming the first label (as a user would)
         clip = _result(_node("GuidanceLabCLIPClassifierLoader").execute(labels=v, **F["clip_args"]))[0]
         _node("GuidanceLabClassifierGuidance").execute(F["model"], clip, target=clip.labels[0], **guide)
@@ -288,10 +376,21 @@ def _audit_roots() -> tuple:
 
     import folder_paths
 
-    roots = {folder_paths.base_path, folder_paths.models_dir, folder_paths.get_input_directory(),
-             folder_paths.get_output_directory(), folder_paths.get_temp_directory(), folder_paths.get_user_directory(),
-             os.path.dirname(os.path.abspath(folder_paths.__file__)), sys.prefix, sys.base_prefix, sys.exec_prefix,
-             *site.getsitepackages(), "/dev", "/proc"}
+    roots = {
+        folder_paths.base_path,
+        folder_paths.models_dir,
+        folder_paths.get_input_directory(),
+        folder_paths.get_output_directory(),
+        folder_paths.get_temp_directory(),
+        folder_paths.get_user_directory(),
+        os.path.dirname(os.path.abspath(folder_paths.__file__)),
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        *site.getsitepackages(),
+        "/dev",
+        "/proc",
+    }
     for paths, _exts in folder_paths.folder_names_and_paths.values():
         roots.update(paths)
     for d in folder_paths.get_folder_paths("custom_nodes"):
@@ -338,8 +437,13 @@ def _audit(on: bool, selftest: str | None = None) -> dict:
         with open(selftest, "rb"):
             pass
         seen = _AUDIT["outside"].pop(f"open {os.path.realpath(selftest)}", 0) > 0
-    return {"on": on, "events": _AUDIT["events"], "outside": dict(_AUDIT["outside"]), "roots": list(_AUDIT["roots"]),
-            "selftest_seen": seen}
+    return {
+        "on": on,
+        "events": _AUDIT["events"],
+        "outside": dict(_AUDIT["outside"]),
+        "roots": list(_AUDIT["roots"]),
+        "selftest_seen": seen,
+    }
 
 
 def _install_probe():
@@ -383,8 +487,10 @@ def _install_probe():
 def _inside_comfyui() -> bool:
     """Loaded by a running ComfyUI server (as gl_reliability_probe), not imported by the client side."""
     srv = sys.modules.get("server")
-    return (__name__ not in ("__main__", "devkit.reliability.probe")
-            and getattr(getattr(srv, "PromptServer", None), "instance", None) is not None)
+    return (
+        __name__ not in ("__main__", "devkit.reliability.probe")
+        and getattr(getattr(srv, "PromptServer", None), "instance", None) is not None
+    )
 
 
 if _inside_comfyui():

@@ -1,4 +1,5 @@
 """Pass or fail per check (failures) and docs/RELIABILITY.md (report), from the figures of a run."""
+
 from __future__ import annotations
 
 from devkit.reliability.common import PROBE
@@ -23,34 +24,60 @@ def failures(res: dict) -> dict:
         soak_f.append(f"pack nodes not exercised: {unused}")
     det = res["determinism"]
     files = res["files"]
-    files_f = list(files["failures"]) + (["a pickle was loaded"] if files["pickle_loaded"] else []) + (
-        [] if files["server_alive"] else ["server down"])
-    return {"soak": soak_f, "interrupts": list(res["interrupts"]["failures"]) + (
-                [] if res["interrupts"]["interrupted"] == res["interrupts"]["count"] else ["some runs finished before "
-                                                                                          "their interrupt"]),
-            "files": files_f, "hostile": hostile_failures(res),
-            "determinism": list(det["run_mismatches"]) + list(det["restart_mismatches"])}
+    files_f = (
+        list(files["failures"])
+        + (["a pickle was loaded"] if files["pickle_loaded"] else [])
+        + ([] if files["server_alive"] else ["server down"])
+    )
+    return {
+        "soak": soak_f,
+        "interrupts": list(res["interrupts"]["failures"])
+        + (
+            []
+            if res["interrupts"]["interrupted"] == res["interrupts"]["count"]
+            else ["some runs finished before their interrupt"]
+        ),
+        "files": files_f,
+        "hostile": hostile_failures(res),
+        "determinism": list(det["run_mismatches"]) + list(det["restart_mismatches"]),
+    }
 
 
 def hostile_failures(res: dict) -> list:
     """Check 4 passes only when every route and every free-text input reached its number of cases (in the server
     and through POST /prompt) with no problem, and no file outside ComfyUI's folders was opened or read."""
     cfg, fr, fc, fi, rd = res["config"], res["fuzz_routes"], res["fuzz_checks"], res["fuzz_inputs"], res["files_read"]
-    out = list(fr["failures"]) + list(fc["failures"]) + list(fi["failures"]) + list(fc["refusal_failures"]) + list(
-        fi["refusal_failures"])
-    out += [f"route {k}: {v['cases']} cases of {cfg['fuzz_routes']}" for k, v in fr["routes"].items()
-            if v["cases"] < cfg["fuzz_routes"]]
-    out += [f"{k} (in the server): {v['cases']} cases of {cfg['fuzz_checks']}" for k, v in fc["inputs"].items()
-            if v["cases"] < cfg["fuzz_checks"]]
-    out += [f"{k} (POST /prompt): {v['cases']} cases of {cfg['fuzz_inputs']}" for k, v in fi["inputs"].items()
-            if v["cases"] < cfg["fuzz_inputs"]]
+    out = (
+        list(fr["failures"])
+        + list(fc["failures"])
+        + list(fi["failures"])
+        + list(fc["refusal_failures"])
+        + list(fi["refusal_failures"])
+    )
+    out += [
+        f"route {k}: {v['cases']} cases of {cfg['fuzz_routes']}"
+        for k, v in fr["routes"].items()
+        if v["cases"] < cfg["fuzz_routes"]
+    ]
+    out += [
+        f"{k} (in the server): {v['cases']} cases of {cfg['fuzz_checks']}"
+        for k, v in fc["inputs"].items()
+        if v["cases"] < cfg["fuzz_checks"]
+    ]
+    out += [
+        f"{k} (POST /prompt): {v['cases']} cases of {cfg['fuzz_inputs']}"
+        for k, v in fi["inputs"].items()
+        if v["cases"] < cfg["fuzz_inputs"]
+    ]
     if set(fc["inputs"]) != set(fi["inputs"]):
         out.append(f"inputs fuzzed in the server {sorted(fc['inputs'])} != through POST /prompt {sorted(fi['inputs'])}")
     out += [f"opened outside ComfyUI's folders: {k} ({n}x)" for k, n in list(rd["outside"].items())[:10]]
     out += [f"a canary outside ComfyUI's folders was read: {p}" for p in rd["canaries_read"]]
     if not rd["audited_events"] or not rd["audit_selftest"]:
-        out.append("the audit hook did not see the server's file opens (or its own test open outside ComfyUI's "
-                   "folders): it did not work")
+        out.append(
+            "the audit hook did not see the server's file opens (or its own test open outside ComfyUI's "
+            "folders): it did not work"
+        )
     if not rd["atime_tracked"]:
         out.append("this file system keeps no access times: reads of the canaries cannot be seen")
     return out
@@ -59,8 +86,10 @@ def hostile_failures(res: dict) -> list:
 def _measured(prov: dict, k: str) -> str:
     """Where check k's figures come from: the run, when, the commit."""
     p = prov[k]
-    return (f"{'full run' if p['run'] == 'all five checks' else 'check 4 alone'}, {p['started']}, commit "
-            f"`{p['commit']}`{' + local changes' if p['local_changes'] else ''}")
+    return (
+        f"{'full run' if p['run'] == 'all five checks' else 'check 4 alone'}, {p['started']}, commit "
+        f"`{p['commit']}`{' + local changes' if p['local_changes'] else ''}"
+    )
 
 
 def _span(rows: dict) -> str:
@@ -70,78 +99,124 @@ def _span(rows: dict) -> str:
 
 def _summary(res: dict, f: dict) -> list[str]:
     """The title, how the figures were made, and the table of the five checks."""
-    s, it, fl, fr, fi, det = (res["soak"], res["interrupts"], res["files"], res["fuzz_routes"], res["fuzz_inputs"],
-                              res["determinism"])
+    s, it, fl, fr, fi, det = (
+        res["soak"],
+        res["interrupts"],
+        res["files"],
+        res["fuzz_routes"],
+        res["fuzz_inputs"],
+        res["determinism"],
+    )
     fc, rd, cfg, prov = res["fuzz_checks"], res["files_read"], res["config"], res["provenance"]
     ok = lambda k: "PASS" if not f[k] else "FAIL"  # noqa: E731
     measured = lambda k: _measured(prov, k)  # noqa: E731
     merged = prov["hostile"]["run"] != prov["soak"]["run"]
-    L = ["# Reliability of Guidance Lab in a real ComfyUI server",
-         "",
-         "Generated by `.venv/bin/python -m scripts.reliability`; never hand-edited. "
-         f"Mode: **{res['mode']}**, {res['seconds'] / 60:.1f} minutes on this machine (CPU, "
-         f"`OMP_NUM_THREADS=1`), started {prov['soak']['started']}. The quick form of every check runs in CI "
-         "(`tests/test_reliability.py`). The raw figures are in `docs/reliability_figures.json`"
-         + (f"; check 4 was then run again alone (`python -m scripts.reliability --only hostile`, "
+    L = [
+        "# Reliability of Guidance Lab in a real ComfyUI server",
+        "",
+        "Generated by `.venv/bin/python -m scripts.reliability`; never hand-edited. "
+        f"Mode: **{res['mode']}**, {res['seconds'] / 60:.1f} minutes on this machine (CPU, "
+        f"`OMP_NUM_THREADS=1`), started {prov['soak']['started']}. The quick form of every check runs in CI "
+        "(`tests/test_reliability.py`). The raw figures are in `docs/reliability_figures.json`"
+        + (
+            f"; check 4 was then run again alone (`python -m scripts.reliability --only hostile`, "
             f"{prov['hostile']['seconds'] / 60:.1f} minutes, started {prov['hostile']['started']}, one fresh server) "
             "and its figures replaced the full run's: the last column says where each row's figures come from."
-            if merged else "."),
-         "",
-         "Two real servers (`devkit/comfy_server.py`, localhost, `--base-directory` in a temporary folder) with the "
-         "pack, the demo nodes and a probe (this script loaded as a custom node: memory, models held, hooks, weight "
-         "fingerprints; a tiny random VAE node). The first is the *fresh server* whose outputs are the references; the "
-         "second (a restart) runs everything else. Every request loop is bounded in count and time.",
-         "",
-         "| check | result | figures | measured |", "|---|---|---|---|",
-         f"| 1. soak | {ok('soak')} | {s['prompts']} prompts in {s['seconds']} s; RSS {s['rss_warm_kb'] / 1024:.0f} MiB after "
-         f"warm-up ({s['warm_prompts']} prompts) -> {s['rss_end_kb'] / 1024:.0f} MiB (**{s['rss_growth_pct']:+.2f}%**, bound < 5%); models held "
-         f"{s['models_warm']} -> max {s['models_max']}, model patchers {s['patchers_warm']} -> max {s['patchers_max']}; {len(s['hooks_growing'])} growing hook/wrapper counts; "
-         f"{len(s['mismatches'])} outputs differing from a fresh server; {len(s['errors'])} errors | {measured('soak')} |",
-         f"| 2. interrupts | {ok('interrupts')} | {it['count']} interrupts ({it['interrupted']} landed mid-run) at a "
-         f"random step; {len(it['failures'])} failures | {measured('interrupts')} |",
-         f"| 3. files changed under the server | {ok('files')} | {fl['count']} cases, each an error naming the file; "
-         f"pickle loaded: {fl['pickle_loaded']}; server serving afterwards: {fl['server_alive']} | {measured('files')} |",
-         f"| 4. hostile requests | {ok('hostile')} | routes: "
-         + ", ".join(f"{k} {v['cases']} cases (max {v['max_s']} s)" for k, v in fr["routes"].items())
-         + f" (each >= {cfg['fuzz_routes']}); every free-text input ({len(fc['inputs'])}) checked in the server by its "
-         f"nodes: {_span(fc['inputs'])} "
-         f"cases each (each >= {cfg['fuzz_checks']}; max {max(v['max_s'] for v in fc['inputs'].values())} s), and "
-         f"{_span(fi['inputs'])} whole "
-         f"prompts each through `POST /prompt` (each >= {cfg['fuzz_inputs']}); {len(rd['outside'])} files opened and "
-         f"{len(rd['canaries_read'])} canaries read outside ComfyUI's folders ({rd['audited_events']} opens audited); "
-         f"bound {cfg['bound_s']} s per answer | {measured('hostile')} |",
-         f"| 5. determinism | {ok('determinism')} | {det['pairs']} (workflow, seed) pairs of {len(det['workflows'])} "
-         f"workflows: bit-identical across 2 runs and across a restart ({det['restart_checked']} compared) | "
-         f"{measured('determinism')} |"]
+            if merged
+            else "."
+        ),
+        "",
+        "Two real servers (`devkit/comfy_server.py`, localhost, `--base-directory` in a temporary folder) with the "
+        "pack, the demo nodes and a probe (this script loaded as a custom node: memory, models held, hooks, weight "
+        "fingerprints; a tiny random VAE node). The first is the *fresh server* whose outputs are the references; the "
+        "second (a restart) runs everything else. Every request loop is bounded in count and time.",
+        "",
+        "| check | result | figures | measured |",
+        "|---|---|---|---|",
+        f"| 1. soak | {ok('soak')} | {s['prompts']} prompts in {s['seconds']} s; RSS {s['rss_warm_kb'] / 1024:.0f} MiB after "
+        f"warm-up ({s['warm_prompts']} prompts) -> {s['rss_end_kb'] / 1024:.0f} MiB (**{s['rss_growth_pct']:+.2f}%**, bound < 5%); models held "
+        f"{s['models_warm']} -> max {s['models_max']}, model patchers {s['patchers_warm']} -> max {s['patchers_max']}; {len(s['hooks_growing'])} growing hook/wrapper counts; "
+        f"{len(s['mismatches'])} outputs differing from a fresh server; {len(s['errors'])} errors | {measured('soak')} |",
+        f"| 2. interrupts | {ok('interrupts')} | {it['count']} interrupts ({it['interrupted']} landed mid-run) at a "
+        f"random step; {len(it['failures'])} failures | {measured('interrupts')} |",
+        f"| 3. files changed under the server | {ok('files')} | {fl['count']} cases, each an error naming the file; "
+        f"pickle loaded: {fl['pickle_loaded']}; server serving afterwards: {fl['server_alive']} | {measured('files')} |",
+        f"| 4. hostile requests | {ok('hostile')} | routes: "
+        + ", ".join(f"{k} {v['cases']} cases (max {v['max_s']} s)" for k, v in fr["routes"].items())
+        + f" (each >= {cfg['fuzz_routes']}); every free-text input ({len(fc['inputs'])}) checked in the server by its "
+        f"nodes: {_span(fc['inputs'])} "
+        f"cases each (each >= {cfg['fuzz_checks']}; max {max(v['max_s'] for v in fc['inputs'].values())} s), and "
+        f"{_span(fi['inputs'])} whole "
+        f"prompts each through `POST /prompt` (each >= {cfg['fuzz_inputs']}); {len(rd['outside'])} files opened and "
+        f"{len(rd['canaries_read'])} canaries read outside ComfyUI's folders ({rd['audited_events']} opens audited); "
+        f"bound {cfg['bound_s']} s per answer | {measured('hostile')} |",
+        f"| 5. determinism | {ok('determinism')} | {det['pairs']} (workflow, seed) pairs of {len(det['workflows'])} "
+        f"workflows: bit-identical across 2 runs and across a restart ({det['restart_checked']} compared) | "
+        f"{measured('determinism')} |",
+    ]
     return L
 
 
 def _soak_section(res: dict) -> list[str]:
     s = res["soak"]
-    L = ["", "## 1. Soak", "",
-         f"{s['prompts']} prompts through `POST /prompt`, cycling {s['cycle']} (workflow, seed) pairs: every toy example "
-         "workflow, the demo CFG Patch / CFG Guider with terms, CLIP guidance (tiny random open_clip file, VAE decode; "
-         "detached through the MODEL patch, through-model through the SAMPLER wrapper with the CFG Guider) and Train "
-         "Classifier on a tiny dataset whose classifier then guides sampling. Pack nodes exercised: "
-         + ", ".join(f"`{n}`" for n in res["pack_nodes_used"]) + ".",
-         "", "| after prompt | RSS (MiB) | models held | model patchers | loaded in model management | global module "
-         "hooks | threads |", "|---|---|---|---|---|---|---|"]
-    L += [f"| {x['prompts']} | {x['rss_kb'] / 1024:.1f} | {x['held_models']} | {x['patchers']} | {x['loaded_models']} | "
-          f"{x['global_module_hooks']} | {x['threads']} |" for x in s["samples"]]
-    L += ["", "Hooks / wrappers / patches per model held at the end (each constant across the soak: "
-          f"{'none grew' if not s['hooks_growing'] else s['hooks_growing']}):", "",
-          "| model | patchers | module hooks | module attributes | wrappers | callbacks | post-CFG | pre-CFG | "
-          "transformer patches | object patches | weight patches | additional models |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        "",
+        "## 1. Soak",
+        "",
+        f"{s['prompts']} prompts through `POST /prompt`, cycling {s['cycle']} (workflow, seed) pairs: every toy example "
+        "workflow, the demo CFG Patch / CFG Guider with terms, CLIP guidance (tiny random open_clip file, VAE decode; "
+        "detached through the MODEL patch, through-model through the SAMPLER wrapper with the CFG Guider) and Train "
+        "Classifier on a tiny dataset whose classifier then guides sampling. Pack nodes exercised: "
+        + ", ".join(f"`{n}`" for n in res["pack_nodes_used"])
+        + ".",
+        "",
+        "| after prompt | RSS (MiB) | models held | model patchers | loaded in model management | global module "
+        "hooks | threads |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    L += [
+        f"| {x['prompts']} | {x['rss_kb'] / 1024:.1f} | {x['held_models']} | {x['patchers']} | {x['loaded_models']} | "
+        f"{x['global_module_hooks']} | {x['threads']} |"
+        for x in s["samples"]
+    ]
+    L += [
+        "",
+        "Hooks / wrappers / patches per model held at the end (each constant across the soak: "
+        f"{'none grew' if not s['hooks_growing'] else s['hooks_growing']}):",
+        "",
+        "| model | patchers | module hooks | module attributes | wrappers | callbacks | post-CFG | pre-CFG | "
+        "transformer patches | object patches | weight patches | additional models |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     kept = {k: c for k, c in s["hook_counts"].items() if c["samples"] > 1}
     L[-2] = L[-2].replace("| model |", "| model | samples |")
     L[-1] += "---|"
     for k, c in kept.items():
-        L.append(f"| {k.split('#')[0]} | {c['samples']} of {len(s['samples'])} | " + " | ".join(str(c[x]) for x in (
-            "patchers", "module_hooks", "module_attrs", "wrappers", "callbacks", "post_cfg", "pre_cfg", "transformer_patches",
-            "object_patches", "weight_patches", "additional_models")) + " |")
-    L += ["", f"Objects held at one sample only (made anew by a prompt, e.g. a trained classifier): "
-          f"{len(s['hook_counts']) - len(kept)}; the soak's table above shows that they do not pile up."]
+        L.append(
+            f"| {k.split('#')[0]} | {c['samples']} of {len(s['samples'])} | "
+            + " | ".join(
+                str(c[x])
+                for x in (
+                    "patchers",
+                    "module_hooks",
+                    "module_attrs",
+                    "wrappers",
+                    "callbacks",
+                    "post_cfg",
+                    "pre_cfg",
+                    "transformer_patches",
+                    "object_patches",
+                    "weight_patches",
+                    "additional_models",
+                )
+            )
+            + " |"
+        )
+    L += [
+        "",
+        f"Objects held at one sample only (made anew by a prompt, e.g. a trained classifier): "
+        f"{len(s['hook_counts']) - len(kept)}; the soak's table above shows that they do not pile up.",
+    ]
     return L
 
 
@@ -157,9 +232,13 @@ def _interrupts_section(it: dict) -> list[str]:
         "prompt again must give the fresh server's output. CLIP through-model: the toy model's and the VAE's weights "
         "(tensor identity, inference flags, values) equal those before. Training (a new image each time, so the "
         "VAE encoding may be the phase interrupted): no classifier file, no temporary file, every latent cache "
-        "complete.", ["kind", "step / max", "interrupted", "problems"],
-        [f"| {r['kind']} | {r['step']} / {r['max']} | {r['interrupted']} | {_cell('; '.join(r['problems'])) or 'none'} |"
-         for r in it["rows"]])
+        "complete.",
+        ["kind", "step / max", "interrupted", "problems"],
+        [
+            f"| {r['kind']} | {r['step']} / {r['max']} | {r['interrupted']} | {_cell('; '.join(r['problems'])) or 'none'} |"
+            for r in it["rows"]
+        ],
+    )
 
 
 def _files_section(fl: dict) -> list[str]:
@@ -168,93 +247,144 @@ def _files_section(fl: dict) -> list[str]:
         "`models/classifiers/rel_fault.safetensors` (a copy of the toy classifier) changed after the prompt naming it "
         "was queued and before it ran (a long training kept the queue busy, then was interrupted); and once between "
         "two prompts. After each case the server samples the toy classifier-guidance workflow again, equal to the "
-        "fresh server's output.", ["case", "when", "seconds", "error"],
-        [f"| {r['case']} | {r['when']} | {r['seconds'] if r['seconds'] is not None else ''} | {_cell(r['error'])} |"
-         for r in fl["rows"]])
+        "fresh server's output.",
+        ["case", "when", "seconds", "error"],
+        [
+            f"| {r['case']} | {r['when']} | {r['seconds'] if r['seconds'] is not None else ''} | {_cell(r['error'])} |"
+            for r in fl["rows"]
+        ],
+    )
 
 
 def _hostile_section(res: dict) -> list[str]:
     fr, fi, fc, rd, cfg = res["fuzz_routes"], res["fuzz_inputs"], res["fuzz_checks"], res["files_read"], res["config"]
-    L = ["", "## 4. Hostile requests", "",
-          f"hypothesis (derandomized, bounded count and time; {res['hostile_seconds'] / 60:.1f} minutes in all): JSON "
-          "bodies of any shape for `POST /guidance_lab/schedule`, names (traversal, absolute paths, NUL, encodings, a "
-          "canary classifier outside ComfyUI's folders) for `GET /guidance_lab/classifier_labels`, and text for every "
-          "free-text input (any text, near-valid values with numbers and separators mutated, well-formed values, "
-          "traversal and absolute paths; values that must be refused and escapes run once each). Pass: no 500, no "
-          "traceback in any answer, no content of a file outside ComfyUI's folders, each answer within "
-          f"{cfg['bound_s']} s, and every route and input at its number of cases.", "",
-          "| route | cases | statuses | max seconds |", "|---|---|---|---|"]
+    L = [
+        "",
+        "## 4. Hostile requests",
+        "",
+        f"hypothesis (derandomized, bounded count and time; {res['hostile_seconds'] / 60:.1f} minutes in all): JSON "
+        "bodies of any shape for `POST /guidance_lab/schedule`, names (traversal, absolute paths, NUL, encodings, a "
+        "canary classifier outside ComfyUI's folders) for `GET /guidance_lab/classifier_labels`, and text for every "
+        "free-text input (any text, near-valid values with numbers and separators mutated, well-formed values, "
+        "traversal and absolute paths; values that must be refused and escapes run once each). Pass: no 500, no "
+        "traceback in any answer, no content of a file outside ComfyUI's folders, each answer within "
+        f"{cfg['bound_s']} s, and every route and input at its number of cases.",
+        "",
+        "| route | cases | statuses | max seconds |",
+        "|---|---|---|---|",
+    ]
     L += [f"| {k} | {v['cases']} | {v['statuses']} | {v['max_s']} |" for k, v in fr["routes"].items()]
-    L += ["", "**Every free-text input, checked in the server by the nodes that read it.** The probe's "
-          f"`POST {PROBE}/check_inputs` takes a batch of values ({fc['batch']} per request) and runs, for each, "
-          "ComfyUI's own classes of the pack's nodes (`NODE_CLASS_MAPPINGS`, under inference mode as ComfyUI's "
-          "executor runs them) on the toy model, the toy classifier, the tiny CLIP classifier and the tiny VAE: "
-          "`target` and `clip_target` through Classifier Guidance; `keyframes` through Schedule; `clip_labels` "
-          "through Load CLIP Classifier, then Classifier Guidance naming the first label; `dataset` and "
-          "`output_name` through Train Classifier at steps 0 (every check of the node and the dataset scan, no "
-          "training; an accepted name must resolve inside ComfyUI's input folder / models/classifiers); "
-          "`pag_blocks` through Perturbed Term, then the CFG Guider, which checks the blocks against the model. "
-          "*Clear*: the pack's own error (GuidanceConfigError, ClassifierFileError) whose message names the field or "
-          "the value; *unclear*: the pack's error without it; *unexpected*: any other exception.", "",
-          "| string input | cases | distinct | accepted | clear error | unclear error | unexpected | escapes | mean ms "
-          "| max seconds | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    L += [f"| {k} | {v['cases']} | {v['distinct']} | {v['accepted']} | {v['clear']} | {v['unclear']} | "
-          f"{v['unexpected']} | {v['escape']} | {v['mean_ms']} | {v['max_s']} | {v['seconds']} |"
-          for k, v in fc["inputs"].items()]
-    L += ["", "**End to end: whole prompts through `POST /prompt`** (a workflow that uses the input, executed: a "
-          "prompt that runs succeeds or stops with the pack's own error, never another exception type; no dataset "
-          "read or classifier written outside ComfyUI's folders).", "",
-          "| string input | prompts | success | pack error | refused (400) | max seconds |", "|---|---|---|---|---|---|"]
-    L += [f"| {k} | {v['cases']} | {v['success']} | {v['pack_error']} | {v['refused_400']} | {v['max_s']} |"
-          for k, v in fi["inputs"].items()]
-    L += ["", f"**Files.** During the whole check an audit hook in the server (`sys.addaudithook`: open, listdir, "
-          "scandir, mkdir, rename, remove, ...; it saw its own test open of a file outside, "
-          f"{'yes' if rd['audit_selftest'] else 'NO'}) saw {rd['audited_events']} file-system events; "
-          f"{len(rd['outside'])} lay outside ComfyUI's folders and the code the server runs ("
-          + (", ".join(f"`{_cell(k)}` {n}x" for k, n in list(rd["outside"].items())[:10]) or "none")
-          + f"). The {rd['canaries']} canary files outside ComfyUI's folders (a valid classifier, a dataset) had their "
-          "access time set to 1 s after the epoch before the check, so that a read by any code (C and Rust readers "
-          "too, which the audit hook does not see) shows: "
-          + (f"read: {', '.join(rd['canaries_read'])}" if rd["canaries_read"] else "none was read")
-          + f" (this file system keeps access times: {rd['atime_tracked']})."]
+    L += [
+        "",
+        "**Every free-text input, checked in the server by the nodes that read it.** The probe's "
+        f"`POST {PROBE}/check_inputs` takes a batch of values ({fc['batch']} per request) and runs, for each, "
+        "ComfyUI's own classes of the pack's nodes (`NODE_CLASS_MAPPINGS`, under inference mode as ComfyUI's "
+        "executor runs them) on the toy model, the toy classifier, the tiny CLIP classifier and the tiny VAE: "
+        "`target` and `clip_target` through Classifier Guidance; `keyframes` through Schedule; `clip_labels` "
+        "through Load CLIP Classifier, then Classifier Guidance naming the first label; `dataset` and "
+        "`output_name` through Train Classifier at steps 0 (every check of the node and the dataset scan, no "
+        "training; an accepted name must resolve inside ComfyUI's input folder / models/classifiers); "
+        "`pag_blocks` through Perturbed Term, then the CFG Guider, which checks the blocks against the model. "
+        "*Clear*: the pack's own error (GuidanceConfigError, ClassifierFileError) whose message names the field or "
+        "the value; *unclear*: the pack's error without it; *unexpected*: any other exception.",
+        "",
+        "| string input | cases | distinct | accepted | clear error | unclear error | unexpected | escapes | mean ms "
+        "| max seconds | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    L += [
+        f"| {k} | {v['cases']} | {v['distinct']} | {v['accepted']} | {v['clear']} | {v['unclear']} | "
+        f"{v['unexpected']} | {v['escape']} | {v['mean_ms']} | {v['max_s']} | {v['seconds']} |"
+        for k, v in fc["inputs"].items()
+    ]
+    L += [
+        "",
+        "**End to end: whole prompts through `POST /prompt`** (a workflow that uses the input, executed: a "
+        "prompt that runs succeeds or stops with the pack's own error, never another exception type; no dataset "
+        "read or classifier written outside ComfyUI's folders).",
+        "",
+        "| string input | prompts | success | pack error | refused (400) | max seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    L += [
+        f"| {k} | {v['cases']} | {v['success']} | {v['pack_error']} | {v['refused_400']} | {v['max_s']} |"
+        for k, v in fi["inputs"].items()
+    ]
+    L += [
+        "",
+        f"**Files.** During the whole check an audit hook in the server (`sys.addaudithook`: open, listdir, "
+        "scandir, mkdir, rename, remove, ...; it saw its own test open of a file outside, "
+        f"{'yes' if rd['audit_selftest'] else 'NO'}) saw {rd['audited_events']} file-system events; "
+        f"{len(rd['outside'])} lay outside ComfyUI's folders and the code the server runs ("
+        + (", ".join(f"`{_cell(k)}` {n}x" for k, n in list(rd["outside"].items())[:10]) or "none")
+        + f"). The {rd['canaries']} canary files outside ComfyUI's folders (a valid classifier, a dataset) had their "
+        "access time set to 1 s after the epoch before the check, so that a read by any code (C and Rust readers "
+        "too, which the audit hook does not see) shows: "
+        + (f"read: {', '.join(rd['canaries_read'])}" if rd["canaries_read"] else "none was read")
+        + f" (this file system keeps access times: {rd['atime_tracked']}).",
+    ]
     return L
 
 
 def _determinism_section(det: dict) -> list[str]:
-    return ["", "## 5. Determinism", "",
-            f"Every (workflow, seed) ran twice in the fresh server (other prompts in between, so ComfyUI's cache does not "
-            f"answer) and again after a restart: {len(det['run_mismatches'])} + {len(det['restart_mismatches'])} "
-            "mismatches. Workflows: " + ", ".join(f"`{n}`" for n in det["workflows"]) + ". The SD1.5 example workflows "
-            "need user-supplied checkpoints and are not run here.", ""]
+    return [
+        "",
+        "## 5. Determinism",
+        "",
+        f"Every (workflow, seed) ran twice in the fresh server (other prompts in between, so ComfyUI's cache does not "
+        f"answer) and again after a restart: {len(det['run_mismatches'])} + {len(det['restart_mismatches'])} "
+        "mismatches. Workflows: " + ", ".join(f"`{n}`" for n in det["workflows"]) + ". The SD1.5 example workflows "
+        "need user-supplied checkpoints and are not run here.",
+        "",
+    ]
 
 
-DEFECTS = ["## Defects this harness found when it was written", "",
-           "Fixed, each with a test that failed before (`tests/test_reliability.py`):",
-           "- a classifier file changed under a running server was not read again: ComfyUI's cache handed on the "
-           "classifier loaded before (Load Classifier now fingerprints the file: path, size, mtime, inode);",
-           "- a classifier file with NaN weights loaded silently (guidance then produced NaN); now refused naming the "
-           "file and the tensor;",
-           "- a config asking for a huge network allocated before failing (a 3e14-parameter request was an "
-           "out-of-memory error, not a message); the network is now built on the meta device and compared with the "
-           "file's shapes first;",
-           "- metadata of the wrong type (labels = 5, latent_channels = 'one') failed with a TypeError; a 10 MB label "
-           "list or a 20 MB header was parsed in full; both are refused up front, naming the file and the limit;",
-           "- a target weight beyond float32 ('a bag:-6.3e88') failed with a RuntimeError mid-node; target weights "
-           "are now limited to [-100, 100] with a message naming the label;",
-           "- a Perturbed Term `blocks` index of thousands of digits ('middle.' + 5000 digits) failed with Python's "
-           "int() ValueError (its 4300-digit limit) instead of the pack's message; now refused naming the item "
-           "(`guidance_core/perturbed_terms.parse_blocks`; found by the in-server fuzzing of check 4).", ""]
+DEFECTS = [
+    "## Defects this harness found when it was written",
+    "",
+    "Fixed, each with a test that failed before (`tests/test_reliability.py`):",
+    "- a classifier file changed under a running server was not read again: ComfyUI's cache handed on the "
+    "classifier loaded before (Load Classifier now fingerprints the file: path, size, mtime, inode);",
+    "- a classifier file with NaN weights loaded silently (guidance then produced NaN); now refused naming the "
+    "file and the tensor;",
+    "- a config asking for a huge network allocated before failing (a 3e14-parameter request was an "
+    "out-of-memory error, not a message); the network is now built on the meta device and compared with the "
+    "file's shapes first;",
+    "- metadata of the wrong type (labels = 5, latent_channels = 'one') failed with a TypeError; a 10 MB label "
+    "list or a 20 MB header was parsed in full; both are refused up front, naming the file and the limit;",
+    "- a target weight beyond float32 ('a bag:-6.3e88') failed with a RuntimeError mid-node; target weights "
+    "are now limited to [-100, 100] with a message naming the label;",
+    "- a Perturbed Term `blocks` index of thousands of digits ('middle.' + 5000 digits) failed with Python's "
+    "int() ValueError (its 4300-digit limit) instead of the pack's message; now refused naming the item "
+    "(`guidance_core/perturbed_terms.parse_blocks`; found by the in-server fuzzing of check 4).",
+    "",
+]
 
 
 def report(res: dict) -> str:
     """docs/RELIABILITY.md from the figures: the table of the five checks, a section per check, the defects the
     harness found, and the failures that are open."""
     f = failures(res)
-    L = (_summary(res, f) + _soak_section(res) + _interrupts_section(res["interrupts"]) + _files_section(res["files"])
-         + _hostile_section(res) + _determinism_section(res["determinism"]) + DEFECTS)
+    L = (
+        _summary(res, f)
+        + _soak_section(res)
+        + _interrupts_section(res["interrupts"])
+        + _files_section(res["files"])
+        + _hostile_section(res)
+        + _determinism_section(res["determinism"])
+        + DEFECTS
+    )
     if any(f.values()):
-        L += ["## Failures (open)", "", "Not fixed here (the code concerned belongs to another part of the project); "
-              "reported:", ""] + [f"- {k}: {_cell(x)}" for k, v in f.items() for x in v[:20]] + [""]
+        L += (
+            [
+                "## Failures (open)",
+                "",
+                "Not fixed here (the code concerned belongs to another part of the project); reported:",
+                "",
+            ]
+            + [f"- {k}: {_cell(x)}" for k, v in f.items() for x in v[:20]]
+            + [""]
+        )
     return "\n".join(L)
 
 

@@ -1,6 +1,7 @@
 """Reliability of Guidance Lab in a real ComfyUI server: soak, interrupts, files changed under the server, hostile
 requests, determinism. The whole run (two servers: the fresh one gives the reference outputs, a restart runs the
 rest), check 4 alone, and the command line (`python -m scripts.reliability`, see scripts/reliability.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,30 @@ from guidance_core.files import atomic_bytes
 
 # fuzz_routes: hypothesis cases per route; fuzz_checks: per free-text input, checked in the server by its nodes
 # (check_batch values per request); fuzz_inputs: per free-text input, whole prompts through POST /prompt
-FULL = dict(soak=300, seeds=[7, 8], interrupts=30, fuzz_routes=3000, fuzz_checks=2500, check_batch=100,
-            fuzz_inputs=250, restart_names=None, faults=None, bound_s=10.0)
-QUICK = dict(soak=24, seeds=[7], interrupts=3, fuzz_routes=300, fuzz_checks=200, check_batch=50, fuzz_inputs=25,
-             restart_names=["toy_cfg_guider_schedules", "clip_through_model"], faults=None, bound_s=10.0)
+FULL = dict(
+    soak=300,
+    seeds=[7, 8],
+    interrupts=30,
+    fuzz_routes=3000,
+    fuzz_checks=2500,
+    check_batch=100,
+    fuzz_inputs=250,
+    restart_names=None,
+    faults=None,
+    bound_s=10.0,
+)
+QUICK = dict(
+    soak=24,
+    seeds=[7],
+    interrupts=3,
+    fuzz_routes=300,
+    fuzz_checks=200,
+    check_batch=50,
+    fuzz_inputs=25,
+    restart_names=["toy_cfg_guider_schedules", "clip_through_model"],
+    faults=None,
+    bound_s=10.0,
+)
 CHECKS = ("soak", "interrupts", "files", "hostile", "determinism")
 FIGURES = os.path.join(ROOT, "docs", "reliability_figures.json")  # the last full run's figures, per check
 
@@ -43,28 +64,47 @@ def run_all(base: str, quick: bool, log=print) -> dict:
     try:
         object_info = srv.get("/object_info")
         spec_fns = specs(object_info, quick)
-        res["pack_nodes_used"] = sorted({n["class_type"] for fn in spec_fns.values() for n in fn(7).values()
-                                         if n["class_type"].startswith("GuidanceLab")
-                                         and "Demo" not in n["class_type"]})
-        res["pack_nodes"] = sorted(k for k, v in object_info.items() if v.get("category", "").startswith("Guidance Lab/")
-                                   and "/demo" not in v.get("category", "") and "reliability" not in v["category"])
+        res["pack_nodes_used"] = sorted(
+            {
+                n["class_type"]
+                for fn in spec_fns.values()
+                for n in fn(7).values()
+                if n["class_type"].startswith("GuidanceLab") and "Demo" not in n["class_type"]
+            }
+        )
+        res["pack_nodes"] = sorted(
+            k
+            for k, v in object_info.items()
+            if v.get("category", "").startswith("Guidance Lab/")
+            and "/demo" not in v.get("category", "")
+            and "reliability" not in v["category"]
+        )
         shipped = {} if quick else shipped_workflows(object_info)
         t0 = time.time()
         ref = reference_outputs(srv, spec_fns, cfg["seeds"], log)
-        ref_shipped = reference_outputs(srv, shipped, cfg["seeds"][:1], log) if shipped else {"refs": {},
-                                                                                               "run_mismatches": []}
+        ref_shipped = (
+            reference_outputs(srv, shipped, cfg["seeds"][:1], log) if shipped else {"refs": {}, "run_mismatches": []}
+        )
         refs = {**ref["refs"], **ref_shipped["refs"]}
         mismatches = ref["run_mismatches"] + ref_shipped["run_mismatches"]
-        res["reference"] = {"prompts": 2 * len(refs), "run_mismatches": mismatches,
-                            "seconds": round(time.time() - t0, 1)}
+        res["reference"] = {
+            "prompts": 2 * len(refs),
+            "run_mismatches": mismatches,
+            "seconds": round(time.time() - t0, 1),
+        }
     finally:
         srv.stop()
     srv = start_server(env, "main")
     try:
         all_fns = {**spec_fns, **shipped}
         pairs = sorted(refs) if cfg["restart_names"] is None else [(n, cfg["seeds"][0]) for n in cfg["restart_names"]]
-        res["determinism"] = {"workflows": sorted({n for n, _ in pairs}), "pairs": len(pairs), "runs_per_server": 2,
-                              "run_mismatches": mismatches, **determinism_after_restart(srv, all_fns, refs, pairs)}
+        res["determinism"] = {
+            "workflows": sorted({n for n, _ in pairs}),
+            "pairs": len(pairs),
+            "runs_per_server": 2,
+            "run_mismatches": mismatches,
+            **determinism_after_restart(srv, all_fns, refs, pairs),
+        }
         log(f"determinism: {res['determinism']}")
         res["soak"] = soak(srv, spec_fns, refs, cfg["seeds"], cfg["soak"], log, time_limit=3600)
         res["interrupts"] = interrupts(srv, env, spec_fns, refs, cfg["seeds"], cfg["interrupts"], rng, log)
@@ -95,8 +135,9 @@ def run_hostile(base: str, quick: bool, log=print) -> dict:
     res["config_hostile"] = {k: cfg[k] for k in ("fuzz_routes", "fuzz_checks", "check_batch", "fuzz_inputs", "bound_s")}
     res["mode_hostile"] = "quick" if quick else "full"
     res["seconds_hostile_run"] = round(time.time() - t_start, 1)
-    res["provenance_hostile"] = _provenance(res["mode_hostile"], "check 4 alone (--only hostile)", t_start,
-                                            res["seconds_hostile_run"])
+    res["provenance_hostile"] = _provenance(
+        res["mode_hostile"], "check 4 alone (--only hostile)", t_start, res["seconds_hostile_run"]
+    )
     return res
 
 
@@ -110,9 +151,14 @@ def _provenance(mode: str, run: str, t_start: float, seconds: float) -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"mode": mode, "run": run, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start)),
-            "seconds": seconds, "commit": git("rev-parse", "--short", "HEAD") or "unknown",
-            "local_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {
+        "mode": mode,
+        "run": run,
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start)),
+        "seconds": seconds,
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "local_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 def merge(stored: dict, part: dict) -> dict:
@@ -134,10 +180,14 @@ def write_atomic(path: str, text: str):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split(". ")[0].split()) + ".")
     ap.add_argument("--quick", action="store_true", help="the CI slice (does not rewrite docs/RELIABILITY.md)")
-    ap.add_argument("--only", choices=["hostile", "report"], default=None,
-                    help="hostile: run check 4 alone (one server) and merge its figures into those of the last full run "
-                         "(--figures), then rewrite the doc, which says which run each check's figures come from; "
-                         "with --quick: print its failures only. report: rewrite the doc from --figures, running nothing")
+    ap.add_argument(
+        "--only",
+        choices=["hostile", "report"],
+        default=None,
+        help="hostile: run check 4 alone (one server) and merge its figures into those of the last full run "
+        "(--figures), then rewrite the doc, which says which run each check's figures come from; "
+        "with --quick: print its failures only. report: rewrite the doc from --figures, running nothing",
+    )
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "RELIABILITY.md"))
     ap.add_argument("--figures", default=FIGURES, help="the figures of the last full run, per check (JSON)")
     ap.add_argument("--json", default=None, help="also write the raw figures here")

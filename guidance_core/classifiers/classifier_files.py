@@ -20,6 +20,7 @@ Reads are bounded before anything large is parsed or allocated: the safetensors 
 (at most 100000, each at most 1000 characters), the metadata's types, the network the config asks for (built on the
 meta device and compared with the file's tensor shapes first); NaN or infinite weights are refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,17 +84,21 @@ def _check_metadata_types(name: str, meta: dict) -> None:
         raise ClassifierFileError(f"{name}: {len(labels)} labels; at most {MAX_LABELS} are accepted")
     for i, lb in enumerate(labels):
         if isinstance(lb, bool) or not isinstance(lb, (str, int)) or len(str(lb)) > MAX_LABEL_CHARS:
-            raise ClassifierFileError(f"{name}: labels[{i}]={_short(lb)}; expected a name (text or number) of "
-                                      f"at most {MAX_LABEL_CHARS} characters")
+            raise ClassifierFileError(
+                f"{name}: labels[{i}]={_short(lb)}; expected a name (text or number) of "
+                f"at most {MAX_LABEL_CHARS} characters"
+            )
     if not isinstance(meta["config"], dict):
-        raise ClassifierFileError(f"{name}: config={_short(meta['config'])}; expected an object of the "
-                                  "architecture's settings")
+        raise ClassifierFileError(
+            f"{name}: config={_short(meta['config'])}; expected an object of the architecture's settings"
+        )
     ch = meta["latent_channels"]
     if isinstance(ch, bool) or not isinstance(ch, int) or not 1 <= ch <= 4096:
         raise ClassifierFileError(f"{name}: latent_channels={ch!r}; expected a whole number from 1 to 4096")
     if meta["parameterization"] not in PARAMETERIZATIONS:
-        raise ClassifierFileError(f"{name}: parameterization={meta['parameterization']!r}; accepted: "
-                                  f"{', '.join(PARAMETERIZATIONS)}")
+        raise ClassifierFileError(
+            f"{name}: parameterization={meta['parameterization']!r}; accepted: {', '.join(PARAMETERIZATIONS)}"
+        )
     v = meta["version"]
     if isinstance(v, bool) or not isinstance(v, int):
         raise ClassifierFileError(f"{name}: version={v!r}; expected a whole number")
@@ -112,18 +117,23 @@ def _build_network(name: str, meta: dict, shapes: dict):
         with torch.device("meta"):
             probe = net_cls(cfg)
     except (TypeError, ValueError, KeyError, RuntimeError, ZeroDivisionError, OverflowError) as e:
-        raise ClassifierFileError(f"{name}: config {json.dumps(meta['config'])[:200]} does not build a "
-                                  f"{meta['architecture']} network ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ClassifierFileError(
+            f"{name}: config {json.dumps(meta['config'])[:200]} does not build a "
+            f"{meta['architecture']} network ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     n_params = sum(math.prod(s) for s in want.values())
     if n_params > MAX_PARAMETERS:
-        raise ClassifierFileError(f"{name}: its config asks for {n_params} parameters; at most {MAX_PARAMETERS} are "
-                                  "accepted")
+        raise ClassifierFileError(
+            f"{name}: its config asks for {n_params} parameters; at most {MAX_PARAMETERS} are accepted"
+        )
     if want != shapes:
         diff = sorted(k for k in set(want) | set(shapes) if want.get(k) != shapes.get(k))
-        raise ClassifierFileError(f"{name}: weights do not match its config: {len(diff)} tensors differ, e.g. "
-                                  f"{diff[0]!r}: the config needs {want.get(diff[0])}, the file has "
-                                  f"{shapes.get(diff[0])}")
+        raise ClassifierFileError(
+            f"{name}: weights do not match its config: {len(diff)} tensors differ, e.g. "
+            f"{diff[0]!r}: the config needs {want.get(diff[0])}, the file has "
+            f"{shapes.get(diff[0])}"
+        )
     return net_cls(cfg)
 
 
@@ -143,15 +153,18 @@ def read_metadata(path: str) -> dict:
     if meta.get("format") != FORMAT:
         raise ClassifierFileError(f"{os.path.basename(path)}: format={meta.get('format')!r}, expected {FORMAT!r}")
     if int(meta.get("version", 0)) > VERSION:
-        raise ClassifierFileError(f"{os.path.basename(path)}: version {meta.get('version')} is newer than this "
-                                  f"Guidance Lab reads ({VERSION}); update the pack")
+        raise ClassifierFileError(
+            f"{os.path.basename(path)}: version {meta.get('version')} is newer than this "
+            f"Guidance Lab reads ({VERSION}); update the pack"
+        )
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ClassifierFileError(f"{os.path.basename(path)}: metadata lacks {missing}")
     _check_metadata_types(os.path.basename(path), meta)
     if meta["architecture"] not in ARCHITECTURES:
-        raise ClassifierFileError(f"{os.path.basename(path)}: architecture={meta['architecture']!r}; "
-                                  f"known: {', '.join(ARCHITECTURES)}")
+        raise ClassifierFileError(
+            f"{os.path.basename(path)}: architecture={meta['architecture']!r}; known: {', '.join(ARCHITECTURES)}"
+        )
     try:
         input_scaling_of(meta)
     except GuidanceConfigError as e:
@@ -181,10 +194,14 @@ def load_classifier(path: str, device="cpu"):
             raise ClassifierFileError(f"{name} cannot be read as safetensors: {e}") from None
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise ClassifierFileError(f"{name}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]!r}); "
-                                  "the file is damaged or its training diverged: retrain or restore it")
+        raise ClassifierFileError(
+            f"{name}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]!r}); "
+            "the file is damaged or its training diverged: retrain or restore it"
+        )
     module.eval().requires_grad_(False)
     if len(meta["labels"]) != module.config.num_classes:
-        raise ClassifierFileError(f"{os.path.basename(path)}: {len(meta['labels'])} labels but the network has "
-                                  f"{module.config.num_classes} outputs")
+        raise ClassifierFileError(
+            f"{os.path.basename(path)}: {len(meta['labels'])} labels but the network has "
+            f"{module.config.num_classes} outputs"
+        )
     return module, meta

@@ -35,6 +35,7 @@ the frames as over the cutouts (the whole clip is steered toward the label, fram
 
 Weights: an open_clip architecture name plus a local .safetensors file; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ DETACHED, THROUGH_MODEL = "detached", "through_model"
 GRADIENT_PATHS = (DETACHED, THROUGH_MODEL)
 DECODES = ("linear", "vae")
 CUTOUTS_MAX = 64
-CUT_MIN = 0.5          # smallest cutout side, as a fraction of the image's short side
+CUT_MIN = 0.5  # smallest cutout side, as a fraction of the image's short side
 TAU_MAX = 1000.0
 INTERPOLATIONS = ("bilinear", "bicubic")
 NOT_INSTALLED = "open_clip is not installed: pip install open-clip-torch"
@@ -67,12 +68,16 @@ def _open_clip():
     except ModuleNotFoundError as e:
         if e.name == "open_clip":
             raise GuidanceConfigError(NOT_INSTALLED) from None
-        raise GuidanceConfigError(f"open_clip cannot be imported, it needs {e.name!r} ({e}): "
-                                  "pip install open-clip-torch installs its dependencies") from None
+        raise GuidanceConfigError(
+            f"open_clip cannot be imported, it needs {e.name!r} ({e}): "
+            "pip install open-clip-torch installs its dependencies"
+        ) from None
     except Exception as e:  # a broken install raises anything at import (e.g. a torchvision built for another torch)
-        raise GuidanceConfigError(f"open_clip is installed but fails to import ({type(e).__name__}: "
-                                  f"{str(e)[:ERROR_CHARS]}): reinstall open-clip-torch (and a torchvision built for "
-                                  "the installed torch)") from None
+        raise GuidanceConfigError(
+            f"open_clip is installed but fails to import ({type(e).__name__}: "
+            f"{str(e)[:ERROR_CHARS]}): reinstall open-clip-torch (and a torchvision built for "
+            "the installed torch)"
+        ) from None
     return open_clip
 
 
@@ -101,8 +106,10 @@ def availability() -> tuple[list[str], str | None]:
     except GuidanceConfigError as e:
         return [], str(e)
     except Exception as e:  # open_clip imports but its model registry fails (a version this code does not know)
-        return [], (f"open_clip fails to list its architectures ({type(e).__name__}: {str(e)[:ERROR_CHARS]}): "
-                    "reinstall open-clip-torch")
+        return [], (
+            f"open_clip fails to list its architectures ({type(e).__name__}: {str(e)[:ERROR_CHARS]}): "
+            "reinstall open-clip-torch"
+        )
     if not archs:
         return [], f"open_clip {version} lists no architecture that builds offline: reinstall open-clip-torch"
     return archs, None
@@ -125,11 +132,13 @@ def parse_labels(text: str) -> list[str]:
     seen = {}
     for lb in labels:
         if "," in lb or ";" in lb:
-            raise GuidanceConfigError(f"label {lb!r} contains ',' or ';', which separate targets; "
-                                      "write it without them")
+            raise GuidanceConfigError(
+                f"label {lb!r} contains ',' or ';', which separate targets; write it without them"
+            )
         if ":" in lb and _is_number(lb.rsplit(":", 1)[1]):
-            raise GuidanceConfigError(f"label {lb!r} ends in ':<number>', which the target syntax reads as "
-                                      "a weight; reword it")
+            raise GuidanceConfigError(
+                f"label {lb!r} ends in ':<number>', which the target syntax reads as a weight; reword it"
+            )
         key = lb.lower()
         if key in seen:
             raise GuidanceConfigError(f"label {lb!r} is given twice (as {seen[key]!r}); labels must be distinct")
@@ -146,11 +155,14 @@ def load_clip(architecture: str, path: str) -> nn.Module:
     Weights are normal tensors (built with inference mode off), eval mode, no grad, fp32, CPU."""
     open_clip = _open_clip()
     if architecture not in open_clip.list_models():
-        raise GuidanceConfigError(f"architecture={architecture!r} is not an open_clip model; known: "
-                                  f"{', '.join(offline_architectures())}")
+        raise GuidanceConfigError(
+            f"architecture={architecture!r} is not an open_clip model; known: {', '.join(offline_architectures())}"
+        )
     if not path.lower().endswith(".safetensors"):
-        raise GuidanceConfigError(f"{os.path.basename(path)}: only .safetensors CLIP checkpoints are accepted (pickled "
-                                  ".pt/.bin/.ckpt files can run code when loaded); convert it to .safetensors")
+        raise GuidanceConfigError(
+            f"{os.path.basename(path)}: only .safetensors CLIP checkpoints are accepted (pickled "
+            ".pt/.bin/.ckpt files can run code when loaded); convert it to .safetensors"
+        )
     check_safetensors(path, what="CLIP checkpoint", error=GuidanceConfigError)
     from safetensors.torch import load_file
     from open_clip.factory import resize_pos_embed, resize_text_pos_embed
@@ -173,8 +185,10 @@ def load_clip(architecture: str, path: str) -> nn.Module:
             resize_text_pos_embed(state, model)
             model.load_state_dict(state, strict=True)
         except (RuntimeError, KeyError, ValueError, AssertionError) as e:  # open_clip's resizes assert
-            raise GuidanceConfigError(f"{os.path.basename(path)} does not hold weights of open_clip architecture "
-                                      f"{architecture!r}: {str(e)[:600]}") from None
+            raise GuidanceConfigError(
+                f"{os.path.basename(path)} does not hold weights of open_clip architecture "
+                f"{architecture!r}: {str(e)[:600]}"
+            ) from None
     return model.float().eval().requires_grad_(False)
 
 
@@ -187,9 +201,12 @@ def preprocess_settings(model: nn.Module) -> dict:
     size = cfg.get("size", getattr(visual, "image_size", 224))
     size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
     interp = cfg.get("interpolation", "bicubic")
-    return {"size": size, "mean": tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-            "std": tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
-            "interpolation": interp if interp in INTERPOLATIONS else "bilinear"}
+    return {
+        "size": size,
+        "mean": tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        "std": tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        "interpolation": interp if interp in INTERPOLATIONS else "bilinear",
+    }
 
 
 def encode_labels(model: nn.Module, tokenizer: Callable, labels: Sequence[str]) -> torch.Tensor:
@@ -204,7 +221,7 @@ def cutout_boxes(h: int, w: int, n: int, seed: int, sigma: float, cut_min: float
     Seeded by (seed, sigma): the same boxes for every evaluation at one noise level."""
     if n <= 0:
         return []
-    key = (int(seed) * 1_000_003 + int(round(float(sigma) * 1e6))) % (2 ** 63)
+    key = (int(seed) * 1_000_003 + int(round(float(sigma) * 1e6))) % (2**63)
     g = torch.Generator(device="cpu").manual_seed(key)
     short = min(h, w)
     lo = max(1, int(math.ceil(cut_min * short)))
@@ -227,7 +244,7 @@ def resize_cover(img: torch.Tensor, size: tuple, mode: str) -> torch.Tensor:
     if (nh, nw) != (h, w):
         img = F.interpolate(img, size=(nh, nw), mode=mode, align_corners=False, antialias=True)
     top, left = (nh - th) // 2, (nw - tw) // 2
-    return img[..., top:top + th, left:left + tw]
+    return img[..., top : top + th, left : left + tw]
 
 
 class ZeroShotCLIP(nn.Module):
@@ -236,11 +253,24 @@ class ZeroShotCLIP(nn.Module):
     Holds only the image tower; the label embeddings are computed once (encode_labels) and kept as
     a buffer, so the text tower is not kept in memory."""
 
-    def __init__(self, visual: nn.Module, text_features: torch.Tensor, tau: float, size: tuple, mean, std,
-                 interpolation: str = "bicubic", cutouts: int = 0, seed: int = 0, cut_min: float = CUT_MIN):
+    def __init__(
+        self,
+        visual: nn.Module,
+        text_features: torch.Tensor,
+        tau: float,
+        size: tuple,
+        mean,
+        std,
+        interpolation: str = "bicubic",
+        cutouts: int = 0,
+        seed: int = 0,
+        cut_min: float = CUT_MIN,
+    ):
         super().__init__()
         if int(cutouts) != cutouts or not 0 <= cutouts <= CUTOUTS_MAX:
-            raise GuidanceConfigError(f"cutouts={cutouts}; use an integer in 0..{CUTOUTS_MAX} (0 = the whole image only)")
+            raise GuidanceConfigError(
+                f"cutouts={cutouts}; use an integer in 0..{CUTOUTS_MAX} (0 = the whole image only)"
+            )
         if not (0 < float(tau) <= TAU_MAX) or not math.isfinite(float(tau)):
             raise GuidanceConfigError(f"tau={tau}; use a number in (0, {TAU_MAX}] (0 in the node = the model's own)")
         if interpolation not in INTERPOLATIONS:
@@ -262,8 +292,10 @@ class ZeroShotCLIP(nn.Module):
         out = [resize_cover(rgb, self.size, self.interpolation)]
         s = 0.0 if sigma is None else float(torch.as_tensor(sigma).reshape(-1)[0])
         for top, left, side in cutout_boxes(rgb.shape[-2], rgb.shape[-1], self.cutouts, self.seed, s, self.cut_min):
-            crop = rgb[..., top:top + side, left:left + side]
-            out.append(F.interpolate(crop, size=self.size, mode=self.interpolation, align_corners=False, antialias=True))
+            crop = rgb[..., top : top + side, left : left + side]
+            out.append(
+                F.interpolate(crop, size=self.size, mode=self.interpolation, align_corners=False, antialias=True)
+            )
         v = torch.cat(out, 0)
         return (v - self.mean.to(v)) / self.std.to(v)
 
@@ -282,8 +314,9 @@ class ZeroShotCLIP(nn.Module):
         return logits.view(-1, b, self.num_classes).mean(0)
 
 
-def build_zero_shot(model: nn.Module, tokenizer: Callable, labels: Sequence[str], tau: float = 0.0,
-                    cutouts: int = 0, seed: int = 0) -> ZeroShotCLIP:
+def build_zero_shot(
+    model: nn.Module, tokenizer: Callable, labels: Sequence[str], tau: float = 0.0, cutouts: int = 0, seed: int = 0
+) -> ZeroShotCLIP:
     """ZeroShotCLIP from a loaded open_clip model: label embeddings computed now; tau = exp(logit_scale)
     of the model unless tau > 0 is given."""
     feats = encode_labels(model, tokenizer, labels)
@@ -294,8 +327,9 @@ def build_zero_shot(model: nn.Module, tokenizer: Callable, labels: Sequence[str]
         return ZeroShotCLIP(model.visual, feats, tau, p["size"], p["mean"], p["std"], p["interpolation"], cutouts, seed)
 
 
-def load_zero_shot(architecture: str, path: str, labels: Sequence[str], tau: float = 0.0, cutouts: int = 0,
-                   seed: int = 0) -> ZeroShotCLIP:
+def load_zero_shot(
+    architecture: str, path: str, labels: Sequence[str], tau: float = 0.0, cutouts: int = 0, seed: int = 0
+) -> ZeroShotCLIP:
     """load_clip + the tokenizer that ships with open_clip + build_zero_shot."""
     model = load_clip(architecture, path)
     tokenizer = _open_clip().get_tokenizer(architecture)
@@ -324,8 +358,10 @@ class LinearRGB:
         if self.reshape is not None:
             z = self.reshape(z)
         if z.ndim not in (4, 5) or z.shape[1] != self.channels:
-            raise GuidanceConfigError(f"the linear latent->RGB map reads [B, {self.channels}, H, W] latents (video: "
-                                      f"[B, {self.channels}, T, H, W]); got {tuple(z.shape)}")
+            raise GuidanceConfigError(
+                f"the linear latent->RGB map reads [B, {self.channels}, H, W] latents (video: "
+                f"[B, {self.channels}, T, H, W]); got {tuple(z.shape)}"
+            )
         rgb = torch.einsum("bc...,ck->bk...", z, self.factors.to(z))
         if self.bias is not None:
             rgb = rgb + self.bias.to(z).view(1, 3, *([1] * (z.ndim - 2)))

@@ -8,6 +8,7 @@ Architecture after the classifier of Dhariwal & Nichol 2021 (arXiv 2105.05233, A
   - attention pooling: a query from the mean feature attends over all positions -> logits.
 Inputs are the model's input scaling of x (see classifier_guidance) and sigma; output: logits [B, K].
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ class ClassifierConfig:
     num_classes: int = 10
     # field metadata as guidance_core.classifier_training.setting writes it (that module imports this one): the
     # Train Classifier node's `width` and the command line's --base-channels read it
-    base_channels: int = field(default=64, metadata={"help": "base channels of the classifier network",
-                                                     "range": (8, 512)})
+    base_channels: int = field(
+        default=64, metadata={"help": "base channels of the classifier network", "range": (8, 512)}
+    )
     channel_mult: list = field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: int = 1
     emb_dim: int = 128
@@ -96,8 +98,9 @@ class NoiseAwareClassifier(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.embed = nn.Sequential(FourierEmbedding(c.emb_dim), nn.Linear(c.emb_dim, c.emb_dim), nn.SiLU(),
-                                   nn.Linear(c.emb_dim, c.emb_dim))
+        self.embed = nn.Sequential(
+            FourierEmbedding(c.emb_dim), nn.Linear(c.emb_dim, c.emb_dim), nn.SiLU(), nn.Linear(c.emb_dim, c.emb_dim)
+        )
         ch = c.base_channels * c.channel_mult[0]
         self.stem = nn.Conv2d(c.in_channels, ch, 3, padding=1)
         blocks, downs = [], []
@@ -108,7 +111,9 @@ class NoiseAwareClassifier(nn.Module):
                 level_blocks.append(ResBlock(ch, out, c.emb_dim))
                 ch = out
             blocks.append(nn.ModuleList(level_blocks))
-            downs.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1) if level < len(c.channel_mult) - 1 else nn.Identity())
+            downs.append(
+                nn.Conv2d(ch, ch, 3, stride=2, padding=1) if level < len(c.channel_mult) - 1 else nn.Identity()
+            )
         self.blocks, self.downs = nn.ModuleList(blocks), nn.ModuleList(downs)
         self.mid = ResBlock(ch, ch, c.emb_dim)
         self.pool = AttentionPool(ch, c.attn_heads, c.num_classes)

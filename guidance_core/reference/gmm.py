@@ -7,13 +7,12 @@ Data x0 ~ sum_k pi_k N(mu_k, tau^2 I); noisy x = alpha*x0 + sigma*eps. Then
   E[x0 | x]       = sum_k p(k | x) E[x0 | x, k]
 (alpha = 1 for eps and v models in ComfyUI's space, 1 - sigma for flow models.)
 """
+
 from __future__ import annotations
 
 import torch
 
 from ..parameterization import per_sample
-
-
 
 
 class GaussianMixture:
@@ -26,7 +25,7 @@ class GaussianMixture:
     def class_logits(self, x, sigma, alpha, priors=None):
         """log pi_k - ||x - alpha mu_k||^2 / (2 v), [B, K] (priors: [K] or [B, K])."""
         sigma, alpha = per_sample(sigma, x), per_sample(alpha, x)
-        v = (alpha ** 2 * self.tau ** 2 + sigma ** 2).reshape(-1, 1)
+        v = (alpha**2 * self.tau**2 + sigma**2).reshape(-1, 1)
         mu = self.means.to(x)
         d2 = ((x[:, None] - alpha[:, None] * mu[None]) ** 2).flatten(2).sum(-1)
         pri = (self.priors if priors is None else priors).to(x)
@@ -35,9 +34,9 @@ class GaussianMixture:
     def class_denoise(self, x, sigma, alpha):
         """E[x0 | x, k] for every k: [B, K, ...]."""
         sigma, alpha = per_sample(sigma, x), per_sample(alpha, x)
-        v = alpha ** 2 * self.tau ** 2 + sigma ** 2
+        v = alpha**2 * self.tau**2 + sigma**2
         mu = self.means.to(x)[None]
-        return mu + (alpha * self.tau ** 2 / v)[:, None] * (x[:, None] - alpha[:, None] * mu)
+        return mu + (alpha * self.tau**2 / v)[:, None] * (x[:, None] - alpha[:, None] * mu)
 
     def denoise(self, x, sigma, alpha, priors=None):
         """E[x0 | x] under the given priors (default: the mixture's)."""
@@ -59,5 +58,5 @@ class GMMClassifier(torch.nn.Module):
         if self.parameterization == "flow":
             x, alpha = x_in, 1.0 - s
         else:
-            x, alpha = x_in * torch.sqrt(1.0 + s ** 2), torch.ones_like(s)
+            x, alpha = x_in * torch.sqrt(1.0 + s**2), torch.ones_like(s)
         return self.gmm.class_logits(x, s, alpha)

@@ -9,6 +9,7 @@ The prompt is a weight vector over the classes (the conditioning tensor); the em
 (all zeros) is the unconditional mixture. A real ComfyUI MODEL, so every sampler and every
 Guidance Lab node runs on it unchanged, on a CPU, in milliseconds.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,9 @@ def shape_means(size: int = SIZE) -> torch.Tensor:
     """K x 3 x size x size pictures in [-1, 1]: one colored shape on a dark background."""
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     masks = [
-        (xx ** 2 + yy ** 2 < 0.55 ** 2),
+        (xx**2 + yy**2 < 0.55**2),
         (xx.abs() < 0.5) & (yy.abs() < 0.5),
-        (yy < 0.55) & (yy > -0.6 + 2.0 * xx.abs() * 1.0) ,
+        (yy < 0.55) & (yy > -0.6 + 2.0 * xx.abs() * 1.0),
         ((xx.abs() < 0.17) | (yy.abs() < 0.17)) & (xx.abs() < 0.65) & (yy.abs() < 0.65),
     ]
     out = torch.full((len(CLASSES), 3, size, size), -0.7)
@@ -55,8 +56,18 @@ class GMMDenoiser(torch.nn.Module):
     The conditioning tensor's first token holds class weights: a non-zero vector restricts the
     mixture's prior to those classes (a class prompt), all zeros is the unconditional mixture."""
 
-    def __init__(self, means=None, tau: float = TAU, priors=None, parameterization: str = "eps", image_size: int = SIZE,
-                 device=None, operations=None, dtype=None, **kw):
+    def __init__(
+        self,
+        means=None,
+        tau: float = TAU,
+        priors=None,
+        parameterization: str = "eps",
+        image_size: int = SIZE,
+        device=None,
+        operations=None,
+        dtype=None,
+        **kw,
+    ):
         super().__init__()
         means = shape_means(image_size) if means is None else torch.as_tensor(means, dtype=torch.float32)
         self.gmm = GaussianMixture(means, tau, None if priors is None else torch.as_tensor(priors))
@@ -83,8 +94,14 @@ class GMMDenoiser(torch.nn.Module):
         return (denoised - d0) / (ms.calculate_denoised(sig, torch.ones_like(x), xr) - d0)
 
 
-def gmm_model(means=None, tau: float = TAU, priors=None, parameterization: str = "eps", sampling_settings=None,
-              model_type: str | None = None):
+def gmm_model(
+    means=None,
+    tau: float = TAU,
+    priors=None,
+    parameterization: str = "eps",
+    sampling_settings=None,
+    model_type: str | None = None,
+):
     """A real ComfyUI MODEL (BaseModel + ModelPatcher) whose diffusion model is the exact GMM denoiser.
     sampling_settings: ComfyUI's schedule settings (default: SD's scaled-linear betas; shift 1 for flow).
     model_type: a name of comfy.model_base.ModelType (e.g. "EDM" with sampling_settings {"sigma_data": 0.5, ...}
@@ -106,12 +123,14 @@ def gmm_model(means=None, tau: float = TAU, priors=None, parameterization: str =
         latent_format = Latent
         sampling_settings = settings
 
-    cfg = Config({"means": means, "tau": tau, "priors": priors, "parameterization": parameterization,
-                  "image_size": size})
+    cfg = Config(
+        {"means": means, "tau": tau, "priors": priors, "parameterization": parameterization, "image_size": size}
+    )
     if model_type is None:
         model_type = {"eps": "EPS", "v": "V_PREDICTION", "flow": "FLOW"}[parameterization]
-    model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType[model_type], device="cpu",
-                                       unet_model=GMMDenoiser)
+    model = comfy.model_base.BaseModel(
+        cfg, model_type=comfy.model_base.ModelType[model_type], device="cpu", unet_model=GMMDenoiser
+    )
     model.diffusion_model.owner = (model,)
     dev = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
@@ -128,10 +147,14 @@ def class_conditioning(weights) -> list:
 class GuidanceLabDemoShapesModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(node_id="GuidanceLabDemoShapesModel", display_name="Demo Shapes Model (exact GMM)",
-                         category="Guidance Lab/demo",
-                         description="Exact denoiser of a 4-class Gaussian mixture of shape pictures (3x32x32 latent).",
-                         inputs=[], outputs=[io.Model.Output(display_name="model")])
+        return io.Schema(
+            node_id="GuidanceLabDemoShapesModel",
+            display_name="Demo Shapes Model (exact GMM)",
+            category="Guidance Lab/demo",
+            description="Exact denoiser of a 4-class Gaussian mixture of shape pictures (3x32x32 latent).",
+            inputs=[],
+            outputs=[io.Model.Output(display_name="model")],
+        )
 
     @classmethod
     def execute(cls):
@@ -141,13 +164,24 @@ class GuidanceLabDemoShapesModel(io.ComfyNode):
 class GuidanceLabDemoClass(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(node_id="GuidanceLabDemoClass", display_name="Demo Class Prompt",
-                         category="Guidance Lab/demo", description="Conditioning for one shape class; 'empty' = none.",
-                         inputs=[io.Combo.Input("label", options=["empty", *CLASSES], default="circle",
-                                                tooltip="Shape class; 'empty' is the unconditional prompt."),
-                                 io.Int.Input("batch", default=1, min=1, max=64, optional=True,
-                                              tooltip="Batch size of the conditioning tensor.")],
-                         outputs=[io.Conditioning.Output(display_name="conditioning")])
+        return io.Schema(
+            node_id="GuidanceLabDemoClass",
+            display_name="Demo Class Prompt",
+            category="Guidance Lab/demo",
+            description="Conditioning for one shape class; 'empty' = none.",
+            inputs=[
+                io.Combo.Input(
+                    "label",
+                    options=["empty", *CLASSES],
+                    default="circle",
+                    tooltip="Shape class; 'empty' is the unconditional prompt.",
+                ),
+                io.Int.Input(
+                    "batch", default=1, min=1, max=64, optional=True, tooltip="Batch size of the conditioning tensor."
+                ),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning")],
+        )
 
     @classmethod
     def execute(cls, label, batch=1):
@@ -158,10 +192,14 @@ class GuidanceLabDemoClass(io.ComfyNode):
 class GuidanceLabDemoToImage(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(node_id="GuidanceLabDemoToImage", display_name="Demo Latent to Image",
-                         category="Guidance Lab/demo", description="The shapes latent is RGB in [-1, 1]: shown x4.",
-                         inputs=[io.Latent.Input("samples", tooltip="Latent from the shapes model.")],
-                         outputs=[io.Image.Output(display_name="image")])
+        return io.Schema(
+            node_id="GuidanceLabDemoToImage",
+            display_name="Demo Latent to Image",
+            category="Guidance Lab/demo",
+            description="The shapes latent is RGB in [-1, 1]: shown x4.",
+            inputs=[io.Latent.Input("samples", tooltip="Latent from the shapes model.")],
+            outputs=[io.Image.Output(display_name="image")],
+        )
 
     @classmethod
     def execute(cls, samples):
