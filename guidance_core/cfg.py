@@ -614,33 +614,9 @@ class CFGCombiner:
             d_ref = preds[term.ref]
             coef = term.coef
             if term.role is Role.GUIDANCE:
-                if post.tcfg:
-                    d_ref = guidance_filters.tcfg_reference(d_pos, d_ref, x)
-                if post.cfg_zero_star:
-                    d_ref = cfg_zero_star_uncond(d_pos, d_ref, x)
-                delta = d_pos - d_ref
-                if post.mambo_alpha > 0:
-                    coef = coef * guidance_filters.mambo_factor(
-                        delta, d_ref, x if x_skip is None else x_skip, post.mambo_alpha
-                    )
-                raw = delta
-                if post.fresca:
-                    delta = guidance_filters.fresca(delta, post.fresca_low, post.fresca_high, post.fresca_cutoff)
-                if post.fdg:
-                    delta = guidance_filters.fdg(delta, post.fdg_low, post.fdg_high)
-                if delta is not raw:  # a filter reshapes the whole step from the reference: D = D_ref + (c + 1) delta'
-                    out = out + (delta - raw)
-                if post.apg:
-                    delta, running = apg_delta(
-                        delta,
-                        d_pos,
-                        post.apg_eta,
-                        post.apg_norm_threshold,
-                        self._momentum_before(level),
-                        post.apg_momentum,
-                    )
-                    if post.apg_momentum != 0.0:
-                        self._running[level] = running
+                coef, delta, reshaped = self._guidance_step(d_pos, d_ref, coef, x, x_skip, level)
+                if reshaped is not None:
+                    out = out + reshaped
             else:
                 delta = preds[term.key] - d_ref
                 if term.role is Role.NEGATIVE and post.perp_neg:
@@ -655,20 +631,47 @@ class CFGCombiner:
         if post.rescale_phi > 0 and plan.active:
             space = default_rescale_space(self.parameterization) if post.rescale_space == "auto" else post.rescale_space
             out = rescale(d_pos, out, post.rescale_phi, x, sigma, alpha, space)
-        plain_mimic = (
-            guidance is not None
-            and isinstance(guidance[0], float)
-            and post.dyn_percentile == 1.0
-            and post.dyn_mimic_scale - 1.0 == guidance[0]
-        )
-        if post.dyn_thresh == "mimic" and guidance is not None and not plain_mimic:
-            coef, delta = guidance  # the same step (before rescale) with the guidance term at the mimic scale m
-            out = guidance_filters.dynamic_threshold_mimic(
-                out, summed + (post.dyn_mimic_scale - 1.0 - coef) * delta, x, post.dyn_percentile, post.dyn_phi
-            )
-        elif post.dyn_thresh == "imagen" and plan.active:
+        return self._threshold(out, summed, guidance, x, bool(plan.active))
+
+    def _guidance_step(self, d_pos, d_ref, coef, x, x_skip, level):
+        """(coefficient, delta, reshaped) of the guidance term after its reshapers, in combine()'s order; `reshaped`
+        is what the frequency filters add besides c delta' (they reshape the whole step: D_ref + (c + 1) delta'),
+        None without them."""
+        post = self.config.post
+        if post.tcfg:
+            d_ref = guidance_filters.tcfg_reference(d_pos, d_ref, x)
+        if post.cfg_zero_star:
+            d_ref = cfg_zero_star_uncond(d_pos, d_ref, x)
+        delta = d_pos - d_ref
+        if post.mambo_alpha > 0:
+            skip = x if x_skip is None else x_skip
+            coef = coef * guidance_filters.mambo_factor(delta, d_ref, skip, post.mambo_alpha)
+        raw = delta
+        if post.fresca:
+            delta = guidance_filters.fresca(delta, post.fresca_low, post.fresca_high, post.fresca_cutoff)
+        if post.fdg:
+            delta = guidance_filters.fdg(delta, post.fdg_low, post.fdg_high)
+        reshaped = delta - raw if delta is not raw else None
+        if post.apg:
+            momentum = self._momentum_before(level)
+            delta, running = apg_delta(delta, d_pos, post.apg_eta, post.apg_norm_threshold, momentum, post.apg_momentum)
+            if post.apg_momentum != 0.0:
+                self._running[level] = running
+        return coef, delta, reshaped
+
+    def _threshold(self, out, summed, guidance, x, active: bool):
+        """Dynamic thresholding of the step's result (mimic: against the same step, before rescale, with the guidance
+        term at the mimic scale m; m = s at percentile 1 is the plain result, returned as it is)."""
+        post = self.config.post
+        if post.dyn_thresh == "mimic" and guidance is not None:
+            coef, delta = guidance
+            if isinstance(coef, float) and post.dyn_percentile == 1.0 and post.dyn_mimic_scale - 1.0 == coef:
+                return out
+            mimic = summed + (post.dyn_mimic_scale - 1.0 - coef) * delta
+            return guidance_filters.dynamic_threshold_mimic(out, mimic, x, post.dyn_percentile, post.dyn_phi)
+        if post.dyn_thresh == "imagen" and active:
             thresholded = guidance_filters.dynamic_threshold_imagen(out, post.dyn_percentile)
-            out = thresholded if post.dyn_phi == 1.0 else thresholded * post.dyn_phi + out * (1.0 - post.dyn_phi)
+            return thresholded if post.dyn_phi == 1.0 else thresholded * post.dyn_phi + out * (1.0 - post.dyn_phi)
         return out
 
     def _momentum_before(self, level):
