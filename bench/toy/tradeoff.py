@@ -569,7 +569,7 @@ def main(argv=None):
     if args.only and {p.group for p in points} <= {"reshapers", "tpg"}:
         from bench.toy import toy_report
 
-        toy_report.write_reshapers(results, [p.name for p in points])
+        toy_report.write_reshapers(results, [p.name for p in points], os.path.join(out, "samples"))
         return results, {}
     if args.distilled or args.distilled_schedules:
         from bench.toy import toy_report
