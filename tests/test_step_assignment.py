@@ -104,9 +104,9 @@ def test_apg_momentum_is_per_step(models, sampler):
     seen = []
     combine = comb.combine
 
-    def recording(plan, preds, x, sigma, alpha, level=None):
+    def recording(plan, preds, x, sigma, alpha, level=None, *rest):
         seen.append((sampler_step(float(sigma.max()), sig), level))
-        return combine(plan, preds, x, sigma, alpha, level)
+        return combine(plan, preds, x, sigma, alpha, level, *rest)
 
     comb.combine = recording
     try:

@@ -507,7 +507,7 @@ def write_reshapers(results, names, samples_dir: str, resamples: int = 100):
     from safetensors.torch import load_file
 
     from bench.toy import fashion
-    from bench.toy.weak_lora_report import fd_bootstrap_std
+    from bench.toy.fd_noise import fd_bootstrap_std
     from devkit.bench import write_section
     from guidance_core.files import atomic_bytes
 

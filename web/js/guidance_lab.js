@@ -506,6 +506,14 @@ app.registerExtension({
       if (loader) setupLoader(this);
       return r;
     };
+    // a node made before it joins a graph (refreshPlot waits for one) draws its plot once it is added; the Vue
+    // node renderer never calls onDrawForeground, so this is its first refresh
+    const onAdded = nodeType.prototype.onAdded;
+    nodeType.prototype.onAdded = function (...args) {
+      const r = onAdded?.apply(this, args);
+      if (this.__guidanceLabPlot) refreshPlot(this);
+      return r;
+    };
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (...args) {
       const r = onDrawForeground?.apply(this, args);
