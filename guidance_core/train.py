@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 import torch
 import torch.distributed as dist
@@ -127,9 +129,22 @@ def main(argv=None) -> int:
 
     bar = tqdm(total=config.steps, initial=trainer.step, desc="training", disable=rank != 0)
 
+    # Ctrl-C asks the loop to stop after the step it is in (a second one stops at once): a KeyboardInterrupt raised
+    # asynchronously can land in a finalizer or callback, where Python prints and drops it, and training goes on.
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+
     def on_step(step, loss):
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
+        if stop.is_set():
+            raise KeyboardInterrupt
 
     def on_checkpoint(step):
         if rank == 0:

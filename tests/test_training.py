@@ -199,7 +199,15 @@ def test_interrupt_leaves_no_file(shapes_world):
 
 # ------------------------------------------------------------ determinism, resume, command line
 def cache_file(shapes_world):
-    files = glob.glob(str(shapes_world["root"] / "user" / "guidance_lab" / "latent_cache" / "*.safetensors"))
+    """The shapes world's latent cache, the file the training node writes: made here by a short training run when
+    no test before this one has made it (so a test run alone, with -k, finds it too)."""
+
+    def cached():
+        return glob.glob(str(shapes_world["root"] / "user" / "guidance_lab" / "latent_cache" / "*.safetensors"))
+
+    if not cached():
+        train(shapes_world, steps=2, output_name="shapes_cache_only")  # the fixture's user folders are in place
+    files = cached()
     assert files
     return max(files, key=os.path.getsize)
 
