@@ -162,6 +162,11 @@ def test_distilled_table_is_the_results_file():
     assert [s["guidance"] for s, _ in pairs] == [1.5, 3.0, 5.0] and all(t is not None for _, t in pairs)
     assert all(s["n"] == t["n"] == data["_config"]["n"] == 1000 for s, t in pairs)
     assert all(s["rows_per_step"] == 1.0 for s, _ in pairs)  # one model call per step
+    # the shipped student matches its teacher's CFG at every embedded scale, within the stated tolerance
+    tol = data["tolerance"]
+    for s, t in pairs:
+        gaps = (abs(s["accuracy"] - t["accuracy"]), abs(s["fd"] - t["fd"]))
+        assert gaps[0] <= tol["accuracy"] and gaps[1] <= tol["fd"], (s["name"], gaps, tol)
     # the teacher's points are the tradeoff benchmark's (kept, not sampled again, where that file has them)
     with open(os.path.join(H.ROOT, "docs", "toy_tradeoff.json")) as f:
         tradeoff_results = json.load(f)
