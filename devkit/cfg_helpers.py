@@ -108,3 +108,15 @@ def raw_parts(model):
     }
     sig = one_step(model, native_guider(model, 1.0))[1]
     return parts, xs[0], float(sig[0])
+
+
+def slg_simple(model):
+    """ComfyUI's SkipLayerGuidanceDiTSimple on the first double block, all steps."""
+    return H.run_node(
+        "SkipLayerGuidanceDiTSimple",
+        model=model,
+        double_layers="0",
+        single_layers="",
+        start_percent=0.0,
+        end_percent=1.0,
+    )[0]

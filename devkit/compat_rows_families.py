@@ -141,13 +141,13 @@ def family_rows(quick: bool = False) -> list:
 def nag_rows() -> list:
     """NAG terms and the Distilled Guidance Schedule on every family, through the patch (KSampler): the paper form at
     cfg 1 exact against a direct implementation of the formula (devkit/nag_reference.py) where the family has UNet
-    cross-attention or Wan's text cross-attention (there also at cfg 4: a batch with the negative's rows), refused
-    elsewhere; the comfyui form at cfg 1 and 4 exact against ComfyUI's NAGuidance where this
+    cross-attention, Wan's text cross-attention or joint attention (on both DiT kinds also at cfg 4: a batch with the
+    negative's rows), refused elsewhere (and on joint attention where this ComfyUI has no attention override); the comfyui form at cfg 1 and 4 exact against ComfyUI's NAGuidance where this
     ComfyUI has it, finite where it has not, refused where the family's blocks never call NAGuidance's hook; a
     constant distilled guidance schedule exact against FluxGuidance where the family has a guidance input, refused
     elsewhere."""
     from . import families as F
-    from .nag_reference import reference_model, reference_wan
+    from .nag_reference import reference_joint, reference_model, reference_wan
 
     have_nag = "NAGuidance" in H.boot().NODE_CLASS_MAPPINGS
     nag_patches = H.pack_module("nodes.nag_patches")
@@ -164,9 +164,13 @@ def nag_rows() -> list:
         # float64 where the form applies (a softmax written out against ComfyUI's attention: float32 rounding apart)
         unet = bool(nag_patches.cross_attention_keys(m.model.diffusion_model))
         dit = bool(nag_patches.dit_cross_attention(m.model.diffusion_model))
+        joint = nag_patches.joint_family(m.model.diffusion_model)
         m64 = float64(fam.build()) if unet else m  # Wan casts its input to float32: float32 there
-        reference = reference_model if unet else reference_wan
-        for cfg in (1.0, 4.0) if dit else (1.0,):
+        if joint:
+            reference = lambda model, _ctx, *a: reference_joint(model, neg, *a)  # noqa: E731
+        else:
+            reference = reference_model if unet else reference_wan
+        for cfg in (1.0, 4.0) if dit or joint else (1.0,):
             rows.append(
                 measure(
                     key(f"NAG term, paper form, cfg {cfg:g} = the formula"),

@@ -230,7 +230,46 @@ def chain_rows() -> list:
                 model=m,
             )
         )
-    return rows + dual_model_rows()
+    return rows + dual_model_rows() + nag_joint_chain_rows()
+
+
+def nag_joint_chain_rows() -> list:
+    """A NAG term in the paper form on a joint-attention DiT (Flux) chained with the nodes that would split its
+    shadow rows from the positive's: NAGuidance (its attention output patch moves the positive's image stream, not
+    the shadow's) and SkipLayerGuidanceDiTSimple (its batching runs the shadow in a call of its own); refused in both
+    orders before the first model call."""
+    from . import families as F
+
+    name = "Flux.1 dev (guidance-distilled)"
+    fam, m = F.FAMILIES[name], F.model(name)
+    run = dict(pos=fam.cond(1), neg=fam.cond(2), latent=fam.latent(1), steps=2)
+    term = functools.partial(H.run_node, "GuidanceLabNAGTerm", form="paper", weight=4.0, tau=2.5, alpha=0.5)
+    nodes = {
+        "NAGuidance": dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5),
+        "SkipLayerGuidanceDiTSimple": dict(double_layers="0", single_layers="", start_percent=0.0, end_percent=1.0),
+    }
+    rows = []
+    for node_id, inputs in nodes.items():
+        item = f"{node_id} with a NAG term, paper form (Flux)"
+        if node_id not in H.boot().NODE_CLASS_MAPPINGS:
+            rows.append(absent_row((NODES, item, "chained with the patch", "all"), node_id))
+            continue
+        node = functools.partial(lambda n, i, model: H.run_node(n, model=model, **i)[0], node_id, inputs)
+        rows += [
+            measure(
+                (NODES, item, "cfg 1, refused before sampling", "node → patch"),
+                lambda: ksample(patch(node(m), terms=term()[0]), 1.0, **run),
+                refuse=True,
+                model=m,
+            ),
+            measure(
+                (NODES, item, "cfg 1, refused before sampling", "patch → node"),
+                lambda: ksample(node(patch(m, terms=term()[0])), 1.0, **run),
+                refuse=True,
+                model=m,
+            ),
+        ]
+    return rows
 
 
 def dual_model_rows() -> list:

@@ -172,35 +172,39 @@ def sd35():
     return _patcher(cfg.get_model({}, device="cpu"), 14)
 
 
-def flux_dev():
-    """Flux.1 dev: guidance-distilled (a guidance embedding, no real CFG needed), flow with Flux's time shift."""
+def flux_dev(seed: int = 15, **sizes):
+    """Flux.1 dev: guidance-distilled (a guidance embedding, no real CFG needed), flow with Flux's time shift. `sizes`:
+    FluxParams fields that replace the tiny test sizes (a benchmark's larger network), `seed` its random weights."""
     import comfy.ldm.flux.model
 
     cfg = _config(
         "Flux",
         _flux_fields(
             comfy.ldm.flux.model.FluxParams,
-            dict(
-                image_model="flux",
-                in_channels=16,
-                out_channels=16,
-                vec_in_dim=8,
-                context_in_dim=16,
-                hidden_size=32,
-                mlp_ratio=2.0,
-                num_heads=2,
-                depth=1,
-                depth_single_blocks=1,
-                axes_dim=[4, 6, 6],
-                theta=10000,
-                patch_size=2,
-                qkv_bias=True,
-                guidance_embed=True,
-                dtype=torch.float32,
-            ),
+            {
+                **dict(
+                    image_model="flux",
+                    in_channels=16,
+                    out_channels=16,
+                    vec_in_dim=8,
+                    context_in_dim=16,
+                    hidden_size=32,
+                    mlp_ratio=2.0,
+                    num_heads=2,
+                    depth=1,
+                    depth_single_blocks=1,
+                    axes_dim=[4, 6, 6],
+                    theta=10000,
+                    patch_size=2,
+                    qkv_bias=True,
+                    guidance_embed=True,
+                    dtype=torch.float32,
+                ),
+                **sizes,
+            },
         ),
     )
-    return _patcher(cfg.get_model({}, device="cpu"), 15)
+    return _patcher(cfg.get_model({}, device="cpu"), seed)
 
 
 def wan21():

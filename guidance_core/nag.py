@@ -13,7 +13,10 @@ them instead of turning NaN. phi = 0 or alpha = 0 gives Z = Z+.
 Two forms (where the prompt's attention outputs come from):
 - paper: the negative prompt enters only where attention reads the text: Z- = Attn(Q, K-, V-) with the positive
   row's own queries and the negative prompt's keys and values, on the cross-attention output before its output
-  projection (the authors' attention processor); the positive row alone, no row of the negative prompt.
+  projection (the authors' attention processor); the positive row alone, no row of the negative prompt. Where text
+  and image tokens share one attention (joint attention: SD3, Flux, Qwen-Image, Lumina 2...), the text is a stream
+  that every block updates: Z+ and Z- are the image tokens' attention outputs with the positive's and with the
+  negative prompt's text stream, over one shared image stream that carries Z.
 - comfyui: ComfyUI's NAGuidance (comfy_extras/nodes_nag.py, 0.33): a full row of the negative prompt in the same
   batch; Z+ and Z- are the self-attention outputs (after the output projection) of the two rows.
 """

@@ -359,17 +359,20 @@ class GuidanceLabNAGTerm(io.ComfyNode):
             category=CATEGORY,
             description="A negative prompt that works at cfg 1 (guidance-distilled models): normalized attention guidance "
             "(Chen et al. 2025) inside the positive prompt's forward: Z~ = Z+ + w (Z+ - Z-), its L1 norm capped "
-            "at tau |Z+|, blended by alpha. Paper form: the negative prompt enters the cross-attention of the "
-            "positive row only (no extra row; UNets, Wan). ComfyUI form: the same as ComfyUI's NAGuidance node "
-            "(a full row of the negative prompt; UNets, Flux, Chroma).",
+            "at tau |Z+|, blended by alpha. Paper form: the negative prompt enters only where attention reads the "
+            "text: the cross-attention of the positive row (no extra row; UNets, Wan), or the text tokens of joint "
+            "attention (one shadow row; SD3.5, Flux, Chroma, Qwen-Image, Lumina 2, HunyuanVideo). ComfyUI form: the "
+            "same as ComfyUI's NAGuidance node (a full row of the negative prompt; UNets, Flux, Chroma).",
             inputs=[
                 io.Combo.Input(
                     "form",
                     options=list(nag_core.FORMS),
                     default="paper",
                     tooltip="paper: cross-attention of the positive row with the negative prompt's keys and values "
-                    "(UNet: SD1.5, SDXL; Wan 2.x), about the cost of one row; comfyui: ComfyUI's NAGuidance "
-                    "(self-attention outputs of a full negative row; UNet, Flux, Chroma), two rows.",
+                    "(UNet: SD1.5, SDXL; Wan 2.x), about the cost of one row; on joint attention (SD3.5, Flux, "
+                    "Chroma, Qwen-Image, Lumina 2, HunyuanVideo) a shadow row with the negative's text tokens, two "
+                    "rows; comfyui: ComfyUI's NAGuidance (self-attention outputs of a full negative row; UNet, Flux, "
+                    "Chroma), two rows.",
                 ),
                 _weight_input(
                     "nag",

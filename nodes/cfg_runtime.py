@@ -47,6 +47,7 @@ from . import shared_network
 MARK = "guidance_lab_cfg_patch"
 EMPTY_KEY = "guidance_lab_empty"
 POSITIVE_KEY, NEGATIVE_KEY = "positive", "negative"  # ComfyUI's own guider keys
+HOLE = "guidance_lab_no_uncond"  # an empty entry at ComfyUI's uncond slot (index 1) of a batch without the uncond
 NEGATIVE_PROMPT = "negative"  # ComfyUI's prompt_type of negatives (SDXL refiner's aesthetic score reads it)
 
 
@@ -131,7 +132,8 @@ class CFGRuntime:
         )
 
     def _nag_source(self, model_patcher):
-        """(settings, cond key of its negative prompt) of the NAG term, checked against the model; None without."""
+        """(settings, cond key of its negative prompt, term number) of the NAG term, checked against the model; None
+        without."""
         for i, t in enumerate(self.terms):
             if t.kind != "nag":
                 continue
@@ -143,7 +145,7 @@ class CFGRuntime:
                     f"term {i + 1} (nag) has no conditioning and no negative prompt is connected: "
                     "connect its conditioning (the prompt to steer away from) or a negative"
                 )
-            return settings, (f"term{i}" if t.conditioning is not None else cfg_core.NEGATIVE)
+            return settings, (f"term{i}" if t.conditioning is not None else cfg_core.NEGATIVE), i + 1
         return None
 
     def __deepcopy__(self, memo):
@@ -197,6 +199,8 @@ class CFGRuntime:
         self._pre_run = set()
         self.nag_cache = None
         self.bind(guider.model_patcher)
+        if self.nag is not None:  # again on the model sampled: nodes after the patch may have changed it
+            nag_patches.check_supported(guider.model_patcher, self.nag[0], self.nag[2])
         if own:
             return executor(*args, **kwargs)
         if self.empty is not None:
@@ -266,7 +270,12 @@ class CFGRuntime:
         asked = model_options.get("disable_cfg1_optimization", False) or comb.uncond_slot in nag_rows
         uncond = comb.uncond_slot if scale != 1.0 or asked else None
         keys = comb.evaluation_order(plan.needed + ([uncond] if uncond else []) + nag_rows)
+        if plan.nag and self.nag[0].form == "paper" and nag_patches.joint_family(model.diffusion_model):
+            # joint attention: the shadow rows (the positive with the negative's text tokens) in the same batch
+            shadow = nag_patches.shadow_conds(conds[POSITIVE_KEY], conds[cond_key(self.nag[1])], plan.nag.index + 1)
+            conds, keys = {**conds, nag_patches.SHADOW_KEY: shadow}, keys + [nag_patches.SHADOW_KEY]
         preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options, plan.nag)
+        preds.pop(nag_patches.SHADOW_KEY, None)  # equal to the positive's: one image stream
         comb.observe(plan, preds, x, ctx)
         conds_pair = [conds[POSITIVE_KEY], conds[cond_key(uncond)] if uncond else None]
         out_pair = run_pre_cfg_hooks(
@@ -316,12 +325,14 @@ class CFGRuntime:
             if by_chunk
             else model_options
         )
+        if batch[1:2] == [nag_patches.SHADOW_KEY] and not own_batching:
+            batch.insert(1, HOLE)  # the shadow rows must not sit at the uncond slot (attention patches read it so)
         paired = len(batch) > 1 and batch[1] == self.combiner.uncond_slot
         first = self.nag_options(model, conds, batch, opts, nag) if nag else None
+        lists = [None if k == HOLE else conds[cond_key(k)] for k in batch]
         try:
-            preds = dict(
-                zip(batch, evaluate(model, [conds[cond_key(k)] for k in batch], x, timestep, opts, paired, first))
-            )
+            preds = dict(zip(batch, evaluate(model, lists, x, timestep, opts, paired, first)))
+            preds.pop(HOLE, None)
         except (
             perturbation_patches.NoRowIds
         ):  # this ComfyUI does not tell the blocks their rows: the perturbed rows run alone
@@ -352,12 +363,23 @@ class CFGRuntime:
 
     def nag_options(self, model, conds, batch, opts, nag) -> dict:
         """The batch's model options with the NAG term at this step's s on the positive rows (chunk 0)."""
-        settings, source = self.nag
+        settings, source, _ = self.nag
         self.nag_probe = nag_patches.Probe()
         if settings.form == "comfyui":
             return nag_patches.patched_options(
                 opts, None, settings, nag.scale, self.nag_probe, neg_chunk=batch.index(source)
             )
+        if nag_patches.SHADOW_KEY in batch:
+            net = model.diffusion_model
+            joint = nag_patches.JointCall(
+                batch.index(nag_patches.SHADOW_KEY),
+                nag_patches.text_tokens(net, conds[nag_patches.SHADOW_KEY]),
+                nag_patches.text_first(net),
+                nag.scale,
+                settings,
+                self.nag_probe,
+            )
+            return nag_patches.patched_options(opts, None, settings, nag.scale, self.nag_probe, joint=joint)
         if self.nag_cache is None or self.nag_cache.network is not model.diffusion_model:
             self.nag_cache = nag_patches.PaperCache(model.diffusion_model)
         context = nag_patches.negative_context(conds[cond_key(source)], nag.index + 1)

@@ -13,7 +13,7 @@ import torch
 
 from devkit import comfy_host as H
 from devkit import families as F
-from devkit.cfg_helpers import custom_sample, ksample, native_guider, one_step, our_guider, patch
+from devkit.cfg_helpers import custom_sample, ksample, native_guider, one_step, our_guider, patch, slg_simple
 
 pytestmark = pytest.mark.comfy
 
@@ -44,17 +44,6 @@ def recorded_pair(model, guider_of):
 def sd35():
     fam = F.FAMILIES[SD35]
     return fam, fam.build(), {"pos": fam.cond(1), "neg": fam.cond(2), "empty": fam.cond(3)}
-
-
-def slg_simple(model):
-    return H.run_node(
-        "SkipLayerGuidanceDiTSimple",
-        model=model,
-        double_layers="0",
-        single_layers="",
-        start_percent=0.0,
-        end_percent=1.0,
-    )[0]
 
 
 # ------------------------------------------------------------------ SkipLayerGuidanceDiTSimple
