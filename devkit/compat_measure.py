@@ -106,11 +106,15 @@ def measure(
     except Exception as e:
         return row(*key, "FAIL", f"reference run failed: {error_text(e)}")
     what = "relative diff" if relative else "max abs diff"
-    if exact is None:
+    rounding = exact is None
+    if rounding:
         exact = diff < TOL
     if exact and not diff < TOL:
         return row(*key, "FAIL", f"{what} {diff:.2g} from the reference's result (tolerance {TOL:g})", diff)
-    return row(*key, "exact" if exact else "finite", f"{diff:.2g}" + (" relative" if relative else ""), diff)
+    out = row(*key, "exact" if exact else "finite", f"{diff:.2g}" + (" relative" if relative else ""), diff)
+    if rounding:
+        out["rounding"] = True  # its status is the measured difference against TOL (compat_matrix.mismatches)
+    return out
 
 
 def counted(calls: list, run, model=None):

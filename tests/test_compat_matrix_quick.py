@@ -73,3 +73,15 @@ def test_document_rows_are_well_formed(doc_text):
                     assert r["detail"].strip(), (version, r)
                 else:
                     assert diff < M.TOL, (version, r)
+
+
+def test_a_rounding_decided_row_may_flip_only_within_the_band():
+    """A row whose status is its float32 rounding against TOL (the reshapers at EDM's sigma 80: 5.9e-6 in one run,
+    1.3e-5 in the next) is no mismatch when it flips near TOL; far past it, or for any other row, it is."""
+    key = dict(area="Model families", item="Playground v2.5", check="FreSca = ComfyUI's FreSca", route="patch")
+    doc = [dict(key, status="exact", detail="5.9e-06 relative", value=None)]
+    near = dict(key, status="finite", detail="1.3e-05 relative", value=1.3e-5, rounding=True)
+    far = dict(near, detail="0.002 relative", value=2e-3)
+    assert M.mismatches([near], doc) == []
+    assert len(M.mismatches([far], doc)) == 1
+    assert len(M.mismatches([{k: v for k, v in near.items() if k != "rounding"}], doc)) == 1
