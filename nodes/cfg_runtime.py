@@ -123,6 +123,7 @@ class CFGRuntime:
         self.aliases, self.shared = {}, {}  # set by bind()
         self.nag = self._nag_source(model_patcher)
         self.nag_cache = None  # the paper form's nag_patches.PaperCache of a run
+        self.shadow_cache = None  # the joint paper form's (positive, negative, shadow rows) of a run
         if model_patcher is not None:
             perturbation_patches.check_blocks(model_patcher, [(int(k[4:]) + 1, p) for k, p in self.perturbed.items()])
         self.probe = perturbation_patches.Probe()
@@ -197,7 +198,7 @@ class CFGRuntime:
         self.combiner.reset(sampling_facts.sampler_name(args[2] if len(args) > 2 else kwargs.get("sampler")))
         self.probe = perturbation_patches.Probe()
         self._pre_run = set()
-        self.nag_cache = None
+        self.nag_cache = self.shadow_cache = None
         self.bind(guider.model_patcher)
         if self.nag is not None:  # again on the model sampled: nodes after the patch may have changed it
             nag_patches.check_supported(guider.model_patcher, self.nag[0], self.nag[2])
@@ -272,7 +273,7 @@ class CFGRuntime:
         keys = comb.evaluation_order(plan.needed + ([uncond] if uncond else []) + nag_rows)
         if plan.nag and self.nag[0].form == "paper" and nag_patches.joint_family(model.diffusion_model):
             # joint attention: the shadow rows (the positive with the negative's text tokens) in the same batch
-            shadow = nag_patches.shadow_conds(conds[POSITIVE_KEY], conds[cond_key(self.nag[1])], plan.nag.index + 1)
+            shadow = self.shadow_rows(conds[POSITIVE_KEY], conds[cond_key(self.nag[1])], plan.nag.index + 1)
             conds, keys = {**conds, nag_patches.SHADOW_KEY: shadow}, keys + [nag_patches.SHADOW_KEY]
         preds = self.evaluate_terms(model, conds, keys, x, timestep, model_options, plan.nag)
         preds.pop(nag_patches.SHADOW_KEY, None)  # equal to the positive's: one image stream
@@ -360,6 +361,13 @@ class CFGRuntime:
             elif k in self.models:
                 preds[k] = self.evaluate_other(self.models[k], conds[cond_key(k)], x, timestep, model_options)
         return preds
+
+    def shadow_rows(self, positive, negative, term_no: int) -> list:
+        """The joint paper form's shadow cond list, built once a run (one uuid for the run's shadow rows)."""
+        cached = self.shadow_cache
+        if cached is None or cached[0] is not positive or cached[1] is not negative:
+            self.shadow_cache = cached = (positive, negative, nag_patches.shadow_conds(positive, negative, term_no))
+        return cached[2]
 
     def nag_options(self, model, conds, batch, opts, nag) -> dict:
         """The batch's model options with the NAG term at this step's s on the positive rows (chunk 0)."""

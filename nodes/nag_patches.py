@@ -424,14 +424,18 @@ def _joint_override(call: JointCall, previous):
             return out  # text tokens only (a text refiner)
         pos, sh = _chunk_rows(q.shape[0], ids, POSITIVE_CHUNK), _chunk_rows(q.shape[0], ids, call.shadow_chunk)
         q_tok = q.transpose(1, 2) if kwargs.get("skip_reshape") else q  # [B, L, ...]
-        if _rows_equal(q_tok[pos], q_tok[sh]):
-            return out  # image tokens only (an image refiner): no text read here
-        img = slice(call.n_text, tokens) if call.text_first else slice(0, tokens - call.n_text)
+        img, txt = (
+            (slice(call.n_text, tokens), slice(0, call.n_text))
+            if call.text_first
+            else (slice(0, tokens - call.n_text), slice(tokens - call.n_text, tokens))
+        )
         if not _rows_equal(q_tok[pos, img], q_tok[sh, img]):
             raise GuidanceConfigError(
                 "nag (form paper): the shadow rows' image stream left the positive's (another node changes the rows "
                 "differently, e.g. a ControlNet that reads the text); remove that node or use form comfyui"
             )
+        if _rows_equal(q_tok[pos, txt], q_tok[sh, txt]):
+            return out  # no text read here (an image refiner), or a negative equal to the positive: Z- = Z+
         o = out.transpose(1, 2) if kwargs.get("skip_output_reshape") else out  # [B, L, ...], a view
         flat = lambda t: t.reshape(*t.shape[:2], -1)  # noqa: E731  (per token: every head's features)
         z = nag_core.nag_attention(
