@@ -149,8 +149,8 @@ def mismatches(rows: list, doc_rows: list) -> list:
     limitation (measured numbers are not compared: they may differ in the last bits between machines). A row whose
     status is its measured difference against TOL (`rounding`: float32 rounding of two operation orders, e.g. at
     EDM's sigma 80) may read exact in one run and finite in the next while that difference stays within
-    ROUNDING_BAND x TOL: the value moves with the allocations made before the run (MKL's kernels), so that flip is a
-    measured number too; a difference beyond the band is a mismatch."""
+    ROUNDING_BAND x TOL: the value moves with what ran before it in the process (measured: 5.9e-6 to 1.3e-5 on the
+    same machine), so that flip is a measured number too; a difference beyond the band is a mismatch."""
     doc = {key_of(r): r for r in doc_rows}
     out = []
     for r in rows:
