@@ -282,7 +282,10 @@ def assemble(blocks: dict, frontends: str | None) -> str:
         "Classifier Guidance Sampler around the sampler, with the CFG Guider.",
         "",
         f"- **exact**: the result equals ComfyUI's own (native KSampler / CFGGuider / node at the scale "
-        f"stated); detail = max abs difference (< {TOL:g}). For the interval schedule: every model call "
+        f"stated); detail = max abs difference (< {TOL:g}); `relative`: that difference over max(1, max |reference|), "
+        "for float32 runs on the DiTs and for the reshapers, whose references compute the formula in another order "
+        "(a reshaper row then reads exact or finite by its float32 rounding against the tolerance, and may read "
+        "the other way in another run while under 10x the tolerance). For the interval schedule: every model call "
         "evaluates the rows the schedule says (2 inside, 1 outside).",
         "- **finite**: runs and the output is finite; detail = max abs difference from plain CFG at the same "
         "settings (how much the setting changed the result).",
