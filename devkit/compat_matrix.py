@@ -46,8 +46,6 @@ from .compat_doc import (
     versions,
 )
 from .compat_measure import cpu_settings, float64  # noqa: F401
-
-ROUNDING_BAND = 10  # see mismatches(): how far past TOL a rounding-decided row's difference may move between runs
 from .compat_rows_families import (
     comfy_ltxv_stg,
     family_rows,
@@ -73,6 +71,8 @@ from .compat_rows_nodes import (
     sag,
 )
 from .compat_rows_sampling import sampler_rows, scheduler_rows, step_rows
+
+ROUNDING_BAND = 10  # see mismatches(): how far past TOL a rounding-decided row's difference may move between runs
 
 
 def all_rows(quick: bool = False) -> list:
